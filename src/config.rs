@@ -1,0 +1,462 @@
+//! Settings: `config.toml`, overridden by `HERALD_<SECTION>__<KEY>` environment
+//! variables (and `REDIS_URL`), overridden by command-line flags.
+//!
+//! Everything is parsed and validated once, here, into types; an error names the
+//! key and where its value came from. `config.toml` at the top of the repository
+//! documents every key with its default and must stay in step with this file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything herald can be told, for every role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Directory for herald's own files: VAPID keys, the embedded Redis's data.
+    pub data_dir: PathBuf,
+    pub redis: RedisSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub push: PushSettings,
+    pub events: EventSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`; empty means `herald up` starts its own redis-server.
+    pub url: Secret,
+    /// First part of every key herald writes, so several deployments (or tests) share one Redis.
+    pub key_prefix: String,
+    /// Number of event streams; an event's partition is chosen by a hash of its `key` (or id).
+    pub partitions: u32,
+    /// Connections in the pool used for everything except blocking reads.
+    pub pool_size: usize,
+    /// Port of the embedded redis-server; 0 picks a free one.
+    pub embedded_port: u16,
+    /// Timeout for one pooled command (blocking reads have their own connection).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger requests get 413.
+    pub max_body_bytes: usize,
+    /// Most events accepted in one `POST /v1/events` array.
+    pub max_batch: usize,
+    /// Bearer tokens accepted on `/v1/*`; empty means no authentication.
+    pub tokens: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Consumer group the workers share.
+    pub group: String,
+    /// This consumer's name; empty means `<hostname>-<pid>`. Must be unique per process.
+    pub consumer: String,
+    /// Most entries read in one `XREADGROUP`.
+    pub batch_size: usize,
+    /// How long one `XREADGROUP` blocks waiting for entries (at most 5 s, so stops are prompt).
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// Most pushes in flight at once in one worker process.
+    pub concurrency: usize,
+    /// How long a stop waits for in-flight pushes before giving up on them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSettings {
+    /// Accept `http://` and loopback/private endpoints (the sink uses them). Never in production.
+    pub allow_insecure_endpoints: bool,
+    /// VAPID `sub` claim: a `mailto:` or `https:` contact for the push services.
+    pub vapid_subject: String,
+    /// File holding the VAPID private key (base64url, 32 bytes); empty means `<data_dir>/vapid_private_key`.
+    pub vapid_private_key_file: PathBuf,
+    /// Create the VAPID key file when it is missing (only `herald up` and `herald vapid generate` do).
+    pub create_vapid_key: bool,
+    /// Timeout for connecting to a push service.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout for one whole push request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// Web Push TTL, in seconds, for events that do not set `ttl`.
+    pub default_ttl: u32,
+    /// How long an event id is remembered to deduplicate repeated publishes.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("data"),
+            redis: RedisSettings::default(),
+            api: ApiSettings::default(),
+            worker: WorkerSettings::default(),
+            push: PushSettings::default(),
+            events: EventSettings::default(),
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: Secret::default(),
+            key_prefix: "herald".into(),
+            partitions: 1,
+            pool_size: 16,
+            embedded_port: 0,
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            group: "herald".into(),
+            consumer: String::new(),
+            batch_size: 64,
+            block: Duration::from_secs(2),
+            concurrency: 128,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            allow_insecure_endpoints: false,
+            vapid_subject: "mailto:push-admin@example.com".into(),
+            vapid_private_key_file: PathBuf::new(),
+            create_vapid_key: false,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            default_ttl: 3600,
+            dedup_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A string that never prints: Redis URLs carry passwords, tokens are credentials.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"[redacted]\"")
+        }
+    }
+}
+
+/// Overrides from command-line flags, applied last.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub redis_url: Option<String>,
+    pub api_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub allow_insecure_endpoints: Option<bool>,
+    pub consumer: Option<String>,
+}
+
+/// Where settings are read from: a file (explicit, or `./config.toml` when present) and the environment.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+}
+
+impl Source {
+    /// `--config PATH` when given (it must exist), else `./config.toml` when it exists.
+    pub fn discover(explicit: Option<&Path>) -> anyhow::Result<Source> {
+        match explicit {
+            Some(path) if !path.exists() => {
+                anyhow::bail!("config file {} does not exist (given with --config)", path.display())
+            }
+            Some(path) => Ok(Source {
+                file: Some(path.to_path_buf()),
+            }),
+            None => {
+                let default = PathBuf::from("config.toml");
+                Ok(Source {
+                    file: default.exists().then_some(default),
+                })
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Reads file, environment and flags, in that order of precedence (last wins), and validates.
+    pub fn load(source: &Source, overrides: &Overrides) -> anyhow::Result<Settings> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = &source.file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            figment = figment.merge(("redis.url", url));
+        }
+        figment = figment.merge(Env::prefixed("HERALD_").split("__"));
+        let mut settings: Settings = figment.extract().map_err(|e| {
+            // figment's message names the key and the file or variable it came from.
+            anyhow::anyhow!("invalid configuration: {e}")
+        })?;
+        settings.apply(overrides);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(url) = &o.redis_url {
+            self.redis.url = Secret::new(url.clone());
+        }
+        if let Some(listen) = o.api_listen {
+            self.api.listen = listen;
+        }
+        if let Some(dir) = &o.data_dir {
+            self.data_dir = dir.clone();
+        }
+        if let Some(allow) = o.allow_insecure_endpoints {
+            self.push.allow_insecure_endpoints = allow;
+        }
+        if let Some(consumer) = &o.consumer {
+            self.worker.consumer = consumer.clone();
+        }
+    }
+
+    /// Checks what types alone cannot; each error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let url = self.redis.url.expose();
+        if !url.is_empty() {
+            redis::Client::open(url).map_err(|e| {
+                anyhow::anyhow!("redis.url is not a valid Redis URL ({e}); expected redis://host:port/db")
+            })?;
+        }
+        ensure_name("redis.key_prefix", &self.redis.key_prefix)?;
+        ensure_name("worker.group", &self.worker.group)?;
+        if !self.worker.consumer.is_empty() {
+            ensure_name("worker.consumer", &self.worker.consumer)?;
+        }
+        ensure_range("redis.partitions", self.redis.partitions as u64, 1, 1024)?;
+        ensure_range("redis.pool_size", self.redis.pool_size as u64, 1, 10_000)?;
+        ensure_range("api.max_body_bytes", self.api.max_body_bytes as u64, 1024, 64 << 20)?;
+        ensure_range("api.max_batch", self.api.max_batch as u64, 1, 100_000)?;
+        ensure_range("worker.batch_size", self.worker.batch_size as u64, 1, 10_000)?;
+        ensure_range("worker.concurrency", self.worker.concurrency as u64, 1, 100_000)?;
+        ensure_range(
+            "events.default_ttl",
+            self.events.default_ttl as u64,
+            0,
+            crate::event::MAX_TTL as u64,
+        )?;
+        if self.worker.block < Duration::from_millis(10) || self.worker.block > Duration::from_secs(5) {
+            anyhow::bail!(
+                "worker.block must be between 10ms and 5s (got {}): a longer block delays stops",
+                humantime::format_duration(self.worker.block)
+            );
+        }
+        if self.redis.command_timeout.is_zero() {
+            anyhow::bail!("redis.command_timeout must be more than 0");
+        }
+        if self.push.request_timeout.is_zero() || self.push.connect_timeout.is_zero() {
+            anyhow::bail!("push.connect_timeout and push.request_timeout must be more than 0");
+        }
+        let subject = &self.push.vapid_subject;
+        if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
+            anyhow::bail!("push.vapid_subject must start with mailto: or https:// (got {subject:?})");
+        }
+        if self.api.tokens.iter().any(Secret::is_empty) {
+            anyhow::bail!("api.tokens must not contain an empty token");
+        }
+        Ok(())
+    }
+
+    /// The consumer name: configured, or `<hostname>-<pid>`, unique per running process.
+    pub fn consumer_name(&self) -> String {
+        if !self.worker.consumer.is_empty() {
+            return self.worker.consumer.clone();
+        }
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "herald".into());
+        format!("{host}-{}", std::process::id())
+    }
+
+    /// Path of the VAPID private key file.
+    pub fn vapid_key_path(&self) -> PathBuf {
+        if self.push.vapid_private_key_file.as_os_str().is_empty() {
+            self.data_dir.join("vapid_private_key")
+        } else {
+            self.push.vapid_private_key_file.clone()
+        }
+    }
+
+    /// The effective settings as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.redis.url.is_empty() {
+            shown.redis.url = Secret::new("[redacted]");
+        }
+        shown.api.tokens = shown.api.tokens.iter().map(|_| Secret::new("[redacted]")).collect();
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+fn ensure_name(key: &str, value: &str) -> anyhow::Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        anyhow::bail!("{key} must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.' (got {value:?})");
+    }
+    Ok(())
+}
+
+fn ensure_range(key: &str, value: u64, min: u64, max: u64) -> anyhow::Result<()> {
+    if value < min || value > max {
+        anyhow::bail!("{key} must be between {min} and {max} (got {value})");
+    }
+    Ok(())
+}
+
+/// Durations as human strings (`"250ms"`, `"10m"`) in TOML and the environment.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write it like \"250ms\", \"5s\" or \"10m\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().expect("defaults must validate");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("herald.toml");
+        std::fs::write(&file, "[worker]\nblock = \"soon\"\n").expect("write config");
+        let err = Settings::load(&Source { file: Some(file) }, &Overrides::default())
+            .expect_err("a bad duration must fail")
+            .to_string();
+        assert!(err.contains("worker.block"), "{err}");
+        assert!(err.contains("herald.toml"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("herald.toml");
+        std::fs::write(&file, "[api]\nlisten_on = \"0.0.0.0:1\"\n").expect("write config");
+        let err = Settings::load(&Source { file: Some(file) }, &Overrides::default())
+            .expect_err("an unknown key must fail")
+            .to_string();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let shipped: Settings = Figment::new()
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .expect("config.toml must parse");
+        assert_eq!(
+            toml::to_string(&shipped).expect("render"),
+            toml::to_string(&Settings::default()).expect("render"),
+            "config.toml must document the defaults exactly"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut s = Settings::default();
+        s.redis.url = Secret::new("redis://:hunter2@db:6379");
+        s.api.tokens = vec![Secret::new("tok-hunter2")];
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!s.to_redacted_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_block_longer_than_five_seconds_is_refused() {
+        let mut s = Settings::default();
+        s.worker.block = Duration::from_secs(30);
+        let err = s.validate().expect_err("must fail").to_string();
+        assert!(err.contains("worker.block"), "{err}");
+    }
+}

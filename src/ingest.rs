@@ -1,0 +1,356 @@
+//! The HTTP API, the producer side: events in, subscriptions in and out, health.
+//!
+//! Every error has one JSON shape, `{"error": {"code", "message", "field"?}}`,
+//! and never leaks internals.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Secret, Settings};
+use crate::db::Db;
+use crate::event::{EventDefaults, EventInput, InvalidField};
+use crate::publish::{PublishOutcome, Publisher, Ready};
+use crate::subscriptions::{Store, Stored, SubscriptionInput};
+
+/// An API error: status, a stable code, a message saying what to fix, and the field when one is at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_field",
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn unavailable(e: anyhow::Error) -> ApiError {
+        tracing::error!(error = %format!("{e:#}"), "redis unavailable for an API request");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the event store is unavailable; nothing was accepted, retry later",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            error["field"] = Value::String(field);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<InvalidField> for ApiError {
+    fn from(e: InvalidField) -> ApiError {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    publisher: Publisher,
+    store: Store,
+    defaults: EventDefaults,
+    allow_insecure_endpoints: bool,
+    max_body_bytes: usize,
+    max_batch: usize,
+    tokens: Vec<Secret>,
+    vapid_public_key: String,
+}
+
+/// The API server: bind, then `run` until shutdown.
+pub struct Api {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Api {
+    /// Binds `api.listen` (port 0 picks a free port: see [`Api::local_addr`]).
+    pub async fn bind(settings: &Settings, db: Db, vapid_public_key: String) -> anyhow::Result<Api> {
+        let listener = TcpListener::bind(settings.api.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on api.listen = {}: {e}", settings.api.listen))?;
+        if settings.api.tokens.is_empty() && !settings.api.listen.ip().is_loopback() {
+            tracing::warn!(listen = %settings.api.listen, "the API listens beyond loopback without api.tokens: anyone who reaches it can publish");
+        }
+        let state = ApiState {
+            inner: Arc::new(Inner {
+                publisher: Publisher::new(db.clone(), settings.events.dedup_window),
+                store: Store::new(db.clone()),
+                db,
+                defaults: EventDefaults {
+                    ttl: settings.events.default_ttl,
+                },
+                allow_insecure_endpoints: settings.push.allow_insecure_endpoints,
+                max_body_bytes: settings.api.max_body_bytes,
+                max_batch: settings.api.max_batch,
+                tokens: settings.api.tokens.clone(),
+                vapid_public_key,
+            }),
+        };
+        Ok(Api {
+            listener,
+            router: router(state),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown`, then finishes the requests in flight.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(%addr, "api listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        tracing::info!("api stopped");
+        Ok(())
+    }
+}
+
+/// The routes, with authentication on `/v1/*` (except the public VAPID key).
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/v1/subscriptions", post(post_subscription).get(list_subscriptions))
+        .route("/v1/subscriptions/{id}", delete(delete_subscription))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(protected)
+        .route("/v1/vapid-public-key", get(vapid_public_key))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let tokens = &state.inner.tokens;
+    if tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if tokens.iter().any(|t| constant_time_eq(t.expose().as_bytes(), given.as_bytes())) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid token as `Authorization: Bearer <token>` (api.tokens)",
+        )
+        .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a JSON body: 415 for another content type, 413 over the limit, 400 for bad JSON.
+async fn read_json(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send Content-Type: application/json (got {content_type:?})"),
+        ));
+    }
+    let limit = state.inner.max_body_bytes;
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is over {limit} bytes (api.max_body_bytes); send fewer events per request"),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}")))
+}
+
+/// Deserializes with the path of the failing field in the error.
+fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (prefix.is_empty(), path == ".") {
+            (true, true) => "body".to_string(),
+            (true, false) => path,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{path}"),
+        };
+        ApiError::invalid(field, e.into_inner().to_string())
+    })
+}
+
+async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let value = read_json(&state, &headers, body).await?;
+    let (items, batch) = match value {
+        Value::Array(items) => (items, true),
+        object @ Value::Object(_) => (vec![object], false),
+        _ => return Err(ApiError::invalid("body", "send one event object or an array of events")),
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid("body", "the array holds no events"));
+    }
+    if items.len() > state.inner.max_batch {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("{} events in one request; at most {} (api.max_batch)", items.len(), state.inner.max_batch),
+        ));
+    }
+    let now = Utc::now();
+    let mut ready = Vec::with_capacity(items.len());
+    // Validate the whole batch first: a bad event means nothing of the request is accepted.
+    for (i, item) in items.into_iter().enumerate() {
+        let prefix = if batch { format!("[{i}]") } else { String::new() };
+        let input: EventInput = from_value(item, &prefix)?;
+        let event = input.validate(state.inner.defaults, now).map_err(|e| {
+            let field = if batch { format!("[{i}].{}", e.field) } else { e.field };
+            ApiError::invalid(field, e.message)
+        })?;
+        ready.push(Ready {
+            digest: input.digest(),
+            event,
+        });
+    }
+    let outcomes = state.inner.publisher.publish(&ready).await.map_err(ApiError::unavailable)?;
+    let mut conflicts = Vec::new();
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            PublishOutcome::Accepted(p) => serde_json::to_value(p).expect("serializes"),
+            PublishOutcome::Conflict { id, stream_id } => {
+                conflicts.push(id.clone());
+                json!({"id": id, "stream_id": stream_id, "error": "conflict"})
+            }
+        })
+        .collect();
+    if conflicts.is_empty() {
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "events": results }))).into_response());
+    }
+    let body = json!({
+        "error": {
+            "code": "conflict",
+            "message": format!("event id(s) {} were published before with different content; the other events were accepted", conflicts.join(", ")),
+            "field": "id",
+        },
+        "events": results,
+    });
+    Ok((StatusCode::CONFLICT, Json(body)).into_response())
+}
+
+async fn post_subscription(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let value = read_json(&state, &headers, body).await?;
+    let input: SubscriptionInput = from_value(value, "")?;
+    let sub = input.validate(state.inner.allow_insecure_endpoints)?;
+    let stored = state.inner.store.put(&sub).await.map_err(ApiError::unavailable)?;
+    let (status, created) = match stored {
+        Stored::Created => (StatusCode::CREATED, true),
+        Stored::Updated => (StatusCode::OK, false),
+    };
+    Ok((status, Json(json!({"id": sub.id, "created": created}))).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    user: Option<String>,
+}
+
+async fn list_subscriptions(State(state): State<ApiState>, Query(query): Query<ListQuery>) -> Result<Response, ApiError> {
+    let Some(user) = query.user.filter(|u| !u.is_empty()) else {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "missing_parameter",
+            message: "name the user: GET /v1/subscriptions?user=<user>".into(),
+            field: Some("user".into()),
+        });
+    };
+    let found = state.inner.store.for_user(&user).await.map_err(ApiError::unavailable)?;
+    let views: Vec<Value> = found
+        .into_iter()
+        .map(|r| match r {
+            Ok(sub) => serde_json::to_value(sub.view()).expect("serializes"),
+            Err(problem) => json!({"error": problem}),
+        })
+        .collect();
+    Ok(Json(json!({"user": user, "subscriptions": views})).into_response())
+}
+
+async fn delete_subscription(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if id.len() != 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no subscription has that id"));
+    }
+    match state.inner.store.delete(&id).await.map_err(ApiError::unavailable)? {
+        true => Ok(StatusCode::NO_CONTENT.into_response()),
+        false => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no subscription has that id")),
+    }
+}
+
+async fn vapid_public_key(State(state): State<ApiState>) -> Response {
+    Json(json!({"public_key": state.inner.vapid_public_key})).into_response()
+}
+
+async fn livez() -> Response {
+    Json(json!({"status": "alive"})).into_response()
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.inner.db.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "not ready: redis unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "redis unreachable"}))).into_response()
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Every Redis key herald reads or writes, named in one place.
+//!
+//! Keys that one script touches together share a hash tag (the part in `{}`), so
+//! every script stays in one slot and is legal on Redis Cluster:
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `{P:pN}:events` | stream | events of partition N, one entry per event |
+//! | `{P:pN}:dedup:<event id>` | string | `<digest> <stream id>`, for idempotent publishes (expires) |
+//! | `{P:subs}:sub:<id>` | hash | one push subscription: endpoint, keys, user, interests |
+//! | `{P:subs}:user:<user>` | set | subscription ids of one user |
+//! | `{P:subs}:all` | set | every subscription id |
+//! | `{P:subs}:version` | string | incremented on every subscription change |
+//!
+//! `P` is `redis.key_prefix` (default `herald`).
+
+/// The key names for one deployment (one `redis.key_prefix`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    partitions: u32,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, partitions: u32) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The stream of one partition.
+    pub fn stream(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:events", self.prefix)
+    }
+
+    /// Every partition's stream, in partition order.
+    pub fn streams(&self) -> Vec<String> {
+        (0..self.partitions).map(|p| self.stream(p)).collect()
+    }
+
+    /// The dedup record of an event id; same slot as the stream it guards.
+    pub fn dedup(&self, partition: u32, event_id: &str) -> String {
+        format!("{{{}:p{partition}}}:dedup:{event_id}", self.prefix)
+    }
+
+    pub fn subscription(&self, id: &str) -> String {
+        format!("{{{}:subs}}:sub:{id}", self.prefix)
+    }
+
+    pub fn user_subscriptions(&self, user: &str) -> String {
+        format!("{}{user}", self.user_subscriptions_prefix())
+    }
+
+    /// What precedes the user in [`Keys::user_subscriptions`], for scripts that build it.
+    pub fn user_subscriptions_prefix(&self) -> String {
+        format!("{{{}:subs}}:user:", self.prefix)
+    }
+
+    pub fn all_subscriptions(&self) -> String {
+        format!("{{{}:subs}}:all", self.prefix)
+    }
+
+    pub fn subscriptions_version(&self) -> String {
+        format!("{{{}:subs}}:version", self.prefix)
+    }
+
+    /// The partition of an event: a stable hash of its ordering key, or of its id when it has none.
+    pub fn partition_for(&self, ordering_key: &str) -> u32 {
+        if self.partitions == 1 {
+            return 0;
+        }
+        // FNV-1a: stable across processes and versions, unlike std's RandomState.
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in ordering_key.bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % self.partitions
+    }
+}
+
+/// The hash tag of a key: what Redis Cluster hashes to choose its slot.
+pub fn hash_tag(key: &str) -> &str {
+    match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_and_its_dedup_records_share_a_slot() {
+        let keys = Keys::new("herald", 4);
+        for p in 0..4 {
+            assert_eq!(hash_tag(&keys.stream(p)), hash_tag(&keys.dedup(p, "evt-1")));
+        }
+        assert_ne!(hash_tag(&keys.stream(0)), hash_tag(&keys.stream(1)));
+    }
+
+    #[test]
+    fn subscription_keys_share_a_slot() {
+        let keys = Keys::new("t1", 1);
+        let tag = hash_tag(&keys.all_subscriptions()).to_string();
+        assert_eq!(hash_tag(&keys.subscription("abc")), tag);
+        assert_eq!(hash_tag(&keys.user_subscriptions("u-42")), tag);
+        assert_eq!(hash_tag(&keys.subscriptions_version()), tag);
+    }
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        let keys = Keys::new("herald", 8);
+        let p = keys.partition_for("12가3456");
+        assert_eq!(p, keys.partition_for("12가3456"));
+        assert!(p < 8);
+        assert_eq!(Keys::new("herald", 1).partition_for("anything"), 0);
+    }
+}

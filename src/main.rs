@@ -1,0 +1,319 @@
+//! The `herald` binary: parse arguments, set up logging, load settings, and
+//! call into the library. Nothing here is worth testing on its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use herald::config::{Overrides, Settings, Source};
+use herald::telemetry::{self, LogFormat};
+
+/// herald: Redis Streams in, Web Push out, nothing lost on the way.
+#[derive(Parser)]
+#[command(name = "herald", version, about)]
+struct Cli {
+    /// Config file (default: ./config.toml when it exists).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    log_format: LogFormat,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags that override config.toml and the environment.
+#[derive(Args)]
+struct OverrideArgs {
+    /// Redis URL (overrides redis.url).
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
+    /// API listen address (overrides api.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Data directory (overrides data_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Accept http:// and loopback endpoints, as the sink uses (overrides push.allow_insecure_endpoints).
+    #[arg(long, global = true)]
+    allow_insecure_endpoints: bool,
+    /// Consumer name (overrides worker.consumer).
+    #[arg(long, global = true, value_name = "NAME")]
+    consumer: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process; starts its own redis-server when redis.url is empty.
+    Up,
+    /// The HTTP ingest API.
+    Api,
+    /// A consumer in the group: read, route, push, ack.
+    Worker,
+    /// A local push service that verifies and decrypts like a browser.
+    Sink(SinkArgs),
+    /// Publish events from the shell, straight into the stream.
+    Publish(PublishArgs),
+    /// VAPID keys.
+    Vapid {
+        #[command(subcommand)]
+        command: VapidCommand,
+    },
+    /// Check or show the effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    /// Address to listen on (`sink_listen`, so it does not clash with the API's --listen).
+    #[arg(long = "sink-listen", default_value = "127.0.0.1:8090")]
+    sink_listen: SocketAddr,
+    /// Skip VAPID checks and decryption (for benchmarks).
+    #[arg(long)]
+    fast: bool,
+    /// Append arrivals as JSON lines to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Register this many new subscriptions with herald's API at start.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    register: usize,
+    /// The user the registered subscriptions belong to.
+    #[arg(long, default_value = "u-42")]
+    user: String,
+    /// herald's API, for --register.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Bearer token for herald's API.
+    #[arg(long, env = "HERALD_API_TOKEN")]
+    token: Option<String>,
+    /// Answer the next pushes (to any subscription) with these statuses first, e.g. `--fail 503 --fail 429:2`
+    /// (status, then optionally `:` and a Retry-After value).
+    #[arg(long, value_name = "STATUS[:RETRY_AFTER]")]
+    fail: Vec<String>,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[arg(long, default_value = "herald.test")]
+    topic: String,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(long, default_value = "Hello from herald")]
+    title: String,
+    #[arg(long)]
+    body: Option<String>,
+    /// How many events (each gets its own id).
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Events per second; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+}
+
+#[derive(Subcommand)]
+enum VapidCommand {
+    /// Create a new VAPID key pair and print the public key.
+    Generate {
+        /// Where to write the private key (default: push.vapid_private_key_file or <data_dir>/vapid_private_key).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration; exit 1 with the problem when it is not valid.
+    Check,
+    /// Print the effective configuration as TOML, secrets redacted.
+    Print,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let source = Source::discover(cli.config.as_deref())?;
+    let o = &cli.overrides;
+    let overrides = Overrides {
+        redis_url: o.redis_url.clone(),
+        api_listen: o.listen,
+        data_dir: o.data_dir.clone(),
+        allow_insecure_endpoints: o.allow_insecure_endpoints.then_some(true),
+        consumer: o.consumer.clone(),
+    };
+    let settings = Settings::load(&source, &overrides)?;
+    let shutdown = CancellationToken::new();
+    match cli.command {
+        Command::Up => {
+            herald::shutdown::on_signals(shutdown.clone())?;
+            herald::up::up(settings, shutdown).await
+        }
+        Command::Api => {
+            herald::shutdown::on_signals(shutdown.clone())?;
+            herald::up::api(settings, shutdown).await
+        }
+        Command::Worker => {
+            herald::shutdown::on_signals(shutdown.clone())?;
+            herald::up::worker(settings, shutdown).await
+        }
+        Command::Sink(args) => {
+            herald::shutdown::on_signals(shutdown.clone())?;
+            run_sink(args, shutdown).await
+        }
+        Command::Publish(args) => publish(settings, args).await,
+        Command::Vapid {
+            command: VapidCommand::Generate { out },
+        } => {
+            let path = out.unwrap_or_else(|| settings.vapid_key_path());
+            let (key, private) = herald::push::vapid::VapidKey::generate();
+            herald::push::vapid::write_private(&path, &private)?;
+            println!("wrote the private key to {} (mode 0600)", path.display());
+            println!("public key (applicationServerKey): {}", key.public_key);
+            Ok(())
+        }
+        Command::Config { command } => {
+            match command {
+                ConfigCommand::Check => println!(
+                    "configuration is valid ({})",
+                    source
+                        .file
+                        .as_ref()
+                        .map(|f| format!("{} + environment", f.display()))
+                        .unwrap_or_else(|| "defaults + environment".into())
+                ),
+                ConfigCommand::Print => print!("{}", settings.to_redacted_toml()),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use herald::sink::{Fault, Sink, SinkOptions, SinkRecord};
+    let record = match args.out {
+        Some(path) => SinkRecord::File(path),
+        None => SinkRecord::Stdout,
+    };
+    let sink = Sink::bind(SinkOptions {
+        listen: args.sink_listen,
+        fast: args.fast,
+        record: Some(Box::new(record)),
+    })
+    .await?;
+    let handle = sink.handle();
+    let mut faults = Vec::new();
+    for spec in &args.fail {
+        let (status, retry_after) = match spec.split_once(':') {
+            Some((s, r)) => (s, Some(r.to_string())),
+            None => (spec.as_str(), None),
+        };
+        let status: u16 = status
+            .parse()
+            .ok()
+            .filter(|s| (100..=599).contains(s))
+            .ok_or_else(|| anyhow::anyhow!("--fail {spec:?}: expected an HTTP status like 503 or 429:2"))?;
+        faults.push(Fault {
+            status,
+            retry_after,
+            delay_ms: None,
+        });
+    }
+    handle.add_faults("*", faults);
+    eprintln!("herald sink listening on {} (arrivals as JSON lines)", handle.base_url());
+    let server = tokio::spawn(sink.run(shutdown.clone()));
+    if args.register > 0 {
+        let ids = herald::sink::register(&handle, &args.api, args.token.as_deref(), &args.user, args.register).await;
+        match ids {
+            Ok(ids) => eprintln!("registered {} subscription(s) for user {}: {}", ids.len(), args.user, ids.join(", ")),
+            Err(e) => {
+                shutdown.cancel();
+                let _ = server.await;
+                return Err(e);
+            }
+        }
+    }
+    server.await??;
+    Ok(())
+}
+
+async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
+    use herald::event::{EventDefaults, EventInput, Notification};
+    use herald::publish::{PublishOutcome, Publisher, Ready};
+    let db = herald::db::Db::connect(&settings).await?;
+    let publisher = Publisher::new(db, settings.events.dedup_window);
+    let interval = (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(1.0 / args.rate));
+    let started = std::time::Instant::now();
+    for n in 0..args.count {
+        let input = EventInput {
+            id: None,
+            topic: args.topic.clone(),
+            user: args.user.clone(),
+            key: args.key.clone(),
+            headers: Default::default(),
+            notification: Notification {
+                title: args.title.clone(),
+                body: args.body.clone(),
+                url: None,
+                icon: None,
+                tag: None,
+            },
+            publish_at: None,
+            deliver_at: None,
+            ttl: None,
+            urgency: None,
+        };
+        let event = input
+            .validate(EventDefaults { ttl: settings.events.default_ttl }, chrono::Utc::now())
+            .map_err(|e| anyhow::anyhow!("--{}", e))?;
+        let ready = [Ready {
+            digest: input.digest(),
+            event,
+        }];
+        for outcome in publisher.publish(&ready).await? {
+            if let PublishOutcome::Accepted(p) = outcome {
+                if args.count == 1 {
+                    println!("{}", serde_json::to_string(&p)?);
+                }
+            }
+        }
+        if let Some(interval) = interval {
+            let due = started + interval * (n as u32 + 1);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    if args.count > 1 {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "published {} events in {secs:.2}s ({:.0}/s)",
+            args.count,
+            args.count as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}

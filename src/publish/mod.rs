@@ -1,0 +1,105 @@
+//! Putting validated events into their streams: one idempotent script per event
+//! (dedup record + `XADD`, atomic), a whole batch in one pipeline.
+
+use std::time::Duration;
+
+use redis::Script;
+use serde::Serialize;
+
+use crate::db::Db;
+use crate::event::Event;
+
+/// What became of one published event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub id: String,
+    pub stream_id: String,
+    /// True when this id was already published with the same content: no second entry.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// The outcome of one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    Accepted(Published),
+    /// The id was published before with other content; `stream_id` is the original entry.
+    Conflict { id: String, stream_id: String },
+}
+
+/// An event ready to publish: validated, with the digest of its content.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub event: Event,
+    pub digest: String,
+}
+
+/// Adds events to the streams. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    db: Db,
+    script: &'static Script,
+    dedup_window: Duration,
+}
+
+fn script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("publish.lua")))
+}
+
+impl Publisher {
+    pub fn new(db: Db, dedup_window: Duration) -> Publisher {
+        Publisher {
+            db,
+            script: script(),
+            dedup_window,
+        }
+    }
+
+    /// Publishes a batch in one round trip; results are in the order given.
+    pub async fn publish(&self, batch: &[Ready]) -> anyhow::Result<Vec<PublishOutcome>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.db.keys;
+        let window_ms = self.dedup_window.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        // Loading first makes the EVALSHAs below safe after a Redis restart or SCRIPT FLUSH.
+        pipe.load_script(self.script).ignore();
+        let mut invocations = Vec::with_capacity(batch.len());
+        for ready in batch {
+            let event = &ready.event;
+            let partition = keys.partition_for(event.key.as_deref().unwrap_or(&event.id));
+            let mut inv = self.script.prepare_invoke();
+            inv.key(keys.stream(partition))
+                .key(keys.dedup(partition, &event.id))
+                .arg(&ready.digest)
+                .arg(window_ms);
+            for (field, value) in event.to_fields() {
+                inv.arg(field).arg(value);
+            }
+            invocations.push(inv);
+        }
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let mut conn = self.db.conn().await?;
+        let replies: Vec<(String, String)> = pipe.query_async(&mut conn).await?;
+        batch
+            .iter()
+            .zip(replies)
+            .map(|(ready, (outcome, stream_id))| {
+                let id = ready.event.id.clone();
+                match outcome.as_str() {
+                    "added" | "duplicate" => Ok(PublishOutcome::Accepted(Published {
+                        id,
+                        stream_id,
+                        duplicate: outcome == "duplicate",
+                    })),
+                    "conflict" => Ok(PublishOutcome::Conflict { id, stream_id }),
+                    other => anyhow::bail!("publish script answered {other:?}"),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,24 @@
+-- Delete one subscription and its index entries, atomically.
+-- KEYS[1] the subscription hash
+-- KEYS[2] the set of every subscription id
+-- KEYS[3] the subscriptions version counter
+-- KEYS[4] its user's set, as the caller read it (KEYS[1] again when none)
+-- ARGV[1] subscription id
+-- ARGV[2] its user as the caller read it ('' for none)
+-- Returns 1 when deleted, 0 when there was none, -1 when the stored user
+-- changed since the caller read it (the caller reads again and retries).
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return 0
+end
+local stored_user = redis.call('HGET', KEYS[1], 'user') or ''
+if stored_user ~= ARGV[2] then
+  return -1
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('SREM', KEYS[4], ARGV[1])
+end
+redis.call('INCR', KEYS[3])
+return 1

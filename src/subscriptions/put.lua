@@ -1,0 +1,35 @@
+-- Create or update one subscription and its indexes, atomically.
+-- KEYS[1] the subscription hash
+-- KEYS[2] the set of every subscription id
+-- KEYS[3] the subscriptions version counter
+-- KEYS[4] the new user's set of subscription ids (KEYS[1] again when no user)
+-- KEYS[5] the previous user's set, as the caller read it (KEYS[1] again when none)
+-- ARGV[1] subscription id
+-- ARGV[2] new user ('' for none)
+-- ARGV[3] previous user as the caller read it ('' for none)
+-- ARGV[4..] field/value pairs of the hash
+-- Returns 1 when created, 0 when updated, -1 when the stored user changed since
+-- the caller read it (the caller reads again and retries).
+local stored_user = redis.call('HGET', KEYS[1], 'user') or ''
+local existed = redis.call('EXISTS', KEYS[1]) == 1
+if stored_user ~= ARGV[3] then
+  return -1
+end
+if ARGV[3] ~= '' and ARGV[3] ~= ARGV[2] then
+  redis.call('SREM', KEYS[5], ARGV[1])
+end
+local created = redis.call('HGET', KEYS[1], 'created_at')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if created then
+  redis.call('HSET', KEYS[1], 'created_at', created)
+end
+if ARGV[2] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[1])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('INCR', KEYS[3])
+if existed then
+  return 0
+end
+return 1
