@@ -1,0 +1,266 @@
+//! What the integration tests share: a real `redis-server` per test on a free
+//! port, herald's roles in-process on port 0 with a key prefix of their own,
+//! and the sink, a push service that really verifies and decrypts.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::config::{Secret, Settings};
+use herald::db::Db;
+use herald::ingest::Api;
+use herald::push::vapid::VapidKey;
+use herald::push::Pusher;
+use herald::sink::{Sink, SinkHandle, SinkOptions};
+use herald::worker::Worker;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+/// A redis-server child on a free port, killed when dropped.
+pub struct TestRedis {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRedis {
+    /// Starts redis-server without persistence. Fails the test, saying how to install it, when it cannot.
+    pub fn start() -> TestRedis {
+        TestRedis::start_with(&["--appendonly", "no"])
+    }
+
+    /// Starts redis-server with AOF (`appendfsync everysec`), for tests that restart it.
+    pub fn start_durable() -> TestRedis {
+        TestRedis::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"])
+    }
+
+    fn start_with(extra: &[&str]) -> TestRedis {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let port = herald::embedded_redis::free_port().expect("a free port");
+        let child = spawn_redis(dir.path(), port, extra);
+        let redis = TestRedis { child, port, dir };
+        redis.wait_ready();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer within 10s", self.port);
+    }
+
+    /// A synchronous connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_connection()
+            .expect("connect to the test redis")
+    }
+}
+
+fn spawn_redis(dir: &std::path::Path, port: u16, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}): these tests need a real Redis. \
+                 Install it with `sudo apt-get install redis-server`, or run scripts/test.sh, which does"
+            )
+        })
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Settings for one test: its own key prefix, fast timings, insecure endpoints allowed for the sink.
+pub fn settings(redis: &TestRedis, data_dir: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
+    s.redis.url = Secret::new(redis.url());
+    s.redis.key_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    s.api.listen = "127.0.0.1:0".parse().expect("addr");
+    s.worker.block = Duration::from_millis(100);
+    s.worker.consumer = format!("test-{}", std::process::id());
+    s.push.allow_insecure_endpoints = true;
+    s.push.vapid_subject = "mailto:tests@herald.invalid".into();
+    s.push.request_timeout = Duration::from_secs(5);
+    s.data_dir = data_dir.to_path_buf();
+    s
+}
+
+/// herald's API and a (not yet running) worker against a test Redis, with a sink.
+pub struct TestApp {
+    pub redis: TestRedis,
+    pub settings: Settings,
+    pub db: Db,
+    pub api_url: String,
+    pub worker: Worker,
+    pub sink: SinkHandle,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub data: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        TestApp::start_with(|_| {}).await
+    }
+
+    /// Starts with settings adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let redis = TestRedis::start();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut settings = settings(&redis, data.path());
+        adjust(&mut settings);
+        let db = Db::connect(&settings).await.expect("connect to the test redis");
+        let key = VapidKey::load_or_create(&settings.vapid_key_path(), true).expect("vapid key");
+        let pusher = Arc::new(Pusher::new(&settings.push, key.clone()).expect("pusher"));
+        let shutdown = CancellationToken::new();
+        let api = Api::bind(&settings, db.clone(), key.public_key.clone())
+            .await
+            .expect("bind the api");
+        let api_url = format!("http://{}", api.local_addr());
+        tokio::spawn(api.run(shutdown.clone()));
+        let sink = Sink::bind(SinkOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            fast: false,
+            record: None,
+        })
+        .await
+        .expect("bind the sink");
+        let sink_handle = sink.handle();
+        tokio::spawn(sink.run(shutdown.clone()));
+        let worker = Worker::new(db.clone(), pusher, &settings);
+        worker.ensure_groups().await.expect("create the group");
+        TestApp {
+            redis,
+            settings,
+            db,
+            api_url,
+            worker,
+            sink: sink_handle,
+            http: reqwest::Client::new(),
+            shutdown,
+            data,
+        }
+    }
+
+    /// Runs the worker loop in the background until the app's shutdown.
+    pub fn run_worker(&self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        tokio::spawn(self.worker.clone().run(self.shutdown.clone()))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.api_url))
+            .json(body)
+            .send()
+            .await
+            .expect("the api answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api_url))
+            .send()
+            .await
+            .expect("the api answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Registers a new sink device for `user` through the API; returns (sink id, herald id).
+    pub async fn register_device(&self, user: &str) -> (String, String) {
+        let (sink_id, subscription) = self.sink.new_subscription();
+        let (status, body) = self
+            .post("/v1/subscriptions", &json!({"user": user, "subscription": subscription}))
+            .await;
+        assert_eq!(status, 201, "registration failed: {body}");
+        (sink_id, body["id"].as_str().expect("an id").to_string())
+    }
+
+    /// Publishes one event for `user` through the API; returns its event id.
+    pub async fn publish_to(&self, user: &str, title: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/v1/events",
+                &json!({"topic": "parking.lot-7.entry", "user": user, "notification": {"title": title}}),
+            )
+            .await;
+        assert_eq!(status, 202, "publish failed: {body}");
+        body["events"][0]["id"].as_str().expect("an id").to_string()
+    }
+
+    pub fn stream(&self) -> String {
+        self.db.keys.stream(0)
+    }
+
+    /// Number of entries pending in the group (delivered to a consumer, not acknowledged).
+    pub fn pending(&self) -> u64 {
+        let summary: (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>) = redis::cmd("XPENDING")
+            .arg(self.stream())
+            .arg(&self.settings.worker.group)
+            .query(&mut self.redis.conn())
+            .expect("XPENDING");
+        summary.0
+    }
+
+    pub fn stream_len(&self) -> u64 {
+        redis::cmd("XLEN")
+            .arg(self.stream())
+            .query(&mut self.redis.conn())
+            .expect("XLEN")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; says what was awaited on failure.
+pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// The herald binary built for these tests.
+pub fn herald_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}

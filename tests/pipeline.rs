@@ -1,0 +1,186 @@
+//! The core pipeline end to end: subscriptions and events through the real API,
+//! the worker reading the real stream, pushes decrypted by the sink.
+
+mod helpers;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use helpers::{eventually, TestApp};
+use herald::worker::EntryOutcome;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_receives_every_event_meant_for_it_exactly_once() {
+    let app = TestApp::start().await;
+    // Three users with one, two and three devices.
+    let mut devices: HashMap<&str, Vec<String>> = HashMap::new();
+    for (user, count) in [("u-1", 1), ("u-2", 2), ("u-3", 3)] {
+        for _ in 0..count {
+            let (sink_id, _) = app.register_device(user).await;
+            devices.entry(user).or_default().push(sink_id);
+        }
+    }
+    // Single events and one batch, each with its own title.
+    let mut sent: HashMap<String, (&str, String)> = HashMap::new();
+    for user in ["u-1", "u-2", "u-3"] {
+        for n in 0..3 {
+            let title = format!("{user} event {n}");
+            let id = app.publish_to(user, &title).await;
+            sent.insert(id, (user, title));
+        }
+    }
+    let batch: Vec<_> = ["u-1", "u-2", "u-3"]
+        .iter()
+        .map(|u| json!({"topic": "parking.lot-7.exit", "user": u, "key": format!("car-{u}"), "urgency": "high", "ttl": 120, "notification": {"title": format!("{u} batch"), "body": "left lot 7", "url": "/visits/1"}}))
+        .collect();
+    let (status, body) = app.post("/v1/events", &json!(batch)).await;
+    assert_eq!(status, 202, "{body}");
+    for (i, user) in ["u-1", "u-2", "u-3"].iter().enumerate() {
+        let id = body["events"][i]["id"].as_str().expect("id").to_string();
+        assert!(body["events"][i]["stream_id"].as_str().is_some_and(|s| s.contains('-')));
+        sent.insert(id, (user, format!("{user} batch")));
+    }
+
+    let expected: usize = sent.values().map(|(user, _)| devices[user].len()).sum();
+    let worker = app.run_worker();
+    eventually("every push to arrive", Duration::from_secs(30), || {
+        app.sink.delivered().len() >= expected
+    })
+    .await;
+    // Let a stray duplicate show itself before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let arrivals = app.sink.delivered();
+    assert_eq!(arrivals.len(), expected, "no extra pushes");
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for a in &arrivals {
+        let event_id = a.event_id.clone().expect("a decrypted payload with an id");
+        *seen.entry((a.subscription.clone(), event_id.clone())).or_default() += 1;
+        let (user, title) = &sent[&event_id];
+        assert!(devices[user].contains(&a.subscription), "{event_id} reached a device of another user");
+        let payload = a.plaintext.as_ref().expect("decrypted");
+        assert_eq!(payload["title"], json!(title));
+        assert_eq!(payload["topic"].as_str().map(|t| t.starts_with("parking.lot-7.")), Some(true));
+        if title.ends_with("batch") {
+            assert_eq!(payload["body"], json!("left lot 7"));
+            assert_eq!(payload["url"], json!("/visits/1"));
+            assert_eq!(a.headers.urgency.as_deref(), Some("high"));
+            assert_eq!(a.headers.ttl.as_deref(), Some("120"));
+            assert_eq!(a.headers.topic.as_deref().map(str::len), Some(32));
+        } else {
+            assert_eq!(a.headers.urgency.as_deref(), Some("normal"));
+            assert_eq!(a.headers.ttl.as_deref(), Some("3600"));
+        }
+    }
+    for (event_id, (user, _)) in &sent {
+        for device in &devices[user] {
+            assert_eq!(seen.get(&(device.clone(), event_id.clone())), Some(&1), "{device} got {event_id} once");
+        }
+    }
+    assert_eq!(app.pending(), 0, "nothing left pending");
+    assert_eq!(app.stream_len(), sent.len() as u64, "one entry per event");
+    app.shutdown.cancel();
+    worker.await.expect("worker task").expect("worker stops cleanly");
+}
+
+#[tokio::test]
+async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
+    let app = TestApp::start().await;
+    let (kept, _) = app.register_device("u-7").await;
+    let (dropped, dropped_id) = app.register_device("u-7").await;
+    app.sink.unsubscribe(&dropped); // the sink now answers 410 for it
+    app.publish_to("u-7", "hello").await;
+
+    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    assert_eq!(batch.entries.len(), 1);
+    assert_eq!(batch.entries[0].1, EntryOutcome::Acked { delivered: 1, gone: 1 });
+    assert_eq!(app.pending(), 0);
+    let (_, list) = app.get("/v1/subscriptions?user=u-7").await;
+    let ids: Vec<&str> = list["subscriptions"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(!ids.contains(&dropped_id.as_str()), "the gone subscription was deleted");
+    assert_eq!(ids.len(), 1);
+    assert_eq!(app.sink.delivered()[0].subscription, kept);
+}
+
+#[tokio::test]
+async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
+    let app = TestApp::start().await;
+    let (device, _) = app.register_device("u-8").await;
+    app.sink.add_faults(
+        &device,
+        vec![herald::sink::Fault {
+            status: 503,
+            retry_after: Some("1".into()),
+            delay_ms: None,
+        }],
+    );
+    app.publish_to("u-8", "try me").await;
+    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    assert!(matches!(&batch.entries[0].1, EntryOutcome::Pending { reason } if reason.contains("retry")), "{batch:?}");
+    assert_eq!(app.pending(), 1, "the entry stays pending for a reclaim");
+    assert!(app.sink.delivered().is_empty());
+}
+
+#[tokio::test]
+async fn an_event_for_a_user_without_devices_is_acknowledged_as_having_no_target() {
+    let app = TestApp::start().await;
+    app.publish_to("u-nobody", "anyone?").await;
+    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    assert_eq!(batch.entries[0].1, EntryOutcome::NoTarget);
+    assert_eq!(app.pending(), 0);
+}
+
+#[tokio::test]
+async fn entries_added_before_the_group_existed_are_not_skipped() {
+    let app = TestApp::start().await;
+    let (device, _) = app.register_device("u-9").await;
+    let mut conn = app.redis.conn();
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(app.stream())
+        .arg(&app.settings.worker.group)
+        .query(&mut conn)
+        .expect("destroy the group");
+    app.publish_to("u-9", "early").await;
+    app.worker.ensure_groups().await.expect("group created again");
+    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    assert_eq!(batch.entries.len(), 1, "the group starts at id 0");
+    assert_eq!(app.sink.delivered()[0].subscription, device);
+}
+
+#[tokio::test]
+async fn a_garbage_entry_is_left_pending_and_the_worker_goes_on() {
+    let app = TestApp::start().await;
+    app.register_device("u-10").await;
+    let _: String = redis::cmd("XADD")
+        .arg(app.stream())
+        .arg("*")
+        .arg("junk")
+        .arg("yes")
+        .query(&mut app.redis.conn())
+        .expect("XADD garbage");
+    app.publish_to("u-10", "after the junk").await;
+    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    assert_eq!(batch.entries.len(), 2);
+    assert!(matches!(batch.entries[0].1, EntryOutcome::Poison { .. }));
+    assert_eq!(batch.entries[1].1, EntryOutcome::Acked { delivered: 1, gone: 0 });
+    assert_eq!(app.sink.delivered().len(), 1);
+}
+
+#[tokio::test]
+async fn pushes_carry_a_valid_vapid_token_for_the_sinks_origin_including_its_port() {
+    let app = TestApp::start().await;
+    app.register_device("u-11").await;
+    app.publish_to("u-11", "signed").await;
+    app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    let arrivals = app.sink.arrivals();
+    assert_eq!(arrivals.len(), 1);
+    // The sink answers 401 when aud, exp, sub or the signature is wrong.
+    assert_eq!(arrivals[0].status, 201, "{:?}", arrivals[0].error);
+}
