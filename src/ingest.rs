@@ -221,14 +221,24 @@ async fn read_json(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<
 /// Deserializes with the path of the failing field in the error.
 fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut parts: Vec<String> = Vec::new();
+        if !prefix.is_empty() {
+            parts.push(prefix.to_string());
+        }
         let path = e.path().to_string();
-        let field = match (prefix.is_empty(), path == ".") {
-            (true, true) => "body".to_string(),
-            (true, false) => path,
-            (false, true) => prefix.to_string(),
-            (false, false) => format!("{prefix}.{path}"),
-        };
-        ApiError::invalid(field, e.into_inner().to_string())
+        if path != "." {
+            parts.push(path);
+        }
+        let message = e.into_inner().to_string();
+        // serde names a missing field only in its message: name it in `field` too.
+        if let Some(name) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            parts.push(name.to_string());
+        }
+        let field = if parts.is_empty() { "body".to_string() } else { parts.join(".") };
+        ApiError::invalid(field, message)
     })
 }
 

@@ -1,0 +1,228 @@
+//! The HTTP API's contract: statuses, error bodies naming the field, idempotent
+//! publishes, subscriptions, health.
+
+mod helpers;
+
+use helpers::TestApp;
+use serde_json::{json, Value};
+
+fn event(user: &str) -> Value {
+    json!({"topic": "parking.lot-7.entry", "user": user, "notification": {"title": "Entry"}})
+}
+
+#[tokio::test]
+async fn a_single_event_is_accepted_with_its_id_and_stream_id() {
+    let app = TestApp::start().await;
+    let (status, body) = app.post("/v1/events", &json!({"id": "evt-1", "topic": "a.b", "user": "u", "notification": {"title": "t"}})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["events"][0]["id"], "evt-1");
+    let stream_id = body["events"][0]["stream_id"].as_str().expect("stream id");
+    // The entry is readable with redis-cli: flat fields.
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(app.stream())
+        .arg("-")
+        .arg("+")
+        .query(&mut app.redis.conn())
+        .expect("XRANGE");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].0, stream_id);
+    let fields: std::collections::HashMap<_, _> = entries[0].1.iter().cloned().collect();
+    assert_eq!(fields["topic"], "a.b");
+    assert_eq!(fields["user"], "u");
+    assert_eq!(fields["title"], "t");
+}
+
+#[tokio::test]
+async fn a_repeated_id_is_accepted_once_and_other_content_under_it_is_a_conflict() {
+    let app = TestApp::start().await;
+    let mut e = event("u-1");
+    e["id"] = json!("evt-dup");
+    let (s1, b1) = app.post("/v1/events", &e).await;
+    let (s2, b2) = app.post("/v1/events", &e).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(b1["events"][0]["stream_id"], b2["events"][0]["stream_id"], "the original entry");
+    assert_eq!(b2["events"][0]["duplicate"], true);
+    assert_eq!(app.stream_len(), 1, "no second entry");
+
+    e["notification"]["title"] = json!("something else");
+    let (s3, b3) = app.post("/v1/events", &e).await;
+    assert_eq!(s3, 409, "{b3}");
+    assert_eq!(b3["error"]["code"], "conflict");
+    assert_eq!(b3["error"]["field"], "id");
+    assert_eq!(app.stream_len(), 1);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_status_and_a_json_error_naming_the_field() {
+    let app = TestApp::start().await;
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"user": "u", "notification": {"title": "t"}}), 422, "topic"),
+        (json!({"topic": "a..b", "user": "u", "notification": {"title": "t"}}), 422, "topic"),
+        (json!({"topic": "a.b", "user": "u", "notification": {}}), 422, "notification.title"),
+        (json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "ttl": "long"}), 422, "ttl"),
+        (json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "urgency": "asap"}), 422, "urgency"),
+        (json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "colour": "red"}), 422, "colour"),
+        (json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "publish_at": "noon"}), 422, "publish_at"),
+        (json!([]), 422, "body"),
+        (json!("just a string"), 422, "body"),
+    ];
+    for (body, status, field) in cases {
+        let (got, answer) = app.post("/v1/events", &body).await;
+        assert_eq!(got, status, "{body} -> {answer}");
+        assert_eq!(answer["error"]["field"], field, "{body} -> {answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(app.stream_len(), 0, "nothing was accepted");
+}
+
+#[tokio::test]
+async fn one_bad_event_in_a_batch_rejects_the_batch_and_names_its_index() {
+    let app = TestApp::start().await;
+    let batch = json!([event("u-1"), {"topic": "x.*", "user": "u-2", "notification": {"title": "t"}}, event("u-3")]);
+    let (status, body) = app.post("/v1/events", &batch).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "[1].topic");
+    assert_eq!(app.stream_len(), 0, "no event of the batch was added");
+}
+
+#[tokio::test]
+async fn malformed_json_wrong_media_type_and_oversized_bodies_are_refused() {
+    let app = TestApp::start_with(|s| s.api.max_body_bytes = 2048).await;
+    let url = format!("{}/v1/events", app.api_url);
+    let r = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"topic\":")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "malformed_json");
+
+    let r = app.http.post(&url).body("topic=a").send().await.expect("answer");
+    assert_eq!(r.status(), 415);
+    let body: Value = r.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
+
+    let big = json!({"topic": "a.b", "user": "u", "notification": {"title": "x".repeat(4000)}});
+    let r = app.http.post(&url).json(&big).send().await.expect("answer");
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "body_too_large");
+}
+
+#[tokio::test]
+async fn a_notification_too_large_for_one_push_is_refused() {
+    let app = TestApp::start().await;
+    let big = json!({"topic": "a.b", "user": "u", "notification": {"title": "t", "body": "x".repeat(3100)}});
+    let (status, body) = app.post("/v1/events", &big).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "notification");
+}
+
+#[tokio::test]
+async fn tokens_are_required_when_configured() {
+    let app = TestApp::start_with(|s| s.api.tokens = vec![herald::config::Secret::new("s3cret")]).await;
+    let (status, body) = app.post("/v1/events", &event("u")).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let r = app
+        .http
+        .post(format!("{}/v1/events", app.api_url))
+        .bearer_auth("s3cret")
+        .json(&event("u"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 202);
+    // The public key is public.
+    let (status, _) = app.get("/v1/vapid-public-key").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn subscriptions_are_validated_listed_updated_and_deleted() {
+    let app = TestApp::start().await;
+    let (_, browser) = app.sink.new_subscription();
+
+    let mut bad = browser.clone();
+    bad["keys"]["p256dh"] = json!("AAAA");
+    let (status, body) = app.post("/v1/subscriptions", &json!({"user": "u-1", "subscription": bad})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "subscription.keys.p256dh");
+
+    let mut bad = browser.clone();
+    bad["keys"]["auth"] = json!("c2hvcnQ");
+    let (status, body) = app.post("/v1/subscriptions", &json!({"user": "u-1", "subscription": bad})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "subscription.keys.auth");
+
+    let (status, body) = app.post("/v1/subscriptions", &json!({"user": "u-1"})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "subscription");
+
+    let (status, body) = app
+        .post("/v1/subscriptions", &json!({"user": "u-1", "subscription": browser, "topics": ["parking.*.entry"]}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+
+    // The same endpoint again, now for another user: updated, not duplicated.
+    let (status, again) = app.post("/v1/subscriptions", &json!({"user": "u-2", "subscription": browser})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], json!(id));
+    let (_, list1) = app.get("/v1/subscriptions?user=u-1").await;
+    assert_eq!(list1["subscriptions"].as_array().map(Vec::len), Some(0));
+    let (_, list2) = app.get("/v1/subscriptions?user=u-2").await;
+    let subs = list2["subscriptions"].as_array().expect("array");
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0]["id"], json!(id));
+    assert!(subs[0].get("keys").is_none() && subs[0].get("endpoint").is_none(), "no secrets listed");
+    assert!(subs[0]["endpoint_origin"].as_str().is_some_and(|o| o.starts_with("http://127.0.0.1:")));
+
+    let (status, body) = app.get("/v1/subscriptions").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["field"], "user");
+
+    let url = format!("{}/v1/subscriptions/{id}", app.api_url);
+    assert_eq!(app.http.delete(&url).send().await.expect("answer").status(), 204);
+    assert_eq!(app.http.delete(&url).send().await.expect("answer").status(), 404);
+    let (_, list2) = app.get("/v1/subscriptions?user=u-2").await;
+    assert_eq!(list2["subscriptions"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn insecure_endpoints_are_refused_unless_allowed() {
+    let app = TestApp::start_with(|s| s.push.allow_insecure_endpoints = false).await;
+    let (_, browser) = app.sink.new_subscription();
+    let (status, body) = app.post("/v1/subscriptions", &json!({"user": "u-1", "subscription": browser})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "subscription.endpoint");
+}
+
+#[tokio::test]
+async fn health_and_the_vapid_key_answer() {
+    let app = TestApp::start().await;
+    assert_eq!(app.get("/livez").await.0, 200);
+    assert_eq!(app.get("/readyz").await.0, 200);
+    let (status, key) = app.get("/v1/vapid-public-key").await;
+    assert_eq!(status, 200);
+    assert_eq!(key["public_key"].as_str().map(str::len), Some(87), "65 bytes, base64url");
+    let (status, body) = app.get("/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn without_redis_the_api_is_not_ready_and_refuses_with_503() {
+    let mut app = TestApp::start().await;
+    drop(std::mem::replace(&mut app.redis, helpers::TestRedis::start()));
+    // The API's pool still points at the old, now stopped, server.
+    assert_eq!(app.get("/readyz").await.0, 503);
+    let (status, body) = app.post("/v1/events", &event("u")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(!body.to_string().contains("redis://"), "no internals leak");
+}
