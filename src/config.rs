@@ -226,7 +226,10 @@ impl Source {
     pub fn discover(explicit: Option<&Path>) -> anyhow::Result<Source> {
         match explicit {
             Some(path) if !path.exists() => {
-                anyhow::bail!("config file {} does not exist (given with --config)", path.display())
+                anyhow::bail!(
+                    "config file {} does not exist (given with --config)",
+                    path.display()
+                )
             }
             Some(path) => Ok(Source {
                 file: Some(path.to_path_buf()),
@@ -284,7 +287,9 @@ impl Settings {
         let url = self.redis.url.expose();
         if !url.is_empty() {
             redis::Client::open(url).map_err(|e| {
-                anyhow::anyhow!("redis.url is not a valid Redis URL ({e}); expected redis://host:port/db")
+                anyhow::anyhow!(
+                    "redis.url is not a valid Redis URL ({e}); expected redis://host:port/db"
+                )
             })?;
         }
         ensure_name("redis.key_prefix", &self.redis.key_prefix)?;
@@ -294,17 +299,34 @@ impl Settings {
         }
         ensure_range("redis.partitions", self.redis.partitions as u64, 1, 1024)?;
         ensure_range("redis.pool_size", self.redis.pool_size as u64, 1, 10_000)?;
-        ensure_range("api.max_body_bytes", self.api.max_body_bytes as u64, 1024, 64 << 20)?;
+        ensure_range(
+            "api.max_body_bytes",
+            self.api.max_body_bytes as u64,
+            1024,
+            64 << 20,
+        )?;
         ensure_range("api.max_batch", self.api.max_batch as u64, 1, 100_000)?;
-        ensure_range("worker.batch_size", self.worker.batch_size as u64, 1, 10_000)?;
-        ensure_range("worker.concurrency", self.worker.concurrency as u64, 1, 100_000)?;
+        ensure_range(
+            "worker.batch_size",
+            self.worker.batch_size as u64,
+            1,
+            10_000,
+        )?;
+        ensure_range(
+            "worker.concurrency",
+            self.worker.concurrency as u64,
+            1,
+            100_000,
+        )?;
         ensure_range(
             "events.default_ttl",
             self.events.default_ttl as u64,
             0,
             crate::event::MAX_TTL as u64,
         )?;
-        if self.worker.block < Duration::from_millis(10) || self.worker.block > Duration::from_secs(5) {
+        if self.worker.block < Duration::from_millis(10)
+            || self.worker.block > Duration::from_secs(5)
+        {
             anyhow::bail!(
                 "worker.block must be between 10ms and 5s (got {}): a longer block delays stops",
                 humantime::format_duration(self.worker.block)
@@ -318,7 +340,9 @@ impl Settings {
         }
         let subject = &self.push.vapid_subject;
         if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
-            anyhow::bail!("push.vapid_subject must start with mailto: or https:// (got {subject:?})");
+            anyhow::bail!(
+                "push.vapid_subject must start with mailto: or https:// (got {subject:?})"
+            );
         }
         if self.api.tokens.iter().any(Secret::is_empty) {
             anyhow::bail!("api.tokens must not contain an empty token");
@@ -353,8 +377,14 @@ impl Settings {
         if !shown.redis.url.is_empty() {
             shown.redis.url = Secret::new("[redacted]");
         }
-        shown.api.tokens = shown.api.tokens.iter().map(|_| Secret::new("[redacted]")).collect();
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+        shown.api.tokens = shown
+            .api
+            .tokens
+            .iter()
+            .map(|_| Secret::new("[redacted]"))
+            .collect();
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
 }
 
@@ -365,7 +395,9 @@ fn ensure_name(key: &str, value: &str) -> anyhow::Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        anyhow::bail!("{key} must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.' (got {value:?})");
+        anyhow::bail!(
+            "{key} must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.' (got {value:?})"
+        );
     }
     Ok(())
 }
@@ -403,7 +435,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        Settings::default().validate().expect("defaults must validate");
+        Settings::default()
+            .validate()
+            .expect("defaults must validate");
     }
 
     #[test]

@@ -24,7 +24,10 @@ impl Db {
     /// Connects to `redis.url` (which must be set by now) and checks the server answers.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
         let url = settings.redis.url.expose();
-        anyhow::ensure!(!url.is_empty(), "redis.url is empty: set it, or run `herald up` to start an embedded redis-server");
+        anyhow::ensure!(
+            !url.is_empty(),
+            "redis.url is empty: set it, or run `herald up` to start an embedded redis-server"
+        );
         let client = redis::Client::open(url).context("redis.url is not a valid Redis URL")?;
         let timeout = settings.redis.command_timeout;
         let manager = Manager::new_with_config(
@@ -55,7 +58,10 @@ impl Db {
 
     /// A pooled connection for ordinary (non-blocking) commands.
     pub async fn conn(&self) -> anyhow::Result<deadpool_redis::Connection> {
-        self.pool.get().await.context("no Redis connection available from the pool")
+        self.pool
+            .get()
+            .await
+            .context("no Redis connection available from the pool")
     }
 
     /// A connection of its own for `XREADGROUP ... BLOCK`: its response timeout
@@ -94,7 +100,13 @@ pub fn redacted_url(url: &str) -> String {
 mod tests {
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(super::redacted_url("redis://:s3cret@db:6379/0"), "redis://:redacted@db:6379/0");
-        assert_eq!(super::redacted_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            super::redacted_url("redis://:s3cret@db:6379/0"),
+            "redis://:redacted@db:6379/0"
+        );
+        assert_eq!(
+            super::redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

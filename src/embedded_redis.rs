@@ -22,8 +22,11 @@ impl EmbeddedRedis {
     /// Starts `redis-server` on `port` (0: a free one) and waits until it answers.
     pub async fn start(data_dir: &Path, port: u16) -> anyhow::Result<EmbeddedRedis> {
         let dir = data_dir.join("redis");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
         let port = if port == 0 { free_port()? } else { port };
         let child = spawn(&dir, port)?;
         let mut redis = EmbeddedRedis { child, dir, port };
@@ -49,14 +52,18 @@ impl EmbeddedRedis {
                 );
             }
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
                 if pong.is_ok() {
                     return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        anyhow::bail!("redis-server did not answer within 5s on port {}", self.port)
+        anyhow::bail!(
+            "redis-server did not answer within 5s on port {}",
+            self.port
+        )
     }
 
     /// Restarts the server whenever it exits, until `shutdown`; then stops it with SIGTERM

@@ -134,7 +134,11 @@ pub struct EventDefaults {
 impl EventInput {
     /// Validates and fills defaults. The digest of the input as given (before
     /// defaults) identifies its content for idempotent publishes.
-    pub fn validate(&self, defaults: EventDefaults, now: DateTime<Utc>) -> Result<Event, InvalidField> {
+    pub fn validate(
+        &self,
+        defaults: EventDefaults,
+        now: DateTime<Utc>,
+    ) -> Result<Event, InvalidField> {
         let id = match &self.id {
             Some(id) => {
                 check_identifier("id", id, 128)?;
@@ -160,7 +164,10 @@ impl EventInput {
         for (name, value) in &self.headers {
             check_identifier(&format!("headers.{name}"), name, 64)?;
             if value.len() > 256 {
-                return Err(InvalidField::new(format!("headers.{name}"), "value must be at most 256 bytes"));
+                return Err(InvalidField::new(
+                    format!("headers.{name}"),
+                    "value must be at most 256 bytes",
+                ));
             }
         }
         if self.notification.title.trim().is_empty() {
@@ -184,7 +191,10 @@ impl EventInput {
         }
         let ttl = self.ttl.unwrap_or(defaults.ttl);
         if ttl > MAX_TTL {
-            return Err(InvalidField::new("ttl", format!("must be at most {MAX_TTL} seconds (28 days)")));
+            return Err(InvalidField::new(
+                "ttl",
+                format!("must be at most {MAX_TTL} seconds (28 days)"),
+            ));
         }
         let event = Event {
             id,
@@ -241,7 +251,12 @@ impl Event {
         put("urgency", self.urgency.as_str());
         put("title", &self.notification.title);
         let n = &self.notification;
-        for (name, value) in [("body", &n.body), ("url", &n.url), ("icon", &n.icon), ("tag", &n.tag)] {
+        for (name, value) in [
+            ("body", &n.body),
+            ("url", &n.url),
+            ("icon", &n.icon),
+            ("tag", &n.tag),
+        ] {
             if let Some(value) = value {
                 put(name, value);
             }
@@ -258,7 +273,11 @@ impl Event {
         let need = |name: &str| get(name).ok_or_else(|| format!("field {name:?} is missing"));
         match fields.get("v").map(String::as_str) {
             Some(ENTRY_VERSION) => {}
-            Some(other) => return Err(format!("entry version {other:?} is not understood by this herald")),
+            Some(other) => {
+                return Err(format!(
+                    "entry version {other:?} is not understood by this herald"
+                ))
+            }
             None => return Err("field \"v\" is missing: not an entry written by herald".into()),
         }
         let publish_at = DateTime::parse_from_rfc3339(&need("publish_at")?)
@@ -272,12 +291,18 @@ impl Event {
             ),
             None => None,
         };
-        let ttl = need("ttl")?.parse::<u32>().map_err(|e| format!("ttl: {e}"))?;
+        let ttl = need("ttl")?
+            .parse::<u32>()
+            .map_err(|e| format!("ttl: {e}"))?;
         let urgency_text = need("urgency")?;
-        let urgency = Urgency::parse(&urgency_text).ok_or_else(|| format!("urgency {urgency_text:?} is unknown"))?;
+        let urgency = Urgency::parse(&urgency_text)
+            .ok_or_else(|| format!("urgency {urgency_text:?} is unknown"))?;
         let headers = fields
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix("h.").map(|name| (name.to_string(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix("h.")
+                    .map(|name| (name.to_string(), v.clone()))
+            })
             .collect();
         Ok(Event {
             id: need("id")?,
@@ -332,13 +357,21 @@ pub fn format_time(t: DateTime<Utc>) -> String {
 fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, InvalidField> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| InvalidField::new(field, format!("{e}; expected RFC 3339 like 2026-11-21T10:00:00Z")))
+        .map_err(|e| {
+            InvalidField::new(
+                field,
+                format!("{e}; expected RFC 3339 like 2026-11-21T10:00:00Z"),
+            )
+        })
 }
 
 /// Ids, users and header names go into Redis keys and logs: printable, no spaces.
 pub(crate) fn check_identifier(field: &str, value: &str, max: usize) -> Result<(), InvalidField> {
     if value.is_empty() || value.len() > max {
-        return Err(InvalidField::new(field, format!("must be 1 to {max} characters")));
+        return Err(InvalidField::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
     }
     if !value
         .chars()
@@ -358,9 +391,15 @@ fn check_topic(topic: &str) -> Result<(), InvalidField> {
     }
     for word in topic.split('.') {
         if word.is_empty() {
-            return Err(InvalidField::new("topic", "words between dots must not be empty"));
+            return Err(InvalidField::new(
+                "topic",
+                "words between dots must not be empty",
+            ));
         }
-        if !word.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':')) {
+        if !word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':'))
+        {
             return Err(InvalidField::new(
                 "topic",
                 format!("word {word:?} may only contain A-Z, a-z, 0-9, '-', '_' and ':' ('*' and '#' are for subscriptions)"),
@@ -372,10 +411,12 @@ fn check_topic(topic: &str) -> Result<(), InvalidField> {
 
 pub(crate) fn hex_lower(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -409,8 +450,10 @@ mod tests {
 
     #[test]
     fn defaults_fill_id_time_ttl_and_urgency() {
-        let input: EventInput =
-            serde_json::from_value(serde_json::json!({"topic": "a.b", "notification": {"title": "t"}})).expect("parses");
+        let input: EventInput = serde_json::from_value(
+            serde_json::json!({"topic": "a.b", "notification": {"title": "t"}}),
+        )
+        .expect("parses");
         let now = Utc::now();
         let event = input.validate(DEFAULTS, now).expect("valid");
         assert!(!event.id.is_empty());
@@ -428,10 +471,22 @@ mod tests {
             (serde_json::json!({"user": ""}), "user"),
             (serde_json::json!({"publish_at": "yesterday"}), "publish_at"),
             (serde_json::json!({"ttl": MAX_TTL + 1}), "ttl"),
-            (serde_json::json!({"notification": {"title": " "}}), "notification.title"),
-            (serde_json::json!({"notification": {"title": "t", "body": "x".repeat(4000)}}), "notification"),
-            (serde_json::json!({"headers": {"bad name": "1"}}), "headers.bad name"),
-            (serde_json::json!({"deliver_at": "2999-01-01T00:00:00Z"}), "deliver_at"),
+            (
+                serde_json::json!({"notification": {"title": " "}}),
+                "notification.title",
+            ),
+            (
+                serde_json::json!({"notification": {"title": "t", "body": "x".repeat(4000)}}),
+                "notification",
+            ),
+            (
+                serde_json::json!({"headers": {"bad name": "1"}}),
+                "headers.bad name",
+            ),
+            (
+                serde_json::json!({"deliver_at": "2999-01-01T00:00:00Z"}),
+                "deliver_at",
+            ),
         ];
         for (patch, field) in cases {
             let mut value = serde_json::to_value(sample()).expect("serializes");

@@ -105,10 +105,14 @@ pub struct Api {
 
 impl Api {
     /// Binds `api.listen` (port 0 picks a free port: see [`Api::local_addr`]).
-    pub async fn bind(settings: &Settings, db: Db, vapid_public_key: String) -> anyhow::Result<Api> {
-        let listener = TcpListener::bind(settings.api.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on api.listen = {}: {e}", settings.api.listen))?;
+    pub async fn bind(
+        settings: &Settings,
+        db: Db,
+        vapid_public_key: String,
+    ) -> anyhow::Result<Api> {
+        let listener = TcpListener::bind(settings.api.listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on api.listen = {}: {e}", settings.api.listen)
+        })?;
         if settings.api.tokens.is_empty() && !settings.api.listen.ip().is_loopback() {
             tracing::warn!(listen = %settings.api.listen, "the API listens beyond loopback without api.tokens: anyone who reaches it can publish");
         }
@@ -134,7 +138,9 @@ impl Api {
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown`, then finishes the requests in flight.
@@ -153,7 +159,10 @@ impl Api {
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/v1/events", post(post_events))
-        .route("/v1/subscriptions", post(post_subscription).get(list_subscriptions))
+        .route(
+            "/v1/subscriptions",
+            post(post_subscription).get(list_subscriptions),
+        )
         .route("/v1/subscriptions/{id}", delete(delete_subscription))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -176,7 +185,10 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if tokens.iter().any(|t| constant_time_eq(t.expose().as_bytes(), given.as_bytes())) {
+    if tokens
+        .iter()
+        .any(|t| constant_time_eq(t.expose().as_bytes(), given.as_bytes()))
+    {
         next.run(request).await
     } else {
         ApiError::new(
@@ -214,8 +226,13 @@ async fn read_json(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<
             format!("the body is over {limit} bytes (api.max_body_bytes); send fewer events per request"),
         )
     })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// Deserializes with the path of the failing field in the error.
@@ -237,17 +254,30 @@ fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ApiE
         {
             parts.push(name.to_string());
         }
-        let field = if parts.is_empty() { "body".to_string() } else { parts.join(".") };
+        let field = if parts.is_empty() {
+            "body".to_string()
+        } else {
+            parts.join(".")
+        };
         ApiError::invalid(field, message)
     })
 }
 
-async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn post_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let value = read_json(&state, &headers, body).await?;
     let (items, batch) = match value {
         Value::Array(items) => (items, true),
         object @ Value::Object(_) => (vec![object], false),
-        _ => return Err(ApiError::invalid("body", "send one event object or an array of events")),
+        _ => {
+            return Err(ApiError::invalid(
+                "body",
+                "send one event object or an array of events",
+            ))
+        }
     };
     if items.is_empty() {
         return Err(ApiError::invalid("body", "the array holds no events"));
@@ -256,17 +286,29 @@ async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Bo
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
-            format!("{} events in one request; at most {} (api.max_batch)", items.len(), state.inner.max_batch),
+            format!(
+                "{} events in one request; at most {} (api.max_batch)",
+                items.len(),
+                state.inner.max_batch
+            ),
         ));
     }
     let now = Utc::now();
     let mut ready = Vec::with_capacity(items.len());
     // Validate the whole batch first: a bad event means nothing of the request is accepted.
     for (i, item) in items.into_iter().enumerate() {
-        let prefix = if batch { format!("[{i}]") } else { String::new() };
+        let prefix = if batch {
+            format!("[{i}]")
+        } else {
+            String::new()
+        };
         let input: EventInput = from_value(item, &prefix)?;
         let event = input.validate(state.inner.defaults, now).map_err(|e| {
-            let field = if batch { format!("[{i}].{}", e.field) } else { e.field };
+            let field = if batch {
+                format!("[{i}].{}", e.field)
+            } else {
+                e.field
+            };
             ApiError::invalid(field, e.message)
         })?;
         ready.push(Ready {
@@ -274,7 +316,12 @@ async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Bo
             event,
         });
     }
-    let outcomes = state.inner.publisher.publish(&ready).await.map_err(ApiError::unavailable)?;
+    let outcomes = state
+        .inner
+        .publisher
+        .publish(&ready)
+        .await
+        .map_err(ApiError::unavailable)?;
     let mut conflicts = Vec::new();
     let results: Vec<Value> = outcomes
         .into_iter()
@@ -300,11 +347,20 @@ async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Bo
     Ok((StatusCode::CONFLICT, Json(body)).into_response())
 }
 
-async fn post_subscription(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn post_subscription(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let value = read_json(&state, &headers, body).await?;
     let input: SubscriptionInput = from_value(value, "")?;
     let sub = input.validate(state.inner.allow_insecure_endpoints)?;
-    let stored = state.inner.store.put(&sub).await.map_err(ApiError::unavailable)?;
+    let stored = state
+        .inner
+        .store
+        .put(&sub)
+        .await
+        .map_err(ApiError::unavailable)?;
     let (status, created) = match stored {
         Stored::Created => (StatusCode::CREATED, true),
         Stored::Updated => (StatusCode::OK, false),
@@ -317,7 +373,10 @@ struct ListQuery {
     user: Option<String>,
 }
 
-async fn list_subscriptions(State(state): State<ApiState>, Query(query): Query<ListQuery>) -> Result<Response, ApiError> {
+async fn list_subscriptions(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
     let Some(user) = query.user.filter(|u| !u.is_empty()) else {
         return Err(ApiError {
             status: StatusCode::BAD_REQUEST,
@@ -326,7 +385,12 @@ async fn list_subscriptions(State(state): State<ApiState>, Query(query): Query<L
             field: Some("user".into()),
         });
     };
-    let found = state.inner.store.for_user(&user).await.map_err(ApiError::unavailable)?;
+    let found = state
+        .inner
+        .store
+        .for_user(&user)
+        .await
+        .map_err(ApiError::unavailable)?;
     let views: Vec<Value> = found
         .into_iter()
         .map(|r| match r {
@@ -337,13 +401,30 @@ async fn list_subscriptions(State(state): State<ApiState>, Query(query): Query<L
     Ok(Json(json!({"user": user, "subscriptions": views})).into_response())
 }
 
-async fn delete_subscription(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete_subscription(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     if id.len() != 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no subscription has that id"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no subscription has that id",
+        ));
     }
-    match state.inner.store.delete(&id).await.map_err(ApiError::unavailable)? {
+    match state
+        .inner
+        .store
+        .delete(&id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
         true => Ok(StatusCode::NO_CONTENT.into_response()),
-        false => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no subscription has that id")),
+        false => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no subscription has that id",
+        )),
     }
 }
 
@@ -360,7 +441,11 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "not ready: redis unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "redis unreachable"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "redis unreachable"})),
+            )
+                .into_response()
         }
     }
 }

@@ -141,7 +141,10 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the async runtime: {e}");
@@ -237,7 +240,9 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result
             .parse()
             .ok()
             .filter(|s| (100..=599).contains(s))
-            .ok_or_else(|| anyhow::anyhow!("--fail {spec:?}: expected an HTTP status like 503 or 429:2"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("--fail {spec:?}: expected an HTTP status like 503 or 429:2")
+            })?;
         faults.push(Fault {
             status,
             retry_after,
@@ -245,12 +250,27 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result
         });
     }
     handle.add_faults("*", faults);
-    eprintln!("herald sink listening on {} (arrivals as JSON lines)", handle.base_url());
+    eprintln!(
+        "herald sink listening on {} (arrivals as JSON lines)",
+        handle.base_url()
+    );
     let server = tokio::spawn(sink.run(shutdown.clone()));
     if args.register > 0 {
-        let ids = herald::sink::register(&handle, &args.api, args.token.as_deref(), &args.user, args.register).await;
+        let ids = herald::sink::register(
+            &handle,
+            &args.api,
+            args.token.as_deref(),
+            &args.user,
+            args.register,
+        )
+        .await;
         match ids {
-            Ok(ids) => eprintln!("registered {} subscription(s) for user {}: {}", ids.len(), args.user, ids.join(", ")),
+            Ok(ids) => eprintln!(
+                "registered {} subscription(s) for user {}: {}",
+                ids.len(),
+                args.user,
+                ids.join(", ")
+            ),
             Err(e) => {
                 shutdown.cancel();
                 let _ = server.await;
@@ -289,7 +309,12 @@ async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
             urgency: None,
         };
         let event = input
-            .validate(EventDefaults { ttl: settings.events.default_ttl }, chrono::Utc::now())
+            .validate(
+                EventDefaults {
+                    ttl: settings.events.default_ttl,
+                },
+                chrono::Utc::now(),
+            )
             .map_err(|e| anyhow::anyhow!("--{}", e))?;
         let ready = [Ready {
             digest: input.digest(),

@@ -31,7 +31,9 @@ pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::
     let result = run_roles(&settings, shutdown).await;
     redis_stop.cancel();
     if let Some(handle) = embedded {
-        handle.await.context("embedded redis supervisor panicked")??;
+        handle
+            .await
+            .context("embedded redis supervisor panicked")??;
     }
     result
 }
@@ -40,7 +42,10 @@ pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::
 pub async fn api(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let db = Db::connect(&settings).await?;
     let key = VapidKey::load_or_create(&settings.vapid_key_path(), settings.push.create_vapid_key)?;
-    Api::bind(&settings, db, key.public_key).await?.run(shutdown).await
+    Api::bind(&settings, db, key.public_key)
+        .await?
+        .run(shutdown)
+        .await
 }
 
 /// `herald worker`.
@@ -57,7 +62,12 @@ async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     let pusher = Arc::new(Pusher::new(&settings.push, key)?);
     let api = Api::bind(settings, db.clone(), pusher.public_key().to_string()).await?;
     let worker = Worker::new(db, pusher.clone(), settings);
-    print_banner(settings, api.local_addr(), pusher.public_key(), worker.consumer());
+    print_banner(
+        settings,
+        api.local_addr(),
+        pusher.public_key(),
+        worker.consumer(),
+    );
     // If one role fails, stop the others too rather than run half a herald.
     let stop = shutdown.child_token();
     let api_task = tokio::spawn({
@@ -78,7 +88,8 @@ async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     });
     let (a, w) = tokio::join!(api_task, worker_task);
     a.context("api task panicked")?.context("api failed")?;
-    w.context("worker task panicked")?.context("worker failed")?;
+    w.context("worker task panicked")?
+        .context("worker failed")?;
     Ok(())
 }
 

@@ -124,10 +124,16 @@ impl Worker {
 
     /// Reads and fully processes one batch of new entries from one partition
     /// (waiting at most `block` for them). For tests and tools that step the worker.
-    pub async fn process_batch(&self, partition: u32, block: Duration) -> anyhow::Result<BatchOutcome> {
+    pub async fn process_batch(
+        &self,
+        partition: u32,
+        block: Duration,
+    ) -> anyhow::Result<BatchOutcome> {
         let mut conn = self.db.blocking_conn(block).await?;
         let stream = self.db.keys.stream(partition);
-        let entries = self.read(&mut conn, &stream, ">", self.batch_size, Some(block)).await?;
+        let entries = self
+            .read(&mut conn, &stream, ">", self.batch_size, Some(block))
+            .await?;
         let outcomes = join_all(entries.into_iter().map(|entry| async move {
             let id = entry.id.clone();
             (id, self.process_entry(entry).await)
@@ -219,7 +225,9 @@ impl Worker {
                 from_own_pending = false;
             }
             for entry in entries {
-                let permit = permits.pop().expect("never more entries than permits (COUNT)");
+                let permit = permits
+                    .pop()
+                    .expect("never more entries than permits (COUNT)");
                 let worker = self.clone();
                 tracker.spawn(async move {
                     worker.process_entry(entry).await;
@@ -239,7 +247,11 @@ impl Worker {
         block: Option<Duration>,
     ) -> anyhow::Result<Vec<Entry>> {
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.group).arg(&self.consumer).arg("COUNT").arg(count);
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
@@ -266,9 +278,15 @@ impl Worker {
         let outcome = self.deliver(&entry, &event).instrument(span.clone()).await;
         let _enter = span.enter();
         match &outcome {
-            EntryOutcome::Acked { delivered, gone } => tracing::info!(delivered, gone, "event done"),
-            EntryOutcome::NoTarget => tracing::warn!(user = ?event.user, "no subscription to deliver to; acknowledged"),
-            EntryOutcome::Pending { reason } => tracing::warn!(reason, "event left pending for a retry"),
+            EntryOutcome::Acked { delivered, gone } => {
+                tracing::info!(delivered, gone, "event done")
+            }
+            EntryOutcome::NoTarget => {
+                tracing::warn!(user = ?event.user, "no subscription to deliver to; acknowledged")
+            }
+            EntryOutcome::Pending { reason } => {
+                tracing::warn!(reason, "event left pending for a retry")
+            }
             EntryOutcome::Poison { reason } => tracing::error!(reason, "poison event left pending"),
         }
         outcome
@@ -288,7 +306,11 @@ impl Worker {
             return self.ack(entry, EntryOutcome::NoTarget).await;
         }
         let reports = join_all(targets.subscriptions.iter().map(|sub| async move {
-            let _permit = self.push_permits.acquire().await.expect("the semaphore is never closed");
+            let _permit = self
+                .push_permits
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
             (sub, self.pusher.push(sub, event).await)
         }))
         .await;
@@ -303,17 +325,25 @@ impl Worker {
                         gone += 1;
                         tracing::info!(subscription = %sub.id, status = ?report.status, "subscription gone; deleted");
                     }
-                    Err(e) => failures.push(format!("subscription {} is gone but could not be deleted: {e:#}", sub.id)),
+                    Err(e) => failures.push(format!(
+                        "subscription {} is gone but could not be deleted: {e:#}",
+                        sub.id
+                    )),
                 },
                 other => {
                     let error = report.error.as_deref().unwrap_or("no detail");
                     tracing::warn!(subscription = %sub.id, outcome = other.name(), status = ?report.status, error, "push not delivered");
-                    failures.push(format!("subscription {}: {} ({error})", sub.id, other.name()));
+                    failures.push(format!(
+                        "subscription {}: {} ({error})",
+                        sub.id,
+                        other.name()
+                    ));
                 }
             }
         }
         if failures.is_empty() {
-            self.ack(entry, EntryOutcome::Acked { delivered, gone }).await
+            self.ack(entry, EntryOutcome::Acked { delivered, gone })
+                .await
         } else {
             EntryOutcome::Pending {
                 reason: failures.join("; "),
@@ -385,7 +415,10 @@ pub fn parse_read_reply(reply: Value) -> anyhow::Result<Vec<Entry>> {
             let Value::Array(mut parts) = entry else {
                 anyhow::bail!("unexpected XREADGROUP entry in {stream}");
             };
-            anyhow::ensure!(parts.len() == 2, "unexpected XREADGROUP entry shape in {stream}");
+            anyhow::ensure!(
+                parts.len() == 2,
+                "unexpected XREADGROUP entry shape in {stream}"
+            );
             let body = parts.pop().expect("len 2");
             let id: String = redis::from_redis_value(parts.pop().expect("len 2"))?;
             let fields = match body {

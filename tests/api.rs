@@ -13,7 +13,12 @@ fn event(user: &str) -> Value {
 #[tokio::test]
 async fn a_single_event_is_accepted_with_its_id_and_stream_id() {
     let app = TestApp::start().await;
-    let (status, body) = app.post("/v1/events", &json!({"id": "evt-1", "topic": "a.b", "user": "u", "notification": {"title": "t"}})).await;
+    let (status, body) = app
+        .post(
+            "/v1/events",
+            &json!({"id": "evt-1", "topic": "a.b", "user": "u", "notification": {"title": "t"}}),
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["events"][0]["id"], "evt-1");
     let stream_id = body["events"][0]["stream_id"].as_str().expect("stream id");
@@ -40,7 +45,10 @@ async fn a_repeated_id_is_accepted_once_and_other_content_under_it_is_a_conflict
     let (s1, b1) = app.post("/v1/events", &e).await;
     let (s2, b2) = app.post("/v1/events", &e).await;
     assert_eq!((s1, s2), (202, 202));
-    assert_eq!(b1["events"][0]["stream_id"], b2["events"][0]["stream_id"], "the original entry");
+    assert_eq!(
+        b1["events"][0]["stream_id"], b2["events"][0]["stream_id"],
+        "the original entry"
+    );
     assert_eq!(b2["events"][0]["duplicate"], true);
     assert_eq!(app.stream_len(), 1, "no second entry");
 
@@ -56,13 +64,41 @@ async fn a_repeated_id_is_accepted_once_and_other_content_under_it_is_a_conflict
 async fn bad_input_gets_a_status_and_a_json_error_naming_the_field() {
     let app = TestApp::start().await;
     let cases: Vec<(Value, u16, &str)> = vec![
-        (json!({"user": "u", "notification": {"title": "t"}}), 422, "topic"),
-        (json!({"topic": "a..b", "user": "u", "notification": {"title": "t"}}), 422, "topic"),
-        (json!({"topic": "a.b", "user": "u", "notification": {}}), 422, "notification.title"),
-        (json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "ttl": "long"}), 422, "ttl"),
-        (json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "urgency": "asap"}), 422, "urgency"),
-        (json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "colour": "red"}), 422, "colour"),
-        (json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "publish_at": "noon"}), 422, "publish_at"),
+        (
+            json!({"user": "u", "notification": {"title": "t"}}),
+            422,
+            "topic",
+        ),
+        (
+            json!({"topic": "a..b", "user": "u", "notification": {"title": "t"}}),
+            422,
+            "topic",
+        ),
+        (
+            json!({"topic": "a.b", "user": "u", "notification": {}}),
+            422,
+            "notification.title",
+        ),
+        (
+            json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "ttl": "long"}),
+            422,
+            "ttl",
+        ),
+        (
+            json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "urgency": "asap"}),
+            422,
+            "urgency",
+        ),
+        (
+            json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "colour": "red"}),
+            422,
+            "colour",
+        ),
+        (
+            json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "publish_at": "noon"}),
+            422,
+            "publish_at",
+        ),
         (json!([]), 422, "body"),
         (json!("just a string"), 422, "body"),
     ];
@@ -70,7 +106,9 @@ async fn bad_input_gets_a_status_and_a_json_error_naming_the_field() {
         let (got, answer) = app.post("/v1/events", &body).await;
         assert_eq!(got, status, "{body} -> {answer}");
         assert_eq!(answer["error"]["field"], field, "{body} -> {answer}");
-        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
     assert_eq!(app.stream_len(), 0, "nothing was accepted");
 }
@@ -101,7 +139,13 @@ async fn malformed_json_wrong_media_type_and_oversized_bodies_are_refused() {
     let body: Value = r.json().await.expect("json error");
     assert_eq!(body["error"]["code"], "malformed_json");
 
-    let r = app.http.post(&url).body("topic=a").send().await.expect("answer");
+    let r = app
+        .http
+        .post(&url)
+        .body("topic=a")
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(r.status(), 415);
     let body: Value = r.json().await.expect("json error");
     assert_eq!(body["error"]["code"], "unsupported_media_type");
@@ -124,7 +168,8 @@ async fn a_notification_too_large_for_one_push_is_refused() {
 
 #[tokio::test]
 async fn tokens_are_required_when_configured() {
-    let app = TestApp::start_with(|s| s.api.tokens = vec![herald::config::Secret::new("s3cret")]).await;
+    let app =
+        TestApp::start_with(|s| s.api.tokens = vec![herald::config::Secret::new("s3cret")]).await;
     let (status, body) = app.post("/v1/events", &event("u")).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "unauthorized");
@@ -149,13 +194,23 @@ async fn subscriptions_are_validated_listed_updated_and_deleted() {
 
     let mut bad = browser.clone();
     bad["keys"]["p256dh"] = json!("AAAA");
-    let (status, body) = app.post("/v1/subscriptions", &json!({"user": "u-1", "subscription": bad})).await;
+    let (status, body) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"user": "u-1", "subscription": bad}),
+        )
+        .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["field"], "subscription.keys.p256dh");
 
     let mut bad = browser.clone();
     bad["keys"]["auth"] = json!("c2hvcnQ");
-    let (status, body) = app.post("/v1/subscriptions", &json!({"user": "u-1", "subscription": bad})).await;
+    let (status, body) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"user": "u-1", "subscription": bad}),
+        )
+        .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["field"], "subscription.keys.auth");
 
@@ -164,13 +219,21 @@ async fn subscriptions_are_validated_listed_updated_and_deleted() {
     assert_eq!(body["error"]["field"], "subscription");
 
     let (status, body) = app
-        .post("/v1/subscriptions", &json!({"user": "u-1", "subscription": browser, "topics": ["parking.*.entry"]}))
+        .post(
+            "/v1/subscriptions",
+            &json!({"user": "u-1", "subscription": browser, "topics": ["parking.*.entry"]}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let id = body["id"].as_str().expect("id").to_string();
 
     // The same endpoint again, now for another user: updated, not duplicated.
-    let (status, again) = app.post("/v1/subscriptions", &json!({"user": "u-2", "subscription": browser})).await;
+    let (status, again) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"user": "u-2", "subscription": browser}),
+        )
+        .await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["id"], json!(id));
     let (_, list1) = app.get("/v1/subscriptions?user=u-1").await;
@@ -179,16 +242,27 @@ async fn subscriptions_are_validated_listed_updated_and_deleted() {
     let subs = list2["subscriptions"].as_array().expect("array");
     assert_eq!(subs.len(), 1);
     assert_eq!(subs[0]["id"], json!(id));
-    assert!(subs[0].get("keys").is_none() && subs[0].get("endpoint").is_none(), "no secrets listed");
-    assert!(subs[0]["endpoint_origin"].as_str().is_some_and(|o| o.starts_with("http://127.0.0.1:")));
+    assert!(
+        subs[0].get("keys").is_none() && subs[0].get("endpoint").is_none(),
+        "no secrets listed"
+    );
+    assert!(subs[0]["endpoint_origin"]
+        .as_str()
+        .is_some_and(|o| o.starts_with("http://127.0.0.1:")));
 
     let (status, body) = app.get("/v1/subscriptions").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["field"], "user");
 
     let url = format!("{}/v1/subscriptions/{id}", app.api_url);
-    assert_eq!(app.http.delete(&url).send().await.expect("answer").status(), 204);
-    assert_eq!(app.http.delete(&url).send().await.expect("answer").status(), 404);
+    assert_eq!(
+        app.http.delete(&url).send().await.expect("answer").status(),
+        204
+    );
+    assert_eq!(
+        app.http.delete(&url).send().await.expect("answer").status(),
+        404
+    );
     let (_, list2) = app.get("/v1/subscriptions?user=u-2").await;
     assert_eq!(list2["subscriptions"].as_array().map(Vec::len), Some(0));
 }
@@ -197,7 +271,12 @@ async fn subscriptions_are_validated_listed_updated_and_deleted() {
 async fn insecure_endpoints_are_refused_unless_allowed() {
     let app = TestApp::start_with(|s| s.push.allow_insecure_endpoints = false).await;
     let (_, browser) = app.sink.new_subscription();
-    let (status, body) = app.post("/v1/subscriptions", &json!({"user": "u-1", "subscription": browser})).await;
+    let (status, body) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"user": "u-1", "subscription": browser}),
+        )
+        .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["field"], "subscription.endpoint");
 }
@@ -209,7 +288,11 @@ async fn health_and_the_vapid_key_answer() {
     assert_eq!(app.get("/readyz").await.0, 200);
     let (status, key) = app.get("/v1/vapid-public-key").await;
     assert_eq!(status, 200);
-    assert_eq!(key["public_key"].as_str().map(str::len), Some(87), "65 bytes, base64url");
+    assert_eq!(
+        key["public_key"].as_str().map(str::len),
+        Some(87),
+        "65 bytes, base64url"
+    );
     let (status, body) = app.get("/nope").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
@@ -218,7 +301,10 @@ async fn health_and_the_vapid_key_answer() {
 #[tokio::test]
 async fn without_redis_the_api_is_not_ready_and_refuses_with_503() {
     let mut app = TestApp::start().await;
-    drop(std::mem::replace(&mut app.redis, helpers::TestRedis::start()));
+    drop(std::mem::replace(
+        &mut app.redis,
+        helpers::TestRedis::start(),
+    ));
     // The API's pool still points at the old, now stopped, server.
     assert_eq!(app.get("/readyz").await.0, 503);
     let (status, body) = app.post("/v1/events", &event("u")).await;

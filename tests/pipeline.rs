@@ -38,7 +38,9 @@ async fn every_device_receives_every_event_meant_for_it_exactly_once() {
     assert_eq!(status, 202, "{body}");
     for (i, user) in ["u-1", "u-2", "u-3"].iter().enumerate() {
         let id = body["events"][i]["id"].as_str().expect("id").to_string();
-        assert!(body["events"][i]["stream_id"].as_str().is_some_and(|s| s.contains('-')));
+        assert!(body["events"][i]["stream_id"]
+            .as_str()
+            .is_some_and(|s| s.contains('-')));
         sent.insert(id, (user, format!("{user} batch")));
     }
 
@@ -56,12 +58,22 @@ async fn every_device_receives_every_event_meant_for_it_exactly_once() {
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
     for a in &arrivals {
         let event_id = a.event_id.clone().expect("a decrypted payload with an id");
-        *seen.entry((a.subscription.clone(), event_id.clone())).or_default() += 1;
+        *seen
+            .entry((a.subscription.clone(), event_id.clone()))
+            .or_default() += 1;
         let (user, title) = &sent[&event_id];
-        assert!(devices[user].contains(&a.subscription), "{event_id} reached a device of another user");
+        assert!(
+            devices[user].contains(&a.subscription),
+            "{event_id} reached a device of another user"
+        );
         let payload = a.plaintext.as_ref().expect("decrypted");
         assert_eq!(payload["title"], json!(title));
-        assert_eq!(payload["topic"].as_str().map(|t| t.starts_with("parking.lot-7.")), Some(true));
+        assert_eq!(
+            payload["topic"]
+                .as_str()
+                .map(|t| t.starts_with("parking.lot-7.")),
+            Some(true)
+        );
         if title.ends_with("batch") {
             assert_eq!(payload["body"], json!("left lot 7"));
             assert_eq!(payload["url"], json!("/visits/1"));
@@ -75,13 +87,20 @@ async fn every_device_receives_every_event_meant_for_it_exactly_once() {
     }
     for (event_id, (user, _)) in &sent {
         for device in &devices[user] {
-            assert_eq!(seen.get(&(device.clone(), event_id.clone())), Some(&1), "{device} got {event_id} once");
+            assert_eq!(
+                seen.get(&(device.clone(), event_id.clone())),
+                Some(&1),
+                "{device} got {event_id} once"
+            );
         }
     }
     assert_eq!(app.pending(), 0, "nothing left pending");
     assert_eq!(app.stream_len(), sent.len() as u64, "one entry per event");
     app.shutdown.cancel();
-    worker.await.expect("worker task").expect("worker stops cleanly");
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stops cleanly");
 }
 
 #[tokio::test]
@@ -92,9 +111,19 @@ async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
     app.sink.unsubscribe(&dropped); // the sink now answers 410 for it
     app.publish_to("u-7", "hello").await;
 
-    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("a batch");
     assert_eq!(batch.entries.len(), 1);
-    assert_eq!(batch.entries[0].1, EntryOutcome::Acked { delivered: 1, gone: 1 });
+    assert_eq!(
+        batch.entries[0].1,
+        EntryOutcome::Acked {
+            delivered: 1,
+            gone: 1
+        }
+    );
     assert_eq!(app.pending(), 0);
     let (_, list) = app.get("/v1/subscriptions?user=u-7").await;
     let ids: Vec<&str> = list["subscriptions"]
@@ -103,7 +132,10 @@ async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
         .iter()
         .filter_map(|s| s["id"].as_str())
         .collect();
-    assert!(!ids.contains(&dropped_id.as_str()), "the gone subscription was deleted");
+    assert!(
+        !ids.contains(&dropped_id.as_str()),
+        "the gone subscription was deleted"
+    );
     assert_eq!(ids.len(), 1);
     assert_eq!(app.sink.delivered()[0].subscription, kept);
 }
@@ -121,8 +153,15 @@ async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
         }],
     );
     app.publish_to("u-8", "try me").await;
-    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
-    assert!(matches!(&batch.entries[0].1, EntryOutcome::Pending { reason } if reason.contains("retry")), "{batch:?}");
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("a batch");
+    assert!(
+        matches!(&batch.entries[0].1, EntryOutcome::Pending { reason } if reason.contains("retry")),
+        "{batch:?}"
+    );
     assert_eq!(app.pending(), 1, "the entry stays pending for a reclaim");
     assert!(app.sink.delivered().is_empty());
 }
@@ -131,7 +170,11 @@ async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
 async fn an_event_for_a_user_without_devices_is_acknowledged_as_having_no_target() {
     let app = TestApp::start().await;
     app.publish_to("u-nobody", "anyone?").await;
-    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("a batch");
     assert_eq!(batch.entries[0].1, EntryOutcome::NoTarget);
     assert_eq!(app.pending(), 0);
 }
@@ -148,8 +191,15 @@ async fn entries_added_before_the_group_existed_are_not_skipped() {
         .query(&mut conn)
         .expect("destroy the group");
     app.publish_to("u-9", "early").await;
-    app.worker.ensure_groups().await.expect("group created again");
-    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    app.worker
+        .ensure_groups()
+        .await
+        .expect("group created again");
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("a batch");
     assert_eq!(batch.entries.len(), 1, "the group starts at id 0");
     assert_eq!(app.sink.delivered()[0].subscription, device);
 }
@@ -166,10 +216,20 @@ async fn a_garbage_entry_is_left_pending_and_the_worker_goes_on() {
         .query(&mut app.redis.conn())
         .expect("XADD garbage");
     app.publish_to("u-10", "after the junk").await;
-    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("a batch");
     assert_eq!(batch.entries.len(), 2);
     assert!(matches!(batch.entries[0].1, EntryOutcome::Poison { .. }));
-    assert_eq!(batch.entries[1].1, EntryOutcome::Acked { delivered: 1, gone: 0 });
+    assert_eq!(
+        batch.entries[1].1,
+        EntryOutcome::Acked {
+            delivered: 1,
+            gone: 0
+        }
+    );
     assert_eq!(app.sink.delivered().len(), 1);
 }
 
@@ -178,7 +238,10 @@ async fn pushes_carry_a_valid_vapid_token_for_the_sinks_origin_including_its_por
     let app = TestApp::start().await;
     app.register_device("u-11").await;
     app.publish_to("u-11", "signed").await;
-    app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("a batch");
     let arrivals = app.sink.arrivals();
     assert_eq!(arrivals.len(), 1);
     // The sink answers 401 when aud, exp, sub or the signature is wrong.

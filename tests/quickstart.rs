@@ -67,7 +67,10 @@ impl Up {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "herald up did not stop within 30s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "herald up did not stop within 30s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -115,7 +118,11 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
     // The VAPID key was created, private to its owner.
     use std::os::unix::fs::PermissionsExt;
     let key_file = data.path().join("vapid_private_key");
-    let mode = std::fs::metadata(&key_file).expect("key file").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&key_file)
+        .expect("key file")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let key: Value = http
         .get(format!("{}/v1/vapid-public-key", up.api))
@@ -127,7 +134,15 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
         .expect("json");
 
     let mut sink = Command::new(herald_bin())
-        .args(["sink", "--register", "1", "--user", "u-42", "--api", &up.api])
+        .args([
+            "sink",
+            "--register",
+            "1",
+            "--user",
+            "u-42",
+            "--api",
+            &up.api,
+        ])
         .args(["--sink-listen", &format!("127.0.0.1:{sink_port}")])
         .arg("--out")
         .arg(&arrivals)
@@ -145,15 +160,26 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
             .json()
             .await
             .expect("json");
-        if list["subscriptions"].as_array().is_some_and(|s| s.len() == 1) {
+        if list["subscriptions"]
+            .as_array()
+            .is_some_and(|s| s.len() == 1)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the sink did not register its subscription");
+        assert!(
+            Instant::now() < deadline,
+            "the sink did not register its subscription"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     let event = json!({"topic": "parking.lot-7.entry", "user": "u-42", "notification": {"title": "Entry", "body": "12가3456 entered lot 7"}});
-    let r = http.post(format!("{}/v1/events", up.api)).json(&event).send().await.expect("publish");
+    let r = http
+        .post(format!("{}/v1/events", up.api))
+        .json(&event)
+        .send()
+        .await
+        .expect("publish");
     assert_eq!(r.status(), 202);
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -164,7 +190,10 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
             assert_eq!(line["plaintext"]["body"], "12가3456 entered lot 7");
             break;
         }
-        assert!(Instant::now() < deadline, "no decrypted arrival in the sink's output: {lines:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no decrypted arrival in the sink's output: {lines:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -177,17 +206,32 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
         .await
         .expect("script the sink");
     assert_eq!(r.status(), 204);
-    let r = http.post(format!("{}/v1/events", up.api)).json(&event).send().await.expect("publish");
+    let r = http
+        .post(format!("{}/v1/events", up.api))
+        .json(&event)
+        .send()
+        .await
+        .expect("publish");
     assert_eq!(r.status(), 202);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let redis_url = up.redis_url.clone();
     let status = up.stop();
-    assert!(status.success(), "herald up exits 0 on SIGTERM, got {status}");
-    assert_eq!(read_lines(&arrivals).len(), 2, "the slow push was allowed to finish");
+    assert!(
+        status.success(),
+        "herald up exits 0 on SIGTERM, got {status}"
+    );
+    assert_eq!(
+        read_lines(&arrivals).len(),
+        2,
+        "the slow push was allowed to finish"
+    );
 
     // Its redis-server was stopped with it.
     let client = redis::Client::open(redis_url.as_str()).expect("url");
-    assert!(client.get_connection().is_err(), "the embedded redis-server is stopped");
+    assert!(
+        client.get_connection().is_err(),
+        "the embedded redis-server is stopped"
+    );
 
     // Second run: same VAPID key, the data survived (AOF), nothing left pending.
     let up = Up::start(data.path(), port);
@@ -206,9 +250,15 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
         .get_connection()
         .expect("connect to the embedded redis");
     let keys = herald::keys::Keys::new("herald", 1);
-    let len: u64 = redis::cmd("XLEN").arg(keys.stream(0)).query(&mut conn).expect("XLEN");
-    assert_eq!(len, 2, "both events are still in the stream after a restart");
-    let pending: (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>) = redis::cmd("XPENDING")
+    let len: u64 = redis::cmd("XLEN")
+        .arg(keys.stream(0))
+        .query(&mut conn)
+        .expect("XLEN");
+    assert_eq!(
+        len, 2,
+        "both events are still in the stream after a restart"
+    );
+    let pending: helpers::PendingSummary = redis::cmd("XPENDING")
         .arg(keys.stream(0))
         .arg("herald")
         .query(&mut conn)

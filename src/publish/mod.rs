@@ -24,7 +24,10 @@ pub struct Published {
 pub enum PublishOutcome {
     Accepted(Published),
     /// The id was published before with other content; `stream_id` is the original entry.
-    Conflict { id: String, stream_id: String },
+    Conflict {
+        id: String,
+        stream_id: String,
+    },
 }
 
 /// An event ready to publish: validated, with the digest of its content.

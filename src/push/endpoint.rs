@@ -24,7 +24,9 @@ pub fn check(endpoint: &str, allow_insecure: bool) -> Result<Url, String> {
         "https" => {}
         "http" if allow_insecure => {}
         "http" => {
-            return Err("must be https:// (plain http needs push.allow_insecure_endpoints = true)".into());
+            return Err(
+                "must be https:// (plain http needs push.allow_insecure_endpoints = true)".into(),
+            );
         }
         other => return Err(format!("scheme {other}:// is not a push service")),
     }
@@ -47,7 +49,10 @@ fn is_public_host(host: &Host<&str>) -> bool {
     match host {
         Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            !(name == "localhost" || name.ends_with(".localhost") || name.ends_with(".internal") || name.ends_with(".local"))
+            !(name == "localhost"
+                || name.ends_with(".localhost")
+                || name.ends_with(".internal")
+                || name.ends_with(".local"))
         }
         Host::Ipv4(ip) => is_public_ip(IpAddr::V4(*ip)),
         Host::Ipv6(ip) => is_public_ip(IpAddr::V6(*ip)),
@@ -98,7 +103,11 @@ mod tests {
 
     #[test]
     fn only_public_https_is_accepted_by_default() {
-        assert!(check("https://updates.push.services.mozilla.com/wpush/v2/x", false).is_ok());
+        assert!(check(
+            "https://updates.push.services.mozilla.com/wpush/v2/x",
+            false
+        )
+        .is_ok());
         for bad in [
             "http://push.example.net/x",
             "https://127.0.0.1/x",

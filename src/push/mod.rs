@@ -64,7 +64,9 @@ impl Pusher {
             // A public name that resolves to a private address is refused at connect time too.
             builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
         }
-        let client = builder.build().context("cannot build the HTTP client for push services")?;
+        let client = builder
+            .build()
+            .context("cannot build the HTTP client for push services")?;
         Ok(Pusher {
             client,
             signer: Signer::new(key, settings.vapid_subject.clone()),
@@ -91,10 +93,21 @@ impl Pusher {
             }
         };
         let origin = endpoint::origin(&url);
-        let info = SubscriptionInfo::new(sub.endpoint.as_str(), sub.p256dh.as_str(), sub.auth.as_str());
+        let info = SubscriptionInfo::new(
+            sub.endpoint.as_str(),
+            sub.p256dh.as_str(),
+            sub.auth.as_str(),
+        );
         let signature = match self.signer.signature(&origin, &info) {
             Ok(sig) => sig,
-            Err(e) => return PushReport::failed(Outcome::DeadLetter { reason: "vapid_error" }, e.to_string()),
+            Err(e) => {
+                return PushReport::failed(
+                    Outcome::DeadLetter {
+                        reason: "vapid_error",
+                    },
+                    e.to_string(),
+                )
+            }
         };
         let payload = event.payload();
         let ttl = event.ttl;
@@ -123,10 +136,18 @@ impl Pusher {
                     format!("cannot build the message: {e}"),
                 )
             }
-            Err(e) => return PushReport::failed(Outcome::Retry { after: None }, format!("encryption task failed: {e}")),
+            Err(e) => {
+                return PushReport::failed(
+                    Outcome::Retry { after: None },
+                    format!("encryption task failed: {e}"),
+                )
+            }
         };
         let Some(body) = message.payload else {
-            return PushReport::failed(Outcome::DeadLetter { reason: "internal" }, "message has no payload".into());
+            return PushReport::failed(
+                Outcome::DeadLetter { reason: "internal" },
+                "message has no payload".into(),
+            );
         };
         let mut request = self
             .client
@@ -148,7 +169,10 @@ impl Pusher {
             Err(e) => {
                 return PushReport::failed(
                     outcome::classify_transport_error(),
-                    format!("request to {origin} failed: {}", describe_transport_error(&e)),
+                    format!(
+                        "request to {origin} failed: {}",
+                        describe_transport_error(&e)
+                    ),
                 )
             }
         };
@@ -165,9 +189,23 @@ impl Pusher {
             let bytes = response.bytes().await.unwrap_or_default();
             String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned()
         };
-        let outcome = outcome::classify(status, retry_after.as_deref(), url.host_str().unwrap_or(""), &text, Utc::now());
-        let error = (!outcome.is_terminal() || outcome == Outcome::Gone)
-            .then(|| format!("{origin} answered {status}{}", if text.is_empty() { String::new() } else { format!(": {}", text.trim()) }));
+        let outcome = outcome::classify(
+            status,
+            retry_after.as_deref(),
+            url.host_str().unwrap_or(""),
+            &text,
+            Utc::now(),
+        );
+        let error = (!outcome.is_terminal() || outcome == Outcome::Gone).then(|| {
+            format!(
+                "{origin} answered {status}{}",
+                if text.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", text.trim())
+                }
+            )
+        });
         PushReport {
             outcome,
             status: Some(status),
@@ -237,7 +275,9 @@ mod tests {
     fn the_topic_header_fits_the_limit_and_is_stable() {
         let t = topic_for_key("12가3456");
         assert_eq!(t.len(), 32);
-        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_eq!(t, topic_for_key("12가3456"));
         assert_ne!(t, topic_for_key("12가3457"));
     }

@@ -37,7 +37,13 @@ impl Outcome {
 
 /// Classifies an HTTP answer. `host` is the push service's host (WNS answers 406 for throttling);
 /// `body` is looked at only to tell a key mismatch from a bad token on 403.
-pub fn classify(status: u16, retry_after: Option<&str>, host: &str, body: &str, now: DateTime<Utc>) -> Outcome {
+pub fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    host: &str,
+    body: &str,
+    now: DateTime<Utc>,
+) -> Outcome {
     let after = retry_after.and_then(|v| parse_retry_after(v, now));
     match status {
         200..=299 => Outcome::Delivered,
@@ -47,11 +53,19 @@ pub fn classify(status: u16, retry_after: Option<&str>, host: &str, body: &str, 
         500..=599 => Outcome::Retry { after },
         // The subscription belongs to another VAPID key: it can never work for us.
         403 if is_key_mismatch(body) => Outcome::Gone,
-        400 => Outcome::DeadLetter { reason: "push_bad_request" },
-        401 | 403 => Outcome::DeadLetter { reason: "push_unauthorized" },
-        413 => Outcome::DeadLetter { reason: "payload_too_large" },
+        400 => Outcome::DeadLetter {
+            reason: "push_bad_request",
+        },
+        401 | 403 => Outcome::DeadLetter {
+            reason: "push_unauthorized",
+        },
+        413 => Outcome::DeadLetter {
+            reason: "payload_too_large",
+        },
         408 => Outcome::Retry { after },
-        _ => Outcome::DeadLetter { reason: "push_rejected" },
+        _ => Outcome::DeadLetter {
+            reason: "push_rejected",
+        },
     }
 }
 
@@ -93,11 +107,36 @@ mod tests {
         assert_eq!(at(429), Outcome::Retry { after: None });
         assert_eq!(at(500), Outcome::Retry { after: None });
         assert_eq!(at(503), Outcome::Retry { after: None });
-        assert_eq!(at(400), Outcome::DeadLetter { reason: "push_bad_request" });
-        assert_eq!(at(401), Outcome::DeadLetter { reason: "push_unauthorized" });
-        assert_eq!(at(403), Outcome::DeadLetter { reason: "push_unauthorized" });
-        assert_eq!(at(413), Outcome::DeadLetter { reason: "payload_too_large" });
-        assert_eq!(at(406), Outcome::DeadLetter { reason: "push_rejected" });
+        assert_eq!(
+            at(400),
+            Outcome::DeadLetter {
+                reason: "push_bad_request"
+            }
+        );
+        assert_eq!(
+            at(401),
+            Outcome::DeadLetter {
+                reason: "push_unauthorized"
+            }
+        );
+        assert_eq!(
+            at(403),
+            Outcome::DeadLetter {
+                reason: "push_unauthorized"
+            }
+        );
+        assert_eq!(
+            at(413),
+            Outcome::DeadLetter {
+                reason: "payload_too_large"
+            }
+        );
+        assert_eq!(
+            at(406),
+            Outcome::DeadLetter {
+                reason: "push_rejected"
+            }
+        );
     }
 
     #[test]
@@ -108,7 +147,13 @@ mod tests {
 
     #[test]
     fn a_key_mismatch_means_the_subscription_is_gone() {
-        let o = classify(403, None, "web.push.apple.com", "{\"reason\":\"VapidPkHashMismatch\"}", Utc::now());
+        let o = classify(
+            403,
+            None,
+            "web.push.apple.com",
+            "{\"reason\":\"VapidPkHashMismatch\"}",
+            Utc::now(),
+        );
         assert_eq!(o, Outcome::Gone);
     }
 
@@ -119,9 +164,17 @@ mod tests {
         let later = now + chrono::Duration::seconds(90);
         let date = httpdate::fmt_http_date(later.into());
         let parsed = parse_retry_after(&date, now).expect("a date parses");
-        assert!(parsed >= Duration::from_secs(88) && parsed <= Duration::from_secs(90), "{parsed:?}");
+        assert!(
+            parsed >= Duration::from_secs(88) && parsed <= Duration::from_secs(90),
+            "{parsed:?}"
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         let o = classify(429, Some("7"), "x", "", now);
-        assert_eq!(o, Outcome::Retry { after: Some(Duration::from_secs(7)) });
+        assert_eq!(
+            o,
+            Outcome::Retry {
+                after: Some(Duration::from_secs(7))
+            }
+        );
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use web_push::{PartialVapidSignatureBuilder, SubscriptionInfo, VapidSignature, VapidSignatureBuilder};
+use web_push::{
+    PartialVapidSignatureBuilder, SubscriptionInfo, VapidSignature, VapidSignatureBuilder,
+};
 
 /// How long a signed token is valid (RFC 8292 allows at most 24 h).
 const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -31,7 +33,10 @@ impl VapidKey {
         let builder = VapidSignatureBuilder::from_base64_no_sub(private_key.trim())
             .map_err(|e| anyhow::anyhow!("not a base64url P-256 private key: {e}"))?;
         let public_key = URL_SAFE_NO_PAD.encode(builder.get_public_key());
-        Ok(VapidKey { builder, public_key })
+        Ok(VapidKey {
+            builder,
+            public_key,
+        })
     }
 
     /// A new random key pair, returned with its private key's base64url text.
@@ -102,9 +107,15 @@ impl Signer {
     }
 
     /// The token for `origin` (`aud`), from the cache while it has more than an hour left.
-    pub fn signature(&self, origin: &str, subscription: &SubscriptionInfo) -> anyhow::Result<VapidSignature> {
+    pub fn signature(
+        &self,
+        origin: &str,
+        subscription: &SubscriptionInfo,
+    ) -> anyhow::Result<VapidSignature> {
         let now = Instant::now();
-        if let Some((sig, refresh_at)) = self.cache.lock().expect("signature cache lock").get(origin) {
+        if let Some((sig, refresh_at)) =
+            self.cache.lock().expect("signature cache lock").get(origin)
+        {
             if now < *refresh_at {
                 return Ok(sig.clone());
             }
@@ -118,11 +129,13 @@ impl Signer {
         builder.add_claim("aud", origin);
         builder.add_claim("sub", self.subject.as_str());
         builder.add_claim("exp", exp.as_secs());
-        let sig = builder.build().map_err(|e| anyhow::anyhow!("cannot sign a VAPID token: {e}"))?;
-        self.cache
-            .lock()
-            .expect("signature cache lock")
-            .insert(origin.to_string(), (sig.clone(), now + TOKEN_LIFETIME - REFRESH_MARGIN));
+        let sig = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot sign a VAPID token: {e}"))?;
+        self.cache.lock().expect("signature cache lock").insert(
+            origin.to_string(),
+            (sig.clone(), now + TOKEN_LIFETIME - REFRESH_MARGIN),
+        );
         Ok(sig)
     }
 }
@@ -139,7 +152,11 @@ mod tests {
         let again = VapidKey::load_or_create(&path, false).expect("read back");
         assert_eq!(first.public_key, again.public_key);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 

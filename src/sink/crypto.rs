@@ -38,7 +38,11 @@ impl UserAgentKeys {
     /// The uncompressed public key (65 bytes).
     pub fn public_bytes(&self) -> Vec<u8> {
         use p256::elliptic_curve::sec1::ToEncodedPoint;
-        self.secret.public_key().to_encoded_point(false).as_bytes().to_vec()
+        self.secret
+            .public_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec()
     }
 
     pub fn p256dh_b64(&self) -> String {
@@ -52,7 +56,10 @@ impl UserAgentKeys {
     /// Decrypts an `aes128gcm` push body (RFC 8291 §3.4, RFC 8188 §2).
     pub fn decrypt(&self, body: &[u8]) -> Result<Vec<u8>, String> {
         if body.len() < HEADER_MIN {
-            return Err(format!("body of {} bytes is shorter than the aes128gcm header", body.len()));
+            return Err(format!(
+                "body of {} bytes is shorter than the aes128gcm header",
+                body.len()
+            ));
         }
         let salt = &body[..16];
         let rs = u32::from_be_bytes(body[16..20].try_into().expect("4 bytes")) as usize;
@@ -67,7 +74,8 @@ impl UserAgentKeys {
         let ciphertext = &body[HEADER_MIN + id_len..];
         let sender = PublicKey::from_sec1_bytes(sender_public)
             .map_err(|_| "the key id is not the sender's P-256 public key".to_string())?;
-        let shared = p256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), sender.as_affine());
+        let shared =
+            p256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), sender.as_affine());
 
         // IKM = HKDF(auth, ecdh_secret, "WebPush: info\0" || ua_public || as_public)
         let mut info = b"WebPush: info\0".to_vec();
@@ -96,15 +104,21 @@ impl UserAgentKeys {
             for (i, b) in (seq as u128).to_be_bytes()[4..].iter().enumerate() {
                 nonce[i] ^= b;
             }
-            let mut clear = cipher
-                .decrypt(&Nonce::from(nonce), *record)
-                .map_err(|_| format!("record {seq} does not decrypt: wrong keys or tampered body"))?;
+            let mut clear = cipher.decrypt(&Nonce::from(nonce), *record).map_err(|_| {
+                format!("record {seq} does not decrypt: wrong keys or tampered body")
+            })?;
             let last = seq + 1 == records.len();
             // Strip the padding: zeros, then the delimiter (2 on the last record, 1 before).
-            let end = clear.iter().rposition(|&b| b != 0).ok_or("a record holds only padding")?;
+            let end = clear
+                .iter()
+                .rposition(|&b| b != 0)
+                .ok_or("a record holds only padding")?;
             let expected = if last { 2 } else { 1 };
             if clear[end] != expected {
-                return Err(format!("record {seq} ends with delimiter {} instead of {expected}", clear[end]));
+                return Err(format!(
+                    "record {seq} ends with delimiter {} instead of {expected}",
+                    clear[end]
+                ));
             }
             clear.truncate(end);
             plaintext.extend_from_slice(&clear);
@@ -136,7 +150,11 @@ fn reject(status: u16, reason: impl Into<String>) -> VapidRejection {
 }
 
 /// Verifies `Authorization: vapid t=<jwt>, k=<key>` for a push to `origin` at unix time `now`.
-pub fn verify_vapid(authorization: Option<&str>, origin: &str, now: i64) -> Result<VapidClaims, VapidRejection> {
+pub fn verify_vapid(
+    authorization: Option<&str>,
+    origin: &str,
+    now: i64,
+) -> Result<VapidClaims, VapidRejection> {
     let header = authorization.ok_or_else(|| reject(401, "no Authorization header"))?;
     let params = header
         .strip_prefix("vapid ")
@@ -158,26 +176,39 @@ pub fn verify_vapid(authorization: Option<&str>, origin: &str, now: i64) -> Resu
     let key_bytes = URL_SAFE_NO_PAD
         .decode(key.trim_end_matches('='))
         .map_err(|_| reject(401, "k= is not base64url"))?;
-    let verifying =
-        VerifyingKey::from_sec1_bytes(&key_bytes).map_err(|_| reject(401, "k= is not a P-256 public key"))?;
+    let verifying = VerifyingKey::from_sec1_bytes(&key_bytes)
+        .map_err(|_| reject(401, "k= is not a P-256 public key"))?;
     let mut parts = token.split('.');
-    let (Some(head), Some(body), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(head), Some(body), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(reject(401, "t= is not a JWT"));
     };
-    let decode = |s: &str| URL_SAFE_NO_PAD.decode(s).map_err(|_| reject(401, "a JWT part is not base64url"));
-    let head_json: serde_json::Value =
-        serde_json::from_slice(&decode(head)?).map_err(|_| reject(401, "the JWT header is not JSON"))?;
+    let decode = |s: &str| {
+        URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| reject(401, "a JWT part is not base64url"))
+    };
+    let head_json: serde_json::Value = serde_json::from_slice(&decode(head)?)
+        .map_err(|_| reject(401, "the JWT header is not JSON"))?;
     if head_json.get("alg").and_then(|a| a.as_str()) != Some("ES256") {
         return Err(reject(401, "the JWT is not signed with ES256"));
     }
-    let signature = Signature::from_slice(&decode(sig)?).map_err(|_| reject(401, "the JWT signature is malformed"))?;
+    let signature = Signature::from_slice(&decode(sig)?)
+        .map_err(|_| reject(401, "the JWT signature is malformed"))?;
     verifying
         .verify(format!("{head}.{body}").as_bytes(), &signature)
         .map_err(|_| reject(401, "the JWT signature does not verify with k="))?;
-    let claims: VapidClaims =
-        serde_json::from_slice(&decode(body)?).map_err(|_| reject(401, "the JWT claims lack aud or exp"))?;
+    let claims: VapidClaims = serde_json::from_slice(&decode(body)?)
+        .map_err(|_| reject(401, "the JWT claims lack aud or exp"))?;
     if claims.aud != origin {
-        return Err(reject(401, format!("aud {:?} is not this service's origin {origin:?}", claims.aud)));
+        return Err(reject(
+            401,
+            format!(
+                "aud {:?} is not this service's origin {origin:?}",
+                claims.aud
+            ),
+        ));
     }
     if claims.exp <= now {
         return Err(reject(401, "the JWT has expired"));
@@ -199,7 +230,9 @@ mod tests {
     /// RFC 8291 Appendix A: the worked example, decrypted with the user agent's keys.
     #[test]
     fn the_rfc_8291_example_decrypts() {
-        let ua_private = hex::decode("ab5757a70dd4a53e553a6bbf71ffefea2874ec07a6b379e3c48f895a02dc33de").expect("hex");
+        let ua_private =
+            hex::decode("ab5757a70dd4a53e553a6bbf71ffefea2874ec07a6b379e3c48f895a02dc33de")
+                .expect("hex");
         let auth = hex::decode("05305932a1c7eabe13b6cec9fda48882").expect("hex");
         let body = hex::decode(concat!(
             "0c6bfaadad67958803092d454676f397000010004104fe33f4ab0dea71914db558",
@@ -224,7 +257,11 @@ mod tests {
     #[test]
     fn a_tampered_body_does_not_decrypt() {
         let keys = UserAgentKeys::generate();
-        let info = web_push::SubscriptionInfo::new("https://x.example/1", &keys.p256dh_b64(), &keys.auth_b64());
+        let info = web_push::SubscriptionInfo::new(
+            "https://x.example/1",
+            &keys.p256dh_b64(),
+            &keys.auth_b64(),
+        );
         let mut builder = web_push::WebPushMessageBuilder::new(&info);
         builder.set_payload(web_push::ContentEncoding::Aes128Gcm, b"hello");
         let message = builder.build().expect("builds");
@@ -242,12 +279,23 @@ mod tests {
         let (key, _) = VapidKey::generate();
         let signer = Signer::new(key, "mailto:ops@example.org".into());
         let info = web_push::SubscriptionInfo::new("http://127.0.0.1:9/push/a", "x", "y");
-        let sig = signer.signature("http://127.0.0.1:9", &info).expect("signs");
-        let header = format!("vapid t={}, k={}", sig.auth_t, URL_SAFE_NO_PAD.encode(&sig.auth_k));
+        let sig = signer
+            .signature("http://127.0.0.1:9", &info)
+            .expect("signs");
+        let header = format!(
+            "vapid t={}, k={}",
+            sig.auth_t,
+            URL_SAFE_NO_PAD.encode(&sig.auth_k)
+        );
         let now = chrono::Utc::now().timestamp();
         let claims = verify_vapid(Some(&header), "http://127.0.0.1:9", now).expect("valid");
         assert_eq!(claims.sub.as_deref(), Some("mailto:ops@example.org"));
-        assert_eq!(verify_vapid(Some(&header), "http://127.0.0.1:10", now).expect_err("aud").status, 401);
+        assert_eq!(
+            verify_vapid(Some(&header), "http://127.0.0.1:10", now)
+                .expect_err("aud")
+                .status,
+            401
+        );
         assert!(verify_vapid(None, "http://127.0.0.1:9", now).is_err());
         assert!(verify_vapid(Some(&header), "http://127.0.0.1:9", now + 13 * 3600).is_err());
         let (other, _) = VapidKey::generate();

@@ -127,7 +127,11 @@ impl SinkHandle {
         let keys = UserAgentKeys::generate();
         let endpoint = format!("{}/push/{id}", self.state.base_url);
         let json = browser_json(&endpoint, &keys);
-        self.state.subs.lock().expect("sink lock").insert(id.clone(), keys);
+        self.state
+            .subs
+            .lock()
+            .expect("sink lock")
+            .insert(id.clone(), keys);
         (id, json)
     }
 
@@ -153,7 +157,10 @@ impl SinkHandle {
 
     /// Arrivals answered 201, i.e. notifications a device shows.
     pub fn delivered(&self) -> Vec<Arrival> {
-        self.arrivals().into_iter().filter(|a| a.status == 201).collect()
+        self.arrivals()
+            .into_iter()
+            .filter(|a| a.status == 201)
+            .collect()
     }
 }
 
@@ -177,7 +184,9 @@ impl Sink {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| anyhow::anyhow!("cannot open {} for arrivals: {e}", path.display()))?,
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot open {} for arrivals: {e}", path.display())
+                    })?,
             )),
         };
         Ok(Sink {
@@ -213,8 +222,18 @@ impl Sink {
     }
 }
 
-async fn receive(State(sink): State<SinkHandle>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+async fn receive(
+    State(sink): State<SinkHandle>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let mut arrival = Arrival {
         subscription: id.clone(),
         event_id: None,
@@ -275,7 +294,11 @@ fn check_push(
     arrival: &mut Arrival,
 ) -> Result<(), (u16, String)> {
     let h = &arrival.headers;
-    if h.ttl.as_deref().and_then(|t| t.parse::<u64>().ok()).is_none() {
+    if h.ttl
+        .as_deref()
+        .and_then(|t| t.parse::<u64>().ok())
+        .is_none()
+    {
         return Err((400, "TTL header missing or not a number".into()));
     }
     if let Some(u) = &h.urgency {
@@ -284,7 +307,11 @@ fn check_push(
         }
     }
     if let Some(t) = &h.topic {
-        if t.len() > 32 || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if t.len() > 32
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err((400, "Topic must be at most 32 base64url characters".into()));
         }
     }
@@ -295,8 +322,12 @@ fn check_push(
         return Err((413, format!("body of {} bytes is over 4096", body.len())));
     }
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
-    crypto::verify_vapid(authorization, sink.base_url(), chrono::Utc::now().timestamp())
-        .map_err(|r| (r.status, r.reason))?;
+    crypto::verify_vapid(
+        authorization,
+        sink.base_url(),
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(|r| (r.status, r.reason))?;
     let plaintext = keys.decrypt(body).map_err(|e| (400, e))?;
     let value = serde_json::from_slice::<Value>(&plaintext)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&plaintext).into_owned()));
@@ -320,7 +351,10 @@ struct CountQuery {
     count: Option<usize>,
 }
 
-async fn admin_subscriptions(State(sink): State<SinkHandle>, Query(q): Query<CountQuery>) -> Response {
+async fn admin_subscriptions(
+    State(sink): State<SinkHandle>,
+    Query(q): Query<CountQuery>,
+) -> Response {
     let count = q.count.unwrap_or(1).min(100_000);
     let subs: Vec<Value> = (0..count)
         .map(|_| {
@@ -331,7 +365,11 @@ async fn admin_subscriptions(State(sink): State<SinkHandle>, Query(q): Query<Cou
     Json(json!({"subscriptions": subs})).into_response()
 }
 
-async fn admin_faults(State(sink): State<SinkHandle>, Path(target): Path<String>, body: Bytes) -> Response {
+async fn admin_faults(
+    State(sink): State<SinkHandle>,
+    Path(target): Path<String>,
+    body: Bytes,
+) -> Response {
     match serde_json::from_slice::<Vec<Fault>>(&body) {
         Ok(faults) => {
             sink.add_faults(&target, faults);

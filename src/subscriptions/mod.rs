@@ -113,7 +113,10 @@ impl Subscription {
             ("endpoint", self.endpoint.clone()),
             ("p256dh", self.p256dh.clone()),
             ("auth", self.auth.clone()),
-            ("topics", serde_json::to_string(&self.topics).expect("strings serialize")),
+            (
+                "topics",
+                serde_json::to_string(&self.topics).expect("strings serialize"),
+            ),
             ("created_at", self.created_at.clone()),
             ("updated_at", format_time(Utc::now())),
         ];
@@ -121,7 +124,10 @@ impl Subscription {
             fields.push(("user", user.clone()));
         }
         if let Some(headers) = &self.headers {
-            fields.push(("headers", serde_json::to_string(headers).expect("filter serializes")));
+            fields.push((
+                "headers",
+                serde_json::to_string(headers).expect("filter serializes"),
+            ));
         }
         fields
     }
@@ -135,11 +141,16 @@ impl Subscription {
                 .ok_or_else(|| format!("subscription {id}: field {name:?} is missing"))
         };
         let topics = match fields.get("topics") {
-            Some(json) => serde_json::from_str(json).map_err(|e| format!("subscription {id}: topics: {e}"))?,
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| format!("subscription {id}: topics: {e}"))?
+            }
             None => Vec::new(),
         };
         let headers = match fields.get("headers") {
-            Some(json) => Some(serde_json::from_str(json).map_err(|e| format!("subscription {id}: headers: {e}"))?),
+            Some(json) => Some(
+                serde_json::from_str(json)
+                    .map_err(|e| format!("subscription {id}: headers: {e}"))?,
+            ),
             None => None,
         };
         Ok(Subscription {
@@ -171,7 +182,9 @@ impl SubscriptionInput {
         check_p256dh(&self.subscription.keys.p256dh)?;
         let auth = URL_SAFE_NO_PAD
             .decode(self.subscription.keys.auth.trim_end_matches('='))
-            .map_err(|e| InvalidField::new("subscription.keys.auth", format!("not base64url: {e}")))?;
+            .map_err(|e| {
+                InvalidField::new("subscription.keys.auth", format!("not base64url: {e}"))
+            })?;
         if auth.len() != 16 {
             return Err(InvalidField::new(
                 "subscription.keys.auth",
@@ -183,17 +196,28 @@ impl SubscriptionInput {
         }
         if let Some(filter) = &self.headers {
             if filter.values.is_empty() {
-                return Err(InvalidField::new("headers.values", "must name at least one header"));
+                return Err(InvalidField::new(
+                    "headers.values",
+                    "must name at least one header",
+                ));
             }
         }
         if self.user.is_none() && self.topics.is_empty() && self.headers.is_none() {
-            return Err(InvalidField::new("user", "a subscription needs a user, topics or a header filter"));
+            return Err(InvalidField::new(
+                "user",
+                "a subscription needs a user, topics or a header filter",
+            ));
         }
         Ok(Subscription {
             id: id_for_endpoint(endpoint.as_str()),
             user: self.user.clone(),
             endpoint: endpoint.to_string(),
-            p256dh: self.subscription.keys.p256dh.trim_end_matches('=').to_string(),
+            p256dh: self
+                .subscription
+                .keys
+                .p256dh
+                .trim_end_matches('=')
+                .to_string(),
             auth: URL_SAFE_NO_PAD.encode(auth),
             topics: self.topics.clone(),
             headers: self.headers.clone(),
@@ -211,7 +235,10 @@ fn check_p256dh(text: &str) -> Result<(), InvalidField> {
     if bytes.len() != 65 || bytes[0] != 0x04 {
         return Err(InvalidField::new(
             field,
-            format!("must be a 65-byte uncompressed P-256 point (got {} bytes)", bytes.len()),
+            format!(
+                "must be a 65-byte uncompressed P-256 point (got {} bytes)",
+                bytes.len()
+            ),
         ));
     }
     p256::PublicKey::from_sec1_bytes(&bytes)
@@ -225,7 +252,10 @@ fn check_pattern(pattern: &str) -> Result<(), String> {
         return Err("must be 1 to 255 characters".into());
     }
     for word in pattern.split('.') {
-        let literal = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':'));
+        let literal = !word.is_empty()
+            && word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':'));
         if !(literal || word == "*" || word == "#") {
             return Err(format!(
                 "word {word:?} must be '*', '#' or a non-empty word of A-Z, a-z, 0-9, '-', '_', ':'"
@@ -271,7 +301,11 @@ impl Store {
         let sub_key = keys.subscription(&sub.id);
         let mut conn = self.db.conn().await?;
         for _ in 0..ATTEMPTS {
-            let previous: Option<String> = redis::cmd("HGET").arg(&sub_key).arg("user").query_async(&mut conn).await?;
+            let previous: Option<String> = redis::cmd("HGET")
+                .arg(&sub_key)
+                .arg("user")
+                .query_async(&mut conn)
+                .await?;
             let previous = previous.unwrap_or_default();
             let user_key = |user: &str| {
                 if user.is_empty() {
@@ -300,7 +334,10 @@ impl Store {
                 _ => continue,
             }
         }
-        anyhow::bail!("subscription {} changed owner concurrently {ATTEMPTS} times; try again", sub.id)
+        anyhow::bail!(
+            "subscription {} changed owner concurrently {ATTEMPTS} times; try again",
+            sub.id
+        )
     }
 
     /// Deletes a subscription; false when there was none.
@@ -309,7 +346,11 @@ impl Store {
         let sub_key = keys.subscription(id);
         let mut conn = self.db.conn().await?;
         for _ in 0..ATTEMPTS {
-            let user: Option<String> = redis::cmd("HGET").arg(&sub_key).arg("user").query_async(&mut conn).await?;
+            let user: Option<String> = redis::cmd("HGET")
+                .arg(&sub_key)
+                .arg("user")
+                .query_async(&mut conn)
+                .await?;
             let user = user.unwrap_or_default();
             let user_key = if user.is_empty() {
                 sub_key.clone()
@@ -385,7 +426,10 @@ mod tests {
         let sub = input("https://fcm.googleapis.com/fcm/send/abc", &good_key(), AUTH)
             .validate(false)
             .expect("valid");
-        assert_eq!(sub.id, id_for_endpoint("https://fcm.googleapis.com/fcm/send/abc"));
+        assert_eq!(
+            sub.id,
+            id_for_endpoint("https://fcm.googleapis.com/fcm/send/abc")
+        );
         assert_eq!(sub.user.as_deref(), Some("u-42"));
     }
 
@@ -403,11 +447,15 @@ mod tests {
             (off_curve.as_str(), AUTH, "subscription.keys.p256dh"),
             ("not base64!", AUTH, "subscription.keys.p256dh"),
         ] {
-            let err = input(ep, p256dh, auth).validate(false).expect_err("must fail");
+            let err = input(ep, p256dh, auth)
+                .validate(false)
+                .expect_err("must fail");
             assert_eq!(err.field, field, "{err}");
         }
         let key = good_key();
-        let err = input(ep, &key, "AAAA").validate(false).expect_err("short auth");
+        let err = input(ep, &key, "AAAA")
+            .validate(false)
+            .expect_err("short auth");
         assert_eq!(err.field, "subscription.keys.auth");
     }
 

@@ -18,6 +18,14 @@ use herald::worker::Worker;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+/// The summary form of `XPENDING stream group`: count, smallest id, largest id, per-consumer counts.
+pub type PendingSummary = (
+    u64,
+    Option<String>,
+    Option<String>,
+    Option<Vec<(String, String)>>,
+);
+
 /// A redis-server child on a free port, killed when dropped.
 pub struct TestRedis {
     child: Child,
@@ -60,7 +68,10 @@ impl TestRedis {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not answer within 10s", self.port);
+        panic!(
+            "redis-server on port {} did not answer within 10s",
+            self.port
+        );
     }
 
     /// A synchronous connection for assertions.
@@ -135,7 +146,9 @@ impl TestApp {
         let data = tempfile::tempdir().expect("temp dir");
         let mut settings = settings(&redis, data.path());
         adjust(&mut settings);
-        let db = Db::connect(&settings).await.expect("connect to the test redis");
+        let db = Db::connect(&settings)
+            .await
+            .expect("connect to the test redis");
         let key = VapidKey::load_or_create(&settings.vapid_key_path(), true).expect("vapid key");
         let pusher = Arc::new(Pusher::new(&settings.push, key.clone()).expect("pusher"));
         let shutdown = CancellationToken::new();
@@ -183,7 +196,10 @@ impl TestApp {
             .expect("the api answers");
         let status = response.status().as_u16();
         let text = response.text().await.expect("a body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -195,14 +211,20 @@ impl TestApp {
             .expect("the api answers");
         let status = response.status().as_u16();
         let text = response.text().await.expect("a body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Registers a new sink device for `user` through the API; returns (sink id, herald id).
     pub async fn register_device(&self, user: &str) -> (String, String) {
         let (sink_id, subscription) = self.sink.new_subscription();
         let (status, body) = self
-            .post("/v1/subscriptions", &json!({"user": user, "subscription": subscription}))
+            .post(
+                "/v1/subscriptions",
+                &json!({"user": user, "subscription": subscription}),
+            )
             .await;
         assert_eq!(status, 201, "registration failed: {body}");
         (sink_id, body["id"].as_str().expect("an id").to_string())
@@ -226,7 +248,7 @@ impl TestApp {
 
     /// Number of entries pending in the group (delivered to a consumer, not acknowledged).
     pub fn pending(&self) -> u64 {
-        let summary: (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>) = redis::cmd("XPENDING")
+        let summary: PendingSummary = redis::cmd("XPENDING")
             .arg(self.stream())
             .arg(&self.settings.worker.group)
             .query(&mut self.redis.conn())

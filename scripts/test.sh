@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs redis-server when it is
+# missing, then runs the gates (format, lints) and every test.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh pipeline   # extra arguments go to the test runner (a filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "scripts/test.sh: '$*' needs root; run as root or install sudo" >&2; exit 1
+  fi
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "==> redis-server not found: installing it with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  need_root apt-get update -q
+  need_root apt-get install -y -q redis-server
+fi
+# web-push builds OpenSSL bindings (through the ece crate).
+if ! pkg-config --exists openssl 2>/dev/null; then
+  echo "==> OpenSSL headers not found: installing libssl-dev and pkg-config with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  need_root apt-get update -q
+  need_root apt-get install -y -q libssl-dev pkg-config
+fi
+echo "==> $(redis-server --version)"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+  echo "==> cargo nextest run"
+  cargo nextest run --locked --no-fail-fast "$@"
+else
+  echo "==> cargo test (install cargo-nextest for parallel, per-process tests)"
+  cargo test --locked --no-fail-fast "$@"
+fi
