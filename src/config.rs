@@ -215,6 +215,37 @@ pub struct Overrides {
     pub consumer: Option<String>,
 }
 
+impl Overrides {
+    /// Whether a flag set this key (so an error about it is the flag's).
+    fn sets(&self, key: &str) -> bool {
+        match key {
+            "redis.url" => self.redis_url.is_some(),
+            "api.listen" => self.api_listen.is_some(),
+            "data_dir" => self.data_dir.is_some(),
+            "push.allow_insecure_endpoints" => self.allow_insecure_endpoints.is_some(),
+            "worker.consumer" => self.consumer.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// A setting that failed validation: which key, and what is wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{key} {message}")]
+pub struct Invalid {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(key: &'static str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
 /// Where settings are read from: a file (explicit, or `./config.toml` when present) and the environment.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -251,16 +282,32 @@ impl Settings {
         if let Some(file) = &source.file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            figment = figment.merge(("redis.url", url));
-        }
+        figment = figment.merge(
+            Env::raw()
+                .only(&["REDIS_URL"])
+                .map(|_| "redis.url".into())
+                .split("."),
+        );
         figment = figment.merge(Env::prefixed("HERALD_").split("__"));
         let mut settings: Settings = figment.extract().map_err(|e| {
             // figment's message names the key and the file or variable it came from.
             anyhow::anyhow!("invalid configuration: {e}")
         })?;
         settings.apply(overrides);
-        settings.validate()?;
+        settings.validate().map_err(|e| {
+            let from = if overrides.sets(e.key) {
+                "a command-line flag".to_string()
+            } else {
+                match figment.find_metadata(e.key) {
+                    Some(meta) => match &meta.source {
+                        Some(source) => format!("{} {source}", meta.name),
+                        None => meta.name.to_string(),
+                    },
+                    None => "the defaults".to_string(),
+                }
+            };
+            anyhow::anyhow!("invalid configuration: {e} (set in {from})")
+        })?;
         Ok(settings)
     }
 
@@ -283,14 +330,23 @@ impl Settings {
     }
 
     /// Checks what types alone cannot; each error names the key.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let url = self.redis.url.expose();
         if !url.is_empty() {
-            redis::Client::open(url).map_err(|e| {
-                anyhow::anyhow!(
-                    "redis.url is not a valid Redis URL ({e}); expected redis://host:port/db"
+            let scheme_ok = url::Url::parse(url).is_ok_and(|u| {
+                matches!(
+                    u.scheme(),
+                    "redis" | "rediss" | "redis+unix" | "unix" | "valkey" | "valkeys"
                 )
-            })?;
+            });
+            let parsed = redis::Client::open(url);
+            if !scheme_ok || parsed.is_err() {
+                let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
+                return Err(Invalid::new(
+                    "redis.url",
+                    format!("is not a Redis URL{why}; expected redis://[:password@]host:port[/db]"),
+                ));
+            }
         }
         ensure_name("redis.key_prefix", &self.redis.key_prefix)?;
         ensure_name("worker.group", &self.worker.group)?;
@@ -327,25 +383,35 @@ impl Settings {
         if self.worker.block < Duration::from_millis(10)
             || self.worker.block > Duration::from_secs(5)
         {
-            anyhow::bail!(
-                "worker.block must be between 10ms and 5s (got {}): a longer block delays stops",
-                humantime::format_duration(self.worker.block)
-            );
+            return Err(Invalid::new(
+                "worker.block",
+                format!(
+                    "must be between 10ms and 5s (got {}): a longer block delays stops",
+                    humantime::format_duration(self.worker.block)
+                ),
+            ));
         }
-        if self.redis.command_timeout.is_zero() {
-            anyhow::bail!("redis.command_timeout must be more than 0");
-        }
-        if self.push.request_timeout.is_zero() || self.push.connect_timeout.is_zero() {
-            anyhow::bail!("push.connect_timeout and push.request_timeout must be more than 0");
+        for (key, value) in [
+            ("redis.command_timeout", self.redis.command_timeout),
+            ("push.connect_timeout", self.push.connect_timeout),
+            ("push.request_timeout", self.push.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Invalid::new(key, "must be more than 0"));
+            }
         }
         let subject = &self.push.vapid_subject;
         if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
-            anyhow::bail!(
-                "push.vapid_subject must start with mailto: or https:// (got {subject:?})"
-            );
+            return Err(Invalid::new(
+                "push.vapid_subject",
+                format!("must start with mailto: or https:// (got {subject:?})"),
+            ));
         }
         if self.api.tokens.iter().any(Secret::is_empty) {
-            anyhow::bail!("api.tokens must not contain an empty token");
+            return Err(Invalid::new(
+                "api.tokens",
+                "must not contain an empty token",
+            ));
         }
         Ok(())
     }
@@ -388,23 +454,27 @@ impl Settings {
     }
 }
 
-fn ensure_name(key: &str, value: &str) -> anyhow::Result<()> {
+fn ensure_name(key: &'static str, value: &str) -> Result<(), Invalid> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        anyhow::bail!(
-            "{key} must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.' (got {value:?})"
-        );
+        return Err(Invalid::new(
+            key,
+            format!("must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.' (got {value:?})"),
+        ));
     }
     Ok(())
 }
 
-fn ensure_range(key: &str, value: u64, min: u64, max: u64) -> anyhow::Result<()> {
+fn ensure_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Invalid> {
     if value < min || value > max {
-        anyhow::bail!("{key} must be between {min} and {max} (got {value})");
+        return Err(Invalid::new(
+            key,
+            format!("must be between {min} and {max} (got {value})"),
+        ));
     }
     Ok(())
 }
@@ -490,7 +560,22 @@ mod tests {
     fn a_block_longer_than_five_seconds_is_refused() {
         let mut s = Settings::default();
         s.worker.block = Duration::from_secs(30);
-        let err = s.validate().expect_err("must fail").to_string();
-        assert!(err.contains("worker.block"), "{err}");
+        let err = s.validate().expect_err("must fail");
+        assert_eq!(err.key, "worker.block");
+    }
+
+    #[test]
+    fn a_value_out_of_range_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("herald.toml");
+        std::fs::write(&file, "[redis]\npartitions = 0\n").expect("write config");
+        let err = Settings::load(&Source { file: Some(file) }, &Overrides::default())
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.contains("redis.partitions must be between 1 and 1024"),
+            "{err}"
+        );
+        assert!(err.contains("herald.toml"), "{err}");
     }
 }
