@@ -118,6 +118,9 @@ struct PublishArgs {
     /// Events per second; 0 means as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Events sent to Redis in one pipeline.
+    #[arg(long, default_value_t = 100)]
+    batch: u64,
 }
 
 #[derive(Subcommand)]
@@ -285,51 +288,56 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result
 async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
     use herald::event::{EventDefaults, EventInput, Notification};
     use herald::publish::{PublishOutcome, Publisher, Ready};
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     let db = herald::db::Db::connect(&settings).await?;
     let publisher = Publisher::new(db, settings.events.dedup_window);
-    let interval = (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(1.0 / args.rate));
+    let defaults = EventDefaults {
+        ttl: settings.events.default_ttl,
+    };
+    let per_batch = args.batch as f64;
+    let interval = (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(per_batch / args.rate));
     let started = std::time::Instant::now();
-    for n in 0..args.count {
-        let input = EventInput {
-            id: None,
-            topic: args.topic.clone(),
-            user: args.user.clone(),
-            key: args.key.clone(),
-            headers: Default::default(),
-            notification: Notification {
-                title: args.title.clone(),
-                body: args.body.clone(),
-                url: None,
-                icon: None,
-                tag: None,
-            },
-            publish_at: None,
-            deliver_at: None,
-            ttl: None,
-            urgency: None,
-        };
-        let event = input
-            .validate(
-                EventDefaults {
-                    ttl: settings.events.default_ttl,
+    let mut sent: u64 = 0;
+    let mut round: u32 = 0;
+    while sent < args.count {
+        let size = (args.count - sent).min(args.batch);
+        let mut batch = Vec::with_capacity(size as usize);
+        for _ in 0..size {
+            let input = EventInput {
+                id: None,
+                topic: args.topic.clone(),
+                user: args.user.clone(),
+                key: args.key.clone(),
+                headers: Default::default(),
+                notification: Notification {
+                    title: args.title.clone(),
+                    body: args.body.clone(),
+                    url: None,
+                    icon: None,
+                    tag: None,
                 },
-                chrono::Utc::now(),
-            )
-            .map_err(|e| anyhow::anyhow!("--{}", e))?;
-        let ready = [Ready {
-            digest: input.digest(),
-            event,
-        }];
-        for outcome in publisher.publish(&ready).await? {
-            if let PublishOutcome::Accepted(p) = outcome {
-                if args.count == 1 {
-                    println!("{}", serde_json::to_string(&p)?);
-                }
+                publish_at: None,
+                deliver_at: None,
+                ttl: None,
+                urgency: None,
+            };
+            let event = input
+                .validate(defaults, chrono::Utc::now())
+                .map_err(|e| anyhow::anyhow!("--{e}"))?;
+            batch.push(Ready {
+                digest: input.digest(),
+                event,
+            });
+        }
+        for outcome in publisher.publish(&batch).await? {
+            if let (PublishOutcome::Accepted(p), 1) = (outcome, args.count) {
+                println!("{}", serde_json::to_string(&p)?);
             }
         }
+        sent += size;
+        round += 1;
         if let Some(interval) = interval {
-            let due = started + interval * (n as u32 + 1);
-            tokio::time::sleep_until(due.into()).await;
+            tokio::time::sleep_until((started + interval * round).into()).await;
         }
     }
     if args.count > 1 {

@@ -247,3 +247,31 @@ async fn pushes_carry_a_valid_vapid_token_for_the_sinks_origin_including_its_por
     // The sink answers 401 when aud, exp, sub or the signature is wrong.
     assert_eq!(arrivals[0].status, 201, "{:?}", arrivals[0].error);
 }
+
+#[tokio::test]
+async fn a_worker_restarted_under_the_same_name_first_finishes_its_own_pending_entries() {
+    let app = TestApp::start().await;
+    let (device, _) = app.register_device("u-12").await;
+    app.sink.add_faults(
+        &device,
+        vec![herald::sink::Fault {
+            status: 500,
+            retry_after: None,
+            delay_ms: None,
+        }],
+    );
+    app.publish_to("u-12", "second time lucky").await;
+    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    assert!(matches!(batch.entries[0].1, EntryOutcome::Pending { .. }));
+    assert_eq!(app.pending(), 1);
+
+    // The same consumer name (a restart with worker.consumer set) reads its pending list first.
+    let worker = app.run_worker();
+    eventually("the pending entry to be delivered", Duration::from_secs(10), || {
+        app.sink.delivered().len() == 1
+    })
+    .await;
+    eventually("the entry to be acknowledged", Duration::from_secs(5), || app.pending() == 0).await;
+    app.shutdown.cancel();
+    worker.await.expect("worker task").expect("worker stops cleanly");
+}

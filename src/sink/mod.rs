@@ -7,7 +7,7 @@
 //!
 //! Routes: `POST /push/{id}` (the endpoints), and for tools and tests
 //! `POST /admin/subscriptions?count=N`, `POST /admin/faults/{id|*}`,
-//! `GET /admin/arrivals`.
+//! `GET /admin/arrivals`, `GET /admin/count`.
 
 pub mod crypto;
 
@@ -214,6 +214,7 @@ impl Sink {
             .route("/admin/subscriptions", post(admin_subscriptions))
             .route("/admin/faults/{target}", post(admin_faults))
             .route("/admin/arrivals", get(admin_arrivals))
+            .route("/admin/count", get(admin_count))
             .with_state(self.handle.clone());
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -381,6 +382,12 @@ async fn admin_faults(
         )
             .into_response(),
     }
+}
+
+async fn admin_count(State(sink): State<SinkHandle>) -> Response {
+    let arrivals = sink.state.arrivals.lock().expect("sink lock");
+    let delivered = arrivals.iter().filter(|a| a.status == 201).count();
+    Json(json!({"arrivals": arrivals.len(), "delivered": delivered})).into_response()
 }
 
 async fn admin_arrivals(State(sink): State<SinkHandle>) -> Response {

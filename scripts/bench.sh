@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# End-to-end throughput: `herald publish` → Redis stream (AOF everysec) →
+# `herald up` (API + worker: route, encrypt, VAPID, HTTP POST, XACK) → the sink
+# in fast mode (it counts arrivals without decrypting, so the CPU measured is
+# herald's). Everything runs on this machine, on loopback.
+#
+#   scripts/bench.sh [EVENTS] [DEVICES_PER_USER]     (defaults: 20000 1)
+#
+# Prints the publish rate and the delivery rate (pushes accepted per second).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${1:-20000}
+DEVICES=${2:-1}
+
+cargo build --release --quiet
+BIN=target/release/herald
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rport=$(free_port); aport=$(free_port); sport=$(free_port)
+
+redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" --appendonly yes --appendfsync everysec \
+  --maxmemory-policy noeviction --save "" --daemonize no --logfile "$work/redis.log" &
+pids+=($!)
+until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.05; done
+
+"$BIN" up --redis-url "redis://127.0.0.1:$rport" --listen "127.0.0.1:$aport" --data-dir "$work" \
+  --allow-insecure-endpoints --log-format json >/dev/null 2>"$work/herald.log" &
+pids+=($!)
+until curl -sf "http://127.0.0.1:$aport/readyz" >/dev/null; do sleep 0.05; done
+
+"$BIN" sink --fast --sink-listen "127.0.0.1:$sport" --out /dev/null \
+  --register "$DEVICES" --user bench --api "http://127.0.0.1:$aport" 2>"$work/sink.log" &
+pids+=($!)
+until [ "$(curl -s "http://127.0.0.1:$aport/v1/subscriptions?user=bench" | jq '.subscriptions | length')" = "$DEVICES" ]; do
+  sleep 0.05
+done
+
+expected=$((EVENTS * DEVICES))
+echo "events: $EVENTS, devices: $DEVICES, pushes expected: $expected, cores: $(nproc)"
+start=$(date +%s.%N)
+"$BIN" publish --redis-url "redis://127.0.0.1:$rport" --user bench --topic bench.run --title "bench" --count "$EVENTS" 2>/dev/null
+while :; do
+  got=$(curl -s "http://127.0.0.1:$sport/admin/count" | jq .delivered)
+  [ "$got" -ge "$expected" ] && break
+  sleep 0.02
+done
+end=$(date +%s.%N)
+pending=$(redis-cli -p "$rport" xpending '{herald:p0}:events' herald | head -1)
+python3 - "$start" "$end" "$expected" "$pending" <<'PY'
+import sys
+start, end, n, pending = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+secs = end - start
+print(f"delivered {n} pushes in {secs:.2f}s: {n/secs:.0f} pushes/s end to end; pending after: {pending}")
+PY
