@@ -295,7 +295,8 @@ async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
         ttl: settings.events.default_ttl,
     };
     let per_batch = args.batch as f64;
-    let interval = (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(per_batch / args.rate));
+    let interval =
+        (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(per_batch / args.rate));
     let started = std::time::Instant::now();
     let mut sent: u64 = 0;
     let mut round: u32 = 0;

@@ -17,7 +17,7 @@ async fn every_device_receives_every_event_meant_for_it_exactly_once() {
     let mut devices: HashMap<&str, Vec<String>> = HashMap::new();
     for (user, count) in [("u-1", 1), ("u-2", 2), ("u-3", 3)] {
         for _ in 0..count {
-            let (sink_id, _) = app.register_device(user).await;
+            let sink_id = app.register_device(user).await;
             devices.entry(user).or_default().push(sink_id);
         }
     }
@@ -106,8 +106,8 @@ async fn every_device_receives_every_event_meant_for_it_exactly_once() {
 #[tokio::test]
 async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
     let app = TestApp::start().await;
-    let (kept, _) = app.register_device("u-7").await;
-    let (dropped, dropped_id) = app.register_device("u-7").await;
+    let kept = app.register_device("u-7").await;
+    let dropped = app.register_device("u-7").await;
     app.sink.unsubscribe(&dropped); // the sink now answers 410 for it
     app.publish_to("u-7", "hello").await;
 
@@ -133,7 +133,7 @@ async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
         .filter_map(|s| s["id"].as_str())
         .collect();
     assert!(
-        !ids.contains(&dropped_id.as_str()),
+        !ids.contains(&dropped.as_str()),
         "the gone subscription was deleted"
     );
     assert_eq!(ids.len(), 1);
@@ -143,7 +143,7 @@ async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
 #[tokio::test]
 async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
     let app = TestApp::start().await;
-    let (device, _) = app.register_device("u-8").await;
+    let device = app.register_device("u-8").await;
     app.sink.add_faults(
         &device,
         vec![herald::sink::Fault {
@@ -182,7 +182,7 @@ async fn an_event_for_a_user_without_devices_is_acknowledged_as_having_no_target
 #[tokio::test]
 async fn entries_added_before_the_group_existed_are_not_skipped() {
     let app = TestApp::start().await;
-    let (device, _) = app.register_device("u-9").await;
+    let device = app.register_device("u-9").await;
     let mut conn = app.redis.conn();
     let _: () = redis::cmd("XGROUP")
         .arg("DESTROY")
@@ -251,7 +251,7 @@ async fn pushes_carry_a_valid_vapid_token_for_the_sinks_origin_including_its_por
 #[tokio::test]
 async fn a_worker_restarted_under_the_same_name_first_finishes_its_own_pending_entries() {
     let app = TestApp::start().await;
-    let (device, _) = app.register_device("u-12").await;
+    let device = app.register_device("u-12").await;
     app.sink.add_faults(
         &device,
         vec![herald::sink::Fault {
@@ -261,17 +261,31 @@ async fn a_worker_restarted_under_the_same_name_first_finishes_its_own_pending_e
         }],
     );
     app.publish_to("u-12", "second time lucky").await;
-    let batch = app.worker.process_batch(0, Duration::from_secs(1)).await.expect("a batch");
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("a batch");
     assert!(matches!(batch.entries[0].1, EntryOutcome::Pending { .. }));
     assert_eq!(app.pending(), 1);
 
     // The same consumer name (a restart with worker.consumer set) reads its pending list first.
     let worker = app.run_worker();
-    eventually("the pending entry to be delivered", Duration::from_secs(10), || {
-        app.sink.delivered().len() == 1
-    })
+    eventually(
+        "the pending entry to be delivered",
+        Duration::from_secs(10),
+        || app.sink.delivered().len() == 1,
+    )
     .await;
-    eventually("the entry to be acknowledged", Duration::from_secs(5), || app.pending() == 0).await;
+    eventually(
+        "the entry to be acknowledged",
+        Duration::from_secs(5),
+        || app.pending() == 0,
+    )
+    .await;
     app.shutdown.cancel();
-    worker.await.expect("worker task").expect("worker stops cleanly");
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stops cleanly");
 }

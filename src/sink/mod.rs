@@ -62,6 +62,7 @@ pub struct Fault {
 /// One push as the sink received it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Arrival {
+    /// herald's id of the subscription (derived from the endpoint, as herald derives it).
     pub subscription: String,
     /// The `id` of the decrypted payload, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,10 +95,19 @@ pub struct BTreeHeaders {
 struct SinkState {
     base_url: String,
     fast: bool,
-    subs: Mutex<HashMap<String, UserAgentKeys>>,
+    /// Devices by the id in their endpoint's path.
+    subs: Mutex<HashMap<String, Device>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
     arrivals: Mutex<Vec<Arrival>>,
     out: Option<Mutex<Box<dyn Write + Send>>>,
+}
+
+/// One subscribed "browser".
+#[derive(Clone)]
+struct Device {
+    keys: UserAgentKeys,
+    /// herald's id for this subscription, so the sink's records match herald's.
+    subscription: String,
 }
 
 /// A running sink's handle: make subscriptions, script faults, read arrivals.
@@ -121,26 +131,36 @@ impl SinkHandle {
         &self.state.base_url
     }
 
-    /// A new subscription, as a browser would make it; returns `(id, PushSubscription JSON)`.
+    /// A new subscription, as a browser would make it; returns herald's id for it
+    /// (derived from the endpoint) and the `PushSubscription.toJSON()` to register.
     pub fn new_subscription(&self) -> (String, Value) {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let path_id = uuid::Uuid::new_v4().simple().to_string();
         let keys = UserAgentKeys::generate();
-        let endpoint = format!("{}/push/{id}", self.state.base_url);
+        let endpoint = format!("{}/push/{path_id}", self.state.base_url);
         let json = browser_json(&endpoint, &keys);
+        let subscription = crate::subscriptions::id_for_endpoint(&endpoint);
+        let device = Device {
+            keys,
+            subscription: subscription.clone(),
+        };
         self.state
             .subs
             .lock()
             .expect("sink lock")
-            .insert(id.clone(), keys);
-        (id, json)
+            .insert(path_id, device);
+        (subscription, json)
     }
 
-    /// Forgets a subscription: pushes to it then get 410, like an unsubscribed browser.
-    pub fn unsubscribe(&self, id: &str) {
-        self.state.subs.lock().expect("sink lock").remove(id);
+    /// Forgets a subscription (by herald's id): pushes to it then get 410, like an unsubscribed browser.
+    pub fn unsubscribe(&self, subscription: &str) {
+        self.state
+            .subs
+            .lock()
+            .expect("sink lock")
+            .retain(|_, d| d.subscription != subscription);
     }
 
-    /// Queues answers for one subscription (or `*` for any).
+    /// Queues answers for one subscription (herald's id) or `*` for any.
     pub fn add_faults(&self, target: &str, faults: Vec<Fault>) {
         self.state
             .faults
@@ -225,7 +245,7 @@ impl Sink {
 
 async fn receive(
     State(sink): State<SinkHandle>,
-    Path(id): Path<String>,
+    Path(path_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -234,6 +254,20 @@ async fn receive(
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
+    };
+    let device = sink
+        .state
+        .subs
+        .lock()
+        .expect("sink lock")
+        .get(&path_id)
+        .cloned();
+    let id = match &device {
+        Some(d) => d.subscription.clone(),
+        None => crate::subscriptions::id_for_endpoint(&format!(
+            "{}/push/{path_id}",
+            sink.state.base_url
+        )),
     };
     let mut arrival = Arrival {
         subscription: id.clone(),
@@ -257,7 +291,6 @@ async fn receive(
         }
         next
     };
-    let keys = sink.state.subs.lock().expect("sink lock").get(&id).cloned();
     let mut retry_after = None;
     if let Some(fault) = fault {
         if let Some(ms) = fault.delay_ms {
@@ -266,9 +299,11 @@ async fn receive(
         arrival.status = fault.status;
         arrival.error = Some("scripted fault".into());
         retry_after = fault.retry_after;
-    } else if let Some(keys) = keys {
+    } else if let Some(device) = device {
         if !sink.state.fast {
-            if let Err((status, error)) = check_push(&sink, &keys, &headers, &body, &mut arrival) {
+            if let Err((status, error)) =
+                check_push(&sink, &device.keys, &headers, &body, &mut arrival)
+            {
                 arrival.status = status;
                 arrival.error = Some(error);
             }

@@ -1,0 +1,185 @@
+//! The sink as a push service: what it accepts, refuses and records, and the
+//! pusher's reading of its answers over real HTTP.
+
+mod helpers;
+
+use std::time::Duration;
+
+use herald::config::PushSettings;
+use herald::event::{EventDefaults, EventInput};
+use herald::push::vapid::VapidKey;
+use herald::push::{Outcome, Pusher};
+use herald::sink::{Fault, Sink, SinkHandle, SinkOptions};
+use herald::subscriptions::{Subscription, SubscriptionInput};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+async fn sink(fast: bool) -> (SinkHandle, CancellationToken) {
+    let sink = Sink::bind(SinkOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        fast,
+        record: None,
+    })
+    .await
+    .expect("bind");
+    let handle = sink.handle();
+    let stop = CancellationToken::new();
+    tokio::spawn(sink.run(stop.clone()));
+    (handle, stop)
+}
+
+fn pusher() -> Pusher {
+    let settings = PushSettings {
+        allow_insecure_endpoints: true,
+        vapid_subject: "mailto:tests@herald.invalid".into(),
+        ..PushSettings::default()
+    };
+    Pusher::new(&settings, VapidKey::generate().0).expect("pusher")
+}
+
+fn subscription(sink: &SinkHandle) -> Subscription {
+    let (_, browser) = sink.new_subscription();
+    let input: SubscriptionInput =
+        serde_json::from_value(json!({"user": "u-1", "subscription": browser})).expect("input");
+    input.validate(true).expect("valid")
+}
+
+fn event(title: &str) -> herald::event::Event {
+    let input: EventInput = serde_json::from_value(json!({"topic": "a.b", "user": "u-1", "key": "car-1", "urgency": "low", "notification": {"title": title}}))
+        .expect("input");
+    input
+        .validate(EventDefaults { ttl: 60 }, chrono::Utc::now())
+        .expect("valid")
+}
+
+#[tokio::test]
+async fn a_push_is_verified_decrypted_and_recorded() {
+    let (sink, _stop) = sink(false).await;
+    let sub = subscription(&sink);
+    let report = pusher().push(&sub, &event("hello")).await;
+    assert_eq!(report.outcome, Outcome::Delivered, "{:?}", report.error);
+    assert_eq!(report.status, Some(201));
+    let arrivals = sink.delivered();
+    assert_eq!(arrivals.len(), 1);
+    let a = &arrivals[0];
+    assert_eq!(a.subscription, sub.id);
+    assert_eq!(a.plaintext.as_ref().expect("decrypted")["title"], "hello");
+    assert_eq!(a.headers.ttl.as_deref(), Some("60"));
+    assert_eq!(a.headers.urgency.as_deref(), Some("low"));
+    assert_eq!(
+        a.headers.topic.as_deref(),
+        Some(herald::push::topic_for_key("car-1").as_str())
+    );
+}
+
+#[tokio::test]
+async fn scripted_failures_come_back_classified_with_their_retry_after() {
+    let (sink, _stop) = sink(false).await;
+    let sub = subscription(&sink);
+    sink.add_faults(
+        &sub.id,
+        vec![
+            Fault {
+                status: 429,
+                retry_after: Some("2".into()),
+                delay_ms: None,
+            },
+            Fault {
+                status: 503,
+                retry_after: None,
+                delay_ms: Some(50),
+            },
+            Fault {
+                status: 413,
+                retry_after: None,
+                delay_ms: None,
+            },
+            Fault {
+                status: 410,
+                retry_after: None,
+                delay_ms: None,
+            },
+        ],
+    );
+    let p = pusher();
+    let e = event("x");
+    assert_eq!(
+        p.push(&sub, &e).await.outcome,
+        Outcome::Retry {
+            after: Some(Duration::from_secs(2))
+        }
+    );
+    assert_eq!(
+        p.push(&sub, &e).await.outcome,
+        Outcome::Retry { after: None }
+    );
+    assert_eq!(
+        p.push(&sub, &e).await.outcome,
+        Outcome::DeadLetter {
+            reason: "payload_too_large"
+        }
+    );
+    assert_eq!(p.push(&sub, &e).await.outcome, Outcome::Gone);
+    // The script is used up: back to normal.
+    assert_eq!(p.push(&sub, &e).await.outcome, Outcome::Delivered);
+}
+
+#[tokio::test]
+async fn a_push_without_a_valid_vapid_token_is_refused_with_401() {
+    let (sink, _stop) = sink(false).await;
+    let sub = subscription(&sink);
+    let response = reqwest::Client::new()
+        .post(&sub.endpoint)
+        .header("TTL", "60")
+        .header("Content-Encoding", "aes128gcm")
+        .body(vec![0u8; 100])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 401);
+    let arrivals = sink.arrivals();
+    assert_eq!(arrivals[0].status, 401);
+    assert!(arrivals[0]
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("Authorization")));
+}
+
+#[tokio::test]
+async fn an_unknown_subscription_is_gone() {
+    let (sink, _stop) = sink(false).await;
+    let sub = subscription(&sink);
+    sink.unsubscribe(&sub.id);
+    assert_eq!(
+        pusher().push(&sub, &event("x")).await.outcome,
+        Outcome::Gone
+    );
+}
+
+#[tokio::test]
+async fn fast_mode_counts_without_decrypting() {
+    let (sink, _stop) = sink(true).await;
+    let sub = subscription(&sink);
+    assert_eq!(
+        pusher().push(&sub, &event("x")).await.outcome,
+        Outcome::Delivered
+    );
+    let arrivals = sink.delivered();
+    assert_eq!(arrivals.len(), 1);
+    assert!(arrivals[0].plaintext.is_none());
+}
+
+#[tokio::test]
+async fn an_insecure_endpoint_is_refused_at_send_time_without_the_setting() {
+    let (sink, _stop) = sink(false).await;
+    let sub = subscription(&sink);
+    let strict = Pusher::new(&PushSettings::default(), VapidKey::generate().0).expect("pusher");
+    let report = strict.push(&sub, &event("x")).await;
+    assert_eq!(
+        report.outcome,
+        Outcome::DeadLetter {
+            reason: "invalid_subscription"
+        }
+    );
+    assert!(sink.arrivals().is_empty(), "nothing was sent");
+}
