@@ -147,8 +147,15 @@ impl EventInput {
             None => uuid::Uuid::now_v7().to_string(),
         };
         check_topic(&self.topic)?;
-        if let Some(user) = &self.user {
-            check_identifier("user", user, 128)?;
+        match &self.user {
+            Some(user) => check_identifier("user", user, 128)?,
+            // Refused rather than accepted and dropped until topic routing exists.
+            None => {
+                return Err(InvalidField::new(
+                    "user",
+                    "is required: this version delivers to a user's devices only (topic routing is not available yet)",
+                ))
+            }
         }
         if let Some(key) = &self.key {
             if key.is_empty() || key.len() > 256 {
@@ -451,7 +458,7 @@ mod tests {
     #[test]
     fn defaults_fill_id_time_ttl_and_urgency() {
         let input: EventInput = serde_json::from_value(
-            serde_json::json!({"topic": "a.b", "notification": {"title": "t"}}),
+            serde_json::json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}}),
         )
         .expect("parses");
         let now = Utc::now();

@@ -167,7 +167,9 @@ impl Worker {
     async fn read_loop(&self, partition: u32, shutdown: CancellationToken, tracker: TaskTracker) {
         let stream = self.db.keys.stream(partition);
         let mut conn: Option<MultiplexedConnection> = None;
-        let mut from_own_pending = true;
+        // This consumer's own pending entries are read first, after the id of the
+        // last one taken (so none is taken twice); `None` once they are all taken.
+        let mut own_pending_after: Option<String> = Some("0".into());
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
             // Take permits before reading, so what is read can start at once.
@@ -196,10 +198,9 @@ impl Worker {
             let c = conn.as_mut().expect("connected above");
             // The read is not raced with shutdown: an abandoned BLOCK read would still take
             // entries on the server. BLOCK is short, so the stop waits at most that long.
-            let (start, block) = if from_own_pending {
-                ("0", None)
-            } else {
-                (">", Some(self.block))
+            let (start, block) = match &own_pending_after {
+                Some(after) => (after.as_str(), None),
+                None => (">", Some(self.block)),
             };
             let entries = match self.read(c, &stream, start, permits.len(), block).await {
                 Ok(entries) => {
@@ -221,8 +222,11 @@ impl Worker {
                     continue;
                 }
             };
-            if from_own_pending && entries.len() < permits.len() {
-                from_own_pending = false;
+            if own_pending_after.is_some() {
+                own_pending_after = match entries.last() {
+                    Some(last) if entries.len() == permits.len() => Some(last.id.clone()),
+                    _ => None,
+                };
             }
             for entry in entries {
                 let permit = permits

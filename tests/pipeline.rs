@@ -250,39 +250,66 @@ async fn pushes_carry_a_valid_vapid_token_for_the_sinks_origin_including_its_por
 
 #[tokio::test]
 async fn a_worker_restarted_under_the_same_name_first_finishes_its_own_pending_entries() {
-    let app = TestApp::start().await;
-    let device = app.register_device("u-12").await;
-    app.sink.add_faults(
-        &device,
-        vec![herald::sink::Fault {
-            status: 500,
-            retry_after: None,
-            delay_ms: None,
-        }],
-    );
-    app.publish_to("u-12", "second time lucky").await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("a batch");
-    assert!(matches!(batch.entries[0].1, EntryOutcome::Pending { .. }));
-    assert_eq!(app.pending(), 1);
+    // Batches of two, so the pending list is read in several steps.
+    let app = TestApp::start_with(|s| s.worker.batch_size = 2).await;
+    app.register_device("u-12").await;
+    let failure = herald::sink::Fault {
+        status: 500,
+        retry_after: None,
+        delay_ms: None,
+    };
+    app.sink.add_faults("*", vec![failure; 5]);
+    for n in 0..5 {
+        app.publish_to("u-12", &format!("second time lucky {n}"))
+            .await;
+    }
+    for _ in 0..3 {
+        let batch = app
+            .worker
+            .process_batch(0, Duration::from_secs(1))
+            .await
+            .expect("a batch");
+        assert!(batch
+            .entries
+            .iter()
+            .all(|(_, o)| matches!(o, EntryOutcome::Pending { .. })));
+    }
+    assert_eq!(app.pending(), 5);
 
     // The same consumer name (a restart with worker.consumer set) reads its pending list first.
     let worker = app.run_worker();
     eventually(
-        "the pending entry to be delivered",
+        "the pending entries to be delivered",
         Duration::from_secs(10),
-        || app.sink.delivered().len() == 1,
+        || app.sink.delivered().len() >= 5,
     )
     .await;
     eventually(
-        "the entry to be acknowledged",
+        "the entries to be acknowledged",
         Duration::from_secs(5),
         || app.pending() == 0,
     )
     .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut titles: Vec<String> = app
+        .sink
+        .delivered()
+        .iter()
+        .map(|a| {
+            a.plaintext.as_ref().expect("decrypted")["title"]
+                .as_str()
+                .expect("title")
+                .to_string()
+        })
+        .collect();
+    titles.sort();
+    titles.dedup();
+    assert_eq!(
+        app.sink.delivered().len(),
+        5,
+        "each pending entry pushed once"
+    );
+    assert_eq!(titles.len(), 5);
     app.shutdown.cancel();
     worker
         .await
