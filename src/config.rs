@@ -24,6 +24,100 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub push: PushSettings,
     pub events: EventSettings,
+    pub retry: RetrySettings,
+    pub reclaimer: ReclaimerSettings,
+    pub breaker: BreakerSettings,
+    pub alerts: AlertSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Wait before the first retry of a failed entry; doubles with each delivery.
+    #[serde(with = "humantime_serde")]
+    pub base_delay: Duration,
+    /// The longest wait between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Attempts before an entry that keeps failing is dead-lettered.
+    pub max_deliveries: u32,
+    /// Up to this fraction of each wait is added at random, so retries of many entries spread out.
+    pub jitter: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReclaimerSettings {
+    /// How often the pending entries are scanned.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Pending entries looked at per `XPENDING` call.
+    pub scan_batch: usize,
+    /// Consumers idle this long with no pending entries are removed from the group.
+    #[serde(with = "humantime_serde")]
+    pub consumer_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Failures (401/403, 5xx, timeouts) from one push service within `window` that open its breaker.
+    pub failures_to_open: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long an open breaker stays open when the service did not say (`Retry-After`).
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// URL that receives a JSON summary of new dead letters; empty means no webhook.
+    pub webhook_url: Secret,
+    /// At most one webhook call per this interval; dead letters in between are counted together.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            base_delay: Duration::from_secs(5),
+            max_delay: Duration::from_secs(600),
+            max_deliveries: 8,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Default for ReclaimerSettings {
+    fn default() -> Self {
+        ReclaimerSettings {
+            interval: Duration::from_secs(1),
+            scan_batch: 100,
+            consumer_idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failures_to_open: 20,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            webhook_url: Secret::default(),
+            interval: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +208,10 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             push: PushSettings::default(),
             events: EventSettings::default(),
+            retry: RetrySettings::default(),
+            reclaimer: ReclaimerSettings::default(),
+            breaker: BreakerSettings::default(),
+            alerts: AlertSettings::default(),
         }
     }
 }
@@ -400,6 +498,60 @@ impl Settings {
                 return Err(Invalid::new(key, "must be more than 0"));
             }
         }
+        for (key, value) in [
+            ("retry.base_delay", self.retry.base_delay),
+            ("retry.max_delay", self.retry.max_delay),
+            ("reclaimer.interval", self.reclaimer.interval),
+            ("breaker.window", self.breaker.window),
+            ("breaker.open_for", self.breaker.open_for),
+            ("alerts.interval", self.alerts.interval),
+        ] {
+            if value.is_zero() {
+                return Err(Invalid::new(key, "must be more than 0"));
+            }
+        }
+        if self.retry.max_delay < self.retry.base_delay {
+            return Err(Invalid::new(
+                "retry.max_delay",
+                "must not be less than retry.base_delay",
+            ));
+        }
+        ensure_range(
+            "retry.max_deliveries",
+            self.retry.max_deliveries as u64,
+            1,
+            1000,
+        )?;
+        if !(0.0..=1.0).contains(&self.retry.jitter) {
+            return Err(Invalid::new(
+                "retry.jitter",
+                format!(
+                    "must be a fraction between 0 and 1 (got {})",
+                    self.retry.jitter
+                ),
+            ));
+        }
+        ensure_range(
+            "reclaimer.scan_batch",
+            self.reclaimer.scan_batch as u64,
+            1,
+            10_000,
+        )?;
+        ensure_range(
+            "breaker.failures_to_open",
+            self.breaker.failures_to_open as u64,
+            1,
+            1_000_000,
+        )?;
+        let webhook = self.alerts.webhook_url.expose();
+        if !webhook.is_empty()
+            && !url::Url::parse(webhook).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(Invalid::new(
+                "alerts.webhook_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
         let subject = &self.push.vapid_subject;
         if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
             return Err(Invalid::new(
@@ -442,6 +594,9 @@ impl Settings {
         let mut shown = self.clone();
         if !shown.redis.url.is_empty() {
             shown.redis.url = Secret::new("[redacted]");
+        }
+        if !shown.alerts.webhook_url.is_empty() {
+            shown.alerts.webhook_url = Secret::new("[redacted]");
         }
         shown.api.tokens = shown
             .api

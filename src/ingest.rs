@@ -395,7 +395,7 @@ async fn list_subscriptions(
         .into_iter()
         .map(|r| match r {
             Ok(sub) => serde_json::to_value(sub.view()).expect("serializes"),
-            Err(problem) => json!({"error": problem}),
+            Err(bad) => json!({"id": bad.id, "error": bad.problem}),
         })
         .collect();
     Ok(Json(json!({"user": user, "subscriptions": views})).into_response())

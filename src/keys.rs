@@ -7,6 +7,10 @@
 //! | --- | --- | --- |
 //! | `{P:pN}:events` | stream | events of partition N, one entry per event |
 //! | `{P:pN}:dedup:<event id>` | string | `<digest> <stream id>`, for idempotent publishes (expires) |
+//! | `{P:pN}:dlq` | stream | dead letters of partition N: the original fields plus why |
+//! | `{P:pN}:outcomes:<event id>` | hash | subscription id → `delivered`, `gone` or `dead` for one event (expires) |
+//! | `{P:pN}:retry-at` | hash | stream id → unix ms before which a pending entry must not be retried |
+//! | `{P:pN}:tombstone:<stream id>` | string | set once a deleted-while-pending entry got its tombstone (expires) |
 //! | `{P:subs}:sub:<id>` | hash | one push subscription: endpoint, keys, user, interests |
 //! | `{P:subs}:user:<user>` | set | subscription ids of one user |
 //! | `{P:subs}:all` | set | every subscription id |
@@ -46,6 +50,31 @@ impl Keys {
     /// The dedup record of an event id; same slot as the stream it guards.
     pub fn dedup(&self, partition: u32, event_id: &str) -> String {
         format!("{{{}:p{partition}}}:dedup:{event_id}", self.prefix)
+    }
+
+    /// The dead-letter stream of one partition; same slot as the stream.
+    pub fn dead_letters(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:dlq", self.prefix)
+    }
+
+    /// Per-subscription outcomes of one event: what stops a retry from pushing twice.
+    pub fn outcomes(&self, partition: u32, event_id: &str) -> String {
+        format!("{{{}:p{partition}}}:outcomes:{event_id}", self.prefix)
+    }
+
+    /// Not-before times (`Retry-After`) of pending entries of one partition.
+    pub fn retry_at(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:retry-at", self.prefix)
+    }
+
+    /// Marks that a deleted-while-pending entry was recorded, so it is recorded once.
+    pub fn tombstone(&self, partition: u32, stream_id: &str) -> String {
+        format!("{{{}:p{partition}}}:tombstone:{stream_id}", self.prefix)
+    }
+
+    /// The partition a stream key belongs to, if it is one of ours.
+    pub fn partition_of(&self, stream: &str) -> Option<u32> {
+        (0..self.partitions).find(|p| self.stream(*p) == stream)
     }
 
     pub fn subscription(&self, id: &str) -> String {
@@ -103,7 +132,13 @@ mod tests {
     fn a_stream_and_its_dedup_records_share_a_slot() {
         let keys = Keys::new("herald", 4);
         for p in 0..4 {
-            assert_eq!(hash_tag(&keys.stream(p)), hash_tag(&keys.dedup(p, "evt-1")));
+            let tag = hash_tag(&keys.stream(p)).to_string();
+            assert_eq!(hash_tag(&keys.dedup(p, "evt-1")), tag);
+            assert_eq!(hash_tag(&keys.dead_letters(p)), tag);
+            assert_eq!(hash_tag(&keys.outcomes(p, "evt-1")), tag);
+            assert_eq!(hash_tag(&keys.retry_at(p)), tag);
+            assert_eq!(hash_tag(&keys.tombstone(p, "1-0")), tag);
+            assert_eq!(keys.partition_of(&keys.stream(p)), Some(p));
         }
         assert_ne!(hash_tag(&keys.stream(0)), hash_tag(&keys.stream(1)));
     }

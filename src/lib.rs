@@ -17,14 +17,18 @@
 //! Around them: [`config`] (settings), [`keys`] (every Redis key name), [`db`]
 //! (connections), [`shutdown`] (signals and stopping), [`telemetry`] (logs).
 
+pub mod alerts;
 pub mod config;
 pub mod db;
+pub mod dead_letter;
 pub mod embedded_redis;
 pub mod event;
 pub mod ingest;
 pub mod keys;
 pub mod publish;
 pub mod push;
+pub mod reclaimer;
+pub mod retry;
 pub mod routing;
 pub mod shutdown;
 pub mod sink;

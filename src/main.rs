@@ -55,6 +55,13 @@ enum Command {
     Api,
     /// A consumer in the group: read, route, push, ack.
     Worker,
+    /// Retries pending entries with backoff; dead-letters what keeps failing.
+    Reclaimer,
+    /// Inspect and handle dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// A local push service that verifies and decrypts like a browser.
     Sink(SinkArgs),
     /// Publish events from the shell, straight into the stream.
@@ -123,6 +130,104 @@ struct PublishArgs {
     batch: u64,
 }
 
+/// Which dead letters: any combination; all must match.
+#[derive(Args, Clone, Default)]
+struct DlqFilter {
+    /// Only this reason (e.g. max_deliveries, push_bad_request, undecodable).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only events of this topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only events for this user.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only dead since this time (RFC 3339, or a duration ago such as 2h).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only dead before this time (RFC 3339, or a duration ago such as 30m).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+impl DlqFilter {
+    fn build(
+        &self,
+        older_than: Option<&str>,
+    ) -> anyhow::Result<(herald::dead_letter::Filter, bool)> {
+        use herald::dead_letter::cli::parse_when;
+        let mut until = self.until.as_deref().map(parse_when).transpose()?;
+        if let Some(age) = older_than {
+            let cut = parse_when(age)?;
+            until = Some(until.map_or(cut, |u| u.min(cut)));
+        }
+        let filter = herald::dead_letter::Filter {
+            reason: self.reason.clone(),
+            topic: self.topic.clone(),
+            user: self.user.clone(),
+            since: self.since.as_deref().map(parse_when).transpose()?,
+            until,
+        };
+        let narrowed = filter.reason.is_some()
+            || filter.topic.is_some()
+            || filter.user.is_some()
+            || filter.since.is_some()
+            || filter.until.is_some();
+        Ok((filter, narrowed))
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every field of one dead letter.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back into their stream (event id kept) for another try.
+    Replay {
+        /// Dead letter ids; or use filters, or --all.
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        all: bool,
+        /// At most this many replays per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        /// Dead letter ids; or use filters, --older-than, or --all.
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Only those dead longer than this (e.g. 7days).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Really delete (without it, only says what would be deleted).
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum VapidCommand {
     /// Create a new VAPID key pair and print the public key.
@@ -188,6 +293,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             herald::shutdown::on_signals(shutdown.clone())?;
             herald::up::worker(settings, shutdown).await
         }
+        Command::Reclaimer => {
+            herald::shutdown::on_signals(shutdown.clone())?;
+            herald::up::reclaimer(settings, shutdown).await
+        }
+        Command::Dlq { command } => dlq(settings, command).await,
         Command::Sink(args) => {
             herald::shutdown::on_signals(shutdown.clone())?;
             run_sink(args, shutdown).await
@@ -218,6 +328,94 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn dlq(settings: Settings, command: DlqCommand) -> anyhow::Result<()> {
+    use herald::dead_letter::{cli, DeadLetters};
+    let db = herald::db::Db::connect(&settings).await?;
+    let horizon = herald::retry::RetryPolicy::from_settings(&settings.retry).horizon();
+    let dl = DeadLetters::new(db, &settings.worker.group, Default::default(), horizon);
+    match command {
+        DlqCommand::List {
+            filter,
+            limit,
+            json,
+        } => {
+            let (filter, _) = filter.build(None)?;
+            let entries = dl.list(&filter, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", cli::table(&entries));
+            }
+        }
+        DlqCommand::Show { id, json } => {
+            let entry = dl.show(&id).await?.ok_or_else(|| {
+                anyhow::anyhow!("no dead letter has id {id} (see `herald dlq list`)")
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entry)?);
+            } else {
+                print!("{}", cli::details(&entry));
+            }
+        }
+        DlqCommand::Replay {
+            ids,
+            filter,
+            all,
+            rate,
+            json,
+        } => {
+            let (filter, narrowed) = filter.build(None)?;
+            let entries = cli::select(&dl, &ids, &filter, narrowed, all).await?;
+            let results = cli::replay_all(&dl, &entries, rate).await;
+            let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+            if json {
+                let rows: Vec<_> = results
+                    .iter()
+                    .map(|(id, r)| match r {
+                        Ok(stream_id) => serde_json::json!({"id": id, "stream_id": stream_id}),
+                        Err(e) => serde_json::json!({"id": id, "error": e}),
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for (id, r) in &results {
+                    match r {
+                        Ok(stream_id) => println!("replayed {id} as {stream_id}"),
+                        Err(e) => println!("could not replay {id}: {e}"),
+                    }
+                }
+                println!("{} replayed, {failed} failed", results.len() - failed);
+            }
+            anyhow::ensure!(failed == 0, "{failed} dead letter(s) could not be replayed");
+        }
+        DlqCommand::Purge {
+            ids,
+            filter,
+            older_than,
+            all,
+            yes,
+            json,
+        } => {
+            let (filter, narrowed) = filter.build(older_than.as_deref())?;
+            let entries = cli::select(&dl, &ids, &filter, narrowed, all).await?;
+            if !yes {
+                print!("{}", cli::table(&entries));
+                anyhow::bail!(
+                    "nothing deleted: add --yes to delete these {} dead letter(s)",
+                    entries.len()
+                );
+            }
+            let deleted = dl.purge(&entries).await?;
+            if json {
+                println!("{}", serde_json::json!({"deleted": deleted}));
+            } else {
+                println!("deleted {deleted} dead letter(s)");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -2,14 +2,14 @@
 //! that user: each of their devices.
 
 use crate::event::Event;
-use crate::subscriptions::{Store, Subscription};
+use crate::subscriptions::{Store, Subscription, Unreadable};
 
 /// The devices an event is meant for.
 #[derive(Debug, Default)]
 pub struct Targets {
     pub subscriptions: Vec<Subscription>,
     /// Stored subscriptions that cannot be read back, with what is wrong with each.
-    pub unreadable: Vec<String>,
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// Finds target subscriptions. Cheap to clone.

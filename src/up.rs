@@ -1,5 +1,6 @@
 //! The roles as the binary runs them: `herald up` (everything in one process,
-//! with an embedded Redis when none is configured), `herald api`, `herald worker`.
+//! with an embedded Redis when none is configured), `herald api`,
+//! `herald worker`, `herald reclaimer`.
 
 use std::sync::Arc;
 
@@ -7,15 +8,17 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::{self, AlertLoop, Alerts};
 use crate::config::{Secret, Settings};
 use crate::db::{redacted_url, Db};
 use crate::embedded_redis::EmbeddedRedis;
 use crate::ingest::Api;
 use crate::push::vapid::VapidKey;
 use crate::push::Pusher;
+use crate::reclaimer::Reclaimer;
 use crate::worker::Worker;
 
-/// `herald up`: API and worker in one process; starts and supervises a
+/// `herald up`: API, worker and reclaimer in one process; starts and supervises a
 /// redis-server when `redis.url` is empty; creates VAPID keys on first run.
 pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let redis_stop = CancellationToken::new();
@@ -50,47 +53,142 @@ pub async fn api(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 /// `herald worker`.
 pub async fn worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let db = Db::connect(&settings).await?;
-    let key = VapidKey::load_or_create(&settings.vapid_key_path(), settings.push.create_vapid_key)?;
-    let pusher = Arc::new(Pusher::new(&settings.push, key)?);
-    Worker::new(db, pusher, &settings).run(shutdown).await
+    let parts = Parts::connect(&settings, settings.push.create_vapid_key).await?;
+    let worker = parts.worker(&settings);
+    let mut roles = Roles::new(shutdown);
+    roles.spawn("worker", worker.run(roles.stop()));
+    parts.spawn_alerts(&mut roles);
+    roles.wait().await
+}
+
+/// `herald reclaimer`.
+pub async fn reclaimer(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let parts = Parts::connect(&settings, settings.push.create_vapid_key).await?;
+    let reclaimer = Reclaimer::new(parts.worker(&settings), &settings);
+    let mut roles = Roles::new(shutdown);
+    roles.spawn("reclaimer", reclaimer.run(roles.stop()));
+    parts.spawn_alerts(&mut roles);
+    roles.wait().await
 }
 
 async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let db = Db::connect(settings).await?;
-    let key = VapidKey::load_or_create(&settings.vapid_key_path(), true)?;
-    let pusher = Arc::new(Pusher::new(&settings.push, key)?);
-    let api = Api::bind(settings, db.clone(), pusher.public_key().to_string()).await?;
-    let worker = Worker::new(db, pusher.clone(), settings);
+    let parts = Parts::connect(settings, true).await?;
+    let api = Api::bind(
+        settings,
+        parts.db.clone(),
+        parts.pusher.public_key().to_string(),
+    )
+    .await?;
+    let worker = parts.worker(settings);
+    let reclaimer = Reclaimer::new(parts.worker(settings), settings);
     print_banner(
         settings,
         api.local_addr(),
-        pusher.public_key(),
+        parts.pusher.public_key(),
         worker.consumer(),
     );
-    // If one role fails, stop the others too rather than run half a herald.
-    let stop = shutdown.child_token();
-    let api_task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let r = api.run(stop.clone()).await;
-            stop.cancel();
-            r
+    let mut roles = Roles::new(shutdown);
+    roles.spawn("api", api.run(roles.stop()));
+    roles.spawn("worker", worker.run(roles.stop()));
+    roles.spawn("reclaimer", reclaimer.run(roles.stop()));
+    parts.spawn_alerts(&mut roles);
+    roles.wait().await
+}
+
+/// What the pushing roles share: Redis, the pusher, the alert channel.
+struct Parts {
+    db: Db,
+    pusher: Arc<Pusher>,
+    alerts: Alerts,
+    alert_loop: Option<AlertLoop>,
+}
+
+impl Parts {
+    async fn connect(settings: &Settings, create_key: bool) -> anyhow::Result<Parts> {
+        let db = Db::connect(settings).await?;
+        let key = VapidKey::load_or_create(&settings.vapid_key_path(), create_key)?;
+        let pusher = Arc::new(Pusher::new(&settings.push, settings.breaker.clone(), key)?);
+        let (alerts, alert_loop) = alerts::channel(&settings.alerts);
+        Ok(Parts {
+            db,
+            pusher,
+            alerts,
+            alert_loop,
+        })
+    }
+
+    fn worker(&self, settings: &Settings) -> Worker {
+        Worker::new(
+            self.db.clone(),
+            self.pusher.clone(),
+            settings,
+            self.alerts.clone(),
+        )
+    }
+
+    fn spawn_alerts(self, roles: &mut Roles) {
+        if let Some(alert_loop) = self.alert_loop {
+            let stop = roles.stop();
+            roles.spawn("alerts", async move {
+                alert_loop.run(stop).await;
+                Ok(())
+            });
         }
-    });
-    let worker_task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let r = worker.run(stop.clone()).await;
-            stop.cancel();
-            r
+    }
+}
+
+/// Roles running in one process: if one ends with an error, the others are
+/// stopped too rather than leave half a herald running.
+struct Roles {
+    stop: CancellationToken,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Roles {
+    fn new(shutdown: CancellationToken) -> Roles {
+        Roles {
+            stop: shutdown.child_token(),
+            tasks: Vec::new(),
         }
-    });
-    let (a, w) = tokio::join!(api_task, worker_task);
-    a.context("api task panicked")?.context("api failed")?;
-    w.context("worker task panicked")?
-        .context("worker failed")?;
-    Ok(())
+    }
+
+    fn stop(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        role: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let stop = self.stop.clone();
+        self.tasks.push((
+            name,
+            tokio::spawn(async move {
+                let result = role.await;
+                if result.is_err() {
+                    stop.cancel();
+                }
+                result
+            }),
+        ));
+    }
+
+    /// Waits for every role; the first error (or panic) is returned, named.
+    async fn wait(self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for (name, task) in self.tasks {
+            let result = match task.await {
+                Ok(result) => result.with_context(|| format!("{name} failed")),
+                Err(e) => Err(anyhow::anyhow!("{name} panicked: {e}")),
+            };
+            if let Err(e) = result {
+                tracing::error!(role = name, error = %format!("{e:#}"), "role ended with an error");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
 }
 
 fn print_banner(settings: &Settings, api: std::net::SocketAddr, public_key: &str, consumer: &str) {

@@ -1,13 +1,17 @@
 //! A consumer in the group: read entries with `XREADGROUP`, route each to its
-//! subscriptions, push, and `XACK` only once every target reached a terminal
-//! outcome (delivered, or gone and deleted). Anything else stays pending for a
-//! reclaim: nothing is acknowledged that was not delivered or deliberately dropped.
+//! subscriptions, push, and `XACK` once every target reached a terminal
+//! outcome: delivered, gone (deleted), or dead-lettered. Anything else stays
+//! pending for the reclaimer. Nothing is acknowledged that was not delivered or
+//! deliberately dropped, and a device that already has an event is not pushed
+//! it again: per-event outcome markers say which devices are done.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use futures::FutureExt;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -15,33 +19,42 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::alerts::Alerts;
 use crate::config::Settings;
 use crate::db::Db;
+use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
-use crate::push::{Outcome, Pusher};
+use crate::push::{Outcome, PushReport, Pusher};
+use crate::retry::RetryPolicy;
 use crate::routing::Router;
-use crate::subscriptions::Store;
+use crate::subscriptions::{Store, Subscription};
 
-/// One entry as read from a stream; `fields` is `None` when the entry was
-/// deleted or trimmed while pending.
+/// One entry as read from a stream.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub stream: String,
     pub id: String,
+    /// `None` when the entry was deleted or trimmed while pending.
     pub fields: Option<HashMap<String, String>>,
+    /// Deliveries of this entry including this one; 0 when unknown (a re-read of the own pending list).
+    pub deliveries: u64,
 }
 
 /// What processing one entry came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryOutcome {
     /// Every target reached a terminal outcome; the entry is acknowledged.
-    Acked { delivered: usize, gone: usize },
+    Acked {
+        delivered: usize,
+        gone: usize,
+        dead: usize,
+    },
     /// The event names nobody who could receive it; acknowledged and counted.
     NoTarget,
     /// At least one target needs another attempt; the entry stays pending.
     Pending { reason: String },
-    /// The entry cannot be processed as it is; it stays pending (never acked unprocessed).
-    Poison { reason: String },
+    /// The whole entry went to the dead-letter stream and was acknowledged.
+    DeadLettered { reason: String },
 }
 
 /// The outcomes of one read.
@@ -54,9 +67,15 @@ impl BatchOutcome {
     pub fn acked(&self) -> usize {
         self.entries
             .iter()
-            .filter(|(_, o)| matches!(o, EntryOutcome::Acked { .. } | EntryOutcome::NoTarget))
+            .filter(|(_, o)| !matches!(o, EntryOutcome::Pending { .. }))
             .count()
     }
+}
+
+/// How one target device of an event fared.
+enum TargetResult {
+    Done(&'static str),
+    Failed { sub: String, report: PushReport },
 }
 
 /// A worker process's shared state. Cheap to clone.
@@ -66,6 +85,8 @@ pub struct Worker {
     pusher: Arc<Pusher>,
     router: Router,
     store: Store,
+    dead_letters: DeadLetters,
+    policy: RetryPolicy,
     group: String,
     consumer: String,
     batch_size: usize,
@@ -78,13 +99,21 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(db: Db, pusher: Arc<Pusher>, settings: &Settings) -> Worker {
+    pub fn new(db: Db, pusher: Arc<Pusher>, settings: &Settings, alerts: Alerts) -> Worker {
         let store = Store::new(db.clone());
         let concurrency = settings.worker.concurrency;
+        let policy = RetryPolicy::from_settings(&settings.retry);
         Worker {
             router: Router::new(store.clone()),
             store,
             pusher,
+            dead_letters: DeadLetters::new(
+                db.clone(),
+                &settings.worker.group,
+                alerts,
+                policy.horizon(),
+            ),
+            policy,
             group: settings.worker.group.clone(),
             consumer: settings.consumer_name(),
             batch_size: settings.worker.batch_size,
@@ -96,8 +125,30 @@ impl Worker {
         }
     }
 
+    /// The same worker under another consumer name (the reclaimer claims as itself).
+    pub fn with_consumer(mut self, consumer: String) -> Worker {
+        self.consumer = consumer;
+        self
+    }
+
     pub fn consumer(&self) -> &str {
         &self.consumer
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Creates the group on every stream when missing, from id `0` so that
@@ -261,42 +312,141 @@ impl Worker {
         }
         cmd.arg("STREAMS").arg(stream).arg(start);
         let reply: Value = cmd.query_async(conn).await?;
-        parse_read_reply(reply)
+        // New entries are on their first delivery; a re-read of the pending list does not say.
+        let deliveries = if start == ">" { 1 } else { 0 };
+        parse_entries(reply, deliveries)
     }
 
-    /// Processes one entry to its outcome; acknowledges when every target is done.
+    /// Processes one entry to its outcome. Never panics: a panic while processing
+    /// dead-letters the entry, and the worker goes on.
     pub async fn process_entry(&self, entry: Entry) -> EntryOutcome {
+        let work = AssertUnwindSafe(self.process_inner(&entry)).catch_unwind();
+        tokio::pin!(work);
+        // While an entry takes long (slow push services), keep its idle time low so
+        // that no reclaimer takes it for abandoned and pushes it a second time.
+        let beat = (self.policy.base_delay / 2).max(Duration::from_millis(50));
+        let caught = loop {
+            tokio::select! {
+                caught = &mut work => break caught,
+                _ = tokio::time::sleep(beat) => self.heartbeat(&entry).await,
+            }
+        };
+        match caught {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                let why = DeadLetter {
+                    reason: "panic".into(),
+                    last_error: Some(format!("processing panicked: {message}")),
+                    attempts: entry.deliveries,
+                    ..DeadLetter::default()
+                };
+                self.dead_letter_entry(&entry, why).await
+            }
+        }
+    }
+
+    /// `XCLAIM ... 0 id JUSTID` to ourselves: resets the idle time, not the delivery count.
+    async fn heartbeat(&self, entry: &Entry) {
+        let refreshed: anyhow::Result<()> = async {
+            let mut conn = self.db.conn().await?;
+            redis::cmd("XCLAIM")
+                .arg(&entry.stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&entry.id)
+                .arg("JUSTID")
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = refreshed {
+            tracing::debug!(stream_id = %entry.id, error = %format!("{e:#}"), "heartbeat failed");
+        }
+    }
+
+    async fn process_inner(&self, entry: &Entry) -> EntryOutcome {
         let Some(fields) = &entry.fields else {
-            let reason = "entry was deleted or trimmed while pending".to_string();
-            tracing::error!(stream = %entry.stream, stream_id = %entry.id, reason, "poison entry left pending");
-            return EntryOutcome::Poison { reason };
+            return match self
+                .dead_letters
+                .tombstone(&entry.stream, &entry.id, &self.consumer)
+                .await
+            {
+                Ok(_) => EntryOutcome::DeadLettered {
+                    reason: "deleted_while_pending".into(),
+                },
+                Err(e) => EntryOutcome::Pending {
+                    reason: format!("cannot record a tombstone: {e:#}"),
+                },
+            };
         };
         let event = match Event::from_fields(fields) {
             Ok(event) => event,
-            Err(reason) => {
-                tracing::error!(stream = %entry.stream, stream_id = %entry.id, reason, "undecodable entry left pending");
-                return EntryOutcome::Poison { reason };
+            Err(problem) => {
+                let why = DeadLetter {
+                    reason: "undecodable".into(),
+                    last_error: Some(problem),
+                    attempts: entry.deliveries,
+                    ..DeadLetter::default()
+                };
+                return self.dead_letter_entry(entry, why).await;
             }
         };
         let span = tracing::info_span!("event", event_id = %event.id, stream_id = %entry.id, topic = %event.topic);
-        let outcome = self.deliver(&entry, &event).instrument(span.clone()).await;
+        let outcome = self
+            .deliver(entry, fields, &event)
+            .instrument(span.clone())
+            .await;
         let _enter = span.enter();
         match &outcome {
-            EntryOutcome::Acked { delivered, gone } => {
-                tracing::info!(delivered, gone, "event done")
-            }
+            EntryOutcome::Acked {
+                delivered,
+                gone,
+                dead,
+            } => tracing::info!(delivered, gone, dead, "event done"),
             EntryOutcome::NoTarget => {
                 tracing::warn!(user = ?event.user, "no subscription to deliver to; acknowledged")
             }
-            EntryOutcome::Pending { reason } => {
-                tracing::warn!(reason, "event left pending for a retry")
-            }
-            EntryOutcome::Poison { reason } => tracing::error!(reason, "poison event left pending"),
+            EntryOutcome::Pending { reason } => tracing::warn!(
+                reason,
+                deliveries = entry.deliveries,
+                "event left pending for a retry"
+            ),
+            EntryOutcome::DeadLettered { reason } => tracing::error!(reason, "event dead-lettered"),
         }
         outcome
     }
 
-    async fn deliver(&self, entry: &Entry, event: &Event) -> EntryOutcome {
+    async fn dead_letter_entry(&self, entry: &Entry, why: DeadLetter) -> EntryOutcome {
+        let empty = HashMap::new();
+        let fields = entry.fields.as_ref().unwrap_or(&empty);
+        match self
+            .dead_letters
+            .write(&entry.stream, &entry.id, fields, &self.consumer, &why, true)
+            .await
+        {
+            Ok(_) => EntryOutcome::DeadLettered { reason: why.reason },
+            Err(e) => EntryOutcome::Pending {
+                reason: format!("cannot dead-letter ({}): {e:#}", why.reason),
+            },
+        }
+    }
+
+    async fn deliver(
+        &self,
+        entry: &Entry,
+        fields: &HashMap<String, String>,
+        event: &Event,
+    ) -> EntryOutcome {
+        let keys = &self.db.keys;
+        let partition = keys.partition_of(&entry.stream).unwrap_or(0);
+        let outcomes_key = keys.outcomes(partition, &event.id);
         let targets = match self.router.targets(event).await {
             Ok(Some(targets)) => targets,
             Ok(None) => return self.ack(entry, EntryOutcome::NoTarget).await,
@@ -309,66 +459,290 @@ impl Worker {
         if targets.subscriptions.is_empty() && targets.unreadable.is_empty() {
             return self.ack(entry, EntryOutcome::NoTarget).await;
         }
-        let reports = join_all(targets.subscriptions.iter().map(|sub| async move {
+        // Devices already done for this event (an earlier attempt, another worker) are skipped.
+        let done: HashMap<String, String> = match self.hgetall(&outcomes_key).await {
+            Ok(done) => done,
+            Err(e) => {
+                return EntryOutcome::Pending {
+                    reason: format!("cannot read the event's outcome markers: {e:#}"),
+                }
+            }
+        };
+        let mut tally: HashMap<&'static str, usize> = HashMap::new();
+        for marker in done.values() {
+            match marker.as_str() {
+                "delivered" => *tally.entry("delivered").or_default() += 1,
+                "gone" => *tally.entry("gone").or_default() += 1,
+                _ => *tally.entry("dead").or_default() += 1,
+            }
+        }
+        let mut failures: Vec<(String, PushReport)> = Vec::new();
+        for bad in targets
+            .unreadable
+            .iter()
+            .filter(|b| !done.contains_key(&b.id))
+        {
+            let why = DeadLetter {
+                reason: "invalid_subscription".into(),
+                last_error: Some(bad.problem.clone()),
+                attempts: entry.deliveries,
+                subscription: Some(bad.id.clone()),
+                ..DeadLetter::default()
+            };
+            match self
+                .dead_letters
+                .write(
+                    &entry.stream,
+                    &entry.id,
+                    fields,
+                    &self.consumer,
+                    &why,
+                    false,
+                )
+                .await
+            {
+                Ok(_) => *tally.entry("dead").or_default() += 1,
+                Err(e) => failures.push((
+                    bad.id.clone(),
+                    PushReport::unsent(format!("cannot dead-letter: {e:#}")),
+                )),
+            }
+        }
+        let todo: Vec<&Subscription> = targets
+            .subscriptions
+            .iter()
+            .filter(|s| !done.contains_key(&s.id))
+            .collect();
+        let results = join_all(
+            todo.into_iter()
+                .map(|sub| self.push_one(entry, fields, event, sub, &outcomes_key)),
+        )
+        .await;
+        for result in results {
+            match result {
+                TargetResult::Done(kind) => *tally.entry(kind).or_default() += 1,
+                TargetResult::Failed { sub, report } => failures.push((sub, report)),
+            }
+        }
+        let acked = |tally: &HashMap<&'static str, usize>| EntryOutcome::Acked {
+            delivered: tally.get("delivered").copied().unwrap_or(0),
+            gone: tally.get("gone").copied().unwrap_or(0),
+            dead: tally.get("dead").copied().unwrap_or(0),
+        };
+        if failures.is_empty() {
+            return self.ack(entry, acked(&tally)).await;
+        }
+        // A failure while the service's breaker is open does not use up an attempt.
+        let counted: Vec<&(String, PushReport)> =
+            failures.iter().filter(|(_, r)| !r.held).collect();
+        if !counted.is_empty() && entry.deliveries > 0 && self.policy.exhausted(entry.deliveries) {
+            let mut still_failing = failures.iter().filter(|(_, r)| r.held).count();
+            for (sub, report) in &counted {
+                let why = DeadLetter {
+                    reason: "max_deliveries".into(),
+                    last_error: report.error.clone(),
+                    last_status: report.status,
+                    attempts: entry.deliveries,
+                    subscription: Some(sub.clone()),
+                };
+                match self
+                    .dead_letters
+                    .write(
+                        &entry.stream,
+                        &entry.id,
+                        fields,
+                        &self.consumer,
+                        &why,
+                        false,
+                    )
+                    .await
+                {
+                    Ok(_) => *tally.entry("dead").or_default() += 1,
+                    Err(_) => still_failing += 1,
+                }
+            }
+            if still_failing == 0 {
+                return self.ack(entry, acked(&tally)).await;
+            }
+        }
+        self.remember_retry_after(entry, partition, &failures).await;
+        EntryOutcome::Pending {
+            reason: failures
+                .iter()
+                .map(|(sub, r)| {
+                    format!(
+                        "subscription {sub}: {} ({})",
+                        r.outcome.name(),
+                        r.error.as_deref().unwrap_or("no detail")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+
+    /// Pushes to one device and settles its fate: a marker on success or gone, a
+    /// dead letter for a permanent refusal, a failure to retry otherwise.
+    async fn push_one(
+        &self,
+        entry: &Entry,
+        fields: &HashMap<String, String>,
+        event: &Event,
+        sub: &Subscription,
+        outcomes_key: &str,
+    ) -> TargetResult {
+        let report = {
             let _permit = self
                 .push_permits
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            (sub, self.pusher.push(sub, event).await)
-        }))
-        .await;
-        let mut delivered = 0;
-        let mut gone = 0;
-        let mut failures: Vec<String> = targets.unreadable.clone();
-        for (sub, report) in reports {
-            match &report.outcome {
-                Outcome::Delivered => delivered += 1,
-                Outcome::Gone => match self.store.delete(&sub.id).await {
-                    Ok(_) => {
-                        gone += 1;
-                        tracing::info!(subscription = %sub.id, status = ?report.status, "subscription gone; deleted");
-                    }
-                    Err(e) => failures.push(format!(
-                        "subscription {} is gone but could not be deleted: {e:#}",
-                        sub.id
-                    )),
-                },
-                other => {
-                    let error = report.error.as_deref().unwrap_or("no detail");
-                    tracing::warn!(subscription = %sub.id, outcome = other.name(), status = ?report.status, error, "push not delivered");
-                    failures.push(format!(
-                        "subscription {}: {} ({error})",
-                        sub.id,
-                        other.name()
+            self.pusher.push(sub, event).await
+        };
+        let marker = match &report.outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Gone => {
+                if let Err(e) = self.store.delete(&sub.id).await {
+                    let report = PushReport::unsent(format!(
+                        "subscription is gone but could not be deleted: {e:#}"
                     ));
+                    return TargetResult::Failed {
+                        sub: sub.id.clone(),
+                        report,
+                    };
                 }
+                tracing::info!(subscription = %sub.id, status = ?report.status, "subscription gone; deleted");
+                "gone"
             }
+            Outcome::DeadLetter { reason } => {
+                let why = DeadLetter {
+                    reason: reason.to_string(),
+                    last_error: report.error.clone(),
+                    last_status: report.status,
+                    attempts: entry.deliveries,
+                    subscription: Some(sub.id.clone()),
+                };
+                return match self
+                    .dead_letters
+                    .write(
+                        &entry.stream,
+                        &entry.id,
+                        fields,
+                        &self.consumer,
+                        &why,
+                        false,
+                    )
+                    .await
+                {
+                    Ok(_) => TargetResult::Done("dead"),
+                    Err(e) => TargetResult::Failed {
+                        sub: sub.id.clone(),
+                        report: PushReport::unsent(format!("cannot dead-letter: {e:#}")),
+                    },
+                };
+            }
+            Outcome::Retry { .. } => {
+                tracing::warn!(subscription = %sub.id, status = ?report.status, held = report.held, error = report.error.as_deref().unwrap_or(""), "push not delivered");
+                return TargetResult::Failed {
+                    sub: sub.id.clone(),
+                    report,
+                };
+            }
+        };
+        // Right after the push service's answer, so a retry never pushes this device again.
+        if let Err(e) = self.mark(outcomes_key, &sub.id, marker).await {
+            tracing::warn!(subscription = %sub.id, error = %format!("{e:#}"), "cannot write the outcome marker; a retry may push this device again");
         }
-        if failures.is_empty() {
-            self.ack(entry, EntryOutcome::Acked { delivered, gone })
-                .await
+        TargetResult::Done(marker)
+    }
+
+    async fn mark(&self, outcomes_key: &str, sub: &str, marker: &str) -> anyhow::Result<()> {
+        let mut conn = self.db.conn().await?;
+        redis::pipe()
+            .cmd("HSET")
+            .arg(outcomes_key)
+            .arg(sub)
+            .arg(marker)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(outcomes_key)
+            .arg(self.policy.horizon().as_secs())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn hgetall(&self, key: &str) -> anyhow::Result<HashMap<String, String>> {
+        let mut conn = self.db.conn().await?;
+        Ok(redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Records the latest not-before time any failed push asked for (`Retry-After`,
+    /// or an open breaker), so the reclaimer does not claim the entry sooner.
+    async fn remember_retry_after(
+        &self,
+        entry: &Entry,
+        partition: u32,
+        failures: &[(String, PushReport)],
+    ) {
+        let wait = failures
+            .iter()
+            .filter_map(|(_, r)| match r.outcome {
+                Outcome::Retry { after } => after.map(|a| (a, r.held)),
+                _ => None,
+            })
+            .max_by_key(|(a, _)| *a);
+        let Some((after, _)) = wait else { return };
+        let held = failures.iter().all(|(_, r)| r.held);
+        let until = chrono::Utc::now().timestamp_millis() + after.as_millis() as i64;
+        let value = if held {
+            format!("{until}:held")
         } else {
-            EntryOutcome::Pending {
-                reason: failures.join("; "),
-            }
+            until.to_string()
+        };
+        let written: anyhow::Result<()> = async {
+            let mut conn = self.db.conn().await?;
+            redis::cmd("HSET")
+                .arg(self.db.keys.retry_at(partition))
+                .arg(&entry.id)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %format!("{e:#}"), "cannot record Retry-After; the entry may be retried sooner");
         }
     }
 
+    /// `XACK`, and forget any not-before time of the entry.
     async fn ack(&self, entry: &Entry, done: EntryOutcome) -> EntryOutcome {
-        let acked: anyhow::Result<i64> = async {
+        let partition = self.db.keys.partition_of(&entry.stream).unwrap_or(0);
+        let acked: anyhow::Result<()> = async {
             let mut conn = self.db.conn().await?;
-            Ok(redis::cmd("XACK")
+            redis::pipe()
+                .cmd("XACK")
                 .arg(&entry.stream)
                 .arg(&self.group)
                 .arg(&entry.id)
-                .query_async(&mut conn)
-                .await?)
+                .ignore()
+                .cmd("HDEL")
+                .arg(self.db.keys.retry_at(partition))
+                .arg(&entry.id)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
         }
         .await;
         match acked {
-            Ok(_) => done,
-            // Not acknowledged means it will be processed again; the pushes are not lost.
+            Ok(()) => done,
+            // Not acknowledged means it will be processed again; the markers keep devices from a second push.
             Err(e) => EntryOutcome::Pending {
                 reason: format!("processed, but XACK failed: {e:#}"),
             },
@@ -390,9 +764,9 @@ async fn backoff(failures: u32, shutdown: &CancellationToken) {
     }
 }
 
-/// Parses an `XREADGROUP` reply: `[[stream, [[id, [field, value, ...] | nil], ...]], ...]`
+/// Parses an `XREADGROUP` (or `XAUTOCLAIM`-style) reply: `[[stream, [[id, [field, value, ...] | nil], ...]], ...]`
 /// (RESP2), or the same as a map (RESP3). A nil reply (BLOCK timed out) is no entries.
-pub fn parse_read_reply(reply: Value) -> anyhow::Result<Vec<Entry>> {
+pub fn parse_entries(reply: Value, deliveries: u64) -> anyhow::Result<Vec<Entry>> {
     let streams: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(items) => items
@@ -412,38 +786,53 @@ pub fn parse_read_reply(reply: Value) -> anyhow::Result<Vec<Entry>> {
     let mut out = Vec::new();
     for (name, entries) in streams {
         let stream: String = redis::from_redis_value(name)?;
-        let Value::Array(entries) = entries else {
-            anyhow::bail!("unexpected XREADGROUP entries for {stream}");
+        out.extend(parse_entry_list(&stream, entries, deliveries)?);
+    }
+    Ok(out)
+}
+
+/// Parses a list of entries, `[[id, [field, value, ...] | nil], ...]`, as
+/// `XREADGROUP` gives per stream and `XCLAIM` gives whole.
+pub fn parse_entry_list(
+    stream: &str,
+    entries: Value,
+    deliveries: u64,
+) -> anyhow::Result<Vec<Entry>> {
+    let entries = match entries {
+        Value::Array(entries) => entries,
+        Value::Nil => return Ok(Vec::new()),
+        other => anyhow::bail!("unexpected entry list for {stream}: {other:?}"),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        // XCLAIM may answer nil for an entry that no longer exists.
+        let mut parts = match entry {
+            Value::Array(parts) => parts,
+            Value::Nil => continue,
+            other => anyhow::bail!("unexpected entry in {stream}: {other:?}"),
         };
-        for entry in entries {
-            let Value::Array(mut parts) = entry else {
-                anyhow::bail!("unexpected XREADGROUP entry in {stream}");
-            };
-            anyhow::ensure!(
-                parts.len() == 2,
-                "unexpected XREADGROUP entry shape in {stream}"
-            );
-            let body = parts.pop().expect("len 2");
-            let id: String = redis::from_redis_value(parts.pop().expect("len 2"))?;
-            let fields = match body {
-                Value::Nil => None,
-                Value::Array(flat) => {
-                    let mut map = HashMap::with_capacity(flat.len() / 2);
-                    let mut it = flat.into_iter();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        // Non-UTF-8 text becomes U+FFFD and fails validation later, as poison.
-                        map.insert(lossy(k), lossy(v));
-                    }
-                    Some(map)
+        anyhow::ensure!(parts.len() == 2, "unexpected entry shape in {stream}");
+        let body = parts.pop().expect("len 2");
+        let id: String = redis::from_redis_value(parts.pop().expect("len 2"))?;
+        let fields = match body {
+            Value::Nil => None,
+            Value::Array(flat) => {
+                let mut map = HashMap::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    // Non-UTF-8 text becomes U+FFFD and fails validation later, as poison.
+                    map.insert(lossy(k), lossy(v));
                 }
-                other => anyhow::bail!("unexpected fields of {stream} {id}: {other:?}"),
-            };
-            out.push(Entry {
-                stream: stream.clone(),
-                id,
-                fields,
-            });
-        }
+                Some(map)
+            }
+            other => anyhow::bail!("unexpected fields of {stream} {id}: {other:?}"),
+        };
+        out.push(Entry {
+            stream: stream.to_string(),
+            id,
+            fields,
+            deliveries,
+        });
     }
     Ok(out)
 }

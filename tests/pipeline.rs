@@ -121,7 +121,8 @@ async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
         batch.entries[0].1,
         EntryOutcome::Acked {
             delivered: 1,
-            gone: 1
+            gone: 1,
+            dead: 0
         }
     );
     assert_eq!(app.pending(), 0);
@@ -205,7 +206,7 @@ async fn entries_added_before_the_group_existed_are_not_skipped() {
 }
 
 #[tokio::test]
-async fn a_garbage_entry_is_left_pending_and_the_worker_goes_on() {
+async fn a_garbage_entry_is_dead_lettered_and_the_worker_goes_on() {
     let app = TestApp::start().await;
     app.register_device("u-10").await;
     let _: String = redis::cmd("XADD")
@@ -222,12 +223,18 @@ async fn a_garbage_entry_is_left_pending_and_the_worker_goes_on() {
         .await
         .expect("a batch");
     assert_eq!(batch.entries.len(), 2);
-    assert!(matches!(batch.entries[0].1, EntryOutcome::Poison { .. }));
+    assert_eq!(
+        batch.entries[0].1,
+        EntryOutcome::DeadLettered {
+            reason: "undecodable".into()
+        }
+    );
     assert_eq!(
         batch.entries[1].1,
         EntryOutcome::Acked {
             delivered: 1,
-            gone: 0
+            gone: 0,
+            dead: 0
         }
     );
     assert_eq!(app.sink.delivered().len(), 1);

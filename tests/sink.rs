@@ -5,7 +5,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use herald::config::PushSettings;
+use herald::config::{BreakerSettings, PushSettings};
 use herald::event::{EventDefaults, EventInput};
 use herald::push::vapid::VapidKey;
 use herald::push::{Outcome, Pusher};
@@ -34,7 +34,12 @@ fn pusher() -> Pusher {
         vapid_subject: "mailto:tests@herald.invalid".into(),
         ..PushSettings::default()
     };
-    Pusher::new(&settings, VapidKey::generate().0).expect("pusher")
+    Pusher::new(
+        &settings,
+        BreakerSettings::default(),
+        VapidKey::generate().0,
+    )
+    .expect("pusher")
 }
 
 fn subscription(sink: &SinkHandle) -> Subscription {
@@ -73,42 +78,20 @@ async fn a_push_is_verified_decrypted_and_recorded() {
 }
 
 #[tokio::test]
-async fn scripted_failures_come_back_classified_with_their_retry_after() {
+async fn scripted_failures_come_back_classified() {
     let (sink, _stop) = sink(false).await;
     let sub = subscription(&sink);
+    let fault = |status| Fault {
+        status,
+        retry_after: None,
+        delay_ms: Some(20),
+    };
     sink.add_faults(
         &sub.id,
-        vec![
-            Fault {
-                status: 429,
-                retry_after: Some("2".into()),
-                delay_ms: None,
-            },
-            Fault {
-                status: 503,
-                retry_after: None,
-                delay_ms: Some(50),
-            },
-            Fault {
-                status: 413,
-                retry_after: None,
-                delay_ms: None,
-            },
-            Fault {
-                status: 410,
-                retry_after: None,
-                delay_ms: None,
-            },
-        ],
+        vec![fault(503), fault(413), fault(400), fault(410)],
     );
     let p = pusher();
     let e = event("x");
-    assert_eq!(
-        p.push(&sub, &e).await.outcome,
-        Outcome::Retry {
-            after: Some(Duration::from_secs(2))
-        }
-    );
     assert_eq!(
         p.push(&sub, &e).await.outcome,
         Outcome::Retry { after: None }
@@ -119,9 +102,60 @@ async fn scripted_failures_come_back_classified_with_their_retry_after() {
             reason: "payload_too_large"
         }
     );
+    assert_eq!(
+        p.push(&sub, &e).await.outcome,
+        Outcome::DeadLetter {
+            reason: "push_bad_request"
+        }
+    );
     assert_eq!(p.push(&sub, &e).await.outcome, Outcome::Gone);
     // The script is used up: back to normal.
     assert_eq!(p.push(&sub, &e).await.outcome, Outcome::Delivered);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_opens_the_breaker_so_nothing_is_sent_until_then() {
+    let (sink, _stop) = sink(false).await;
+    let sub = subscription(&sink);
+    sink.add_faults(
+        &sub.id,
+        vec![Fault {
+            status: 429,
+            retry_after: Some("2".into()),
+            delay_ms: None,
+        }],
+    );
+    let p = pusher();
+    let e = event("x");
+    let first = p.push(&sub, &e).await;
+    assert_eq!(
+        first.outcome,
+        Outcome::Retry {
+            after: Some(Duration::from_secs(2))
+        }
+    );
+    assert!(!first.held);
+    let second = p.push(&sub, &e).await;
+    assert!(second.held, "held by the open breaker: {second:?}");
+    assert!(
+        matches!(second.outcome, Outcome::Retry { after: Some(wait) } if wait <= Duration::from_secs(2))
+    );
+    assert_eq!(
+        sink.arrivals().len(),
+        1,
+        "nothing was sent while the breaker was open"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        p.push(&sub, &e).await.outcome,
+        Outcome::Delivered,
+        "half-open probe goes through"
+    );
+    assert_eq!(
+        p.push(&sub, &e).await.outcome,
+        Outcome::Delivered,
+        "and closes the breaker"
+    );
 }
 
 #[tokio::test]
@@ -173,7 +207,12 @@ async fn fast_mode_counts_without_decrypting() {
 async fn an_insecure_endpoint_is_refused_at_send_time_without_the_setting() {
     let (sink, _stop) = sink(false).await;
     let sub = subscription(&sink);
-    let strict = Pusher::new(&PushSettings::default(), VapidKey::generate().0).expect("pusher");
+    let strict = Pusher::new(
+        &PushSettings::default(),
+        BreakerSettings::default(),
+        VapidKey::generate().0,
+    )
+    .expect("pusher");
     let report = strict.push(&sub, &event("x")).await;
     assert_eq!(
         report.outcome,

@@ -2,6 +2,7 @@
 //! with `web-push` (aes128gcm + VAPID), send it with one shared HTTP client, and
 //! classify the answer.
 
+pub mod breaker;
 pub mod endpoint;
 pub mod outcome;
 pub mod vapid;
@@ -16,7 +17,7 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use web_push::{ContentEncoding, SubscriptionInfo, WebPushMessageBuilder};
 
-use crate::config::PushSettings;
+use crate::config::{BreakerSettings, PushSettings};
 use crate::event::{Event, Urgency};
 use crate::subscriptions::Subscription;
 pub use outcome::Outcome;
@@ -30,14 +31,23 @@ pub struct PushReport {
     pub status: Option<u16>,
     /// What went wrong, when something did; never contains the endpoint's path.
     pub error: Option<String>,
+    /// Nothing was sent: the push service's breaker is open. Such a retry does
+    /// not count against the entry's attempts.
+    pub held: bool,
 }
 
 impl PushReport {
+    /// A failure on herald's side before or after the push (Redis, say): retry later.
+    pub fn unsent(error: String) -> PushReport {
+        PushReport::failed(Outcome::Retry { after: None }, error)
+    }
+
     fn failed(outcome: Outcome, error: String) -> PushReport {
         PushReport {
             outcome,
             status: None,
             error: Some(error),
+            held: false,
         }
     }
 }
@@ -45,12 +55,17 @@ impl PushReport {
 /// Sends pushes. One per process; cheap to share behind an `Arc`.
 pub struct Pusher {
     client: reqwest::Client,
+    breakers: breaker::Breakers,
     signer: Signer,
     allow_insecure: bool,
 }
 
 impl Pusher {
-    pub fn new(settings: &PushSettings, key: VapidKey) -> anyhow::Result<Pusher> {
+    pub fn new(
+        settings: &PushSettings,
+        breaker: BreakerSettings,
+        key: VapidKey,
+    ) -> anyhow::Result<Pusher> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
@@ -69,6 +84,7 @@ impl Pusher {
             .context("cannot build the HTTP client for push services")?;
         Ok(Pusher {
             client,
+            breakers: breaker::Breakers::new(breaker),
             signer: Signer::new(key, settings.vapid_subject.clone()),
             allow_insecure: settings.allow_insecure_endpoints,
         })
@@ -93,6 +109,14 @@ impl Pusher {
             }
         };
         let origin = endpoint::origin(&url);
+        if let Err(wait) = self.breakers.admit(&origin, std::time::Instant::now()) {
+            return PushReport {
+                outcome: Outcome::Retry { after: Some(wait) },
+                status: None,
+                error: Some(format!("breaker open for {origin}: not sent")),
+                held: true,
+            };
+        }
         let info = SubscriptionInfo::new(
             sub.endpoint.as_str(),
             sub.p256dh.as_str(),
@@ -167,13 +191,15 @@ impl Pusher {
         let response = match request.body(body.content).send().await {
             Ok(response) => response,
             Err(e) => {
+                self.breakers
+                    .record(&origin, breaker::Signal::Failure, std::time::Instant::now());
                 return PushReport::failed(
                     outcome::classify_transport_error(),
                     format!(
                         "request to {origin} failed: {}",
                         describe_transport_error(&e)
                     ),
-                )
+                );
             }
         };
         let status = response.status().as_u16();
@@ -206,11 +232,32 @@ impl Pusher {
                 }
             )
         });
+        self.breakers.record(
+            &origin,
+            breaker_signal(&outcome, status),
+            std::time::Instant::now(),
+        );
         PushReport {
             outcome,
             status: Some(status),
             error,
+            held: false,
         }
+    }
+}
+
+/// What an answer says about the push service's health.
+fn breaker_signal(outcome: &Outcome, status: u16) -> breaker::Signal {
+    match (outcome, status) {
+        (Outcome::Retry { after }, 429 | 406) => breaker::Signal::Throttled(*after),
+        (Outcome::Retry { .. }, _) => breaker::Signal::Failure,
+        (
+            Outcome::DeadLetter {
+                reason: "push_unauthorized",
+            },
+            _,
+        ) => breaker::Signal::Failure,
+        _ => breaker::Signal::Healthy,
     }
 }
 

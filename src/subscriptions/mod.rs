@@ -275,6 +275,13 @@ fn delete_script() -> &'static Script {
     SCRIPT.get_or_init(|| Script::new(include_str!("delete.lua")))
 }
 
+/// A stored subscription that cannot be read back (edited by hand, or written by another version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub id: String,
+    pub problem: String,
+}
+
 /// Whether a put created a subscription or updated an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -376,7 +383,10 @@ impl Store {
     }
 
     /// Every subscription of one user. Unreadable ones are returned as errors, by id.
-    pub async fn for_user(&self, user: &str) -> anyhow::Result<Vec<Result<Subscription, String>>> {
+    pub async fn for_user(
+        &self,
+        user: &str,
+    ) -> anyhow::Result<Vec<Result<Subscription, Unreadable>>> {
         let keys = &self.db.keys;
         let mut conn = self.db.conn().await?;
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
@@ -397,7 +407,12 @@ impl Store {
             .zip(hashes)
             // A hash deleted between SMEMBERS and HGETALL is simply gone.
             .filter(|(_, fields)| !fields.is_empty())
-            .map(|(id, fields)| Subscription::from_fields(id, &fields))
+            .map(|(id, fields)| {
+                Subscription::from_fields(id, &fields).map_err(|problem| Unreadable {
+                    id: id.clone(),
+                    problem,
+                })
+            })
             .collect())
     }
 }

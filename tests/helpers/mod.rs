@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald::alerts::Alerts;
 use herald::config::{Secret, Settings};
 use herald::db::Db;
 use herald::ingest::Api;
@@ -150,7 +151,9 @@ impl TestApp {
             .await
             .expect("connect to the test redis");
         let key = VapidKey::load_or_create(&settings.vapid_key_path(), true).expect("vapid key");
-        let pusher = Arc::new(Pusher::new(&settings.push, key.clone()).expect("pusher"));
+        let pusher = Arc::new(
+            Pusher::new(&settings.push, settings.breaker.clone(), key.clone()).expect("pusher"),
+        );
         let shutdown = CancellationToken::new();
         let api = Api::bind(&settings, db.clone(), key.public_key.clone())
             .await
@@ -166,7 +169,7 @@ impl TestApp {
         .expect("bind the sink");
         let sink_handle = sink.handle();
         tokio::spawn(sink.run(shutdown.clone()));
-        let worker = Worker::new(db.clone(), pusher, &settings);
+        let worker = Worker::new(db.clone(), pusher, &settings, Alerts::default());
         worker.ensure_groups().await.expect("create the group");
         TestApp {
             redis,
