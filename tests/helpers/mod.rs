@@ -120,6 +120,12 @@ pub fn settings(redis: &TestRedis, data_dir: &std::path::Path) -> Settings {
     s.push.vapid_subject = "mailto:tests@herald.invalid".into();
     s.push.request_timeout = Duration::from_secs(5);
     s.data_dir = data_dir.to_path_buf();
+    // Retries in milliseconds, so failure tests run fast.
+    s.retry.base_delay = Duration::from_millis(100);
+    s.retry.max_delay = Duration::from_millis(400);
+    s.retry.max_deliveries = 3;
+    s.retry.jitter = 0.0;
+    s.reclaimer.interval = Duration::from_millis(50);
     s
 }
 
@@ -249,6 +255,20 @@ impl TestApp {
 
     pub fn stream(&self) -> String {
         self.db.keys.stream(0)
+    }
+
+    /// A reclaimer for this app, stepped with `scan`.
+    pub fn reclaimer(&self) -> herald::reclaimer::Reclaimer {
+        herald::reclaimer::Reclaimer::new(self.worker.clone(), &self.settings)
+    }
+
+    /// Dead letters of partition 0, oldest first.
+    pub async fn dead_letters(&self) -> Vec<herald::dead_letter::DeadLetterEntry> {
+        self.worker
+            .dead_letters()
+            .list(&herald::dead_letter::Filter::default(), usize::MAX)
+            .await
+            .expect("list dead letters")
     }
 
     /// Number of entries pending in the group (delivered to a consumer, not acknowledged).

@@ -1,0 +1,466 @@
+//! Failure handling: retries with backoff, Retry-After, dead letters, poison
+//! entries, tombstones, replay, fan-out with one failing device, hygiene.
+//! Retry timings are milliseconds here (see helpers::settings).
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use helpers::{eventually, TestApp};
+use herald::reclaimer::Reclaimer;
+use herald::sink::Fault;
+use herald::worker::EntryOutcome;
+
+fn fault(status: u16) -> Fault {
+    Fault {
+        status,
+        retry_after: None,
+        delay_ms: None,
+    }
+}
+
+/// Scans with the reclaimer until `done` holds, or fails after `timeout`.
+async fn reclaim_until(
+    reclaimer: &Reclaimer,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        reclaimer.scan(0).await.expect("scan");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_503_twice_then_201_is_delivered_once_after_the_backoff() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-1").await;
+    app.sink.add_faults(&device, vec![fault(503), fault(503)]);
+    app.publish_to("u-1", "retry me").await;
+    let started = Instant::now();
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    assert!(matches!(batch.entries[0].1, EntryOutcome::Pending { .. }));
+
+    let reclaimer = app.reclaimer();
+    // Not due before its backoff (100 ms after the first delivery).
+    let early = reclaimer.scan(0).await.expect("scan");
+    assert!(
+        early.processed.is_empty(),
+        "claimed before its backoff: {early:?}"
+    );
+    reclaim_until(&reclaimer, Duration::from_secs(10), "delivery", || {
+        app.sink.delivered().len() == 1
+    })
+    .await;
+    // Two backoffs: 100 ms after the first attempt, 200 ms after the second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reclaimer.scan(0).await.expect("scan");
+    assert_eq!(app.sink.delivered().len(), 1, "delivered once");
+    assert_eq!(app.sink.arrivals().len(), 3, "two failures, one success");
+    assert_eq!(app.pending(), 0);
+    assert!(app.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_not_retried_sooner() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-2").await;
+    app.sink.add_faults(
+        &device,
+        vec![Fault {
+            status: 429,
+            retry_after: Some("2".into()),
+            delay_ms: None,
+        }],
+    );
+    app.publish_to("u-2", "slow down").await;
+    let started = Instant::now();
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    let reclaimer = app.reclaimer();
+    reclaim_until(&reclaimer, Duration::from_secs(10), "delivery", || {
+        app.sink.delivered().len() == 1
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "retried after {:?}, before the 2 s the push service asked for",
+        started.elapsed()
+    );
+    assert_eq!(app.sink.arrivals().len(), 2);
+    assert_eq!(app.pending(), 0);
+}
+
+#[tokio::test]
+async fn bad_request_and_too_large_are_dead_lettered_at_once() {
+    for (status, reason) in [(400, "push_bad_request"), (413, "payload_too_large")] {
+        let app = TestApp::start().await;
+        let device = app.register_device("u-3").await;
+        app.sink.add_faults(&device, vec![fault(status)]);
+        let event_id = app.publish_to("u-3", "doomed").await;
+        let batch = app
+            .worker
+            .process_batch(0, Duration::from_secs(1))
+            .await
+            .expect("batch");
+        assert_eq!(
+            batch.entries[0].1,
+            EntryOutcome::Acked {
+                delivered: 0,
+                gone: 0,
+                dead: 1
+            }
+        );
+        assert_eq!(app.pending(), 0, "acknowledged with the dead letter");
+        let dead = app.dead_letters().await;
+        assert_eq!(dead.len(), 1);
+        let d = &dead[0];
+        assert_eq!(d.reason, reason);
+        assert_eq!(d.event_id.as_deref(), Some(event_id.as_str()));
+        assert_eq!(d.subscription.as_deref(), Some(device.as_str()));
+        assert_eq!(d.fields["dlq.last_status"], status.to_string());
+        assert_eq!(d.fields["dlq.attempts"], "1");
+        assert_eq!(d.fields["title"], "doomed", "the original fields are kept");
+        assert_eq!(d.fields["dlq.source_stream"], app.stream());
+        for field in [
+            "dlq.source_id",
+            "dlq.consumer",
+            "dlq.first_seen",
+            "dlq.dead_at",
+            "dlq.last_error",
+        ] {
+            assert!(
+                d.fields.get(field).is_some_and(|v| !v.is_empty()),
+                "{field} in {:?}",
+                d.fields
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn always_500_is_dead_lettered_after_max_deliveries_with_the_attempts_recorded() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-4").await;
+    app.sink.add_faults(&device, vec![fault(500); 10]);
+    app.publish_to("u-4", "never").await;
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    let reclaimer = app.reclaimer();
+    reclaim_until(
+        &reclaimer,
+        Duration::from_secs(10),
+        "the dead letter",
+        || app.pending() == 0,
+    )
+    .await;
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "max_deliveries");
+    assert_eq!(
+        dead[0].fields["dlq.attempts"], "3",
+        "retry.max_deliveries = 3"
+    );
+    assert_eq!(dead[0].fields["dlq.last_status"], "500");
+    assert_eq!(app.sink.arrivals().len(), 3, "three attempts, no more");
+}
+
+#[tokio::test]
+async fn fan_out_with_one_failing_device_delivers_the_others_once_and_dead_letters_it_alone() {
+    let app = TestApp::start().await;
+    let ok1 = app.register_device("u-5").await;
+    let ok2 = app.register_device("u-5").await;
+    let bad = app.register_device("u-5").await;
+    app.sink.add_faults(&bad, vec![fault(500); 10]);
+    app.publish_to("u-5", "three phones").await;
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    let reclaimer = app.reclaimer();
+    reclaim_until(
+        &reclaimer,
+        Duration::from_secs(10),
+        "the dead letter",
+        || app.pending() == 0,
+    )
+    .await;
+    let delivered: Vec<String> = app
+        .sink
+        .delivered()
+        .into_iter()
+        .map(|a| a.subscription)
+        .collect();
+    assert_eq!(delivered.iter().filter(|s| **s == ok1).count(), 1);
+    assert_eq!(delivered.iter().filter(|s| **s == ok2).count(), 1);
+    assert_eq!(delivered.len(), 2);
+    let to_bad = app
+        .sink
+        .arrivals()
+        .into_iter()
+        .filter(|a| a.subscription == bad)
+        .count();
+    assert_eq!(
+        to_bad, 3,
+        "the failing device was retried up to max_deliveries"
+    );
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].subscription.as_deref(), Some(bad.as_str()));
+}
+
+#[tokio::test]
+async fn a_garbage_entry_is_dead_lettered_as_poison_and_later_events_are_delivered() {
+    let app = TestApp::start().await;
+    app.register_device("u-6").await;
+    let garbage: String = redis::cmd("XADD")
+        .arg(app.stream())
+        .arg("*")
+        .arg("hello")
+        .arg("world")
+        .query(&mut app.redis.conn())
+        .expect("XADD");
+    app.publish_to("u-6", "after").await;
+    let worker = app.run_worker();
+    eventually("the later event", Duration::from_secs(10), || {
+        app.sink.delivered().len() == 1
+    })
+    .await;
+    eventually("nothing pending", Duration::from_secs(5), || {
+        app.pending() == 0
+    })
+    .await;
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "undecodable");
+    assert_eq!(dead[0].fields["dlq.source_id"], garbage);
+    assert_eq!(dead[0].fields["hello"], "world");
+    app.shutdown.cancel();
+    worker.await.expect("task").expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_entry_trimmed_while_pending_leaves_a_tombstone() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-7").await;
+    app.sink.add_faults(&device, vec![fault(503)]);
+    app.publish_to("u-7", "soon trimmed").await;
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    let stream_id = batch.entries[0].0.clone();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(app.stream())
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut app.redis.conn())
+        .expect("XTRIM");
+    let reclaimer = app.reclaimer();
+    reclaim_until(&reclaimer, Duration::from_secs(10), "the tombstone", || {
+        app.pending() == 0
+    })
+    .await;
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason, "deleted_while_pending");
+    assert_eq!(dead[0].fields["dlq.source_id"], stream_id);
+    // Scanning again does not write a second tombstone.
+    reclaimer.scan(0).await.expect("scan");
+    assert_eq!(app.dead_letters().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_replayed_dead_letter_is_delivered_once_and_leaves_the_dead_letter_stream() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-8").await;
+    app.sink.add_faults(&device, vec![fault(400)]);
+    let event_id = app.publish_to("u-8", "second chance").await;
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+
+    // The push service recovered (the fault is used up); replay it.
+    let new_id = app
+        .worker
+        .dead_letters()
+        .replay(&dead[0])
+        .await
+        .expect("replay");
+    assert!(
+        app.dead_letters().await.is_empty(),
+        "the dead letter is gone"
+    );
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    assert_eq!(batch.entries[0].0, new_id);
+    let delivered = app.sink.delivered();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        delivered[0].event_id.as_deref(),
+        Some(event_id.as_str()),
+        "the event id is kept"
+    );
+    assert_eq!(app.pending(), 0);
+}
+
+#[tokio::test]
+async fn a_replay_does_not_push_again_to_devices_that_already_had_the_event() {
+    let app = TestApp::start().await;
+    let ok = app.register_device("u-9").await;
+    let bad = app.register_device("u-9").await;
+    app.sink.add_faults(&bad, vec![fault(400)]);
+    app.publish_to("u-9", "once each").await;
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    let dead = app.dead_letters().await;
+    app.worker
+        .dead_letters()
+        .replay(&dead[0])
+        .await
+        .expect("replay");
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    let delivered: Vec<String> = app
+        .sink
+        .delivered()
+        .into_iter()
+        .map(|a| a.subscription)
+        .collect();
+    assert_eq!(
+        delivered.iter().filter(|s| **s == ok).count(),
+        1,
+        "not pushed twice"
+    );
+    assert_eq!(
+        delivered.iter().filter(|s| **s == bad).count(),
+        1,
+        "the failed one got it on replay"
+    );
+}
+
+#[tokio::test]
+async fn two_reclaimers_never_claim_the_same_entry() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-10").await;
+    app.sink.add_faults(&device, vec![fault(503); 20]);
+    for n in 0..20 {
+        app.publish_to("u-10", &format!("e{n}")).await;
+    }
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut settings_b = app.settings.clone();
+    settings_b.worker.consumer = "other-host".into();
+    let a = app.reclaimer();
+    let b = Reclaimer::new(
+        app.worker.clone().with_consumer("other-host".into()),
+        &settings_b,
+    );
+    let (ra, rb) = tokio::join!(a.scan(0), b.scan(0));
+    let (ra, rb) = (ra.expect("scan a"), rb.expect("scan b"));
+    assert_eq!(
+        ra.processed.len() + rb.processed.len(),
+        20,
+        "every due entry claimed once"
+    );
+    let mut ids: Vec<&String> = ra
+        .processed
+        .iter()
+        .chain(rb.processed.iter())
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "no entry claimed twice");
+}
+
+#[tokio::test]
+async fn idle_consumers_without_pending_entries_are_removed_and_others_kept() {
+    let app =
+        TestApp::start_with(|s| s.reclaimer.consumer_idle_timeout = Duration::from_millis(200))
+            .await;
+    let device = app.register_device("u-11").await;
+    let mut conn = app.redis.conn();
+    // An idle consumer with nothing pending, and one holding an entry.
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(app.stream())
+        .arg(&app.settings.worker.group)
+        .arg("idle-one")
+        .query(&mut conn)
+        .expect("create consumer");
+    app.sink.add_faults(&device, vec![fault(503)]);
+    app.publish_to("u-11", "held").await;
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let removed = app
+        .reclaimer()
+        .remove_idle_consumers()
+        .await
+        .expect("hygiene");
+    assert_eq!(removed, vec!["idle-one".to_string()]);
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(app.stream())
+        .arg(&app.settings.worker.group)
+        .query(&mut conn)
+        .expect("XINFO");
+    assert_eq!(
+        consumers.len(),
+        1,
+        "the consumer with a pending entry is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_group_is_recreated_from_id_zero() {
+    let app = TestApp::start().await;
+    app.register_device("u-12").await;
+    app.publish_to("u-12", "before the loss").await;
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(app.stream())
+        .arg(&app.settings.worker.group)
+        .query(&mut app.redis.conn())
+        .expect("destroy");
+    let worker = app.run_worker();
+    eventually("the event to be delivered", Duration::from_secs(10), || {
+        app.sink.delivered().len() == 1
+    })
+    .await;
+    app.shutdown.cancel();
+    worker.await.expect("task").expect("clean stop");
+}
