@@ -324,12 +324,18 @@ impl Worker {
         tokio::pin!(work);
         // While an entry takes long (slow push services), keep its idle time low so
         // that no reclaimer takes it for abandoned and pushes it a second time.
+        // Polled alongside the work, never instead of it: the work may hold a pooled
+        // connection, and a heartbeat waiting for one must not stop it from finishing.
         let beat = (self.policy.base_delay / 2).max(Duration::from_millis(50));
-        let caught = loop {
-            tokio::select! {
-                caught = &mut work => break caught,
-                _ = tokio::time::sleep(beat) => self.heartbeat(&entry).await,
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(beat).await;
+                self.heartbeat(&entry).await;
             }
+        };
+        let caught = tokio::select! {
+            caught = &mut work => caught,
+            never = heartbeat => never,
         };
         match caught {
             Ok(outcome) => outcome,

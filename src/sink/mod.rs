@@ -95,6 +95,8 @@ pub struct BTreeHeaders {
 struct SinkState {
     base_url: String,
     fast: bool,
+    /// Every push waits this long (ms) before it is handled: a slow push service.
+    delay_ms: std::sync::atomic::AtomicU64,
     /// Devices by the id in their endpoint's path.
     subs: Mutex<HashMap<String, Device>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
@@ -160,6 +162,14 @@ impl SinkHandle {
             .retain(|_, d| d.subscription != subscription);
     }
 
+    /// Makes every push wait this long before it is handled, like a slow push service.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Queues answers for one subscription (herald's id) or `*` for any.
     pub fn add_faults(&self, target: &str, faults: Vec<Fault>) {
         self.state
@@ -215,6 +225,7 @@ impl Sink {
                 state: Arc::new(SinkState {
                     base_url: format!("http://{addr}"),
                     fast: options.fast,
+                    delay_ms: std::sync::atomic::AtomicU64::new(0),
                     subs: Mutex::new(HashMap::new()),
                     faults: Mutex::new(HashMap::new()),
                     arrivals: Mutex::new(Vec::new()),
@@ -255,6 +266,13 @@ async fn receive(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    let delay = sink
+        .state
+        .delay_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let device = sink
         .state
         .subs

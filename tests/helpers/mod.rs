@@ -136,6 +136,7 @@ pub struct TestApp {
     pub db: Db,
     pub api_url: String,
     pub worker: Worker,
+    pub pusher: Arc<Pusher>,
     pub sink: SinkHandle,
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
@@ -175,7 +176,7 @@ impl TestApp {
         .expect("bind the sink");
         let sink_handle = sink.handle();
         tokio::spawn(sink.run(shutdown.clone()));
-        let worker = Worker::new(db.clone(), pusher, &settings, Alerts::default());
+        let worker = Worker::new(db.clone(), pusher.clone(), &settings, Alerts::default());
         worker.ensure_groups().await.expect("create the group");
         TestApp {
             redis,
@@ -183,6 +184,7 @@ impl TestApp {
             db,
             api_url,
             worker,
+            pusher,
             sink: sink_handle,
             http: reqwest::Client::new(),
             shutdown,
@@ -310,4 +312,60 @@ pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut
 /// The herald binary built for these tests.
 pub fn herald_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}
+
+/// A herald role as a real process, configured like `app` (same Redis, prefix,
+/// VAPID key, fast retries) through HERALD_* variables.
+pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> std::process::Child {
+    let s = &app.settings;
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    Command::new(herald_bin())
+        .args(args)
+        .current_dir(app.data.path())
+        .env_remove("REDIS_URL")
+        .env("HERALD_REDIS__URL", app.redis.url())
+        .env("HERALD_REDIS__KEY_PREFIX", &s.redis.key_prefix)
+        .env("HERALD_DATA_DIR", app.data.path())
+        .env("HERALD_PUSH__ALLOW_INSECURE_ENDPOINTS", "true")
+        .env("HERALD_PUSH__VAPID_SUBJECT", &s.push.vapid_subject)
+        .env("HERALD_WORKER__CONSUMER", consumer)
+        .env("HERALD_WORKER__BLOCK", ms(s.worker.block))
+        .env("HERALD_RETRY__BASE_DELAY", ms(s.retry.base_delay))
+        .env("HERALD_RETRY__MAX_DELAY", ms(s.retry.max_delay))
+        .env(
+            "HERALD_RETRY__MAX_DELIVERIES",
+            s.retry.max_deliveries.to_string(),
+        )
+        .env("HERALD_RETRY__JITTER", "0")
+        .env("HERALD_RECLAIMER__INTERVAL", ms(s.reclaimer.interval))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a herald process")
+}
+
+/// SIGKILL, and reap.
+pub fn kill9(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGTERM, and the exit status within `timeout`.
+pub fn terminate(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not stop within {timeout:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
