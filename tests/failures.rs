@@ -464,3 +464,34 @@ async fn a_lost_group_is_recreated_from_id_zero() {
     app.shutdown.cancel();
     worker.await.expect("task").expect("clean stop");
 }
+
+#[tokio::test]
+async fn an_unreadable_stored_subscription_is_dead_lettered_and_the_others_delivered() {
+    let app = TestApp::start().await;
+    let good = app.register_device("u-13").await;
+    let broken = app.register_device("u-13").await;
+    let _: i64 = redis::cmd("HDEL")
+        .arg(app.db.keys.subscription(&broken))
+        .arg("endpoint")
+        .query(&mut app.redis.conn())
+        .expect("break the stored subscription");
+    app.publish_to("u-13", "one good phone").await;
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    assert_eq!(
+        batch.entries[0].1,
+        EntryOutcome::Acked {
+            delivered: 1,
+            gone: 0,
+            dead: 1
+        }
+    );
+    assert_eq!(app.sink.delivered()[0].subscription, good);
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "invalid_subscription");
+    assert_eq!(dead[0].subscription.as_deref(), Some(broken.as_str()));
+}
