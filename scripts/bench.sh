@@ -25,25 +25,31 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rport=$(free_port); aport=$(free_port); sport=$(free_port)
 
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system ticks of a process
+
 redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" --appendonly yes --appendfsync everysec \
   --maxmemory-policy noeviction --save "" --daemonize no --logfile "$work/redis.log" &
 pids+=($!)
+redis_pid=$!
 until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.05; done
 
 "$BIN" up --redis-url "redis://127.0.0.1:$rport" --listen "127.0.0.1:$aport" --data-dir "$work" \
   --allow-insecure-endpoints --log-format json >/dev/null 2>"$work/herald.log" &
 pids+=($!)
+herald_pid=$!
 until curl -sf "http://127.0.0.1:$aport/readyz" >/dev/null; do sleep 0.05; done
 
 "$BIN" sink --fast --sink-listen "127.0.0.1:$sport" --out /dev/null \
   --register "$DEVICES" --user bench --api "http://127.0.0.1:$aport" 2>"$work/sink.log" &
 pids+=($!)
+sink_pid=$!
 until [ "$(curl -s "http://127.0.0.1:$aport/v1/subscriptions?user=bench" | jq '.subscriptions | length')" = "$DEVICES" ]; do
   sleep 0.05
 done
 
 expected=$((EVENTS * DEVICES))
 echo "events: $EVENTS, devices: $DEVICES, pushes expected: $expected, cores: $(nproc)"
+c_herald=$(cpu "$herald_pid"); c_sink=$(cpu "$sink_pid"); c_redis=$(cpu "$redis_pid")
 start=$(date +%s.%N)
 "$BIN" publish --redis-url "redis://127.0.0.1:$rport" --user bench --topic bench.run --title "bench" --count "$EVENTS" 2>/dev/null
 while :; do
@@ -52,10 +58,14 @@ while :; do
   sleep 0.02
 done
 end=$(date +%s.%N)
+c_herald=$(( $(cpu "$herald_pid") - c_herald )); c_sink=$(( $(cpu "$sink_pid") - c_sink )); c_redis=$(( $(cpu "$redis_pid") - c_redis ))
 pending=$(redis-cli -p "$rport" xpending '{herald:p0}:events' herald | head -1)
-python3 - "$start" "$end" "$expected" "$pending" <<'PY'
+python3 - "$start" "$end" "$expected" "$pending" "$c_herald" "$c_sink" "$c_redis" "$(getconf CLK_TCK)" <<'PY'
 import sys
 start, end, n, pending = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+herald, sink, redis, tck = (int(x) for x in sys.argv[5:9])
 secs = end - start
 print(f"delivered {n} pushes in {secs:.2f}s: {n/secs:.0f} pushes/s end to end; pending after: {pending}")
+print(f"CPU seconds: herald {herald/tck:.2f} ({herald/tck/n*1e6:.0f} us/push, {n/(herald/tck):.0f} pushes per herald CPU-second), "
+      f"sink {sink/tck:.2f}, redis {redis/tck:.2f}")
 PY
