@@ -446,21 +446,54 @@ async fn idle_consumers_without_pending_entries_are_removed_and_others_kept() {
 }
 
 #[tokio::test]
-async fn a_lost_group_is_recreated_from_id_zero() {
+async fn a_group_lost_while_the_worker_runs_is_recreated_from_id_zero() {
     let app = TestApp::start().await;
     app.register_device("u-12").await;
+    let worker = app.run_worker();
     app.publish_to("u-12", "before the loss").await;
+    eventually("the first event", Duration::from_secs(10), || {
+        app.sink.delivered().len() == 1
+    })
+    .await;
+    // As after a Redis restart without persistence of the group: it is gone.
     let _: i64 = redis::cmd("XGROUP")
         .arg("DESTROY")
         .arg(app.stream())
         .arg(&app.settings.worker.group)
         .query(&mut app.redis.conn())
         .expect("destroy");
-    let worker = app.run_worker();
-    eventually("the event to be delivered", Duration::from_secs(10), || {
-        app.sink.delivered().len() == 1
+    app.publish_to("u-12", "after the loss").await;
+    eventually("the group to be back", Duration::from_secs(10), || {
+        let groups: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(app.stream())
+            .query(&mut app.redis.conn())
+            .expect("XINFO");
+        groups.len() == 1
     })
     .await;
+    // Recreated at 0, it reads the whole stream again; the outcome markers keep
+    // the first event from a second push.
+    eventually("the second event", Duration::from_secs(10), || {
+        app.sink.delivered().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let titles: Vec<String> = app
+        .sink
+        .delivered()
+        .iter()
+        .map(|a| {
+            a.plaintext.as_ref().expect("decrypted")["title"]
+                .as_str()
+                .expect("title")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        titles,
+        vec!["before the loss".to_string(), "after the loss".to_string()]
+    );
     app.shutdown.cancel();
     worker.await.expect("task").expect("clean stop");
 }
