@@ -28,6 +28,37 @@ pub struct Settings {
     pub reclaimer: ReclaimerSettings,
     pub breaker: BreakerSettings,
     pub alerts: AlertSettings,
+    pub retention: RetentionSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// How often the reclaimer trims.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Events older than this are trimmed, once no group needs them; 0 keeps them by age.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// At most this many events per stream, once no group needs the older ones; 0 means no limit.
+    pub max_len: u64,
+    /// Dead letters older than this are trimmed; 0 keeps them by age.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_max_age: Duration,
+    /// At most this many dead letters per partition; 0 means no limit.
+    pub dead_letter_max_len: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            interval: Duration::from_secs(60),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_len: 0,
+            dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
+            dead_letter_max_len: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +167,8 @@ pub struct RedisSettings {
     /// Timeout for one pooled command (blocking reads have their own connection).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// Refuse to start when Redis's settings can lose accepted events (no AOF, or eviction).
+    pub require_durable: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +201,19 @@ pub struct WorkerSettings {
     /// How long a stop waits for in-flight pushes before giving up on them.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// `at-least-once` (acknowledge after the push) or `at-most-once` (read with NOACK: never retried).
+    pub delivery: Delivery,
+}
+
+/// Delivery guarantee of the workers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Entries stay pending until every device is settled; a crash means a retry, maybe a duplicate.
+    #[default]
+    AtLeastOnce,
+    /// Entries are acknowledged as they are read (`NOACK`); a crash or failure loses them, never duplicates.
+    AtMostOnce,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +243,9 @@ pub struct EventSettings {
     /// How long an event id is remembered to deduplicate repeated publishes.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// How far in the future a `publish_at` may be (producer clocks drift); later ones get 422.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Settings {
@@ -212,6 +261,7 @@ impl Default for Settings {
             reclaimer: ReclaimerSettings::default(),
             breaker: BreakerSettings::default(),
             alerts: AlertSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -225,6 +275,7 @@ impl Default for RedisSettings {
             pool_size: 16,
             embedded_port: 0,
             command_timeout: Duration::from_secs(5),
+            require_durable: false,
         }
     }
 }
@@ -249,6 +300,7 @@ impl Default for WorkerSettings {
             block: Duration::from_secs(2),
             concurrency: 128,
             shutdown_grace: Duration::from_secs(10),
+            delivery: Delivery::AtLeastOnce,
         }
     }
 }
@@ -271,6 +323,7 @@ impl Default for EventSettings {
         EventSettings {
             default_ttl: 3600,
             dedup_window: Duration::from_secs(24 * 3600),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -505,6 +558,7 @@ impl Settings {
             ("breaker.window", self.breaker.window),
             ("breaker.open_for", self.breaker.open_for),
             ("alerts.interval", self.alerts.interval),
+            ("retention.interval", self.retention.interval),
         ] {
             if value.is_zero() {
                 return Err(Invalid::new(key, "must be more than 0"));

@@ -76,10 +76,92 @@ impl Db {
             .context("cannot open a dedicated Redis connection for blocking reads")
     }
 
+    /// Reads Redis's persistence and eviction settings and says what they risk.
+    /// With `require`, a setting that can lose accepted events refuses the start.
+    pub async fn check_durability(&self, require: bool) -> anyhow::Result<Durability> {
+        let mut conn = self.conn().await?;
+        let get = |name: &'static str| {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg(name);
+            cmd
+        };
+        let reply: redis::RedisResult<(Vec<String>, Vec<String>, Vec<String>)> = redis::pipe()
+            .add_command(get("appendonly"))
+            .add_command(get("appendfsync"))
+            .add_command(get("maxmemory-policy"))
+            .query_async(&mut conn)
+            .await;
+        let durability = match reply {
+            Ok((aof, fsync, policy)) => Durability::from_config(
+                aof.get(1).map(String::as_str),
+                fsync.get(1).map(String::as_str),
+                policy.get(1).map(String::as_str),
+            ),
+            Err(e) => {
+                let message = format!(
+                    "cannot read Redis's persistence settings (CONFIG GET: {e}); make sure it runs with appendonly yes and maxmemory-policy noeviction"
+                );
+                anyhow::ensure!(!require, "{message} (redis.require_durable = true)");
+                tracing::warn!("{message}");
+                return Ok(Durability::Unknown);
+            }
+        };
+        if let Durability::Risky(problems) = &durability {
+            let message = problems.join("; ");
+            anyhow::ensure!(
+                !require,
+                "Redis may lose accepted events: {message}; fix its configuration or set redis.require_durable = false"
+            );
+            tracing::warn!(problems = %message, "REDIS MAY LOSE ACCEPTED EVENTS: fix its configuration (see README, Guarantees)");
+        }
+        Ok(durability)
+    }
+
     pub async fn ping(&self) -> anyhow::Result<()> {
         let mut conn = self.conn().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
+    }
+}
+
+/// What Redis's configuration means for accepted events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// AOF on, fsync every second or always, no eviction.
+    Durable,
+    /// Something can lose data; each entry says what.
+    Risky(Vec<String>),
+    /// `CONFIG GET` was refused (managed Redis services often do).
+    Unknown,
+}
+
+impl Durability {
+    pub fn from_config(
+        appendonly: Option<&str>,
+        appendfsync: Option<&str>,
+        policy: Option<&str>,
+    ) -> Durability {
+        let mut problems = Vec::new();
+        if appendonly != Some("yes") {
+            problems.push(
+                "appendonly is not yes: a Redis crash loses everything since the last RDB snapshot"
+                    .to_string(),
+            );
+        } else if appendfsync == Some("no") {
+            problems
+                .push("appendfsync is no: the OS decides when writes reach the disk".to_string());
+        }
+        if policy != Some("noeviction") {
+            problems.push(format!(
+                "maxmemory-policy is {}: Redis may evict streams when memory is full (use noeviction)",
+                policy.unwrap_or("unknown")
+            ));
+        }
+        if problems.is_empty() {
+            Durability::Durable
+        } else {
+            Durability::Risky(problems)
+        }
     }
 }
 
@@ -98,6 +180,30 @@ pub fn redacted_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::Durability;
+
+    #[test]
+    fn only_aof_without_eviction_is_durable() {
+        assert_eq!(
+            Durability::from_config(Some("yes"), Some("everysec"), Some("noeviction")),
+            Durability::Durable
+        );
+        assert_eq!(
+            Durability::from_config(Some("yes"), Some("always"), Some("noeviction")),
+            Durability::Durable
+        );
+        for (aof, fsync, policy) in [
+            ("no", "everysec", "noeviction"),
+            ("yes", "no", "noeviction"),
+            ("yes", "everysec", "allkeys-lru"),
+        ] {
+            assert!(matches!(
+                Durability::from_config(Some(aof), Some(fsync), Some(policy)),
+                Durability::Risky(_)
+            ));
+        }
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

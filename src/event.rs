@@ -129,6 +129,17 @@ impl InvalidField {
 #[derive(Debug, Clone, Copy)]
 pub struct EventDefaults {
     pub ttl: u32,
+    /// How far ahead of now a `publish_at` may be.
+    pub max_clock_skew: std::time::Duration,
+}
+
+impl EventDefaults {
+    pub fn from_settings(events: &crate::config::EventSettings) -> EventDefaults {
+        EventDefaults {
+            ttl: events.default_ttl,
+            max_clock_skew: events.max_clock_skew,
+        }
+    }
 }
 
 impl EventInput {
@@ -184,6 +195,18 @@ impl EventInput {
             Some(text) => parse_time("publish_at", text)?,
             None => now,
         };
+        let skew =
+            chrono::Duration::from_std(defaults.max_clock_skew).unwrap_or(chrono::Duration::MAX);
+        if publish_at > now + skew {
+            return Err(InvalidField::new(
+                "publish_at",
+                format!(
+                    "is {} s ahead of herald's clock; at most {} s are allowed (events.max_clock_skew)",
+                    (publish_at - now).num_seconds(),
+                    skew.num_seconds()
+                ),
+            ));
+        }
         let deliver_at = match &self.deliver_at {
             Some(text) => Some(parse_time("deliver_at", text)?),
             None => None,
@@ -430,7 +453,10 @@ pub(crate) fn hex_lower(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    const DEFAULTS: EventDefaults = EventDefaults { ttl: 3600 };
+    const DEFAULTS: EventDefaults = EventDefaults {
+        ttl: 3600,
+        max_clock_skew: std::time::Duration::from_secs(300),
+    };
 
     fn sample() -> EventInput {
         serde_json::from_value(serde_json::json!({

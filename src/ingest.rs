@@ -121,9 +121,7 @@ impl Api {
                 publisher: Publisher::new(db.clone(), settings.events.dedup_window),
                 store: Store::new(db.clone()),
                 db,
-                defaults: EventDefaults {
-                    ttl: settings.events.default_ttl,
-                },
+                defaults: EventDefaults::from_settings(&settings.events),
                 allow_insecure_endpoints: settings.push.allow_insecure_endpoints,
                 max_body_bytes: settings.api.max_body_bytes,
                 max_batch: settings.api.max_batch,

@@ -489,9 +489,7 @@ async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     let db = herald::db::Db::connect(&settings).await?;
     let publisher = Publisher::new(db, settings.events.dedup_window);
-    let defaults = EventDefaults {
-        ttl: settings.events.default_ttl,
-    };
+    let defaults = EventDefaults::from_settings(&settings.events);
     let per_batch = args.batch as f64;
     let interval =
         (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(per_batch / args.rate));

@@ -43,7 +43,7 @@ pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::
 
 /// `herald api`.
 pub async fn api(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let db = Db::connect(&settings).await?;
+    let db = connect(&settings).await?;
     let key = VapidKey::load_or_create(&settings.vapid_key_path(), settings.push.create_vapid_key)?;
     Api::bind(&settings, db, key.public_key)
         .await?
@@ -95,6 +95,13 @@ async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     roles.wait().await
 }
 
+/// Connects and checks that Redis keeps what it accepts (`redis.require_durable`).
+async fn connect(settings: &Settings) -> anyhow::Result<Db> {
+    let db = Db::connect(settings).await?;
+    db.check_durability(settings.redis.require_durable).await?;
+    Ok(db)
+}
+
 /// What the pushing roles share: Redis, the pusher, the alert channel.
 struct Parts {
     db: Db,
@@ -105,7 +112,7 @@ struct Parts {
 
 impl Parts {
     async fn connect(settings: &Settings, create_key: bool) -> anyhow::Result<Parts> {
-        let db = Db::connect(settings).await?;
+        let db = connect(settings).await?;
         let key = VapidKey::load_or_create(&settings.vapid_key_path(), create_key)?;
         let pusher = Arc::new(Pusher::new(&settings.push, settings.breaker.clone(), key)?);
         let (alerts, alert_loop) = alerts::channel(&settings.alerts);

@@ -24,6 +24,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
+use crate::ordering::{Order, Ordering};
 use crate::push::{Outcome, PushReport, Pusher};
 use crate::retry::RetryPolicy;
 use crate::routing::Router;
@@ -55,6 +56,8 @@ pub enum EntryOutcome {
     Pending { reason: String },
     /// The whole entry went to the dead-letter stream and was acknowledged.
     DeadLettered { reason: String },
+    /// A newer event of the same key was applied already: acknowledged, not pushed.
+    Superseded { by: String },
 }
 
 /// The outcomes of one read.
@@ -85,6 +88,7 @@ pub struct Worker {
     pusher: Arc<Pusher>,
     router: Router,
     store: Store,
+    ordering: Ordering,
     dead_letters: DeadLetters,
     policy: RetryPolicy,
     group: String,
@@ -92,6 +96,8 @@ pub struct Worker {
     batch_size: usize,
     block: Duration,
     grace: Duration,
+    /// Read with NOACK (at-most-once).
+    noack: bool,
     /// Pushes in flight, across all entries of this process.
     push_permits: Arc<Semaphore>,
     /// Entries in flight: bounds memory when pushes are slow.
@@ -107,6 +113,10 @@ impl Worker {
             router: Router::new(store.clone()),
             store,
             pusher,
+            ordering: Ordering::new(
+                db.clone(),
+                policy.horizon().max(settings.events.dedup_window),
+            ),
             dead_letters: DeadLetters::new(
                 db.clone(),
                 &settings.worker.group,
@@ -118,6 +128,7 @@ impl Worker {
             consumer: settings.consumer_name(),
             batch_size: settings.worker.batch_size,
             block: settings.worker.block,
+            noack: settings.worker.delivery == crate::config::Delivery::AtMostOnce,
             grace: settings.worker.shutdown_grace,
             push_permits: Arc::new(Semaphore::new(concurrency)),
             entry_permits: Arc::new(Semaphore::new(concurrency.max(settings.worker.batch_size))),
@@ -310,6 +321,9 @@ impl Worker {
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
+        if self.noack {
+            cmd.arg("NOACK");
+        }
         cmd.arg("STREAMS").arg(stream).arg(start);
         let reply: Value = cmd.query_async(conn).await?;
         // New entries are on their first delivery; a re-read of the pending list does not say.
@@ -419,12 +433,19 @@ impl Worker {
             EntryOutcome::NoTarget => {
                 tracing::warn!(user = ?event.user, "no subscription to deliver to; acknowledged")
             }
+            EntryOutcome::Pending { reason } if self.noack => tracing::warn!(
+                reason,
+                "not delivered, and not retried: worker.delivery is at-most-once"
+            ),
             EntryOutcome::Pending { reason } => tracing::warn!(
                 reason,
                 deliveries = entry.deliveries,
                 "event left pending for a retry"
             ),
             EntryOutcome::DeadLettered { reason } => tracing::error!(reason, "event dead-lettered"),
+            EntryOutcome::Superseded { by } => {
+                tracing::info!(key = ?event.key, newer = %by, "superseded by a newer event of its key; not pushed")
+            }
         }
         outcome
     }
@@ -453,6 +474,17 @@ impl Worker {
         let keys = &self.db.keys;
         let partition = keys.partition_of(&entry.stream).unwrap_or(0);
         let outcomes_key = keys.outcomes(partition, &event.id);
+        match self.ordering.apply(partition, event).await {
+            Ok(Order::Newest) => {}
+            Ok(Order::Superseded { by }) => {
+                return self.ack(entry, EntryOutcome::Superseded { by }).await
+            }
+            Err(e) => {
+                return EntryOutcome::Pending {
+                    reason: format!("cannot check the ordering of its key: {e:#}"),
+                }
+            }
+        }
         let targets = match self.router.targets(event).await {
             Ok(Some(targets)) => targets,
             Ok(None) => return self.ack(entry, EntryOutcome::NoTarget).await,

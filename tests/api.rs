@@ -99,6 +99,11 @@ async fn bad_input_gets_a_status_and_a_json_error_naming_the_field() {
             422,
             "publish_at",
         ),
+        (
+            json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}, "publish_at": "2999-01-01T00:00:00Z"}),
+            422,
+            "publish_at",
+        ),
         (json!([]), 422, "body"),
         (json!("just a string"), 422, "body"),
     ];

@@ -126,3 +126,43 @@ fn vapid_generate_writes_a_private_key_file() {
     );
     assert!(!ok, "{err}");
 }
+
+#[test]
+fn a_redis_that_can_lose_events_is_refused_when_durability_is_required() {
+    let volatile = helpers::TestRedis::start();
+    let (ok, _, err) = herald(
+        &["worker"],
+        &[
+            ("HERALD_REDIS__URL", &volatile.url()),
+            ("HERALD_REDIS__REQUIRE_DURABLE", "true"),
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("appendonly is not yes"), "{err}");
+    assert!(err.contains("maxmemory-policy"), "{err}");
+}
+
+#[test]
+fn a_durable_redis_is_accepted_when_durability_is_required() {
+    let durable = helpers::TestRedis::start_durable();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(herald_bin())
+        .arg("worker")
+        .current_dir(dir.path())
+        .env_remove("REDIS_URL")
+        .env("HERALD_REDIS__URL", durable.url())
+        .env("HERALD_REDIS__REQUIRE_DURABLE", "true")
+        .env("HERALD_PUSH__CREATE_VAPID_KEY", "true")
+        .env("HERALD_DATA_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the worker");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the worker keeps running"
+    );
+    let status = helpers::terminate(&mut child, std::time::Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+}

@@ -53,7 +53,13 @@ fn event(title: &str) -> herald::event::Event {
     let input: EventInput = serde_json::from_value(json!({"topic": "a.b", "user": "u-1", "key": "car-1", "urgency": "low", "notification": {"title": title}}))
         .expect("input");
     input
-        .validate(EventDefaults { ttl: 60 }, chrono::Utc::now())
+        .validate(
+            EventDefaults {
+                ttl: 60,
+                max_clock_skew: Duration::from_secs(300),
+            },
+            chrono::Utc::now(),
+        )
         .expect("valid")
 }
 

@@ -3,7 +3,7 @@
 //! `Retry-After`), then processes it exactly as the worker does. Entries that
 //! have used up `retry.max_deliveries` go to the dead-letter stream; entries
 //! deleted or trimmed while pending leave a tombstone there. It also removes
-//! consumers that are idle with nothing pending.
+//! consumers that are idle with nothing pending, and applies retention.
 //!
 //! Several reclaimers may run at once: `XCLAIM` with a minimum idle time lets
 //! only the first claim an entry (claiming resets its idle time).
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
+use crate::retention::Retention;
 use crate::retry::seed_for;
 use crate::worker::{parse_entry_list, Entry, EntryOutcome, Worker};
 
@@ -44,6 +45,8 @@ struct Pending {
 /// The reclaimer. `run` it, or step it with [`Reclaimer::scan`].
 pub struct Reclaimer {
     worker: Worker,
+    retention: Retention,
+    retention_interval: Duration,
     interval: Duration,
     scan_batch: usize,
     consumer_idle_timeout: Duration,
@@ -59,6 +62,8 @@ impl Reclaimer {
     pub fn new(worker: Worker, settings: &Settings) -> Reclaimer {
         let name = format!("{}-reclaimer", worker.consumer());
         Reclaimer {
+            retention: Retention::new(worker.db().clone(), settings.retention.clone()),
+            retention_interval: settings.retention.interval,
             worker: worker.with_consumer(name),
             interval: settings.reclaimer.interval,
             scan_batch: settings.reclaimer.scan_batch,
@@ -75,6 +80,7 @@ impl Reclaimer {
         self.worker.ensure_groups().await?;
         tracing::info!(consumer = %self.consumer(), "reclaimer started");
         let mut last_hygiene: Option<Instant> = None;
+        let mut last_trim: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             for partition in 0..self.worker.db().keys.partitions() {
                 match self.scan(partition).await {
@@ -99,6 +105,14 @@ impl Reclaimer {
                     }
                     Err(e) => {
                         tracing::warn!(partition, error = %format!("{e:#}"), "pending scan failed; will retry")
+                    }
+                }
+            }
+            if last_trim.is_none_or(|t| t.elapsed() >= self.retention_interval) {
+                last_trim = Some(Instant::now());
+                for partition in 0..self.worker.db().keys.partitions() {
+                    if let Err(e) = self.retention.trim(partition).await {
+                        tracing::warn!(partition, error = %format!("{e:#}"), "retention trim failed");
                     }
                 }
             }

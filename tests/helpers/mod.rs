@@ -42,7 +42,14 @@ impl TestRedis {
 
     /// Starts redis-server with AOF (`appendfsync everysec`), for tests that restart it.
     pub fn start_durable() -> TestRedis {
-        TestRedis::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"])
+        TestRedis::start_with(&[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+        ])
     }
 
     fn start_with(extra: &[&str]) -> TestRedis {
