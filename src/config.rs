@@ -29,6 +29,32 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     pub alerts: AlertSettings,
     pub retention: RetentionSettings,
+    pub spool: SpoolSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSettings {
+    /// Keep accepting events in a local fsync'd file while Redis cannot take them.
+    pub enabled: bool,
+    /// Where the spool lives; empty means `<data_dir>/spool`. One API process per directory.
+    pub dir: PathBuf,
+    /// Largest spool in bytes; beyond it the API answers 503.
+    pub max_bytes: u64,
+    /// How often the drainer tries to move spooled events into Redis.
+    #[serde(with = "humantime_serde")]
+    pub drain_interval: Duration,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            enabled: true,
+            dir: PathBuf::new(),
+            max_bytes: 256 * 1024 * 1024,
+            drain_interval: Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +288,7 @@ impl Default for Settings {
             breaker: BreakerSettings::default(),
             alerts: AlertSettings::default(),
             retention: RetentionSettings::default(),
+            spool: SpoolSettings::default(),
         }
     }
 }
@@ -559,6 +586,7 @@ impl Settings {
             ("breaker.open_for", self.breaker.open_for),
             ("alerts.interval", self.alerts.interval),
             ("retention.interval", self.retention.interval),
+            ("spool.drain_interval", self.spool.drain_interval),
         ] {
             if value.is_zero() {
                 return Err(Invalid::new(key, "must be more than 0"));
@@ -632,6 +660,15 @@ impl Settings {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "herald".into());
         format!("{host}-{}", std::process::id())
+    }
+
+    /// Directory of the API's spool.
+    pub fn spool_dir(&self) -> PathBuf {
+        if self.spool.dir.as_os_str().is_empty() {
+            self.data_dir.join("spool")
+        } else {
+            self.spool.dir.clone()
+        }
     }
 
     /// Path of the VAPID private key file.

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use axum::body::{to_bytes, Body};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -23,6 +25,7 @@ use crate::config::{Secret, Settings};
 use crate::db::Db;
 use crate::event::{EventDefaults, EventInput, InvalidField};
 use crate::publish::{PublishOutcome, Publisher, Ready};
+use crate::spool::{Drainer, Spool, SpoolError};
 use crate::subscriptions::{Store, Stored, SubscriptionInput};
 
 /// An API error: status, a stable code, a message saying what to fix, and the field when one is at fault.
@@ -95,12 +98,15 @@ struct Inner {
     max_batch: usize,
     tokens: Vec<Secret>,
     vapid_public_key: String,
+    /// Takes events while Redis cannot; `None` when `spool.enabled = false`.
+    spool: Option<Arc<Spool>>,
 }
 
 /// The API server: bind, then `run` until shutdown.
 pub struct Api {
     listener: TcpListener,
     router: Router,
+    drainer: Option<Drainer>,
 }
 
 impl Api {
@@ -116,9 +122,22 @@ impl Api {
         if settings.api.tokens.is_empty() && !settings.api.listen.ip().is_loopback() {
             tracing::warn!(listen = %settings.api.listen, "the API listens beyond loopback without api.tokens: anyone who reaches it can publish");
         }
+        let publisher = Publisher::new(db.clone(), settings.events.dedup_window);
+        let spool = if settings.spool.enabled {
+            Some(Arc::new(Spool::open(
+                &settings.spool_dir(),
+                settings.spool.max_bytes,
+            )?))
+        } else {
+            None
+        };
+        let drainer = spool
+            .clone()
+            .map(|spool| Drainer::new(spool, publisher.clone(), settings.spool.drain_interval));
         let state = ApiState {
             inner: Arc::new(Inner {
-                publisher: Publisher::new(db.clone(), settings.events.dedup_window),
+                publisher,
+                spool,
                 store: Store::new(db.clone()),
                 db,
                 defaults: EventDefaults::from_settings(&settings.events),
@@ -132,6 +151,7 @@ impl Api {
         Ok(Api {
             listener,
             router: router(state),
+            drainer,
         })
     }
 
@@ -145,9 +165,13 @@ impl Api {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
         tracing::info!(%addr, "api listening");
+        let drainer = self.drainer.map(|d| tokio::spawn(d.run(shutdown.clone())));
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
+        if let Some(drainer) = drainer {
+            drainer.await.context("spool drainer panicked")??;
+        }
         tracing::info!("api stopped");
         Ok(())
     }
@@ -309,17 +333,23 @@ async fn post_events(
             };
             ApiError::invalid(field, e.message)
         })?;
-        ready.push(Ready {
-            digest: input.digest(),
-            event,
-        });
+        ready.push(Ready::new(&event, input.digest()));
     }
-    let outcomes = state
-        .inner
-        .publisher
-        .publish(&ready)
-        .await
-        .map_err(ApiError::unavailable)?;
+    // While the spool holds events, new ones queue behind them, so order is kept.
+    let spool = state.inner.spool.clone();
+    let outcomes = match &spool {
+        Some(spool) if spool.backlog() > 0 => return spool_events(spool.clone(), ready).await,
+        _ => match state.inner.publisher.publish(&ready).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => match spool {
+                Some(spool) => {
+                    tracing::warn!(error = %format!("{e:#}"), "redis cannot take events; spooling them locally");
+                    return spool_events(spool, ready).await;
+                }
+                None => return Err(ApiError::unavailable(e)),
+            },
+        },
+    };
     let mut conflicts = Vec::new();
     let results: Vec<Value> = outcomes
         .into_iter()
@@ -343,6 +373,33 @@ async fn post_events(
         "events": results,
     });
     Ok((StatusCode::CONFLICT, Json(body)).into_response())
+}
+
+/// Appends events to the spool (fsync'd) and answers 202 with `"spooled": true`.
+async fn spool_events(spool: Arc<Spool>, ready: Vec<Ready>) -> Result<Response, ApiError> {
+    let ids: Vec<String> = ready.iter().map(|r| r.id.clone()).collect();
+    let appended = tokio::task::spawn_blocking(move || spool.append(&ready)).await;
+    match appended {
+        Ok(Ok(())) => {
+            let events: Vec<Value> = ids
+                .iter()
+                .map(|id| json!({"id": id, "spooled": true}))
+                .collect();
+            Ok((StatusCode::ACCEPTED, Json(json!({ "events": events }))).into_response())
+        }
+        Ok(Err(e @ SpoolError::Full { .. })) => {
+            tracing::error!(error = %e, "redis is unavailable and the spool is full: refusing events");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the event store is unavailable and the local spool is full; nothing was accepted, retry later",
+            ))
+        }
+        Ok(Err(e)) => Err(ApiError::unavailable(e.into())),
+        Err(e) => Err(ApiError::unavailable(anyhow::anyhow!(
+            "spool task failed: {e}"
+        ))),
+    }
 }
 
 async fn post_subscription(

@@ -34,6 +34,7 @@ pub mod retry;
 pub mod routing;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod up;

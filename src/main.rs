@@ -521,10 +521,7 @@ async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
             let event = input
                 .validate(defaults, chrono::Utc::now())
                 .map_err(|e| anyhow::anyhow!("--{e}"))?;
-            batch.push(Ready {
-                digest: input.digest(),
-                event,
-            });
+            batch.push(Ready::new(&event, input.digest()));
         }
         for outcome in publisher.publish(&batch).await? {
             if let (PublishOutcome::Accepted(p), 1) = (outcome, args.count) {

@@ -304,16 +304,48 @@ async fn health_and_the_vapid_key_answer() {
 }
 
 #[tokio::test]
-async fn without_redis_the_api_is_not_ready_and_refuses_with_503() {
-    let mut app = TestApp::start().await;
-    drop(std::mem::replace(
-        &mut app.redis,
-        helpers::TestRedis::start(),
-    ));
-    // The API's pool still points at the old, now stopped, server.
+async fn without_redis_and_without_a_spool_the_api_is_not_ready_and_refuses_with_503() {
+    let mut app = TestApp::start_with(|s| s.spool.enabled = false).await;
+    app.redis.kill();
     assert_eq!(app.get("/readyz").await.0, 503);
     let (status, body) = app.post("/v1/events", &event("u")).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
     assert!(!body.to_string().contains("redis://"), "no internals leak");
+}
+
+#[tokio::test]
+async fn without_redis_events_are_spooled_and_drained_into_the_stream_when_it_is_back() {
+    let mut app = TestApp::start_durable().await;
+    app.redis.kill();
+    let mut e = event("u-1");
+    e["id"] = json!("evt-spooled-1");
+    let (status, body) = app.post("/v1/events", &e).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["events"][0]["spooled"], true);
+    assert_eq!(body["events"][0]["id"], "evt-spooled-1");
+    let (status, body) = app
+        .post("/v1/events", &json!([event("u-2"), event("u-3")]))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.redis.restart();
+    helpers::eventually(
+        "the spool to drain",
+        std::time::Duration::from_secs(20),
+        || app.stream_len() == 3,
+    )
+    .await;
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(app.stream())
+        .arg("-")
+        .arg("+")
+        .query(&mut app.redis.conn())
+        .expect("XRANGE");
+    assert_eq!(entries[0].1["id"], "evt-spooled-1", "in order, id kept");
+    assert_eq!(entries[1].1["user"], "u-2");
+    assert_eq!(entries[2].1["user"], "u-3");
+    // Back to normal: straight into the stream.
+    let (status, body) = app.post("/v1/events", &event("u-4")).await;
+    assert_eq!(status, 202);
+    assert!(body["events"][0]["stream_id"].is_string(), "{body}");
 }

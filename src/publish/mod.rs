@@ -30,11 +30,26 @@ pub enum PublishOutcome {
     },
 }
 
-/// An event ready to publish: validated, with the digest of its content.
-#[derive(Debug, Clone)]
+/// An event ready to publish: validated and flattened into its stream fields,
+/// with the digest of its content. This is also what the spool keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Ready {
-    pub event: Event,
+    pub id: String,
+    /// What chooses the partition: the event's `key`, or its id.
+    pub partition_key: String,
     pub digest: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Ready {
+    pub fn new(event: &Event, digest: String) -> Ready {
+        Ready {
+            id: event.id.clone(),
+            partition_key: event.key.clone().unwrap_or_else(|| event.id.clone()),
+            digest,
+            fields: event.to_fields(),
+        }
+    }
 }
 
 /// Adds events to the streams. Cheap to clone.
@@ -71,14 +86,13 @@ impl Publisher {
         pipe.load_script(self.script).ignore();
         let mut invocations = Vec::with_capacity(batch.len());
         for ready in batch {
-            let event = &ready.event;
-            let partition = keys.partition_for(event.key.as_deref().unwrap_or(&event.id));
+            let partition = keys.partition_for(&ready.partition_key);
             let mut inv = self.script.prepare_invoke();
             inv.key(keys.stream(partition))
-                .key(keys.dedup(partition, &event.id))
+                .key(keys.dedup(partition, &ready.id))
                 .arg(&ready.digest)
                 .arg(window_ms);
-            for (field, value) in event.to_fields() {
+            for (field, value) in &ready.fields {
                 inv.arg(field).arg(value);
             }
             invocations.push(inv);
@@ -92,7 +106,7 @@ impl Publisher {
             .iter()
             .zip(replies)
             .map(|(ready, (outcome, stream_id))| {
-                let id = ready.event.id.clone();
+                let id = ready.id.clone();
                 match outcome.as_str() {
                     "added" | "duplicate" => Ok(PublishOutcome::Accepted(Published {
                         id,

@@ -32,6 +32,7 @@ pub struct TestRedis {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl TestRedis {
@@ -56,9 +57,28 @@ impl TestRedis {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let port = herald::embedded_redis::free_port().expect("a free port");
         let child = spawn_redis(dir.path(), port, extra);
-        let redis = TestRedis { child, port, dir };
+        let redis = TestRedis {
+            child,
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         redis.wait_ready();
         redis
+    }
+
+    /// Kills the server (SIGKILL: no chance to flush anything).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and directory (with AOF, it reloads its data).
+    pub fn restart(&mut self) {
+        self.kill();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = spawn_redis(self.dir.path(), self.port, &extra);
+        self.wait_ready();
     }
 
     pub fn url(&self) -> String {
@@ -155,9 +175,17 @@ impl TestApp {
         TestApp::start_with(|_| {}).await
     }
 
+    /// Starts against a Redis with AOF, for tests that kill and restart it.
+    pub async fn start_durable() -> TestApp {
+        TestApp::start_on(TestRedis::start_durable(), |_| {}).await
+    }
+
     /// Starts with settings adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
-        let redis = TestRedis::start();
+        TestApp::start_on(TestRedis::start(), adjust).await
+    }
+
+    async fn start_on(redis: TestRedis, adjust: impl FnOnce(&mut Settings)) -> TestApp {
         let data = tempfile::tempdir().expect("temp dir");
         let mut settings = settings(&redis, data.path());
         adjust(&mut settings);
