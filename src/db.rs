@@ -124,6 +124,14 @@ impl Db {
     }
 }
 
+/// A Lua script compiled once per process (it is sent as EVALSHA after the first use).
+pub fn script(
+    cell: &'static std::sync::OnceLock<redis::Script>,
+    source: &'static str,
+) -> &'static redis::Script {
+    cell.get_or_init(|| redis::Script::new(source))
+}
+
 /// What Redis's configuration means for accepted events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Durability {

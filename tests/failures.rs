@@ -528,3 +528,36 @@ async fn an_unreadable_stored_subscription_is_dead_lettered_and_the_others_deliv
     assert_eq!(dead[0].reason, "invalid_subscription");
     assert_eq!(dead[0].subscription.as_deref(), Some(broken.as_str()));
 }
+
+#[tokio::test]
+async fn a_worker_that_resumes_after_a_reclaim_does_not_push_again() {
+    let app = TestApp::start().await;
+    app.register_device("u-14").await;
+    app.publish_to("u-14", "once").await;
+    // The worker reads the entry, then stops (SIGSTOP, a long GC pause, a slow disk)...
+    let reply: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&app.settings.worker.group)
+        .arg(app.worker.consumer())
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(app.stream())
+        .arg(">")
+        .query(&mut app.redis.conn())
+        .expect("XREADGROUP");
+    let entry = herald::worker::parse_entries(reply, 1)
+        .expect("parse")
+        .remove(0);
+    // ... the reclaimer finds it idle past its backoff and delivers it ...
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let scan = app.reclaimer().scan(0).await.expect("scan");
+    assert_eq!(scan.processed.len(), 1);
+    assert_eq!(app.sink.delivered().len(), 1);
+    // ... and when the worker resumes, it sees the entry is no longer its own.
+    assert_eq!(
+        app.worker.process_entry(entry).await,
+        EntryOutcome::TakenOver
+    );
+    assert_eq!(app.sink.delivered().len(), 1, "no second push");
+}

@@ -16,7 +16,7 @@ use redis::Script;
 use serde::Serialize;
 
 use crate::alerts::Alerts;
-use crate::db::Db;
+use crate::db::{script, Db};
 use crate::event::format_time;
 
 pub mod cli;
@@ -76,9 +76,6 @@ impl Filter {
     }
 }
 
-fn script(cell: &'static OnceLock<Script>, source: &'static str) -> &'static Script {
-    cell.get_or_init(|| Script::new(source))
-}
 static DEAD_LETTER: OnceLock<Script> = OnceLock::new();
 static TOMBSTONE: OnceLock<Script> = OnceLock::new();
 static REPLAY: OnceLock<Script> = OnceLock::new();

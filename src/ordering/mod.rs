@@ -21,9 +21,10 @@ pub enum Order {
     Superseded { by: String },
 }
 
+static APPLY: OnceLock<Script> = OnceLock::new();
+
 fn script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("apply.lua")))
+    crate::db::script(&APPLY, include_str!("apply.lua"))
 }
 
 /// Applies events to their key's register.

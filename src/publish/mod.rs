@@ -60,16 +60,13 @@ pub struct Publisher {
     dedup_window: Duration,
 }
 
-fn script() -> &'static Script {
-    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("publish.lua")))
-}
+static PUBLISH: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
 
 impl Publisher {
     pub fn new(db: Db, dedup_window: Duration) -> Publisher {
         Publisher {
             db,
-            script: script(),
+            script: crate::db::script(&PUBLISH, include_str!("publish.lua")),
             dedup_window,
         }
     }

@@ -52,9 +52,13 @@ pub struct Reclaimer {
     consumer_idle_timeout: Duration,
 }
 
+static DELETE_IDLE_CONSUMER: OnceLock<Script> = OnceLock::new();
+
 fn delete_idle_consumer() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("delete_idle_consumer.lua")))
+    crate::db::script(
+        &DELETE_IDLE_CONSUMER,
+        include_str!("delete_idle_consumer.lua"),
+    )
 }
 
 impl Reclaimer {

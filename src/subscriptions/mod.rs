@@ -265,14 +265,15 @@ fn check_pattern(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
+static PUT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+static DELETE: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+
 fn put_script() -> &'static Script {
-    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("put.lua")))
+    crate::db::script(&PUT, include_str!("put.lua"))
 }
 
 fn delete_script() -> &'static Script {
-    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("delete.lua")))
+    crate::db::script(&DELETE, include_str!("delete.lua"))
 }
 
 /// A stored subscription that cannot be read back (edited by hand, or written by another version).

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::alerts::Alerts;
 use crate::config::Settings;
-use crate::db::Db;
+use crate::db::{script, Db};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
 use crate::ordering::{Order, Ordering};
@@ -58,6 +58,8 @@ pub enum EntryOutcome {
     DeadLettered { reason: String },
     /// A newer event of the same key was applied already: acknowledged, not pushed.
     Superseded { by: String },
+    /// Another consumer claimed the entry meanwhile (this one was stopped or slow): left to it.
+    TakenOver,
 }
 
 /// The outcomes of one read.
@@ -70,10 +72,13 @@ impl BatchOutcome {
     pub fn acked(&self) -> usize {
         self.entries
             .iter()
-            .filter(|(_, o)| !matches!(o, EntryOutcome::Pending { .. }))
+            .filter(|(_, o)| !matches!(o, EntryOutcome::Pending { .. } | EntryOutcome::TakenOver))
             .count()
     }
 }
+
+static BEGIN: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+static REFRESH: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 
 /// How one target device of an event fared.
 enum TargetResult {
@@ -371,23 +376,30 @@ impl Worker {
     }
 
     /// `XCLAIM ... 0 id JUSTID` to ourselves: resets the idle time, not the delivery count.
+    /// Resets the entry's idle time while it is still ours (see `refresh.lua`).
     async fn heartbeat(&self, entry: &Entry) {
-        let refreshed: anyhow::Result<()> = async {
+        if self.noack {
+            return;
+        }
+        let refreshed: anyhow::Result<i64> = async {
             let mut conn = self.db.conn().await?;
-            redis::cmd("XCLAIM")
-                .arg(&entry.stream)
+            Ok(script(&REFRESH, include_str!("refresh.lua"))
+                .key(&entry.stream)
                 .arg(&self.group)
                 .arg(&self.consumer)
-                .arg(0)
                 .arg(&entry.id)
-                .arg("JUSTID")
-                .query_async::<()>(&mut conn)
-                .await?;
-            Ok(())
+                .invoke_async(&mut conn)
+                .await?)
         }
         .await;
-        if let Err(e) = refreshed {
-            tracing::debug!(stream_id = %entry.id, error = %format!("{e:#}"), "heartbeat failed");
+        match refreshed {
+            Ok(1) => {}
+            Ok(_) => {
+                tracing::warn!(stream_id = %entry.id, "another consumer took this entry over while it was in progress")
+            }
+            Err(e) => {
+                tracing::debug!(stream_id = %entry.id, error = %format!("{e:#}"), "heartbeat failed")
+            }
         }
     }
 
@@ -443,6 +455,9 @@ impl Worker {
                 "event left pending for a retry"
             ),
             EntryOutcome::DeadLettered { reason } => tracing::error!(reason, "event dead-lettered"),
+            EntryOutcome::TakenOver => {
+                tracing::warn!("another consumer took this entry over; not pushing it")
+            }
             EntryOutcome::Superseded { by } => {
                 tracing::info!(key = ?event.key, newer = %by, "superseded by a newer event of its key; not pushed")
             }
@@ -497,9 +512,10 @@ impl Worker {
         if targets.subscriptions.is_empty() && targets.unreadable.is_empty() {
             return self.ack(entry, EntryOutcome::NoTarget).await;
         }
-        // Devices already done for this event (an earlier attempt, another worker) are skipped.
-        let done: HashMap<String, String> = match self.hgetall(&outcomes_key).await {
-            Ok(done) => done,
+        // Still ours? And which devices are done already (an earlier attempt, another worker)?
+        let done: HashMap<String, String> = match self.begin(entry, &outcomes_key).await {
+            Ok(Some(done)) => done,
+            Ok(None) => return EntryOutcome::TakenOver,
             Err(e) => {
                 return EntryOutcome::Pending {
                     reason: format!("cannot read the event's outcome markers: {e:#}"),
@@ -711,12 +727,31 @@ impl Worker {
         Ok(())
     }
 
-    async fn hgetall(&self, key: &str) -> anyhow::Result<HashMap<String, String>> {
+    /// The event's outcome markers, or `None` when another consumer took the entry over.
+    async fn begin(
+        &self,
+        entry: &Entry,
+        outcomes_key: &str,
+    ) -> anyhow::Result<Option<HashMap<String, String>>> {
         let mut conn = self.db.conn().await?;
-        Ok(redis::cmd("HGETALL")
-            .arg(key)
-            .query_async(&mut conn)
-            .await?)
+        let reply: Vec<String> = script(&BEGIN, include_str!("begin.lua"))
+            .key(&entry.stream)
+            .key(outcomes_key)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(&entry.id)
+            .arg(if self.noack { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        let mut items = reply.into_iter();
+        if items.next().as_deref() != Some("1") {
+            return Ok(None);
+        }
+        let mut done = HashMap::new();
+        while let (Some(sub), Some(marker)) = (items.next(), items.next()) {
+            done.insert(sub, marker);
+        }
+        Ok(Some(done))
     }
 
     /// Records the latest not-before time any failed push asked for (`Retry-After`,
