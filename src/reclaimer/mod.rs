@@ -83,9 +83,20 @@ impl Reclaimer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.worker.ensure_groups().await?;
         tracing::info!(consumer = %self.consumer(), "reclaimer started");
+        // Right after a start, or after Redis was unreachable, every pending entry looks
+        // idle (heartbeats could not land): give live workers a heartbeat round first.
+        let quiet = self.worker.policy().base_delay;
+        let mut quiet_until = Instant::now() + quiet;
         let mut last_hygiene: Option<Instant> = None;
         let mut last_trim: Option<Instant> = None;
         while !shutdown.is_cancelled() {
+            if Instant::now() < quiet_until {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep_until(quiet_until.into()) => {}
+                }
+                continue;
+            }
             for partition in 0..self.worker.db().keys.partitions() {
                 match self.scan(partition).await {
                     Ok(o) if !o.processed.is_empty() || o.exhausted > 0 || o.tombstones > 0 => {
@@ -108,7 +119,8 @@ impl Reclaimer {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(partition, error = %format!("{e:#}"), "pending scan failed; will retry")
+                        tracing::warn!(partition, error = %format!("{e:#}"), "pending scan failed; will retry");
+                        quiet_until = Instant::now() + quiet;
                     }
                 }
             }
@@ -160,6 +172,15 @@ impl Reclaimer {
                     due.push((p, held, min_idle));
                 }
             }
+            // An entry someone is still working on (its lease is alive) is not claimed:
+            // the claim would only use up one of its attempts.
+            let busy = self.leased(partition, &due).await?;
+            let due: Vec<(&Pending, bool, Duration)> = due
+                .into_iter()
+                .zip(busy)
+                .filter(|(_, busy)| !busy)
+                .map(|(d, _)| d)
+                .collect();
             if due.is_empty() {
                 if full {
                     continue;
@@ -263,6 +284,21 @@ impl Reclaimer {
                 })
             })
             .collect())
+    }
+
+    /// Whether each entry's lease is held (someone is processing it right now).
+    async fn leased(&self, partition: u32, due: &[(&Pending, bool, Duration)]) -> anyhow::Result<Vec<bool>> {
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.worker.db();
+        let mut cmd = redis::cmd("MGET");
+        for (p, _, _) in due {
+            cmd.arg(db.keys.lease(partition, &p.id));
+        }
+        let mut conn = db.conn().await?;
+        let holders: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
+        Ok(holders.into_iter().map(|h| h.is_some()).collect())
     }
 
     /// One `XCLAIM` per entry (each with its own minimum idle time), pipelined.

@@ -79,6 +79,7 @@ impl BatchOutcome {
 
 static BEGIN: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static REFRESH: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+static RELEASE: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 
 /// How one target device of an event fared.
 enum TargetResult {
@@ -107,6 +108,8 @@ pub struct Worker {
     push_permits: Arc<Semaphore>,
     /// Entries in flight: bounds memory when pushes are slow.
     entry_permits: Arc<Semaphore>,
+    /// Ids of the entries in progress in this process.
+    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Worker {
@@ -137,6 +140,7 @@ impl Worker {
             grace: settings.worker.shutdown_grace,
             push_permits: Arc::new(Semaphore::new(concurrency)),
             entry_permits: Arc::new(Semaphore::new(concurrency.max(settings.worker.batch_size))),
+            in_flight: Arc::default(),
             db,
         }
     }
@@ -284,6 +288,8 @@ impl Worker {
                     } else {
                         tracing::warn!(error = %format!("{e:#}"), stream, "read failed; will retry");
                         conn = None;
+                        // A read lost with the connection may have taken entries: look at our own first.
+                        own_pending_after = Some("0".into());
                     }
                     backoff(failures, &shutdown).await;
                     continue;
@@ -296,12 +302,23 @@ impl Worker {
                 };
             }
             for entry in entries {
+                // A re-read of our own pending list returns entries still in progress here.
+                if !self
+                    .in_flight
+                    .lock()
+                    .expect("in-flight lock")
+                    .insert(entry.id.clone())
+                {
+                    continue;
+                }
                 let permit = permits
                     .pop()
                     .expect("never more entries than permits (COUNT)");
                 let worker = self.clone();
                 tracker.spawn(async move {
+                    let id = entry.id.clone();
                     worker.process_entry(entry).await;
+                    worker.in_flight.lock().expect("in-flight lock").remove(&id);
                     drop(permit);
                 });
             }
@@ -345,7 +362,7 @@ impl Worker {
         // that no reclaimer takes it for abandoned and pushes it a second time.
         // Polled alongside the work, never instead of it: the work may hold a pooled
         // connection, and a heartbeat waiting for one must not stop it from finishing.
-        let beat = (self.policy.base_delay / 2).max(Duration::from_millis(50));
+        let beat = self.heartbeat_interval();
         let heartbeat = async {
             loop {
                 tokio::time::sleep(beat).await;
@@ -357,7 +374,12 @@ impl Worker {
             never = heartbeat => never,
         };
         match caught {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                if matches!(outcome, EntryOutcome::Pending { .. }) {
+                    self.release(&entry).await;
+                }
+                outcome
+            }
             Err(panic) => {
                 let message = panic
                     .downcast_ref::<&str>()
@@ -376,6 +398,38 @@ impl Worker {
     }
 
     /// `XCLAIM ... 0 id JUSTID` to ourselves: resets the idle time, not the delivery count.
+    fn lease_key(&self, entry: &Entry) -> String {
+        let partition = self.db.keys.partition_of(&entry.stream).unwrap_or(0);
+        self.db.keys.lease(partition, &entry.id)
+    }
+
+    /// How long a lease lasts without a heartbeat: several heartbeats, at least a second.
+    fn lease_ms(&self) -> u64 {
+        (self.heartbeat_interval() * 3)
+            .max(Duration::from_secs(1))
+            .as_millis() as u64
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        (self.policy.base_delay / 2).max(Duration::from_millis(50))
+    }
+
+    /// Lets others retry an entry left pending, without waiting for the lease to expire.
+    async fn release(&self, entry: &Entry) {
+        let released: anyhow::Result<i64> = async {
+            let mut conn = self.db.conn().await?;
+            Ok(script(&RELEASE, include_str!("release.lua"))
+                .key(self.lease_key(entry))
+                .arg(&self.consumer)
+                .invoke_async(&mut conn)
+                .await?)
+        }
+        .await;
+        if let Err(e) = released {
+            tracing::debug!(stream_id = %entry.id, error = %format!("{e:#}"), "cannot release the lease; it expires by itself");
+        }
+    }
+
     /// Resets the entry's idle time while it is still ours (see `refresh.lua`).
     async fn heartbeat(&self, entry: &Entry) {
         if self.noack {
@@ -385,9 +439,11 @@ impl Worker {
             let mut conn = self.db.conn().await?;
             Ok(script(&REFRESH, include_str!("refresh.lua"))
                 .key(&entry.stream)
+                .key(self.lease_key(entry))
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg(&entry.id)
+                .arg(self.lease_ms())
                 .invoke_async(&mut conn)
                 .await?)
         }
@@ -737,10 +793,12 @@ impl Worker {
         let reply: Vec<String> = script(&BEGIN, include_str!("begin.lua"))
             .key(&entry.stream)
             .key(outcomes_key)
+            .key(self.lease_key(entry))
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(&entry.id)
             .arg(if self.noack { "1" } else { "0" })
+            .arg(self.lease_ms())
             .invoke_async(&mut conn)
             .await?;
         let mut items = reply.into_iter();

@@ -373,11 +373,34 @@ pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> std::process:
         )
         .env("HERALD_RETRY__JITTER", "0")
         .env("HERALD_RECLAIMER__INTERVAL", ms(s.reclaimer.interval))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file(app, consumer))
         .spawn()
         .expect("start a herald process")
+}
+
+/// `<data dir>/<name>.log`, appended to: a process's logs, kept for a failing test's reader.
+fn log_file(app: &TestApp, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(app.data.path().join(format!("{name}.log")))
+        .expect("a log file for the process")
+}
+
+/// The logs of the processes named `name`.
+pub fn logs(app: &TestApp, name: &str) -> String {
+    std::fs::read_to_string(app.data.path().join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// Waits until the process logging to `name` says it started (its signal handlers are in place).
+pub async fn wait_started(app: &TestApp, name: &str) {
+    eventually(&format!("{name} to start"), Duration::from_secs(15), || {
+        let logs = logs(app, name);
+        logs.contains("worker started") || logs.contains("reclaimer started")
+    })
+    .await;
 }
 
 /// SIGKILL, and reap.

@@ -1,0 +1,356 @@
+//! The fault-injection suite: real worker and reclaimer processes, a real
+//! redis-server with AOF, loopback only, bounded in time. Each test keeps a
+//! ledger (every id the API answered 202 for, every arrival the sink recorded)
+//! and checks: lost = accepted − (delivered ∪ dead-lettered ∪ superseded) is
+//! empty; duplicates are 0 where nothing was killed, and never more than the
+//! number of kills.
+
+mod helpers;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use helpers::{eventually, kill9, spawn_role, terminate, wait_started, TestApp};
+use serde_json::json;
+
+/// What the producer side was told and what the devices saw.
+#[derive(Default)]
+struct Ledger {
+    accepted: Vec<String>,
+    server_errors: usize,
+}
+
+impl Ledger {
+    async fn publish(&mut self, app: &TestApp, n: usize) {
+        let (status, body) = app
+            .post(
+                "/v1/events",
+                &json!({"id": format!("evt-{n}"), "topic": "parking.lot-7.entry", "user": "u-1", "notification": {"title": format!("event {n}")}}),
+            )
+            .await;
+        match status {
+            202 => self
+                .accepted
+                .push(body["events"][0]["id"].as_str().expect("id").to_string()),
+            500..=599 => self.server_errors += 1,
+            other => panic!("unexpected answer {other}: {body}"),
+        }
+    }
+}
+
+/// Deliveries per event id, from the sink.
+fn deliveries(app: &TestApp) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for a in app.sink.delivered() {
+        if let Some(id) = a.event_id {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// Waits until every accepted event is delivered or dead-lettered, then checks the ledger.
+async fn settle_and_check(
+    app: &TestApp,
+    ledger: &Ledger,
+    max_duplicates: usize,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let missing = loop {
+        let delivered = deliveries(app);
+        let dead: HashSet<String> = app
+            .dead_letters()
+            .await
+            .into_iter()
+            .filter_map(|d| d.event_id)
+            .collect();
+        let missing: Vec<&String> = ledger
+            .accepted
+            .iter()
+            .filter(|id| !delivered.contains_key(*id) && !dead.contains(*id))
+            .collect();
+        if missing.is_empty() {
+            break missing.len();
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "lost {} of {} accepted events: {:?}",
+                missing.len(),
+                ledger.accepted.len(),
+                &missing[..missing.len().min(10)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(missing, 0);
+    let duplicates: usize = deliveries(app).values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= max_duplicates,
+        "{duplicates} duplicate pushes, at most {max_duplicates} allowed"
+    );
+}
+
+/// SIGTERM once the process is up; it must exit 0.
+async fn stop(app: &TestApp, name: &str, child: &mut Child) {
+    wait_started(app, name).await;
+    let status = terminate(child, Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "{name}: {status}; logs:\n{}",
+        helpers::logs(app, name)
+    );
+}
+
+fn worker(app: &TestApp, name: &str) -> Child {
+    spawn_role(app, &["worker"], name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_five_times_under_load_loses_nothing() {
+    let app = TestApp::start_durable().await;
+    app.register_device("u-1").await;
+    let mut reclaimer = spawn_role(&app, &["reclaimer"], "reclaimer-host");
+    let mut ledger = Ledger::default();
+    let mut current = worker(&app, "w");
+    let mut kills = 0;
+    let started = Instant::now();
+    let mut next_kill = Instant::now() + Duration::from_millis(600);
+    let mut n = 0;
+    while kills < 5 {
+        ledger.publish(&app, n).await;
+        n += 1;
+        if Instant::now() >= next_kill {
+            kill9(&mut current);
+            kills += 1;
+            current = worker(&app, "w");
+            next_kill = Instant::now() + Duration::from_millis(600);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    settle_and_check(&app, &ledger, kills, Duration::from_secs(60)).await;
+    assert_eq!(ledger.server_errors, 0);
+    stop(&app, "w", &mut current).await;
+    stop(&app, "reclaimer-host", &mut reclaimer).await;
+    eventually("nothing pending", Duration::from_secs(10), || {
+        app.pending() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_redis_under_load_loses_no_accepted_event() {
+    let mut app = TestApp::start_durable().await;
+    app.register_device("u-1").await;
+    let mut w = worker(&app, "w");
+    let mut reclaimer = spawn_role(&app, &["reclaimer"], "reclaimer-host");
+    let mut ledger = Ledger::default();
+    for n in 0..100 {
+        ledger.publish(&app, n).await;
+        if n == 50 {
+            // SIGKILL: no chance to flush; AOF everysec, the OS keeps what was written.
+            app.redis.kill();
+        }
+        if n == 70 {
+            app.redis.restart();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        ledger.server_errors, 0,
+        "the spool took the events while Redis was down"
+    );
+    settle_and_check(&app, &ledger, 1, Duration::from_secs(60)).await;
+    stop(&app, "w", &mut w).await;
+    stop(&app, "reclaimer-host", &mut reclaimer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_for_ten_seconds_while_the_api_keeps_accepting() {
+    let mut app = TestApp::start_durable().await;
+    app.register_device("u-1").await;
+    let mut w = worker(&app, "w");
+    let mut reclaimer = spawn_role(&app, &["reclaimer"], "reclaimer-host");
+    let mut ledger = Ledger::default();
+    for n in 0..20 {
+        ledger.publish(&app, n).await;
+    }
+    // Stopped between pushes: a push whose marker write dies with Redis is the one
+    // window for a duplicate (README, Guarantees), and this test is about the spool.
+    settle_and_check(&app, &ledger, 0, Duration::from_secs(30)).await;
+    eventually("nothing pending", Duration::from_secs(10), || {
+        app.pending() == 0
+    })
+    .await;
+    app.redis.kill();
+    let down = Instant::now();
+    let mut n = 20;
+    while down.elapsed() < Duration::from_secs(10) {
+        ledger.publish(&app, n).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.redis.restart();
+    for m in 0..20 {
+        ledger.publish(&app, n + m).await;
+    }
+    assert_eq!(
+        ledger.server_errors, 0,
+        "never a 5xx while the spool had room"
+    );
+    settle_and_check(&app, &ledger, 0, Duration::from_secs(60)).await;
+    stop(&app, "w", &mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_past_the_reclaim_idle_time_does_not_push_twice() {
+    let app = TestApp::start_durable().await;
+    app.register_device("u-1").await;
+    let mut w = worker(&app, "sleepy");
+    wait_started(&app, "sleepy").await;
+    // Freeze it inside its blocking read: the entry published now is handed to
+    // it by Redis while it cannot run.
+    eventually(
+        "the worker to block in XREADGROUP",
+        Duration::from_secs(10),
+        || {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query(&mut app.redis.conn())
+                .expect("CLIENT LIST");
+            clients
+                .lines()
+                .any(|l| l.contains("cmd=xreadgroup") && l.contains("flags=b"))
+        },
+    )
+    .await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(w.id() as i32, libc::SIGSTOP) };
+    let mut ledger = Ledger::default();
+    ledger.publish(&app, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.pending() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the frozen worker did not take the entry; its logs:\n{}",
+            helpers::logs(&app, "sleepy")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut reclaimer = spawn_role(&app, &["reclaimer"], "rescuer");
+    settle_and_check(&app, &ledger, 0, Duration::from_secs(30)).await;
+    unsafe { libc::kill(w.id() as i32, libc::SIGCONT) };
+    // The resumed worker finds its entry taken over and pushes nothing; it goes on working.
+    ledger.publish(&app, 1).await;
+    settle_and_check(&app, &ledger, 0, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let duplicates: usize = deliveries(&app).values().map(|n| n - 1).sum();
+    assert_eq!(duplicates, 0, "no device pushed twice");
+    stop(&app, "sleepy", &mut w).await;
+    stop(&app, "rescuer", &mut reclaimer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_published_ten_times_at_once_is_one_entry_and_one_push() {
+    let app = TestApp::start().await;
+    app.register_device("u-1").await;
+    app.register_device("u-1").await;
+    let event = json!({"id": "evt-once", "topic": "parking.lot-7.entry", "user": "u-1", "notification": {"title": "once"}});
+    let answers = futures::future::join_all((0..10).map(|_| app.post("/v1/events", &event))).await;
+    let stream_ids: HashSet<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 202, "{body}");
+            body["events"][0]["stream_id"]
+                .as_str()
+                .expect("stream id")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(stream_ids.len(), 1, "every publish names the same entry");
+    assert_eq!(app.stream_len(), 1);
+    let mut other = event.clone();
+    other["notification"]["title"] = json!("twice?");
+    assert_eq!(app.post("/v1/events", &other).await.0, 409);
+    let mut w = worker(&app, "w");
+    eventually("two pushes", Duration::from_secs(10), || {
+        app.sink.delivered().len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.sink.delivered().len(), 2, "one push per device");
+    stop(&app, "w", &mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_updates_across_two_workers_end_with_the_newest() {
+    let app = TestApp::start().await;
+    app.register_device("u-1").await;
+    let mut a = worker(&app, "a");
+    let mut b = worker(&app, "b");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Updates of one vehicle, published newest first.
+    let times = ["10:00:09", "10:00:07", "10:00:05", "10:00:03", "10:00:01"];
+    for (n, t) in times.iter().enumerate() {
+        let (status, body) = app
+            .post(
+                "/v1/events",
+                &json!({"id": format!("upd-{n}"), "topic": "parking.lot-7.exit", "user": "u-1", "key": "12가3456",
+                        "publish_at": format!("2026-11-21T{t}Z"), "notification": {"title": *t}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    eventually("every entry settled", Duration::from_secs(10), || {
+        app.pending() == 0 && !app.sink.delivered().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = app.sink.delivered();
+    let last = delivered.last().expect("at least the newest");
+    assert_eq!(
+        last.event_id.as_deref(),
+        Some("upd-0"),
+        "the newest is pushed last"
+    );
+    // Older ones processed after it were superseded, not pushed.
+    let ids: HashSet<String> = delivered
+        .iter()
+        .filter_map(|a| a.event_id.clone())
+        .collect();
+    assert_eq!(ids.len(), delivered.len(), "no duplicates");
+    stop(&app, "a", &mut a).await;
+    stop(&app, "b", &mut b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_leaves_nothing_pending_and_pushes_nothing_twice() {
+    let app = TestApp::start().await;
+    app.register_device("u-1").await;
+    app.sink.set_delay(Duration::from_millis(200));
+    let mut ledger = Ledger::default();
+    for n in 0..100 {
+        ledger.publish(&app, n).await;
+    }
+    let mut w = worker(&app, "w");
+    eventually("pushes in flight", Duration::from_secs(10), || {
+        !app.sink.arrivals().is_empty() || app.pending() > 0
+    })
+    .await;
+    assert!(
+        terminate(&mut w, Duration::from_secs(20)).success(),
+        "exit 0 after finishing in-flight pushes"
+    );
+    assert_eq!(
+        app.pending(),
+        0,
+        "a clean stop leaves nothing pending; worker logs:\n{}",
+        helpers::logs(&app, "w")
+    );
+    app.sink.set_delay(Duration::ZERO);
+    let mut next = worker(&app, "w2");
+    settle_and_check(&app, &ledger, 0, Duration::from_secs(30)).await;
+    stop(&app, "w2", &mut next).await;
+}
