@@ -145,18 +145,20 @@ fn a_redis_that_can_lose_events_is_refused_when_durability_is_required() {
 fn a_durable_redis_is_accepted_when_durability_is_required() {
     let durable = helpers::TestRedis::start_durable();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(herald_bin())
-        .arg("worker")
-        .current_dir(dir.path())
-        .env_remove("REDIS_URL")
-        .env("HERALD_REDIS__URL", durable.url())
-        .env("HERALD_REDIS__REQUIRE_DURABLE", "true")
-        .env("HERALD_PUSH__CREATE_VAPID_KEY", "true")
-        .env("HERALD_DATA_DIR", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the worker");
+    let mut child = helpers::Proc(
+        Command::new(herald_bin())
+            .arg("worker")
+            .current_dir(dir.path())
+            .env_remove("REDIS_URL")
+            .env("HERALD_REDIS__URL", durable.url())
+            .env("HERALD_REDIS__REQUIRE_DURABLE", "true")
+            .env("HERALD_PUSH__CREATE_VAPID_KEY", "true")
+            .env("HERALD_DATA_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the worker"),
+    );
     std::thread::sleep(std::time::Duration::from_millis(800));
     assert!(
         child.try_wait().expect("wait").is_none(),

@@ -8,10 +8,9 @@
 mod helpers;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use helpers::{eventually, kill9, spawn_role, terminate, wait_started, TestApp};
+use helpers::{eventually, kill9, spawn_role, terminate, wait_started, Proc, TestApp};
 use serde_json::json;
 
 /// What the producer side was told and what the devices saw.
@@ -93,7 +92,7 @@ async fn settle_and_check(
 }
 
 /// SIGTERM once the process is up; it must exit 0.
-async fn stop(app: &TestApp, name: &str, child: &mut Child) {
+async fn stop(app: &TestApp, name: &str, child: &mut Proc) {
     wait_started(app, name).await;
     let status = terminate(child, Duration::from_secs(20));
     assert!(
@@ -103,7 +102,7 @@ async fn stop(app: &TestApp, name: &str, child: &mut Child) {
     );
 }
 
-fn worker(app: &TestApp, name: &str) -> Child {
+fn worker(app: &TestApp, name: &str) -> Proc {
     spawn_role(app, &["worker"], name)
 }
 
@@ -202,6 +201,7 @@ async fn redis_stopped_for_ten_seconds_while_the_api_keeps_accepting() {
     );
     settle_and_check(&app, &ledger, 0, Duration::from_secs(60)).await;
     stop(&app, "w", &mut w).await;
+    stop(&app, "reclaimer-host", &mut reclaimer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

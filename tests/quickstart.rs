@@ -133,23 +133,25 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
         .await
         .expect("json");
 
-    let mut sink = Command::new(herald_bin())
-        .args([
-            "sink",
-            "--register",
-            "1",
-            "--user",
-            "u-42",
-            "--api",
-            &up.api,
-        ])
-        .args(["--sink-listen", &format!("127.0.0.1:{sink_port}")])
-        .arg("--out")
-        .arg(&arrivals)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start herald sink");
+    let mut sink = helpers::Proc(
+        Command::new(herald_bin())
+            .args([
+                "sink",
+                "--register",
+                "1",
+                "--user",
+                "u-42",
+                "--api",
+                &up.api,
+            ])
+            .args(["--sink-listen", &format!("127.0.0.1:{sink_port}")])
+            .arg("--out")
+            .arg(&arrivals)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start herald sink"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let list: Value = http

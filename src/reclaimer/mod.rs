@@ -287,7 +287,11 @@ impl Reclaimer {
     }
 
     /// Whether each entry's lease is held (someone is processing it right now).
-    async fn leased(&self, partition: u32, due: &[(&Pending, bool, Duration)]) -> anyhow::Result<Vec<bool>> {
+    async fn leased(
+        &self,
+        partition: u32,
+        due: &[(&Pending, bool, Duration)],
+    ) -> anyhow::Result<Vec<bool>> {
         if due.is_empty() {
             return Ok(Vec::new());
         }

@@ -351,7 +351,7 @@ pub fn herald_bin() -> PathBuf {
 
 /// A herald role as a real process, configured like `app` (same Redis, prefix,
 /// VAPID key, fast retries) through HERALD_* variables.
-pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> std::process::Child {
+pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> Proc {
     let s = &app.settings;
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     Command::new(herald_bin())
@@ -377,7 +377,31 @@ pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> std::process:
         .stdout(Stdio::null())
         .stderr(log_file(app, consumer))
         .spawn()
+        .map(Proc)
         .expect("start a herald process")
+}
+
+/// A child process that is killed when dropped, so a failing test leaves no orphan behind.
+pub struct Proc(pub Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `<data dir>/<name>.log`, appended to: a process's logs, kept for a failing test's reader.
