@@ -35,6 +35,7 @@ pub mod routing;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod stats;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod up;

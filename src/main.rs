@@ -64,6 +64,18 @@ enum Command {
     },
     /// A local push service that verifies and decrypts like a browser.
     Sink(SinkArgs),
+    /// Streams, groups, consumers, pending, lag, dead letters, spool depth.
+    Stats {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every this many seconds until Ctrl-C.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+        /// Only this consumer group.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Publish events from the shell, straight into the stream.
     Publish(PublishArgs),
     /// VAPID keys.
@@ -303,6 +315,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             run_sink(args, shutdown).await
         }
         Command::Publish(args) => publish(settings, args).await,
+        Command::Stats { json, watch, group } => stats(settings, json, watch, group).await,
         Command::Vapid {
             command: VapidCommand::Generate { out },
         } => {
@@ -416,6 +429,42 @@ async fn dlq(settings: Settings, command: DlqCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn stats(
+    settings: Settings,
+    json: bool,
+    watch: Option<u64>,
+    group: Option<String>,
+) -> anyhow::Result<()> {
+    let db = herald::db::Db::connect(&settings).await?;
+    let spool_dir = settings.spool_dir();
+    loop {
+        let stats = herald::stats::collect(&db, group.as_deref(), Some(&spool_dir)).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        } else {
+            if watch.is_some() {
+                // Clear the screen and go home, like watch(1).
+                print!("\x1b[2J\x1b[H");
+                println!(
+                    "herald stats, {} (every {}s, Ctrl-C to stop)\n",
+                    herald::event::format_time(chrono::Utc::now()),
+                    watch.unwrap_or(0)
+                );
+            }
+            print!("{}", herald::stats::table(&stats));
+        }
+        match watch {
+            Some(secs) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => {}
+                }
+            }
+            None => return Ok(()),
+        }
+    }
 }
 
 async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Result<()> {

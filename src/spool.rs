@@ -33,6 +33,32 @@ pub enum SpoolError {
     Io(#[from] std::io::Error),
 }
 
+/// How much waits in a spool, as read from its files (by `herald stats`, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Depth {
+    /// Events not yet in Redis.
+    pub records: u64,
+    /// Size of the spool file.
+    pub bytes: u64,
+}
+
+impl Depth {
+    /// Reads the depth of the spool in `dir` without taking its lock (read only).
+    pub fn read(dir: &Path) -> anyhow::Result<Depth> {
+        let mut file = File::open(dir.join("events.log")).context("cannot open the spool")?;
+        let mut raw = [0u8; 8];
+        let drained = File::open(dir.join("events.offset"))
+            .and_then(|mut f| f.read_exact(&mut raw))
+            .map(|()| u64::from_be_bytes(raw))
+            .unwrap_or(0);
+        let (len, starts) = scan(&mut file)?;
+        Ok(Depth {
+            records: starts.iter().filter(|s| **s >= drained).count() as u64,
+            bytes: len,
+        })
+    }
+}
+
 struct Inner {
     file: File,
     offset_file: File,
@@ -278,7 +304,17 @@ impl Drainer {
     /// Tries every `interval` until shutdown; a last try on the way out.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut failing = false;
+        let mut last_report = std::time::Instant::now();
         loop {
+            let backlog = self.spool.backlog();
+            if backlog > 0 && last_report.elapsed() >= Duration::from_secs(10) {
+                last_report = std::time::Instant::now();
+                tracing::warn!(
+                    backlog,
+                    bytes = self.spool.bytes(),
+                    "spool depth: events waiting for Redis"
+                );
+            }
             let stopping = shutdown.is_cancelled();
             if self.spool.backlog() > 0 {
                 match self.spool.drain(&self.publisher).await {

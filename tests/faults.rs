@@ -85,6 +85,11 @@ async fn settle_and_check(
     };
     assert_eq!(missing, 0);
     let duplicates: usize = deliveries(app).values().map(|n| n - 1).sum();
+    // The measured size of the one window left (README, Guarantees), shown in the test output.
+    eprintln!(
+        "ledger: {} accepted, all delivered or dead-lettered; {duplicates} duplicate push(es), {max_duplicates} allowed",
+        ledger.accepted.len()
+    );
     assert!(
         duplicates <= max_duplicates,
         "{duplicates} duplicate pushes, at most {max_duplicates} allowed"

@@ -1,0 +1,242 @@
+//! `herald stats`: what an operator asks first. Per stream its length; per
+//! group its lag, pending entries and the age of the oldest; per consumer its
+//! pending entries and idle time; the dead letters and their top reasons; the
+//! local spool's depth. Read from Redis with `XINFO`/`XPENDING`, nothing cached.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::path::Path;
+
+use redis::Value;
+use serde::Serialize;
+
+use crate::db::Db;
+
+/// Everything `herald stats` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub streams: Vec<StreamStats>,
+    /// The spool of the API whose data directory this is, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool: Option<crate::spool::Depth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStats {
+    pub partition: u32,
+    pub stream: String,
+    pub length: u64,
+    pub groups: Vec<GroupStats>,
+    pub dead_letters: u64,
+    /// Reasons of the newest dead letters (up to 1000 looked at), most frequent first.
+    pub dead_letter_reasons: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupStats {
+    pub name: String,
+    pub pending: u64,
+    /// Entries not yet read by the group (`null` when Redis cannot tell).
+    pub lag: Option<u64>,
+    pub last_delivered_id: String,
+    pub oldest_pending_id: Option<String>,
+    /// Milliseconds since the oldest pending entry entered the stream.
+    pub oldest_pending_age_ms: Option<u64>,
+    pub consumers: Vec<ConsumerStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerStats {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+fn text(map: &HashMap<String, Value>, key: &str) -> Option<String> {
+    map.get(key)
+        .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+}
+
+fn number(map: &HashMap<String, Value>, key: &str) -> Option<u64> {
+    text(map, key).and_then(|t| t.parse().ok())
+}
+
+/// Reads the numbers from Redis (and the spool in `spool_dir`, if it exists).
+pub async fn collect(
+    db: &Db,
+    group_filter: Option<&str>,
+    spool_dir: Option<&Path>,
+) -> anyhow::Result<Stats> {
+    let mut conn = db.conn().await?;
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let mut streams = Vec::new();
+    for partition in 0..db.keys.partitions() {
+        let stream = db.keys.stream(partition);
+        let dlq = db.keys.dead_letters(partition);
+        let length: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await?;
+        let dead_letters: u64 = redis::cmd("XLEN").arg(&dlq).query_async(&mut conn).await?;
+        let groups_info: Vec<HashMap<String, Value>> =
+            if length > 0 || exists(&mut conn, &stream).await? {
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&stream)
+                    .query_async(&mut conn)
+                    .await?
+            } else {
+                Vec::new()
+            };
+        let mut groups = Vec::new();
+        for g in groups_info {
+            let Some(name) = text(&g, "name") else {
+                continue;
+            };
+            if group_filter.is_some_and(|f| f != name) {
+                continue;
+            }
+            let pending = number(&g, "pending").unwrap_or(0);
+            let (mut oldest_pending_id, mut oldest_pending_age_ms) = (None, None);
+            if pending > 0 {
+                let summary: (u64, Option<String>, Option<String>, Value) = redis::cmd("XPENDING")
+                    .arg(&stream)
+                    .arg(&name)
+                    .query_async(&mut conn)
+                    .await?;
+                if let Some(id) = summary.1 {
+                    let ms: u64 = id
+                        .split('-')
+                        .next()
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(now_ms);
+                    oldest_pending_age_ms = Some(now_ms.saturating_sub(ms));
+                    oldest_pending_id = Some(id);
+                }
+            }
+            let consumers_info: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg(&name)
+                .query_async(&mut conn)
+                .await?;
+            let consumers = consumers_info
+                .iter()
+                .filter_map(|c| {
+                    Some(ConsumerStats {
+                        name: text(c, "name")?,
+                        pending: number(c, "pending").unwrap_or(0),
+                        idle_ms: number(c, "idle").unwrap_or(0),
+                    })
+                })
+                .collect();
+            groups.push(GroupStats {
+                name,
+                pending,
+                lag: number(&g, "lag"),
+                last_delivered_id: text(&g, "last-delivered-id").unwrap_or_default(),
+                oldest_pending_id,
+                oldest_pending_age_ms,
+                consumers,
+            });
+        }
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        if dead_letters > 0 {
+            let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+                .arg(&dlq)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            for (_, fields) in newest {
+                let reason = fields
+                    .get("dlq.reason")
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into());
+                *reasons.entry(reason).or_default() += 1;
+            }
+        }
+        let mut dead_letter_reasons: Vec<(String, u64)> = reasons.into_iter().collect();
+        dead_letter_reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        streams.push(StreamStats {
+            partition,
+            stream,
+            length,
+            groups,
+            dead_letters,
+            dead_letter_reasons,
+        });
+    }
+    let spool = match spool_dir {
+        Some(dir) if dir.join("events.log").exists() => Some(crate::spool::Depth::read(dir)?),
+        _ => None,
+    };
+    Ok(Stats { streams, spool })
+}
+
+async fn exists(conn: &mut deadpool_redis::Connection, key: &str) -> anyhow::Result<bool> {
+    let n: u64 = redis::cmd("EXISTS").arg(key).query_async(conn).await?;
+    Ok(n == 1)
+}
+
+fn age(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+}
+
+/// The terminal table.
+pub fn table(stats: &Stats) -> String {
+    let mut out = String::new();
+    for s in &stats.streams {
+        let _ = writeln!(
+            out,
+            "stream {}  length {}  dead letters {}",
+            s.stream, s.length, s.dead_letters
+        );
+        if !s.dead_letter_reasons.is_empty() {
+            let reasons: Vec<String> = s
+                .dead_letter_reasons
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  dead-letter reasons (newest 1000): {}",
+                reasons.join(", ")
+            );
+        }
+        if s.groups.is_empty() {
+            let _ = writeln!(out, "  no consumer group yet (no worker has run)");
+        }
+        for g in &s.groups {
+            let lag = g.lag.map_or("unknown".to_string(), |l| l.to_string());
+            let oldest = match (&g.oldest_pending_id, g.oldest_pending_age_ms) {
+                (Some(id), Some(ms)) => format!("  oldest pending {id} ({} old)", age(ms)),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  group {}  lag {lag}  pending {}{oldest}",
+                g.name, g.pending
+            );
+            for c in &g.consumers {
+                let _ = writeln!(
+                    out,
+                    "    consumer {:<40} pending {:<6} idle {}",
+                    c.name,
+                    c.pending,
+                    age(c.idle_ms)
+                );
+            }
+        }
+    }
+    if let Some(spool) = &stats.spool {
+        let _ = writeln!(
+            out,
+            "spool  {} event(s) waiting, {} bytes",
+            spool.records, spool.bytes
+        );
+    }
+    out
+}
