@@ -12,6 +12,7 @@
 //! | `{P:pN}:retry-at` | hash | stream id → unix ms before which a pending entry must not be retried |
 //! | `{P:pN}:tombstone:<stream id>` | string | set once a deleted-while-pending entry got its tombstone (expires) |
 //! | `{P:pN}:lease:<stream id>` | string | the consumer processing that entry right now (expires; heartbeats extend it) |
+//! | `{P:pN}:order-lock:<key digest>` | string | the stream id of the event of that key being processed (expires) |
 //! | `{P:pN}:order:<key digest>` | string | `<publish_at ms> <event id>` of the newest event applied for an ordering key (expires) |
 //! | `{P:subs}:sub:<id>` | hash | one push subscription: endpoint, keys, user, interests |
 //! | `{P:subs}:user:<user>` | set | subscription ids of one user |
@@ -72,6 +73,11 @@ impl Keys {
     /// Marks that a deleted-while-pending entry was recorded, so it is recorded once.
     pub fn tombstone(&self, partition: u32, stream_id: &str) -> String {
         format!("{{{}:p{partition}}}:tombstone:{stream_id}", self.prefix)
+    }
+
+    /// Which entry of an ordering key is being processed right now.
+    pub fn order_lock(&self, partition: u32, key_digest: &str) -> String {
+        format!("{{{}:p{partition}}}:order-lock:{key_digest}", self.prefix)
     }
 
     /// Who is processing an entry right now; same slot as the stream.
@@ -152,6 +158,7 @@ mod tests {
             assert_eq!(hash_tag(&keys.tombstone(p, "1-0")), tag);
             assert_eq!(hash_tag(&keys.order(p, "ab12")), tag);
             assert_eq!(hash_tag(&keys.lease(p, "1-0")), tag);
+            assert_eq!(hash_tag(&keys.order_lock(p, "ab12")), tag);
             assert_eq!(keys.partition_of(&keys.stream(p)), Some(p));
         }
         assert_ne!(hash_tag(&keys.stream(0)), hash_tag(&keys.stream(1)));

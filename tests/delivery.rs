@@ -31,6 +31,16 @@ async fn an_older_update_arriving_after_a_newer_one_is_superseded_not_pushed() {
     let app = TestApp::start().await;
     app.register_device("u-1").await;
     publish_update(&app, "12가3456", "2026-11-21T10:00:05Z", "newer").await;
+    let first = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    assert!(matches!(
+        first.entries[0].1,
+        EntryOutcome::Acked { delivered: 1, .. }
+    ));
+    // The older update of the same vehicle arrives late; another vehicle's is unaffected.
     publish_update(&app, "12가3456", "2026-11-21T10:00:01Z", "older").await;
     publish_update(&app, "other-car", "2026-11-21T10:00:01Z", "other key").await;
     let batch = app
@@ -39,16 +49,12 @@ async fn an_older_update_arriving_after_a_newer_one_is_superseded_not_pushed() {
         .await
         .expect("batch");
     let outcomes: Vec<&EntryOutcome> = batch.entries.iter().map(|(_, o)| o).collect();
-    assert!(matches!(
-        outcomes[0],
-        EntryOutcome::Acked { delivered: 1, .. }
-    ));
     assert!(
-        matches!(outcomes[1], EntryOutcome::Superseded { .. }),
+        matches!(outcomes[0], EntryOutcome::Superseded { .. }),
         "{outcomes:?}"
     );
     assert!(matches!(
-        outcomes[2],
+        outcomes[1],
         EntryOutcome::Acked { delivered: 1, .. }
     ));
     let titles: Vec<String> = app
@@ -62,12 +68,43 @@ async fn an_older_update_arriving_after_a_newer_one_is_superseded_not_pushed() {
                 .to_string()
         })
         .collect();
-    assert!(titles.contains(&"newer".to_string()) && titles.contains(&"other key".to_string()));
-    assert!(
-        !titles.contains(&"older".to_string()),
+    assert_eq!(
+        titles,
+        vec!["newer".to_string(), "other key".to_string()],
         "the stale update was not pushed"
     );
     assert_eq!(app.pending(), 0, "the superseded entry is acknowledged");
+}
+
+#[tokio::test]
+async fn updates_of_one_key_in_one_batch_are_pushed_one_at_a_time_newest_last() {
+    let app = TestApp::start().await;
+    app.register_device("u-1").await;
+    app.sink.set_delay(Duration::from_millis(50));
+    for (n, t) in ["10:00:01", "10:00:02", "10:00:03", "10:00:04"]
+        .iter()
+        .enumerate()
+    {
+        publish_update(
+            &app,
+            "car-9",
+            &format!("2026-11-21T{t}Z"),
+            &format!("update {n}"),
+        )
+        .await;
+    }
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    let delivered = app.sink.delivered();
+    let last = delivered.last().expect("at least one push");
+    assert_eq!(
+        last.plaintext.as_ref().expect("decrypted")["title"],
+        "update 3",
+        "the newest is pushed last"
+    );
+    assert_eq!(app.pending(), 0);
 }
 
 #[tokio::test]

@@ -81,6 +81,16 @@ static BEGIN: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static REFRESH: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static RELEASE: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 
+/// How often an entry in progress refreshes its idle time and lease: twice per base delay.
+fn heartbeat_interval(base_delay: Duration) -> Duration {
+    (base_delay / 2).max(Duration::from_millis(50))
+}
+
+/// How long a lease (or a key's lock) lasts without a heartbeat: several heartbeats, at least a second.
+fn lease(base_delay: Duration) -> Duration {
+    (heartbeat_interval(base_delay) * 3).max(Duration::from_secs(1))
+}
+
 /// How one target device of an event fared.
 enum TargetResult {
     Done(&'static str),
@@ -124,6 +134,7 @@ impl Worker {
             ordering: Ordering::new(
                 db.clone(),
                 policy.horizon().max(settings.events.dedup_window),
+                lease(policy.base_delay),
             ),
             dead_letters: DeadLetters::new(
                 db.clone(),
@@ -521,6 +532,18 @@ impl Worker {
         outcome
     }
 
+    /// Dead-letters one device's share of an event; the entry stays for the other devices.
+    async fn dead_letter_device(
+        &self,
+        entry: &Entry,
+        fields: &HashMap<String, String>,
+        why: &DeadLetter,
+    ) -> anyhow::Result<String> {
+        self.dead_letters
+            .write(&entry.stream, &entry.id, fields, &self.consumer, why, false)
+            .await
+    }
+
     async fn dead_letter_entry(&self, entry: &Entry, why: DeadLetter) -> EntryOutcome {
         let empty = HashMap::new();
         let fields = entry.fields.as_ref().unwrap_or(&empty);
@@ -544,11 +567,15 @@ impl Worker {
     ) -> EntryOutcome {
         let keys = &self.db.keys;
         let partition = keys.partition_of(&entry.stream).unwrap_or(0);
-        let outcomes_key = keys.outcomes(partition, &event.id);
-        match self.ordering.apply(partition, event).await {
+        match self.ordering.apply(partition, &entry.id, event).await {
             Ok(Order::Newest) => {}
             Ok(Order::Superseded { by }) => {
                 return self.ack(entry, EntryOutcome::Superseded { by }).await
+            }
+            Ok(Order::Busy) => {
+                return EntryOutcome::Pending {
+                    reason: "another event of its key is still being processed".into(),
+                }
             }
             Err(e) => {
                 return EntryOutcome::Pending {
@@ -556,6 +583,23 @@ impl Worker {
                 }
             }
         }
+        let outcome = self
+            .deliver_to_targets(entry, fields, event, partition)
+            .await;
+        if let Err(e) = self.ordering.release(partition, &entry.id, event).await {
+            tracing::debug!(error = %format!("{e:#}"), "cannot unlock the key; the lock expires by itself");
+        }
+        outcome
+    }
+
+    async fn deliver_to_targets(
+        &self,
+        entry: &Entry,
+        fields: &HashMap<String, String>,
+        event: &Event,
+        partition: u32,
+    ) -> EntryOutcome {
+        let outcomes_key = self.db.keys.outcomes(partition, &event.id);
         let targets = match self.router.targets(event).await {
             Ok(Some(targets)) => targets,
             Ok(None) => return self.ack(entry, EntryOutcome::NoTarget).await,
@@ -599,18 +643,7 @@ impl Worker {
                 subscription: Some(bad.id.clone()),
                 ..DeadLetter::default()
             };
-            match self
-                .dead_letters
-                .write(
-                    &entry.stream,
-                    &entry.id,
-                    fields,
-                    &self.consumer,
-                    &why,
-                    false,
-                )
-                .await
-            {
+            match self.dead_letter_device(entry, fields, &why).await {
                 Ok(_) => *tally.entry("dead").or_default() += 1,
                 Err(e) => failures.push((
                     bad.id.clone(),
@@ -655,18 +688,7 @@ impl Worker {
                     attempts: entry.deliveries,
                     subscription: Some(sub.clone()),
                 };
-                match self
-                    .dead_letters
-                    .write(
-                        &entry.stream,
-                        &entry.id,
-                        fields,
-                        &self.consumer,
-                        &why,
-                        false,
-                    )
-                    .await
-                {
+                match self.dead_letter_device(entry, fields, &why).await {
                     Ok(_) => *tally.entry("dead").or_default() += 1,
                     Err(_) => still_failing += 1,
                 }
@@ -732,18 +754,7 @@ impl Worker {
                     attempts: entry.deliveries,
                     subscription: Some(sub.id.clone()),
                 };
-                return match self
-                    .dead_letters
-                    .write(
-                        &entry.stream,
-                        &entry.id,
-                        fields,
-                        &self.consumer,
-                        &why,
-                        false,
-                    )
-                    .await
-                {
+                return match self.dead_letter_device(entry, fields, &why).await {
                     Ok(_) => TargetResult::Done("dead"),
                     Err(e) => TargetResult::Failed {
                         sub: sub.id.clone(),
