@@ -81,6 +81,9 @@ static BEGIN: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static REFRESH: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static RELEASE: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 
+/// How long a worker keeps trying to record a device's outcome while Redis is away.
+const MARKER_PATIENCE: Duration = Duration::from_secs(30);
+
 /// How often an entry in progress refreshes its idle time and lease: twice per base delay.
 fn heartbeat_interval(base_delay: Duration) -> Duration {
     (base_delay / 2).max(Duration::from_millis(50))
@@ -777,7 +780,21 @@ impl Worker {
         TargetResult::Done(marker)
     }
 
+    /// Writes a device's marker, retrying while Redis is unreachable (up to
+    /// `MARKER_PATIENCE`): the device already has the event, and a marker lost to a
+    /// Redis blip would mean a second push on the retry.
     async fn mark(&self, outcomes_key: &str, sub: &str, marker: &str) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + MARKER_PATIENCE;
+        loop {
+            match self.mark_once(outcomes_key, sub, marker).await {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    async fn mark_once(&self, outcomes_key: &str, sub: &str, marker: &str) -> anyhow::Result<()> {
         let mut conn = self.db.conn().await?;
         redis::pipe()
             .cmd("HSET")
