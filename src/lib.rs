@@ -5,17 +5,22 @@
 //!
 //! - [`ingest`]: the HTTP API; validates events ([`event`]) and subscriptions
 //!   ([`subscriptions`]), and hands events to [`publish`], which adds them to a
-//!   stream idempotently.
-//! - [`worker`]: a consumer in the group; reads entries, finds their target
-//!   subscriptions ([`routing`]), pushes with [`push`] (encryption, VAPID,
-//!   classification of the answer) and acknowledges.
+//!   stream idempotently, or to the [`spool`] while Redis cannot take them.
+//! - [`worker`]: a consumer in the group; reads entries, lets only the newest
+//!   update of a key through ([`ordering`]), finds the target subscriptions
+//!   ([`routing`]), pushes with [`push`] (encryption, VAPID, classification of
+//!   the answer, per-service breaker) and acknowledges.
+//! - [`reclaimer`]: retries pending entries when their backoff ([`retry`]) is
+//!   up, moves what keeps failing to the [`dead_letter`] stream (announced by
+//!   [`alerts`]), and applies [`retention`].
 //! - [`sink`]: a local push service that verifies and decrypts like a browser,
 //!   for development, tests and benchmarks.
-//! - [`up`]: every role in one process, with an [`embedded_redis`] when no Redis
-//!   is configured.
+//! - [`up`]: the roles as the binary runs them, with an [`embedded_redis`] when
+//!   no Redis is configured; [`stats`] is what `herald stats` shows.
 //!
 //! Around them: [`config`] (settings), [`keys`] (every Redis key name), [`db`]
-//! (connections), [`shutdown`] (signals and stopping), [`telemetry`] (logs).
+//! (connections, durability check, scripts), [`shutdown`] (signals and
+//! stopping), [`telemetry`] (logs).
 
 pub mod alerts;
 pub mod config;
