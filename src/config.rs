@@ -30,6 +30,23 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub retention: RetentionSettings,
     pub spool: SpoolSettings,
+    pub routing: RoutingSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// A topic event that matches no subscription: `count` (acknowledge, log) or `dead-letter`.
+    pub unroutable: Unroutable,
+}
+
+/// What becomes of a topic event that matches no subscription.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unroutable {
+    #[default]
+    Count,
+    DeadLetter,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,6 +306,7 @@ impl Default for Settings {
             alerts: AlertSettings::default(),
             retention: RetentionSettings::default(),
             spool: SpoolSettings::default(),
+            routing: RoutingSettings::default(),
         }
     }
 }

@@ -158,15 +158,8 @@ impl EventInput {
             None => uuid::Uuid::now_v7().to_string(),
         };
         check_topic(&self.topic)?;
-        match &self.user {
-            Some(user) => check_identifier("user", user, 128)?,
-            // Refused rather than accepted and dropped until topic routing exists.
-            None => {
-                return Err(InvalidField::new(
-                    "user",
-                    "is required: this version delivers to a user's devices only (topic routing is not available yet)",
-                ))
-            }
+        if let Some(user) = &self.user {
+            check_identifier("user", user, 128)?;
         }
         if let Some(key) = &self.key {
             if key.is_empty() || key.len() > 256 {

@@ -383,25 +383,63 @@ impl Store {
         anyhow::bail!("subscription {id} changed owner concurrently {ATTEMPTS} times; try again")
     }
 
+    /// The version counter, bumped by every change of any subscription.
+    pub async fn version(&self) -> anyhow::Result<i64> {
+        let mut conn = self.db.conn().await?;
+        let v: Option<i64> = redis::cmd("GET")
+            .arg(self.db.keys.subscriptions_version())
+            .query_async(&mut conn)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Every subscription, and the ones that cannot be read back.
+    pub async fn all(&self) -> anyhow::Result<(Vec<Subscription>, Vec<Unreadable>)> {
+        let mut conn = self.db.conn().await?;
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.db.keys.all_subscriptions())
+            .query_async(&mut conn)
+            .await?;
+        ids.sort();
+        drop(conn);
+        let mut good = Vec::with_capacity(ids.len());
+        let mut bad = Vec::new();
+        for chunk in ids.chunks(1000) {
+            for found in self.fetch(chunk).await? {
+                match found {
+                    Ok(sub) => good.push(sub),
+                    Err(e) => bad.push(e),
+                }
+            }
+        }
+        Ok((good, bad))
+    }
+
     /// Every subscription of one user. Unreadable ones are returned as errors, by id.
     pub async fn for_user(
         &self,
         user: &str,
     ) -> anyhow::Result<Vec<Result<Subscription, Unreadable>>> {
-        let keys = &self.db.keys;
         let mut conn = self.db.conn().await?;
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys.user_subscriptions(user))
+            .arg(self.db.keys.user_subscriptions(user))
             .query_async(&mut conn)
             .await?;
         ids.sort();
+        drop(conn);
+        self.fetch(&ids).await
+    }
+
+    /// The subscriptions with these ids, in one pipeline; ids deleted meanwhile are skipped.
+    async fn fetch(&self, ids: &[String]) -> anyhow::Result<Vec<Result<Subscription, Unreadable>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGETALL").arg(keys.subscription(id));
+        for id in ids {
+            pipe.cmd("HGETALL").arg(self.db.keys.subscription(id));
         }
+        let mut conn = self.db.conn().await?;
         let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         Ok(ids
             .iter()

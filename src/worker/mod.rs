@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::alerts::Alerts;
-use crate::config::Settings;
+use crate::config::{Settings, Unroutable};
 use crate::db::{script, Db};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
@@ -117,6 +117,8 @@ pub struct Worker {
     grace: Duration,
     /// Read with NOACK (at-most-once).
     noack: bool,
+    /// What becomes of a topic event that matches no subscription.
+    unroutable: Unroutable,
     /// Pushes in flight, across all entries of this process.
     push_permits: Arc<Semaphore>,
     /// Entries in flight: bounds memory when pushes are slow.
@@ -151,6 +153,7 @@ impl Worker {
             batch_size: settings.worker.batch_size,
             block: settings.worker.block,
             noack: settings.worker.delivery == crate::config::Delivery::AtMostOnce,
+            unroutable: settings.routing.unroutable,
             grace: settings.worker.shutdown_grace,
             push_permits: Arc::new(Semaphore::new(concurrency)),
             entry_permits: Arc::new(Semaphore::new(concurrency.max(settings.worker.batch_size))),
@@ -604,15 +607,23 @@ impl Worker {
     ) -> EntryOutcome {
         let outcomes_key = self.db.keys.outcomes(partition, &event.id);
         let targets = match self.router.targets(event).await {
-            Ok(Some(targets)) => targets,
-            Ok(None) => return self.ack(entry, EntryOutcome::NoTarget).await,
+            Ok(targets) => targets,
             Err(e) => {
                 return EntryOutcome::Pending {
                     reason: format!("cannot read subscriptions: {e:#}"),
                 }
             }
         };
-        if targets.subscriptions.is_empty() && targets.unreadable.is_empty() {
+        if targets.is_empty() {
+            if event.user.is_none() && self.unroutable == Unroutable::DeadLetter {
+                let why = DeadLetter {
+                    reason: "unroutable".into(),
+                    last_error: Some(format!("no subscription matches topic {}", event.topic)),
+                    attempts: entry.deliveries,
+                    ..DeadLetter::default()
+                };
+                return self.dead_letter_entry(entry, why).await;
+            }
             return self.ack(entry, EntryOutcome::NoTarget).await;
         }
         // Still ours? And which devices are done already (an earlier attempt, another worker)?

@@ -1,0 +1,123 @@
+//! Topic patterns in a trie over words, AMQP style: `*` matches exactly one
+//! word, `#` zero or more. Matching walks the topic's words once per branch, so
+//! it stays fast with many thousands of patterns.
+
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Default)]
+struct Node {
+    words: HashMap<String, Node>,
+    star: Option<Box<Node>>,
+    hash: Option<Box<Node>>,
+    /// Values whose pattern ends here.
+    values: Vec<u32>,
+}
+
+/// Patterns and the values (subscription indexes) they stand for.
+#[derive(Debug, Default)]
+pub struct PatternTrie {
+    root: Node,
+    len: usize,
+}
+
+impl PatternTrie {
+    pub fn insert(&mut self, pattern: &str, value: u32) {
+        let mut node = &mut self.root;
+        for word in pattern.split('.') {
+            node = match word {
+                "*" => node.star.get_or_insert_with(Box::default),
+                "#" => node.hash.get_or_insert_with(Box::default),
+                w => node.words.entry(w.to_string()).or_default(),
+            };
+        }
+        node.values.push(value);
+        self.len += 1;
+    }
+
+    /// Patterns stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds to `out` the values of every pattern that matches `topic`.
+    pub fn matches(&self, topic: &str, out: &mut HashSet<u32>) {
+        let words: Vec<&str> = topic.split('.').collect();
+        walk(&self.root, &words, out);
+    }
+}
+
+fn walk(node: &Node, words: &[&str], out: &mut HashSet<u32>) {
+    if let Some(hash) = &node.hash {
+        // `#` takes zero, one, ... or all of the remaining words.
+        for skip in 0..=words.len() {
+            walk(hash, &words[skip..], out);
+        }
+    }
+    let Some((first, rest)) = words.split_first() else {
+        out.extend(&node.values);
+        return;
+    };
+    if let Some(child) = node.words.get(*first) {
+        walk(child, rest, out);
+    }
+    if let Some(star) = &node.star {
+        walk(star, rest, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matching(patterns: &[&str], topic: &str) -> Vec<u32> {
+        let mut trie = PatternTrie::default();
+        for (i, p) in patterns.iter().enumerate() {
+            trie.insert(p, i as u32);
+        }
+        let mut out = HashSet::new();
+        trie.matches(topic, &mut out);
+        let mut v: Vec<u32> = out.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn words_star_and_hash_follow_amqp() {
+        let p = [
+            "parking.lot-7.entry",
+            "parking.*.entry",
+            "parking.#",
+            "#",
+            "parking.#.exit",
+            "*.lot-7",
+            "a.#.b",
+        ];
+        assert_eq!(matching(&p, "parking.lot-7.entry"), vec![0, 1, 2, 3]);
+        assert_eq!(matching(&p, "parking.lot-7.exit"), vec![2, 3, 4]);
+        assert_eq!(
+            matching(&p, "parking.exit"),
+            vec![2, 3, 4],
+            "# matches zero words"
+        );
+        assert_eq!(
+            matching(&p, "parking"),
+            vec![2, 3],
+            "parking.# matches parking itself"
+        );
+        assert_eq!(matching(&p, "garage.lot-7"), vec![3, 5]);
+        assert_eq!(matching(&p, "a.b"), vec![3, 6]);
+        assert_eq!(matching(&p, "a.x.y.b"), vec![3, 6]);
+    }
+
+    #[test]
+    fn star_never_matches_zero_words_and_matching_is_case_sensitive() {
+        assert!(matching(&["parking.*"], "parking").is_empty());
+        assert!(matching(&["parking.*.entry"], "parking.entry").is_empty());
+        assert!(matching(&["Parking.#"], "parking.lot").is_empty());
+        assert_eq!(matching(&["parking.*"], "parking.x"), vec![0]);
+    }
+}

@@ -1,0 +1,140 @@
+//! Messaging patterns through the real API and worker: direct, topic with
+//! wildcards, fan-out, header filters, unroutable events.
+
+mod helpers;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use helpers::TestApp;
+use herald::config::Unroutable;
+use herald::worker::EntryOutcome;
+use serde_json::{json, Value};
+
+/// Registers a sink device with these interests; returns its id.
+async fn subscribe(app: &TestApp, interests: Value) -> String {
+    let (id, subscription) = app.sink.new_subscription();
+    let mut body = interests;
+    body["subscription"] = subscription;
+    let (status, answer) = app.post("/v1/subscriptions", &body).await;
+    assert_eq!(status, 201, "{answer}");
+    id
+}
+
+async fn publish(app: &TestApp, event: Value) {
+    let (status, body) = app.post("/v1/events", &event).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+/// Which devices got the event with this title.
+fn receivers(app: &TestApp, title: &str) -> BTreeSet<String> {
+    app.sink
+        .delivered()
+        .into_iter()
+        .filter(|a| a.plaintext.as_ref().is_some_and(|p| p["title"] == title))
+        .map(|a| a.subscription)
+        .collect()
+}
+
+#[tokio::test]
+async fn topic_wildcards_fan_out_and_header_filters_pick_the_devices() {
+    let app = TestApp::start().await;
+    let lot7 = subscribe(&app, json!({"topics": ["parking.lot-7.*"]})).await;
+    let everyone = subscribe(&app, json!({"topics": ["#"]})).await;
+    let entries = subscribe(
+        &app,
+        json!({"topics": ["parking.#"], "headers": {"match": "all", "values": {"kind": "entry"}}}),
+    )
+    .await;
+    let lot9_any = subscribe(
+        &app,
+        json!({"headers": {"match": "any", "values": {"lot": "9", "vip": "yes"}}}),
+    )
+    .await;
+    let direct = subscribe(&app, json!({"user": "u-1"})).await;
+
+    publish(&app, json!({"topic": "parking.lot-7.entry", "headers": {"lot": "7", "kind": "entry"}, "notification": {"title": "a"}})).await;
+    publish(&app, json!({"topic": "parking.lot-9.exit", "headers": {"lot": "9", "kind": "exit"}, "notification": {"title": "b"}})).await;
+    publish(
+        &app,
+        json!({"topic": "billing.paid", "notification": {"title": "c"}}),
+    )
+    .await;
+    // Direct wins: only the user's devices, whatever their topics.
+    publish(
+        &app,
+        json!({"topic": "parking.lot-7.entry", "user": "u-1", "notification": {"title": "d"}}),
+    )
+    .await;
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    assert_eq!(batch.acked(), 4, "{batch:?}");
+
+    assert_eq!(
+        receivers(&app, "a"),
+        BTreeSet::from([lot7.clone(), everyone.clone(), entries.clone()])
+    );
+    assert_eq!(
+        receivers(&app, "b"),
+        BTreeSet::from([everyone.clone(), lot9_any.clone()])
+    );
+    assert_eq!(receivers(&app, "c"), BTreeSet::from([everyone.clone()]));
+    assert_eq!(receivers(&app, "d"), BTreeSet::from([direct]));
+}
+
+#[tokio::test]
+async fn a_new_subscription_is_routed_to_without_a_restart() {
+    let app = TestApp::start().await;
+    publish(
+        &app,
+        json!({"topic": "news.today", "notification": {"title": "before"}}),
+    )
+    .await;
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    assert_eq!(batch.entries[0].1, EntryOutcome::NoTarget);
+    let reader = subscribe(&app, json!({"topics": ["news.*"]})).await;
+    tokio::time::sleep(herald::routing::REFRESH_EVERY + Duration::from_millis(50)).await;
+    publish(
+        &app,
+        json!({"topic": "news.today", "notification": {"title": "after"}}),
+    )
+    .await;
+    app.worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    assert_eq!(receivers(&app, "after"), BTreeSet::from([reader]));
+}
+
+#[tokio::test]
+async fn unroutable_topic_events_are_dead_lettered_when_configured() {
+    let app = TestApp::start_with(|s| s.routing.unroutable = Unroutable::DeadLetter).await;
+    subscribe(&app, json!({"topics": ["parking.#"]})).await;
+    publish(
+        &app,
+        json!({"topic": "billing.paid", "notification": {"title": "nobody"}}),
+    )
+    .await;
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("batch");
+    assert_eq!(
+        batch.entries[0].1,
+        EntryOutcome::DeadLettered {
+            reason: "unroutable".into()
+        }
+    );
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "unroutable");
+    assert_eq!(app.pending(), 0);
+}
