@@ -35,7 +35,11 @@ fn main() {
         .collect();
     let started = Instant::now();
     let index = Index::build(1, subscriptions);
-    println!("built an index of {} subscriptions in {:.0} ms", index.len(), started.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "built an index of {} subscriptions in {:.0} ms",
+        index.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
 
     let headers = BTreeMap::from([("kind".to_string(), "entry".to_string())]);
     let events = 200_000u32;
