@@ -323,3 +323,40 @@ async fn a_worker_restarted_under_the_same_name_first_finishes_its_own_pending_e
         .expect("worker task")
         .expect("worker stops cleanly");
 }
+
+#[tokio::test]
+async fn a_fan_out_wider_than_the_concurrency_reaches_every_device_once() {
+    let app = TestApp::start_with(|s| s.worker.concurrency = 2).await;
+    let mut devices = std::collections::BTreeSet::new();
+    for _ in 0..7 {
+        devices.insert(app.register_device("u-13").await);
+    }
+    app.sink.set_delay(Duration::from_millis(20));
+    app.publish_to("u-13", "to all seven").await;
+    let batch = app
+        .worker
+        .process_batch(0, Duration::from_secs(1))
+        .await
+        .expect("a batch");
+    assert_eq!(
+        batch.entries[0].1,
+        EntryOutcome::Acked {
+            delivered: 7,
+            gone: 0,
+            dead: 0
+        }
+    );
+    let reached: Vec<String> = app
+        .sink
+        .delivered()
+        .into_iter()
+        .map(|a| a.subscription)
+        .collect();
+    assert_eq!(reached.len(), 7);
+    assert_eq!(
+        reached
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        devices
+    );
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -117,6 +117,8 @@ pub struct Worker {
     grace: Duration,
     /// Read with NOACK (at-most-once).
     noack: bool,
+    /// Pushes of one event started at once.
+    fanout_width: usize,
     /// What becomes of a topic event that matches no subscription.
     unroutable: Unroutable,
     /// Pushes in flight, across all entries of this process.
@@ -153,6 +155,7 @@ impl Worker {
             batch_size: settings.worker.batch_size,
             block: settings.worker.block,
             noack: settings.worker.delivery == crate::config::Delivery::AtMostOnce,
+            fanout_width: concurrency,
             unroutable: settings.routing.unroutable,
             grace: settings.worker.shutdown_grace,
             push_permits: Arc::new(Semaphore::new(concurrency)),
@@ -670,11 +673,16 @@ impl Worker {
             .iter()
             .filter(|s| !done.contains_key(&s.id))
             .collect();
-        let results = join_all(
-            todo.into_iter()
-                .map(|sub| self.push_one(entry, fields, event, sub, &outcomes_key)),
-        )
-        .await;
+        // At most `fanout_width` pushes of one event are started at once, so a
+        // 100,000-device fan-out holds a bounded number of futures in memory.
+        // The iterator makes each push's future only when a slot frees up.
+        // (Indexes, not references, in the closure: it keeps the future `Send` for any lifetime.)
+        let pushes =
+            (0..todo.len()).map(|i| self.push_one(entry, fields, event, todo[i], &outcomes_key));
+        let results: Vec<TargetResult> = futures::stream::iter(pushes)
+            .buffer_unordered(self.fanout_width)
+            .collect()
+            .await;
         for result in results {
             match result {
                 TargetResult::Done(kind) => *tally.entry(kind).or_default() += 1,
