@@ -36,14 +36,6 @@ async fn receiver(status: u16) -> (String, Arc<Mutex<Vec<Value>>>) {
     (url, got)
 }
 
-fn bad(status: u16) -> Fault {
-    Fault {
-        status,
-        retry_after: None,
-        delay_ms: None,
-    }
-}
-
 #[tokio::test]
 async fn dead_letters_are_summarised_by_reason_in_one_call_per_interval() {
     let (url, got) = receiver(204).await;
@@ -60,8 +52,15 @@ async fn dead_letters_are_summarised_by_reason_in_one_call_per_interval() {
     );
     let worker = Worker::new(app.db.clone(), app.pusher.clone(), &app.settings, alerts);
     let device = app.register_device("u-1").await;
-    app.sink
-        .add_faults(&device, vec![bad(400), bad(400), bad(400), bad(413)]);
+    app.sink.add_faults(
+        &device,
+        vec![
+            Fault::status(400),
+            Fault::status(400),
+            Fault::status(400),
+            Fault::status(413),
+        ],
+    );
     for n in 0..4 {
         app.publish_to("u-1", &format!("e{n}")).await;
     }
@@ -97,7 +96,7 @@ async fn a_failing_webhook_does_not_hold_up_processing() {
     );
     let worker = Worker::new(app.db.clone(), app.pusher.clone(), &app.settings, alerts);
     let device = app.register_device("u-2").await;
-    app.sink.add_faults(&device, vec![bad(400); 50]);
+    app.sink.add_faults(&device, vec![Fault::status(400); 50]);
     for n in 0..50 {
         app.publish_to("u-2", &format!("e{n}")).await;
     }

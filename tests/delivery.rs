@@ -31,11 +31,7 @@ async fn an_older_update_arriving_after_a_newer_one_is_superseded_not_pushed() {
     let app = TestApp::start().await;
     app.register_device("u-1").await;
     publish_update(&app, "12가3456", "2026-11-21T10:00:05Z", "newer").await;
-    let first = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let first = app.step().await;
     assert!(matches!(
         first.entries[0].1,
         EntryOutcome::Acked { delivered: 1, .. }
@@ -43,11 +39,7 @@ async fn an_older_update_arriving_after_a_newer_one_is_superseded_not_pushed() {
     // The older update of the same vehicle arrives late; another vehicle's is unaffected.
     publish_update(&app, "12가3456", "2026-11-21T10:00:01Z", "older").await;
     publish_update(&app, "other-car", "2026-11-21T10:00:01Z", "other key").await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let batch = app.step().await;
     let outcomes: Vec<&EntryOutcome> = batch.entries.iter().map(|(_, o)| o).collect();
     assert!(
         matches!(outcomes[0], EntryOutcome::Superseded { .. }),
@@ -93,10 +85,7 @@ async fn updates_of_one_key_in_one_batch_are_pushed_one_at_a_time_newest_last() 
         )
         .await;
     }
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let delivered = app.sink.delivered();
     let last = delivered.last().expect("at least one push");
     assert_eq!(
@@ -112,23 +101,10 @@ async fn updates_in_order_are_all_pushed_and_a_retry_of_the_newest_is_not_supers
     let app = TestApp::start().await;
     let device = app.register_device("u-1").await;
     publish_update(&app, "car-1", "2026-11-21T10:00:01Z", "first").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
-    app.sink.add_faults(
-        &device,
-        vec![Fault {
-            status: 503,
-            retry_after: None,
-            delay_ms: None,
-        }],
-    );
+    app.step().await;
+    app.sink.add_faults(&device, vec![Fault::status(503)]);
     publish_update(&app, "car-1", "2026-11-21T10:00:02Z", "second").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let reclaimer = app.reclaimer();
     for _ in 0..50 {
         if app.sink.delivered().len() == 2 {
@@ -148,20 +124,10 @@ async fn updates_in_order_are_all_pushed_and_a_retry_of_the_newest_is_not_supers
 async fn at_most_once_never_leaves_anything_pending_and_never_retries() {
     let app = TestApp::start_with(|s| s.worker.delivery = Delivery::AtMostOnce).await;
     let device = app.register_device("u-1").await;
-    app.sink.add_faults(
-        &device,
-        vec![Fault {
-            status: 503,
-            retry_after: None,
-            delay_ms: None,
-        }],
-    );
+    app.sink.add_faults(&device, vec![Fault::status(503)]);
     app.publish_to("u-1", "one").await;
     app.publish_to("u-1", "two").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     assert_eq!(app.pending(), 0, "NOACK: nothing is pending");
     app.reclaimer().scan(0).await.expect("scan");
     // The two are pushed concurrently: one of them met the failure and is gone for good.
@@ -180,30 +146,13 @@ async fn retention_trims_old_entries_but_never_pending_or_unread_ones() {
     for n in 0..3 {
         app.publish_to("u-1", &format!("acked {n}")).await;
     }
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
-    app.sink.add_faults(
-        &device,
-        vec![Fault {
-            status: 503,
-            retry_after: None,
-            delay_ms: None,
-        }],
-    );
+    app.step().await;
+    app.sink.add_faults(&device, vec![Fault::status(503)]);
     app.publish_to("u-1", "pending").await;
-    let pending = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let pending = app.step().await;
     let pending_id = pending.entries[0].0.clone();
     app.publish_to("u-1", "after the pending one, acked").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     app.publish_to("u-1", "unread").await;
     assert_eq!(app.stream_len(), 6);
 
@@ -238,20 +187,13 @@ async fn retention_trims_old_entries_but_never_pending_or_unread_ones() {
 async fn dead_letters_have_their_own_retention() {
     let app = TestApp::start().await;
     let device = app.register_device("u-1").await;
-    let bad = Fault {
-        status: 400,
-        retry_after: None,
-        delay_ms: None,
-    };
+    let bad = Fault::status(400);
     app.sink
         .add_faults(&device, vec![bad.clone(), bad.clone(), bad]);
     for n in 0..3 {
         app.publish_to("u-1", &format!("dead {n}")).await;
     }
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let before = app.dead_letters().await;
     assert_eq!(before.len(), 3);
     let retention = Retention::new(

@@ -3,7 +3,6 @@
 mod helpers;
 
 use std::process::Command;
-use std::time::Duration;
 
 use helpers::{herald_bin, TestApp};
 use herald::sink::Fault;
@@ -34,20 +33,19 @@ fn json(text: &str) -> Value {
 async fn an_operator_lists_shows_replays_and_purges_dead_letters() {
     let app = TestApp::start().await;
     let device = app.register_device("u-1").await;
-    let bad = |status| Fault {
-        status,
-        retry_after: None,
-        delay_ms: None,
-    };
-    app.sink
-        .add_faults(&device, vec![bad(400), bad(400), bad(400), bad(413)]);
+    app.sink.add_faults(
+        &device,
+        vec![
+            Fault::status(400),
+            Fault::status(400),
+            Fault::status(400),
+            Fault::status(413),
+        ],
+    );
     for n in 0..4 {
         app.publish_to("u-1", &format!("event {n}")).await;
     }
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
 
     let (ok, out, err) = dlq(&app, &["list", "--json"]);
     assert!(ok, "{err}");
@@ -84,10 +82,7 @@ async fn an_operator_lists_shows_replays_and_purges_dead_letters() {
     let (ok, out, err) = dlq(&app, &["replay", "--reason", "push_bad_request", "--json"]);
     assert!(ok, "{err}");
     assert_eq!(json(&out).as_array().map(Vec::len), Some(3));
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     assert_eq!(
         app.sink.delivered().len(),
         3,

@@ -11,14 +11,6 @@ use herald::reclaimer::Reclaimer;
 use herald::sink::Fault;
 use herald::worker::EntryOutcome;
 
-fn fault(status: u16) -> Fault {
-    Fault {
-        status,
-        retry_after: None,
-        delay_ms: None,
-    }
-}
-
 /// Scans with the reclaimer until `done` holds, or fails after `timeout`.
 async fn reclaim_until(
     reclaimer: &Reclaimer,
@@ -38,14 +30,11 @@ async fn reclaim_until(
 async fn a_503_twice_then_201_is_delivered_once_after_the_backoff() {
     let app = TestApp::start().await;
     let device = app.register_device("u-1").await;
-    app.sink.add_faults(&device, vec![fault(503), fault(503)]);
+    app.sink
+        .add_faults(&device, vec![Fault::status(503), Fault::status(503)]);
     app.publish_to("u-1", "retry me").await;
     let started = Instant::now();
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let batch = app.step().await;
     assert!(matches!(batch.entries[0].1, EntryOutcome::Pending { .. }));
 
     let reclaimer = app.reclaimer();
@@ -87,10 +76,7 @@ async fn a_429_with_retry_after_is_not_retried_sooner() {
     );
     app.publish_to("u-2", "slow down").await;
     let started = Instant::now();
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let reclaimer = app.reclaimer();
     reclaim_until(&reclaimer, Duration::from_secs(10), "delivery", || {
         app.sink.delivered().len() == 1
@@ -110,13 +96,9 @@ async fn bad_request_and_too_large_are_dead_lettered_at_once() {
     for (status, reason) in [(400, "push_bad_request"), (413, "payload_too_large")] {
         let app = TestApp::start().await;
         let device = app.register_device("u-3").await;
-        app.sink.add_faults(&device, vec![fault(status)]);
+        app.sink.add_faults(&device, vec![Fault::status(status)]);
         let event_id = app.publish_to("u-3", "doomed").await;
-        let batch = app
-            .worker
-            .process_batch(0, Duration::from_secs(1))
-            .await
-            .expect("batch");
+        let batch = app.step().await;
         assert_eq!(
             batch.entries[0].1,
             EntryOutcome::Acked {
@@ -156,12 +138,9 @@ async fn bad_request_and_too_large_are_dead_lettered_at_once() {
 async fn always_500_is_dead_lettered_after_max_deliveries_with_the_attempts_recorded() {
     let app = TestApp::start().await;
     let device = app.register_device("u-4").await;
-    app.sink.add_faults(&device, vec![fault(500); 10]);
+    app.sink.add_faults(&device, vec![Fault::status(500); 10]);
     app.publish_to("u-4", "never").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let reclaimer = app.reclaimer();
     reclaim_until(
         &reclaimer,
@@ -187,12 +166,9 @@ async fn fan_out_with_one_failing_device_delivers_the_others_once_and_dead_lette
     let ok1 = app.register_device("u-5").await;
     let ok2 = app.register_device("u-5").await;
     let bad = app.register_device("u-5").await;
-    app.sink.add_faults(&bad, vec![fault(500); 10]);
+    app.sink.add_faults(&bad, vec![Fault::status(500); 10]);
     app.publish_to("u-5", "three phones").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let reclaimer = app.reclaimer();
     reclaim_until(
         &reclaimer,
@@ -259,13 +235,9 @@ async fn a_garbage_entry_is_dead_lettered_as_poison_and_later_events_are_deliver
 async fn an_entry_trimmed_while_pending_leaves_a_tombstone() {
     let app = TestApp::start().await;
     let device = app.register_device("u-7").await;
-    app.sink.add_faults(&device, vec![fault(503)]);
+    app.sink.add_faults(&device, vec![Fault::status(503)]);
     app.publish_to("u-7", "soon trimmed").await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let batch = app.step().await;
     let stream_id = batch.entries[0].0.clone();
     let _: u64 = redis::cmd("XTRIM")
         .arg(app.stream())
@@ -291,12 +263,9 @@ async fn an_entry_trimmed_while_pending_leaves_a_tombstone() {
 async fn a_replayed_dead_letter_is_delivered_once_and_leaves_the_dead_letter_stream() {
     let app = TestApp::start().await;
     let device = app.register_device("u-8").await;
-    app.sink.add_faults(&device, vec![fault(400)]);
+    app.sink.add_faults(&device, vec![Fault::status(400)]);
     let event_id = app.publish_to("u-8", "second chance").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let dead = app.dead_letters().await;
     assert_eq!(dead.len(), 1);
 
@@ -311,11 +280,7 @@ async fn a_replayed_dead_letter_is_delivered_once_and_leaves_the_dead_letter_str
         app.dead_letters().await.is_empty(),
         "the dead letter is gone"
     );
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let batch = app.step().await;
     assert_eq!(batch.entries[0].0, new_id);
     let delivered = app.sink.delivered();
     assert_eq!(delivered.len(), 1);
@@ -332,22 +297,16 @@ async fn a_replay_does_not_push_again_to_devices_that_already_had_the_event() {
     let app = TestApp::start().await;
     let ok = app.register_device("u-9").await;
     let bad = app.register_device("u-9").await;
-    app.sink.add_faults(&bad, vec![fault(400)]);
+    app.sink.add_faults(&bad, vec![Fault::status(400)]);
     app.publish_to("u-9", "once each").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let dead = app.dead_letters().await;
     app.worker
         .dead_letters()
         .replay(&dead[0])
         .await
         .expect("replay");
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     let delivered: Vec<String> = app
         .sink
         .delivered()
@@ -370,14 +329,11 @@ async fn a_replay_does_not_push_again_to_devices_that_already_had_the_event() {
 async fn two_reclaimers_never_claim_the_same_entry() {
     let app = TestApp::start().await;
     let device = app.register_device("u-10").await;
-    app.sink.add_faults(&device, vec![fault(503); 20]);
+    app.sink.add_faults(&device, vec![Fault::status(503); 20]);
     for n in 0..20 {
         app.publish_to("u-10", &format!("e{n}")).await;
     }
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let mut settings_b = app.settings.clone();
     settings_b.worker.consumer = "other-host".into();
@@ -419,12 +375,9 @@ async fn idle_consumers_without_pending_entries_are_removed_and_others_kept() {
         .arg("idle-one")
         .query(&mut conn)
         .expect("create consumer");
-    app.sink.add_faults(&device, vec![fault(503)]);
+    app.sink.add_faults(&device, vec![Fault::status(503)]);
     app.publish_to("u-11", "held").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let removed = app
         .reclaimer()
@@ -509,11 +462,7 @@ async fn an_unreadable_stored_subscription_is_dead_lettered_and_the_others_deliv
         .query(&mut app.redis.conn())
         .expect("break the stored subscription");
     app.publish_to("u-13", "one good phone").await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let batch = app.step().await;
     assert_eq!(
         batch.entries[0].1,
         EntryOutcome::Acked {

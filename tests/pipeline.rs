@@ -111,11 +111,7 @@ async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
     app.sink.unsubscribe(&dropped); // the sink now answers 410 for it
     app.publish_to("u-7", "hello").await;
 
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("a batch");
+    let batch = app.step().await;
     assert_eq!(batch.entries.len(), 1);
     assert_eq!(
         batch.entries[0].1,
@@ -154,11 +150,7 @@ async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
         }],
     );
     app.publish_to("u-8", "try me").await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("a batch");
+    let batch = app.step().await;
     assert!(
         matches!(&batch.entries[0].1, EntryOutcome::Pending { reason } if reason.contains("retry")),
         "{batch:?}"
@@ -171,11 +163,7 @@ async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
 async fn an_event_for_a_user_without_devices_is_acknowledged_as_having_no_target() {
     let app = TestApp::start().await;
     app.publish_to("u-nobody", "anyone?").await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("a batch");
+    let batch = app.step().await;
     assert_eq!(batch.entries[0].1, EntryOutcome::NoTarget);
     assert_eq!(app.pending(), 0);
 }
@@ -196,11 +184,7 @@ async fn entries_added_before_the_group_existed_are_not_skipped() {
         .ensure_groups()
         .await
         .expect("group created again");
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("a batch");
+    let batch = app.step().await;
     assert_eq!(batch.entries.len(), 1, "the group starts at id 0");
     assert_eq!(app.sink.delivered()[0].subscription, device);
 }
@@ -217,11 +201,7 @@ async fn a_garbage_entry_is_dead_lettered_and_the_worker_goes_on() {
         .query(&mut app.redis.conn())
         .expect("XADD garbage");
     app.publish_to("u-10", "after the junk").await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("a batch");
+    let batch = app.step().await;
     assert_eq!(batch.entries.len(), 2);
     assert_eq!(
         batch.entries[0].1,
@@ -245,10 +225,7 @@ async fn pushes_carry_a_valid_vapid_token_for_the_sinks_origin_including_its_por
     let app = TestApp::start().await;
     app.register_device("u-11").await;
     app.publish_to("u-11", "signed").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("a batch");
+    app.step().await;
     let arrivals = app.sink.arrivals();
     assert_eq!(arrivals.len(), 1);
     // The sink answers 401 when aud, exp, sub or the signature is wrong.
@@ -260,22 +237,14 @@ async fn a_worker_restarted_under_the_same_name_first_finishes_its_own_pending_e
     // Batches of two, so the pending list is read in several steps.
     let app = TestApp::start_with(|s| s.worker.batch_size = 2).await;
     app.register_device("u-12").await;
-    let failure = herald::sink::Fault {
-        status: 500,
-        retry_after: None,
-        delay_ms: None,
-    };
+    let failure = herald::sink::Fault::status(500);
     app.sink.add_faults("*", vec![failure; 5]);
     for n in 0..5 {
         app.publish_to("u-12", &format!("second time lucky {n}"))
             .await;
     }
     for _ in 0..3 {
-        let batch = app
-            .worker
-            .process_batch(0, Duration::from_secs(1))
-            .await
-            .expect("a batch");
+        let batch = app.step().await;
         assert!(batch
             .entries
             .iter()
@@ -333,11 +302,7 @@ async fn a_fan_out_wider_than_the_concurrency_reaches_every_device_once() {
     }
     app.sink.set_delay(Duration::from_millis(20));
     app.publish_to("u-13", "to all seven").await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("a batch");
+    let batch = app.step().await;
     assert_eq!(
         batch.entries[0].1,
         EntryOutcome::Acked {

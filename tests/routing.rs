@@ -66,11 +66,7 @@ async fn topic_wildcards_fan_out_and_header_filters_pick_the_devices() {
         json!({"topic": "parking.lot-7.entry", "user": "u-1", "notification": {"title": "d"}}),
     )
     .await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let batch = app.step().await;
     assert_eq!(batch.acked(), 4, "{batch:?}");
 
     assert_eq!(
@@ -93,11 +89,7 @@ async fn a_new_subscription_is_routed_to_without_a_restart() {
         json!({"topic": "news.today", "notification": {"title": "before"}}),
     )
     .await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let batch = app.step().await;
     assert_eq!(batch.entries[0].1, EntryOutcome::NoTarget);
     let reader = subscribe(&app, json!({"topics": ["news.*"]})).await;
     tokio::time::sleep(herald::routing::REFRESH_EVERY + Duration::from_millis(50)).await;
@@ -106,10 +98,7 @@ async fn a_new_subscription_is_routed_to_without_a_restart() {
         json!({"topic": "news.today", "notification": {"title": "after"}}),
     )
     .await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     assert_eq!(receivers(&app, "after"), BTreeSet::from([reader]));
 }
 
@@ -122,11 +111,7 @@ async fn unroutable_topic_events_are_dead_lettered_when_configured() {
         json!({"topic": "billing.paid", "notification": {"title": "nobody"}}),
     )
     .await;
-    let batch = app
-        .worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    let batch = app.step().await;
     assert_eq!(
         batch.entries[0].1,
         EntryOutcome::DeadLettered {

@@ -3,7 +3,6 @@
 mod helpers;
 
 use std::process::Command;
-use std::time::Duration;
 
 use helpers::{herald_bin, TestApp};
 use herald::sink::Fault;
@@ -13,27 +12,14 @@ use serde_json::Value;
 async fn stats_json_agrees_with_xinfo_and_xpending() {
     let app = TestApp::start().await;
     let device = app.register_device("u-1").await;
-    let fault = |status| Fault {
-        status,
-        retry_after: None,
-        delay_ms: None,
-    };
     app.publish_to("u-1", "delivered").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
-    app.sink.add_faults(&device, vec![fault(503), fault(400)]);
+    app.step().await;
+    app.sink
+        .add_faults(&device, vec![Fault::status(503), Fault::status(400)]);
     app.publish_to("u-1", "pending").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     app.publish_to("u-1", "dead").await;
-    app.worker
-        .process_batch(0, Duration::from_secs(1))
-        .await
-        .expect("batch");
+    app.step().await;
     app.publish_to("u-1", "unread").await;
 
     let out = Command::new(herald_bin())

@@ -59,6 +59,17 @@ pub struct Fault {
     pub delay_ms: Option<u64>,
 }
 
+impl Fault {
+    /// Answer `status` once, at once, without `Retry-After`.
+    pub fn status(status: u16) -> Fault {
+        Fault {
+            status,
+            retry_after: None,
+            delay_ms: None,
+        }
+    }
+}
+
 /// One push as the sink received it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Arrival {

@@ -227,6 +227,14 @@ impl TestApp {
         }
     }
 
+    /// Reads and processes one batch of partition 0 (waiting up to 1 s for entries).
+    pub async fn step(&self) -> herald::worker::BatchOutcome {
+        self.worker
+            .process_batch(0, Duration::from_secs(1))
+            .await
+            .expect("the worker processes a batch")
+    }
+
     /// Runs the worker loop in the background until the app's shutdown.
     pub fn run_worker(&self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
         tokio::spawn(self.worker.clone().run(self.shutdown.clone()))
