@@ -36,21 +36,24 @@ async fn receiver(status: u16) -> (String, Arc<Mutex<Vec<Value>>>) {
     (url, got)
 }
 
-#[tokio::test]
-async fn dead_letters_are_summarised_by_reason_in_one_call_per_interval() {
-    let (url, got) = receiver(204).await;
+/// An app whose worker reports dead letters to the webhook at `url`, its alert loop running.
+async fn app_with_webhook(url: &str, interval: Duration) -> (TestApp, Worker) {
     let app = TestApp::start_with(|s| {
-        s.alerts.webhook_url = Secret::new(url.clone());
-        s.alerts.interval = Duration::from_millis(500);
+        s.alerts.webhook_url = Secret::new(url);
+        s.alerts.interval = interval;
     })
     .await;
     let (alerts, alert_loop) = herald::alerts::channel(&app.settings.alerts);
-    tokio::spawn(
-        alert_loop
-            .expect("a webhook is configured")
-            .run(app.shutdown.clone()),
-    );
+    let alert_loop = alert_loop.expect("a webhook is configured");
+    tokio::spawn(alert_loop.run(app.shutdown.clone()));
     let worker = Worker::new(app.db.clone(), app.pusher.clone(), &app.settings, alerts);
+    (app, worker)
+}
+
+#[tokio::test]
+async fn dead_letters_are_summarised_by_reason_in_one_call_per_interval() {
+    let (url, got) = receiver(204).await;
+    let (app, worker) = app_with_webhook(&url, Duration::from_millis(500)).await;
     let device = app.register_device("u-1").await;
     app.sink.add_faults(
         &device,
@@ -83,18 +86,7 @@ async fn dead_letters_are_summarised_by_reason_in_one_call_per_interval() {
 #[tokio::test]
 async fn a_failing_webhook_does_not_hold_up_processing() {
     let (url, got) = receiver(500).await;
-    let app = TestApp::start_with(|s| {
-        s.alerts.webhook_url = Secret::new(url.clone());
-        s.alerts.interval = Duration::from_millis(100);
-    })
-    .await;
-    let (alerts, alert_loop) = herald::alerts::channel(&app.settings.alerts);
-    tokio::spawn(
-        alert_loop
-            .expect("a webhook is configured")
-            .run(app.shutdown.clone()),
-    );
-    let worker = Worker::new(app.db.clone(), app.pusher.clone(), &app.settings, alerts);
+    let (app, worker) = app_with_webhook(&url, Duration::from_millis(100)).await;
     let device = app.register_device("u-2").await;
     app.sink.add_faults(&device, vec![Fault::status(400); 50]);
     for n in 0..50 {

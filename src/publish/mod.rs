@@ -79,8 +79,6 @@ impl Publisher {
         let keys = &self.db.keys;
         let window_ms = self.dedup_window.as_millis().max(1) as u64;
         let mut pipe = redis::pipe();
-        // Loading first makes the EVALSHAs below safe after a Redis restart or SCRIPT FLUSH.
-        pipe.load_script(self.script).ignore();
         let mut invocations = Vec::with_capacity(batch.len());
         for ready in batch {
             let partition = keys.partition_for(&ready.partition_key);
@@ -98,7 +96,16 @@ impl Publisher {
             pipe.invoke_script(inv);
         }
         let mut conn = self.db.conn().await?;
-        let replies: Vec<(String, String)> = pipe.query_async(&mut conn).await?;
+        let replies: Vec<(String, String)> = match pipe.query_async(&mut conn).await {
+            Ok(replies) => replies,
+            // First use on this server, or after a restart or SCRIPT FLUSH: load it once and
+            // go again (nothing ran: Redis refuses EVALSHA of an unknown script before running).
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.script.load_async(&mut conn).await?;
+                pipe.query_async(&mut conn).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         batch
             .iter()
             .zip(replies)
