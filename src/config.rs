@@ -33,11 +33,22 @@ pub struct Settings {
     pub routing: RoutingSettings,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingSettings {
     /// A topic event that matches no subscription: `count` (acknowledge, log) or `dead-letter`.
     pub unroutable: Unroutable,
+    /// Direct events held per user who has no subscription yet (until their TTL); 0 holds none.
+    pub hold_per_user: usize,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            unroutable: Unroutable::Count,
+            hold_per_user: 100,
+        }
+    }
 }
 
 /// What becomes of a topic event that matches no subscription.
@@ -130,6 +141,9 @@ pub struct ReclaimerSettings {
     /// Consumers idle this long with no pending entries are removed from the group.
     #[serde(with = "humantime_serde")]
     pub consumer_idle_timeout: Duration,
+    /// How often due delayed events (`deliver_at`) are moved into the stream: how late they may be.
+    #[serde(with = "humantime_serde")]
+    pub schedule_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +185,7 @@ impl Default for ReclaimerSettings {
             interval: Duration::from_secs(1),
             scan_batch: 100,
             consumer_idle_timeout: Duration::from_secs(3600),
+            schedule_interval: Duration::from_millis(250),
         }
     }
 }

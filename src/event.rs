@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 
 /// Longest Web Push TTL accepted, in seconds (28 days, what push services keep at most).
 pub const MAX_TTL: u32 = 28 * 24 * 3600;
+/// How far ahead `deliver_at` may be.
+pub const MAX_DELAY_DAYS: i64 = 365;
 /// Largest notification payload in bytes: the most the `web-push` crate encrypts in one record.
 pub const MAX_PAYLOAD_BYTES: usize = 3052;
 /// Version of the stream entry layout, written as field `v`.
@@ -205,10 +207,10 @@ impl EventInput {
             None => None,
         };
         if let Some(at) = deliver_at {
-            if at > now + chrono::Duration::seconds(1) {
+            if at > now + chrono::Duration::days(MAX_DELAY_DAYS) {
                 return Err(InvalidField::new(
                     "deliver_at",
-                    "delayed delivery is not available in this version; omit deliver_at or give a time not in the future",
+                    format!("must be at most {MAX_DELAY_DAYS} days ahead"),
                 ));
             }
         }

@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Secret, Settings};
 use crate::db::Db;
 use crate::event::{EventDefaults, EventInput, InvalidField};
+use crate::holding::Holding;
 use crate::publish::{PublishOutcome, Publisher, Ready};
 use crate::spool::{Drainer, Spool, SpoolError};
-use crate::subscriptions::{Store, Stored, SubscriptionInput};
+use crate::subscriptions::{InterestsPatch, Store, Stored, SubscriptionInput};
 
 /// An API error: status, a stable code, a message saying what to fix, and the field when one is at fault.
 #[derive(Debug)]
@@ -92,6 +93,7 @@ struct Inner {
     db: Db,
     publisher: Publisher,
     store: Store,
+    holding: Holding,
     defaults: EventDefaults,
     allow_insecure_endpoints: bool,
     max_body_bytes: usize,
@@ -139,6 +141,7 @@ impl Api {
                 publisher,
                 spool,
                 store: Store::new(db.clone()),
+                holding: Holding::new(db.clone(), settings.routing.hold_per_user),
                 db,
                 defaults: EventDefaults::from_settings(&settings.events),
                 allow_insecure_endpoints: settings.push.allow_insecure_endpoints,
@@ -185,7 +188,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/subscriptions",
             post(post_subscription).get(list_subscriptions),
         )
-        .route("/v1/subscriptions/{id}", delete(delete_subscription))
+        .route(
+            "/v1/subscriptions/{id}",
+            delete(delete_subscription).patch(patch_subscription),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(protected)
@@ -420,7 +426,73 @@ async fn post_subscription(
         Stored::Created => (StatusCode::CREATED, true),
         Stored::Updated => (StatusCode::OK, false),
     };
+    release_held(&state, sub.user.as_deref()).await;
     Ok((status, Json(json!({"id": sub.id, "created": created}))).into_response())
+}
+
+/// Sends the events held for a user who has a subscription now back into the stream.
+async fn release_held(state: &ApiState, user: Option<&str>) {
+    let Some(user) = user else { return };
+    if let Err(e) = state.inner.holding.release(user).await {
+        // The subscription is stored; the held events stay held (nothing is lost) until
+        // the next registration of this user releases them or their TTL is over.
+        tracing::warn!(error = %format!("{e:#}"), "cannot release the events held for this user yet");
+    }
+}
+
+/// `PATCH /v1/subscriptions/{id}`: changes the interests (user, topics, headers) of a subscription.
+async fn patch_subscription(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&state, &headers, body).await?;
+    let patch: InterestsPatch = from_value(value, "")?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no subscription has that id",
+        )
+    };
+    if !is_subscription_id(&id) {
+        return Err(not_found());
+    }
+    let current = match state
+        .inner
+        .store
+        .get(&id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        Some(Ok(sub)) => sub,
+        Some(Err(bad)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "unreadable",
+                format!(
+                    "the stored subscription cannot be read ({}); register it again with POST",
+                    bad.problem
+                ),
+            ))
+        }
+        None => return Err(not_found()),
+    };
+    let changed = patch.apply(&current)?;
+    state
+        .inner
+        .store
+        .put(&changed)
+        .await
+        .map_err(ApiError::unavailable)?;
+    release_held(&state, changed.user.as_deref()).await;
+    Ok(Json(serde_json::to_value(changed.view()).expect("serializes")).into_response())
+}
+
+/// Subscription ids are 32 lowercase hex digits (a digest of the endpoint).
+fn is_subscription_id(id: &str) -> bool {
+    id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 #[derive(Deserialize)]
@@ -460,7 +532,7 @@ async fn delete_subscription(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if id.len() != 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !is_subscription_id(&id) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -14,6 +14,12 @@
 //! | `{P:pN}:lease:<stream id>` | string | the consumer processing that entry right now (expires; heartbeats extend it) |
 //! | `{P:pN}:order-lock:<key digest>` | string | the stream id of the event of that key being processed (expires) |
 //! | `{P:pN}:order:<key digest>` | string | `<publish_at ms> <event id>` of the newest event applied for an ordering key (expires) |
+//! | `{P:pN}:scheduled` | sorted set | event id → unix ms of `deliver_at`, for events not due yet |
+//! | `{P:pN}:scheduled-events` | hash | event id → the entry's fields (JSON array), until it is due |
+//! | `{P:pN}:held:<user>` | sorted set | event id → unix ms it expires, direct events waiting for the user's first subscription |
+//! | `{P:pN}:held-events` | hash | event id → `{"user":…,"fields":[…]}` of a held event |
+//! | `{P:pN}:held-expiry` | sorted set | event id → unix ms it expires, over all users (for the sweep) |
+//! | `{P:pN}:held-expired` | string | count of held events that expired before their user subscribed |
 //! | `{P:subs}:sub:<id>` | hash | one push subscription: endpoint, keys, user, interests |
 //! | `{P:subs}:user:<user>` | set | subscription ids of one user |
 //! | `{P:subs}:all` | set | every subscription id |
@@ -90,6 +96,41 @@ impl Keys {
         format!("{{{}:p{partition}}}:order:{key_digest}", self.prefix)
     }
 
+    /// Events of one partition waiting for their `deliver_at`, scored by it.
+    pub fn scheduled(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:scheduled", self.prefix)
+    }
+
+    /// The stream fields of the scheduled events of one partition.
+    pub fn scheduled_events(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:scheduled-events", self.prefix)
+    }
+
+    /// Direct events held for one user who has no subscription yet.
+    pub fn held(&self, partition: u32, user: &str) -> String {
+        format!("{}{user}", self.held_prefix(partition))
+    }
+
+    /// What precedes the user in [`Keys::held`], for the sweep script that builds it.
+    pub fn held_prefix(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:held:", self.prefix)
+    }
+
+    /// The fields and user of every held event of one partition.
+    pub fn held_events(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:held-events", self.prefix)
+    }
+
+    /// Every held event of one partition by expiry time.
+    pub fn held_expiry(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:held-expiry", self.prefix)
+    }
+
+    /// How many held events of one partition expired unsent.
+    pub fn held_expired(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:held-expired", self.prefix)
+    }
+
     /// The partition a stream key belongs to, if it is one of ours.
     pub fn partition_of(&self, stream: &str) -> Option<u32> {
         (0..self.partitions).find(|p| self.stream(*p) == stream)
@@ -159,6 +200,12 @@ mod tests {
             assert_eq!(hash_tag(&keys.order(p, "ab12")), tag);
             assert_eq!(hash_tag(&keys.lease(p, "1-0")), tag);
             assert_eq!(hash_tag(&keys.order_lock(p, "ab12")), tag);
+            assert_eq!(hash_tag(&keys.scheduled(p)), tag);
+            assert_eq!(hash_tag(&keys.scheduled_events(p)), tag);
+            assert_eq!(hash_tag(&keys.held(p, "u-1")), tag);
+            assert_eq!(hash_tag(&keys.held_events(p)), tag);
+            assert_eq!(hash_tag(&keys.held_expiry(p)), tag);
+            assert_eq!(hash_tag(&keys.held_expired(p)), tag);
             assert_eq!(keys.partition_of(&keys.stream(p)), Some(p));
         }
         assert_ne!(hash_tag(&keys.stream(0)), hash_tag(&keys.stream(1)));

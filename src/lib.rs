@@ -8,11 +8,13 @@
 //!   stream idempotently, or to the [`spool`] while Redis cannot take them.
 //! - [`worker`]: a consumer in the group; reads entries, lets only the newest
 //!   update of a key through ([`ordering`]), finds the target subscriptions
-//!   ([`routing`]), pushes with [`push`] (encryption, VAPID, classification of
+//!   ([`routing`]; direct events for users without a subscription yet wait in
+//!   [`holding`]), pushes with [`push`] (encryption, VAPID, classification of
 //!   the answer, per-service breaker) and acknowledges.
 //! - [`reclaimer`]: retries pending entries when their backoff ([`retry`]) is
 //!   up, moves what keeps failing to the [`dead_letter`] stream (announced by
-//!   [`alerts`]), and applies [`retention`].
+//!   [`alerts`]), and applies [`retention`]; its [`scheduler`] moves delayed
+//!   events into the stream when they are due.
 //! - [`sink`]: a local push service that verifies and decrypts like a browser,
 //!   for development, tests and benchmarks.
 //! - [`up`]: the roles as the binary runs them, with an [`embedded_redis`] when
@@ -28,6 +30,7 @@ pub mod db;
 pub mod dead_letter;
 pub mod embedded_redis;
 pub mod event;
+pub mod holding;
 pub mod ingest;
 pub mod keys;
 pub mod ordering;
@@ -37,6 +40,7 @@ pub mod reclaimer;
 pub mod retention;
 pub mod retry;
 pub mod routing;
+pub mod scheduler;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;

@@ -359,6 +359,7 @@ mod tests {
             id: format!("evt-{n}"),
             partition_key: format!("evt-{n}"),
             digest: "d".into(),
+            deliver_at_ms: 0,
             fields: vec![("v".into(), "1".into()), ("id".into(), format!("evt-{n}"))],
         }
     }

@@ -30,6 +30,12 @@ pub struct StreamStats {
     pub dead_letters: u64,
     /// Reasons of the newest dead letters (up to 1000 looked at), most frequent first.
     pub dead_letter_reasons: Vec<(String, u64)>,
+    /// Delayed events waiting for their `deliver_at`.
+    pub scheduled: u64,
+    /// Direct events waiting for their user's first subscription.
+    pub held: u64,
+    /// Held events whose TTL ran out before their user subscribed (a counter).
+    pub held_expired: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +84,12 @@ pub async fn collect(
             .query_async(&mut conn)
             .await?;
         let dead_letters: u64 = redis::cmd("XLEN").arg(&dlq).query_async(&mut conn).await?;
+        let (scheduled, held, held_expired): (u64, u64, Option<u64>) = redis::pipe()
+            .zcard(db.keys.scheduled(partition))
+            .hlen(db.keys.held_events(partition))
+            .get(db.keys.held_expired(partition))
+            .query_async(&mut conn)
+            .await?;
         let groups_info: Vec<HashMap<String, Value>> =
             if length > 0 || exists(&mut conn, &stream).await? {
                 redis::cmd("XINFO")
@@ -167,6 +179,9 @@ pub async fn collect(
             groups,
             dead_letters,
             dead_letter_reasons,
+            scheduled,
+            held,
+            held_expired: held_expired.unwrap_or(0),
         });
     }
     let spool = match spool_dir {
@@ -191,8 +206,8 @@ pub fn table(stats: &Stats) -> String {
     for s in &stats.streams {
         let _ = writeln!(
             out,
-            "stream {}  length {}  dead letters {}",
-            s.stream, s.length, s.dead_letters
+            "stream {}  length {}  dead letters {}  scheduled {}  held {} ({} expired)",
+            s.stream, s.length, s.dead_letters, s.scheduled, s.held, s.held_expired
         );
         if !s.dead_letter_reasons.is_empty() {
             let reasons: Vec<String> = s

@@ -16,6 +16,7 @@ use crate::ingest::Api;
 use crate::push::vapid::VapidKey;
 use crate::push::Pusher;
 use crate::reclaimer::Reclaimer;
+use crate::scheduler::Scheduler;
 use crate::worker::Worker;
 
 /// `herald up`: API, worker and reclaimer in one process; starts and supervises a
@@ -67,6 +68,7 @@ pub async fn reclaimer(settings: Settings, shutdown: CancellationToken) -> anyho
     let reclaimer = Reclaimer::new(parts.worker(&settings), &settings);
     let mut roles = Roles::new(shutdown);
     roles.spawn("reclaimer", reclaimer.run(roles.stop()));
+    roles.spawn("scheduler", parts.scheduler(&settings).run(roles.stop()));
     parts.spawn_alerts(&mut roles);
     roles.wait().await
 }
@@ -91,6 +93,7 @@ async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     roles.spawn("api", api.run(roles.stop()));
     roles.spawn("worker", worker.run(roles.stop()));
     roles.spawn("reclaimer", reclaimer.run(roles.stop()));
+    roles.spawn("scheduler", parts.scheduler(settings).run(roles.stop()));
     parts.spawn_alerts(&mut roles);
     roles.wait().await
 }
@@ -131,6 +134,10 @@ impl Parts {
             settings,
             self.alerts.clone(),
         )
+    }
+
+    fn scheduler(&self, settings: &Settings) -> Scheduler {
+        Scheduler::new(self.db.clone(), settings.reclaimer.schedule_interval)
     }
 
     fn spawn_alerts(self, roles: &mut Roles) {

@@ -160,8 +160,8 @@ async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
 }
 
 #[tokio::test]
-async fn an_event_for_a_user_without_devices_is_acknowledged_as_having_no_target() {
-    let app = TestApp::start().await;
+async fn without_holding_an_event_for_a_user_without_devices_is_acknowledged_as_having_no_target() {
+    let app = TestApp::start_with(|s| s.routing.hold_per_user = 0).await;
     app.publish_to("u-nobody", "anyone?").await;
     let batch = app.step().await;
     assert_eq!(batch.entries[0].1, EntryOutcome::NoTarget);

@@ -13,10 +13,15 @@ use crate::event::Event;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Published {
     pub id: String,
+    /// The stream entry; empty while the event waits for its `deliver_at`.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub stream_id: String,
     /// True when this id was already published with the same content: no second entry.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// True when the event waits in the schedule for its `deliver_at`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scheduled: bool,
 }
 
 /// The outcome of one event of a batch.
@@ -38,6 +43,9 @@ pub struct Ready {
     /// What chooses the partition: the event's `key`, or its id.
     pub partition_key: String,
     pub digest: String,
+    /// `deliver_at` in unix milliseconds, 0 for none.
+    #[serde(default)]
+    pub deliver_at_ms: i64,
     pub fields: Vec<(String, String)>,
 }
 
@@ -47,6 +55,7 @@ impl Ready {
             id: event.id.clone(),
             partition_key: event.key.clone().unwrap_or_else(|| event.id.clone()),
             digest,
+            deliver_at_ms: event.deliver_at.map_or(0, |t| t.timestamp_millis().max(0)),
             fields: event.to_fields(),
         }
     }
@@ -85,8 +94,12 @@ impl Publisher {
             let mut inv = self.script.prepare_invoke();
             inv.key(keys.stream(partition))
                 .key(keys.dedup(partition, &ready.id))
+                .key(keys.scheduled(partition))
+                .key(keys.scheduled_events(partition))
                 .arg(&ready.digest)
-                .arg(window_ms);
+                .arg(window_ms)
+                .arg(ready.deliver_at_ms)
+                .arg(&ready.id);
             for (field, value) in &ready.fields {
                 inv.arg(field).arg(value);
             }
@@ -111,12 +124,17 @@ impl Publisher {
             .zip(replies)
             .map(|(ready, (outcome, stream_id))| {
                 let id = ready.id.clone();
+                let scheduled = stream_id == "scheduled";
+                let stream_id = if scheduled { String::new() } else { stream_id };
                 match outcome.as_str() {
-                    "added" | "duplicate" => Ok(PublishOutcome::Accepted(Published {
-                        id,
-                        stream_id,
-                        duplicate: outcome == "duplicate",
-                    })),
+                    "added" | "duplicate" | "scheduled" => {
+                        Ok(PublishOutcome::Accepted(Published {
+                            id,
+                            stream_id,
+                            duplicate: outcome == "duplicate",
+                            scheduled,
+                        }))
+                    }
                     "conflict" => Ok(PublishOutcome::Conflict { id, stream_id }),
                     other => anyhow::bail!("publish script answered {other:?}"),
                 }

@@ -174,9 +174,6 @@ pub fn id_for_endpoint(endpoint: &str) -> String {
 impl SubscriptionInput {
     /// Validates everything a push will need, so a bad subscription fails here and not at send time.
     pub fn validate(&self, allow_insecure_endpoints: bool) -> Result<Subscription, InvalidField> {
-        if let Some(user) = &self.user {
-            crate::event::check_identifier("user", user, 128)?;
-        }
         let endpoint = endpoint::check(&self.subscription.endpoint, allow_insecure_endpoints)
             .map_err(|message| InvalidField::new("subscription.endpoint", message))?;
         check_p256dh(&self.subscription.keys.p256dh)?;
@@ -191,23 +188,7 @@ impl SubscriptionInput {
                 format!("must be 16 bytes (got {})", auth.len()),
             ));
         }
-        for (i, pattern) in self.topics.iter().enumerate() {
-            check_pattern(pattern).map_err(|m| InvalidField::new(format!("topics[{i}]"), m))?;
-        }
-        if let Some(filter) = &self.headers {
-            if filter.values.is_empty() {
-                return Err(InvalidField::new(
-                    "headers.values",
-                    "must name at least one header",
-                ));
-            }
-        }
-        if self.user.is_none() && self.topics.is_empty() && self.headers.is_none() {
-            return Err(InvalidField::new(
-                "user",
-                "a subscription needs a user, topics or a header filter",
-            ));
-        }
+        check_interests(self.user.as_deref(), &self.topics, self.headers.as_ref())?;
         Ok(Subscription {
             id: id_for_endpoint(endpoint.as_str()),
             user: self.user.clone(),
@@ -223,6 +204,86 @@ impl SubscriptionInput {
             headers: self.headers.clone(),
             created_at: format_time(Utc::now()),
         })
+    }
+}
+
+/// The interests of a subscription: a valid user, valid patterns, a non-empty
+/// header filter, and at least one of the three.
+fn check_interests(
+    user: Option<&str>,
+    topics: &[String],
+    headers: Option<&HeaderFilter>,
+) -> Result<(), InvalidField> {
+    if let Some(user) = user {
+        crate::event::check_identifier("user", user, 128)?;
+    }
+    for (i, pattern) in topics.iter().enumerate() {
+        check_pattern(pattern).map_err(|m| InvalidField::new(format!("topics[{i}]"), m))?;
+    }
+    if let Some(filter) = headers {
+        if filter.values.is_empty() {
+            return Err(InvalidField::new(
+                "headers.values",
+                "must name at least one header",
+            ));
+        }
+    }
+    if user.is_none() && topics.is_empty() && headers.is_none() {
+        return Err(InvalidField::new(
+            "user",
+            "a subscription needs a user, topics or a header filter",
+        ));
+    }
+    Ok(())
+}
+
+/// `PATCH /v1/subscriptions/{id}` body: the interests to change. A field left
+/// out stays as it is; `"user": null` or `"headers": null` removes it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterestsPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub user: Option<Option<String>>,
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub headers: Option<Option<HeaderFilter>>,
+}
+
+/// Tells `"field": null` (Some(None)) from a field left out (None).
+fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+impl InterestsPatch {
+    /// The subscription with its interests changed, validated like a registration.
+    pub fn apply(&self, sub: &Subscription) -> Result<Subscription, InvalidField> {
+        if self.user.is_none() && self.topics.is_none() && self.headers.is_none() {
+            return Err(InvalidField::new(
+                "user",
+                "name at least one of user, topics, headers to change",
+            ));
+        }
+        let mut changed = sub.clone();
+        if let Some(user) = &self.user {
+            changed.user = user.clone();
+        }
+        if let Some(topics) = &self.topics {
+            changed.topics = topics.clone();
+        }
+        if let Some(headers) = &self.headers {
+            changed.headers = headers.clone();
+        }
+        check_interests(
+            changed.user.as_deref(),
+            &changed.topics,
+            changed.headers.as_ref(),
+        )?;
+        Ok(changed)
     }
 }
 
@@ -413,6 +474,11 @@ impl Store {
             }
         }
         Ok((good, bad))
+    }
+
+    /// One subscription by id; `None` when there is none.
+    pub async fn get(&self, id: &str) -> anyhow::Result<Option<Result<Subscription, Unreadable>>> {
+        Ok(self.fetch(&[id.to_string()]).await?.into_iter().next())
     }
 
     /// Every subscription of one user. Unreadable ones are returned as errors, by id.

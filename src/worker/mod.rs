@@ -24,6 +24,7 @@ use crate::config::{Settings, Unroutable};
 use crate::db::{script, Db};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::event::Event;
+use crate::holding::{Held, Holding};
 use crate::ordering::{Order, Ordering};
 use crate::push::{Outcome, PushReport, Pusher};
 use crate::retry::RetryPolicy;
@@ -52,6 +53,8 @@ pub enum EntryOutcome {
     },
     /// The event names nobody who could receive it; acknowledged and counted.
     NoTarget,
+    /// A direct event for a user without a subscription: held for the user, acknowledged.
+    Held,
     /// At least one target needs another attempt; the entry stays pending.
     Pending { reason: String },
     /// The whole entry went to the dead-letter stream and was acknowledged.
@@ -107,6 +110,7 @@ pub struct Worker {
     pusher: Arc<Pusher>,
     router: Router,
     store: Store,
+    holding: Holding,
     ordering: Ordering,
     dead_letters: DeadLetters,
     policy: RetryPolicy,
@@ -137,6 +141,7 @@ impl Worker {
         Worker {
             router: Router::new(store.clone()),
             store,
+            holding: Holding::new(db.clone(), settings.routing.hold_per_user),
             pusher,
             ordering: Ordering::new(
                 db.clone(),
@@ -518,6 +523,9 @@ impl Worker {
                 gone,
                 dead,
             } => tracing::info!(delivered, gone, dead, "event done"),
+            EntryOutcome::Held => {
+                tracing::info!("the user has no subscription yet; held until one is registered or the TTL is over")
+            }
             EntryOutcome::NoTarget => {
                 tracing::warn!(user = ?event.user, "no subscription to deliver to; acknowledged")
             }
@@ -626,6 +634,9 @@ impl Worker {
                     ..DeadLetter::default()
                 };
                 return self.dead_letter_entry(entry, why).await;
+            }
+            if let (Some(user), true) = (&event.user, self.holding.enabled()) {
+                return self.hold(entry, partition, user, event).await;
             }
             return self.ack(entry, EntryOutcome::NoTarget).await;
         }
@@ -899,6 +910,51 @@ impl Worker {
     }
 
     /// `XACK`, and forget any not-before time of the entry.
+    /// Holds a direct event for a user without a subscription (see [`crate::holding`]).
+    async fn hold(&self, entry: &Entry, partition: u32, user: &str, event: &Event) -> EntryOutcome {
+        let held = match self.holding.hold(partition, user, event).await {
+            Ok(held) => held,
+            Err(e) => {
+                return EntryOutcome::Pending {
+                    reason: format!("cannot hold the event for its user: {e:#}"),
+                }
+            }
+        };
+        match held {
+            Held::Held => {
+                // The user may have subscribed since the routing looked (see crate::holding).
+                match self.holding.user_subscribed(user).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if let Err(e) = self.holding.release(user).await {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot release held events; the next registration or the TTL settles them");
+                        }
+                    }
+                    Err(e) => {
+                        return EntryOutcome::Pending {
+                            reason: format!(
+                                "held, but cannot check the user's subscriptions: {e:#}"
+                            ),
+                        }
+                    }
+                }
+                self.ack(entry, EntryOutcome::Held).await
+            }
+            Held::Expired => self.ack(entry, EntryOutcome::NoTarget).await,
+            Held::Full => {
+                let why = DeadLetter {
+                    reason: "hold_full".into(),
+                    last_error: Some(
+                        "the user has no subscription and routing.hold_per_user events are held for them already".into(),
+                    ),
+                    attempts: entry.deliveries,
+                    ..DeadLetter::default()
+                };
+                self.dead_letter_entry(entry, why).await
+            }
+        }
+    }
+
     async fn ack(&self, entry: &Entry, done: EntryOutcome) -> EntryOutcome {
         let partition = self.db.keys.partition_of(&entry.stream).unwrap_or(0);
         let acked: anyhow::Result<()> = async {
