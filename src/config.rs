@@ -31,6 +31,26 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub spool: SpoolSettings,
     pub routing: RoutingSettings,
+    pub audit: AuditSettings,
+}
+
+/// `herald audit`: a second consumer group on the same streams that logs every event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// The audit's consumer group: its own position in the streams, apart from the workers'.
+    pub group: String,
+    /// File the JSON lines are appended to; empty means stdout.
+    pub out: PathBuf,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            group: "herald-audit".into(),
+            out: PathBuf::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -322,6 +342,7 @@ impl Default for Settings {
             retention: RetentionSettings::default(),
             spool: SpoolSettings::default(),
             routing: RoutingSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }

@@ -15,6 +15,9 @@
 //!   up, moves what keeps failing to the [`dead_letter`] stream (announced by
 //!   [`alerts`]), and applies [`retention`]; its [`scheduler`] moves delayed
 //!   events into the stream when they are due.
+//! - [`replay`]: `herald replay`, history added to the streams again.
+//! - [`audit`]: a second consumer group on the same streams that logs every
+//!   event as a JSON line.
 //! - [`sink`]: a local push service that verifies and decrypts like a browser,
 //!   for development, tests and benchmarks.
 //! - [`up`]: the roles as the binary runs them, with an [`embedded_redis`] when
@@ -25,6 +28,7 @@
 //! stopping), [`telemetry`] (logs).
 
 pub mod alerts;
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod dead_letter;
@@ -37,6 +41,7 @@ pub mod ordering;
 pub mod publish;
 pub mod push;
 pub mod reclaimer;
+pub mod replay;
 pub mod retention;
 pub mod retry;
 pub mod routing;

@@ -78,6 +78,33 @@ enum Command {
     },
     /// Publish events from the shell, straight into the stream.
     Publish(PublishArgs),
+    /// Write every event as a JSON line, from a consumer group of its own (audit.group).
+    Audit {
+        /// The audit's consumer group (overrides audit.group).
+        #[arg(long)]
+        group: Option<String>,
+        /// Append to this file instead of stdout (overrides audit.out; `-` is stdout).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Process history still in the streams again.
+    Replay {
+        /// First entry: a stream id (1700000000000-0), an RFC 3339 time, or a duration ago (2h).
+        #[arg(long, value_name = "TIME|ID")]
+        from: String,
+        /// Last entry (inclusive), same forms; default: the newest entry when the replay starts.
+        #[arg(long, value_name = "TIME|ID")]
+        to: Option<String>,
+        /// Only events whose topic matches this pattern (`*` one word, `#` any words).
+        #[arg(long, value_name = "PATTERN")]
+        topic: Option<String>,
+        /// Push again to devices that received an event already.
+        #[arg(long)]
+        force: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// VAPID keys.
     Vapid {
         #[command(subcommand)]
@@ -316,6 +343,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Publish(args) => publish(settings, args).await,
         Command::Stats { json, watch, group } => stats(settings, json, watch, group).await,
+        Command::Audit { group, out } => {
+            herald::shutdown::on_signals(shutdown.clone())?;
+            let db = herald::db::Db::connect(&settings).await?;
+            let consumer = if settings.worker.consumer.is_empty() {
+                "audit".to_string()
+            } else {
+                settings.worker.consumer.clone()
+            };
+            let group = group.unwrap_or(settings.audit.group.clone());
+            let out = out.unwrap_or(settings.audit.out.clone());
+            herald::audit::Audit::new(db, &group, &consumer, out)
+                .run(shutdown)
+                .await
+        }
+        Command::Replay {
+            from,
+            to,
+            topic,
+            force,
+            json,
+        } => replay(settings, from, to, topic, force, json).await,
         Command::Vapid {
             command: VapidCommand::Generate { out },
         } => {
@@ -426,6 +474,67 @@ async fn dlq(settings: Settings, command: DlqCommand) -> anyhow::Result<()> {
             } else {
                 println!("deleted {deleted} dead letter(s)");
             }
+        }
+    }
+    Ok(())
+}
+
+async fn replay(
+    settings: Settings,
+    from: String,
+    to: Option<String>,
+    topic: Option<String>,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use herald::replay::{Bound, Plan, Replayer};
+    use std::io::IsTerminal;
+    let plan = Plan {
+        from: Bound::parse(&from, false).map_err(|e| anyhow::anyhow!("--from: {e}"))?,
+        to: to
+            .map(|t| Bound::parse(&t, true))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--to: {e}"))?,
+        topic,
+        force,
+    };
+    let db = herald::db::Db::connect(&settings).await?;
+    let replayer = Replayer::new(db);
+    let bar = if std::io::stderr().is_terminal() {
+        let total = replayer.count(&plan).await?;
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "replaying {bar:40} {pos}/{len} events ({per_sec}, {eta} left)",
+            )
+            .expect("a valid template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let summary = replayer
+        .run(&plan, |n| {
+            if let Some(bar) = &bar {
+                bar.inc(n);
+            }
+        })
+        .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "replayed {} event(s); skipped {} of other topics and {} copies of earlier replays",
+            summary.replayed, summary.skipped_topic, summary.skipped_copies
+        );
+        match &summary.run {
+            Some(run) => println!("--force: every device gets them again (replay run {run})"),
+            None => println!(
+                "devices that received an event already are skipped; --force pushes to them again"
+            ),
         }
     }
     Ok(())

@@ -308,7 +308,7 @@ fn check_p256dh(text: &str) -> Result<(), InvalidField> {
 }
 
 /// A topic pattern: dot-separated words, each a literal word, `*` or `#`.
-fn check_pattern(pattern: &str) -> Result<(), String> {
+pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
     if pattern.is_empty() || pattern.len() > 255 {
         return Err("must be 1 to 255 characters".into());
     }

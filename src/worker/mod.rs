@@ -584,6 +584,12 @@ impl Worker {
     ) -> EntryOutcome {
         let keys = &self.db.keys;
         let partition = keys.partition_of(&entry.stream).unwrap_or(0);
+        // A forced replay pushes history again on purpose, past newer events of its key.
+        if fields.contains_key(crate::replay::REPLAY_RUN) {
+            return self
+                .deliver_to_targets(entry, fields, event, partition)
+                .await;
+        }
         match self.ordering.apply(partition, &entry.id, event).await {
             Ok(Order::Newest) => {}
             Ok(Order::Superseded { by }) => {
@@ -616,7 +622,14 @@ impl Worker {
         event: &Event,
         partition: u32,
     ) -> EntryOutcome {
-        let outcomes_key = self.db.keys.outcomes(partition, &event.id);
+        // A forced replay tracks its devices afresh, under its run (see crate::replay).
+        let outcomes_key = match fields.get(crate::replay::REPLAY_RUN) {
+            Some(run) => self
+                .db
+                .keys
+                .outcomes(partition, &format!("{}:replay:{run}", event.id)),
+            None => self.db.keys.outcomes(partition, &event.id),
+        };
         let targets = match self.router.targets(event).await {
             Ok(targets) => targets,
             Err(e) => {
