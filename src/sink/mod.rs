@@ -164,6 +164,25 @@ impl SinkHandle {
         (subscription, json)
     }
 
+    /// `n` new subscriptions sharing one key pair: quick to make in bulk, for large fan-outs.
+    pub fn new_subscriptions(&self, n: usize) -> Vec<(String, Value)> {
+        let keys = UserAgentKeys::generate();
+        let mut subs = self.state.subs.lock().expect("sink lock");
+        (0..n)
+            .map(|_| {
+                let path_id = uuid::Uuid::new_v4().simple().to_string();
+                let endpoint = format!("{}/push/{path_id}", self.state.base_url);
+                let subscription = crate::subscriptions::id_for_endpoint(&endpoint);
+                let device = Device {
+                    keys: keys.clone(),
+                    subscription: subscription.clone(),
+                };
+                subs.insert(path_id, device);
+                (subscription, browser_json(&endpoint, &keys))
+            })
+            .collect()
+    }
+
     /// Forgets a subscription (by herald's id): pushes to it then get 410, like an unsubscribed browser.
     pub fn unsubscribe(&self, subscription: &str) {
         self.state

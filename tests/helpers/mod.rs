@@ -177,15 +177,25 @@ impl TestApp {
 
     /// Starts against a Redis with AOF, for tests that kill and restart it.
     pub async fn start_durable() -> TestApp {
-        TestApp::start_on(TestRedis::start_durable(), |_| {}).await
+        TestApp::start_on(TestRedis::start_durable(), false, |_| {}).await
+    }
+
+    /// Starts with a sink in fast mode: it records arrivals without decrypting them
+    /// (no event ids), for large fan-outs.
+    pub async fn start_with_fast_sink(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        TestApp::start_on(TestRedis::start(), true, adjust).await
     }
 
     /// Starts with settings adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
-        TestApp::start_on(TestRedis::start(), adjust).await
+        TestApp::start_on(TestRedis::start(), false, adjust).await
     }
 
-    async fn start_on(redis: TestRedis, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    async fn start_on(
+        redis: TestRedis,
+        fast_sink: bool,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let data = tempfile::tempdir().expect("temp dir");
         let mut settings = settings(&redis, data.path());
         adjust(&mut settings);
@@ -204,7 +214,7 @@ impl TestApp {
         tokio::spawn(api.run(shutdown.clone()));
         let sink = Sink::bind(SinkOptions {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            fast: false,
+            fast: fast_sink,
             record: None,
         })
         .await
