@@ -306,3 +306,31 @@ async fn patch_changes_a_subscriptions_interests_in_place() {
         .expect("answers");
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_events_survive_a_redis_restart() {
+    let mut app = TestApp::start_durable().await;
+    app.register_device("u-1").await;
+    let deliver_at = Utc::now() + chrono::Duration::milliseconds(1500);
+    publish(&app, delayed("after-restart", "u-1", deliver_at)).await;
+    app.redis.restart();
+    let scheduler = Scheduler::new(app.db.clone(), Duration::from_millis(50));
+    let mut moved = 0;
+    for _ in 0..100 {
+        // The pool reconnects after the restart; a failed attempt is just retried.
+        moved += scheduler.move_due().await.unwrap_or(0);
+        if moved > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        moved, 1,
+        "the scheduled event was still there after the restart"
+    );
+    assert!(Utc::now() >= deliver_at, "moved before it was due");
+    app.step().await;
+    let delivered = app.sink.delivered();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].event_id.as_deref(), Some("after-restart"));
+}
