@@ -32,6 +32,30 @@ pub struct Settings {
     pub spool: SpoolSettings,
     pub routing: RoutingSettings,
     pub audit: AuditSettings,
+    pub admin: AdminSettings,
+}
+
+/// The admin listener of `herald worker` and `herald reclaimer`: `/metrics`,
+/// `/livez`, `/readyz`. (`herald api` and `herald up` serve them on `api.listen`.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    /// Give each process on one host its own port; port 0 picks a free one (logged).
+    pub listen: SocketAddr,
+    /// How often the reclaimer samples the gauges read from Redis (lag, pending, lengths).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            sample_interval: Duration::from_secs(15),
+        }
+    }
 }
 
 /// `herald audit`: a second consumer group on the same streams that logs every event.
@@ -343,6 +367,7 @@ impl Default for Settings {
             spool: SpoolSettings::default(),
             routing: RoutingSettings::default(),
             audit: AuditSettings::default(),
+            admin: AdminSettings::default(),
         }
     }
 }

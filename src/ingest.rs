@@ -102,12 +102,15 @@ struct Inner {
     vapid_public_key: String,
     /// Takes events while Redis cannot; `None` when `spool.enabled = false`.
     spool: Option<Arc<Spool>>,
+    /// Cancelled when the API starts to stop: `/readyz` answers 503 from then on.
+    draining: CancellationToken,
 }
 
 /// The API server: bind, then `run` until shutdown.
 pub struct Api {
     listener: TcpListener,
     router: Router,
+    state: ApiState,
     drainer: Option<Drainer>,
 }
 
@@ -149,11 +152,14 @@ impl Api {
                 max_batch: settings.api.max_batch,
                 tokens: settings.api.tokens.clone(),
                 vapid_public_key,
+                draining: CancellationToken::new(),
             }),
         };
+        crate::metrics::install();
         Ok(Api {
             listener,
-            router: router(state),
+            router: router(state.clone()),
+            state,
             drainer,
         })
     }
@@ -169,6 +175,12 @@ impl Api {
         let addr = self.local_addr();
         tracing::info!(%addr, "api listening");
         let drainer = self.drainer.map(|d| tokio::spawn(d.run(shutdown.clone())));
+        let draining = self.state.inner.draining.clone();
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            draining.cancel();
+        });
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
@@ -196,8 +208,9 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(protected)
         .route("/v1/vapid-public-key", get(vapid_public_key))
-        .route("/livez", get(livez))
+        .route("/livez", get(crate::admin::livez))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::admin::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)
 }
@@ -296,6 +309,18 @@ async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let answer = publish_events(state, headers, body).await;
+    if let Err(e) = &answer {
+        crate::metrics::events_rejected(e.code, 1);
+    }
+    answer
+}
+
+async fn publish_events(
+    state: ApiState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let value = read_json(&state, &headers, body).await?;
     let (items, batch) = match value {
         Value::Array(items) => (items, true),
@@ -360,8 +385,18 @@ async fn post_events(
     let results: Vec<Value> = outcomes
         .into_iter()
         .map(|o| match o {
-            PublishOutcome::Accepted(p) => serde_json::to_value(p).expect("serializes"),
+            PublishOutcome::Accepted(p) => {
+                crate::metrics::event_ingested(if p.duplicate {
+                    "duplicate"
+                } else if p.scheduled {
+                    "scheduled"
+                } else {
+                    "added"
+                });
+                serde_json::to_value(p).expect("serializes")
+            }
             PublishOutcome::Conflict { id, stream_id } => {
+                crate::metrics::events_rejected("conflict", 1);
                 conflicts.push(id.clone());
                 json!({"id": id, "stream_id": stream_id, "error": "conflict"})
             }
@@ -387,6 +422,9 @@ async fn spool_events(spool: Arc<Spool>, ready: Vec<Ready>) -> Result<Response, 
     let appended = tokio::task::spawn_blocking(move || spool.append(&ready)).await;
     match appended {
         Ok(Ok(())) => {
+            for _ in &ids {
+                crate::metrics::event_ingested("spooled");
+            }
             let events: Vec<Value> = ids
                 .iter()
                 .map(|id| json!({"id": id, "spooled": true}))
@@ -559,20 +597,6 @@ async fn vapid_public_key(State(state): State<ApiState>) -> Response {
     Json(json!({"public_key": state.inner.vapid_public_key})).into_response()
 }
 
-async fn livez() -> Response {
-    Json(json!({"status": "alive"})).into_response()
-}
-
 async fn readyz(State(state): State<ApiState>) -> Response {
-    match state.inner.db.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "not ready: redis unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "redis unreachable"})),
-            )
-                .into_response()
-        }
-    }
+    crate::admin::readyz(&state.inner.db, &state.inner.draining).await
 }

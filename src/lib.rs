@@ -25,8 +25,10 @@
 //!
 //! Around them: [`config`] (settings), [`keys`] (every Redis key name), [`db`]
 //! (connections, durability check, scripts), [`shutdown`] (signals and
-//! stopping), [`telemetry`] (logs).
+//! stopping), [`telemetry`] (logs), [`metrics`] (every Prometheus metric), [`admin`]
+//! (`/metrics` and health for the worker and reclaimer).
 
+pub mod admin;
 pub mod alerts;
 pub mod audit;
 pub mod config;
@@ -37,6 +39,7 @@ pub mod event;
 pub mod holding;
 pub mod ingest;
 pub mod keys;
+pub mod metrics;
 pub mod ordering;
 pub mod publish;
 pub mod push;

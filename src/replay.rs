@@ -23,6 +23,19 @@ pub const REPLAY_OF: &str = "replay_of";
 /// The field a forced replay copy carries: the run, under which devices are tracked afresh.
 pub const REPLAY_RUN: &str = "replay_run";
 
+/// The outcome markers of an entry: the event's, or for a forced replay copy its run's.
+pub fn outcomes_key(
+    keys: &crate::keys::Keys,
+    partition: u32,
+    event_id: &str,
+    fields: &HashMap<String, String>,
+) -> String {
+    match fields.get(REPLAY_RUN) {
+        Some(run) => keys.outcomes(partition, &format!("{event_id}:replay:{run}")),
+        None => keys.outcomes(partition, event_id),
+    }
+}
+
 /// Entries read per `XRANGE` page, and copies added per pipeline.
 const PAGE: usize = 500;
 

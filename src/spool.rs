@@ -132,6 +132,7 @@ impl Spool {
             backlog: 0,
         };
         inner.backlog = records.iter().filter(|start| **start >= drained).count() as u64;
+        crate::metrics::spool_depth(inner.backlog);
         if inner.backlog > 0 {
             tracing::warn!(records = inner.backlog, path = %path.display(), "spool holds events from before; they will be drained into Redis");
         }
@@ -182,6 +183,7 @@ impl Spool {
         }
         inner.len += buf.len() as u64;
         inner.backlog += batch.len() as u64;
+        crate::metrics::spool_depth(inner.backlog);
         Ok(())
     }
 
@@ -212,6 +214,7 @@ impl Spool {
             let mut inner = self.inner.lock().expect("spool lock");
             inner.drained = next;
             inner.backlog = inner.backlog.saturating_sub(batch.len() as u64);
+            crate::metrics::spool_depth(inner.backlog);
             write_offset(&mut inner.offset_file, next)?;
             moved += batch.len() as u64;
         }
@@ -226,6 +229,7 @@ impl Spool {
             inner.len = 0;
             inner.drained = 0;
             inner.backlog = 0;
+            crate::metrics::spool_depth(inner.backlog);
             write_offset(&mut inner.offset_file, 0)?;
         }
         Ok(())

@@ -15,6 +15,7 @@ use crate::embedded_redis::EmbeddedRedis;
 use crate::ingest::Api;
 use crate::push::vapid::VapidKey;
 use crate::push::Pusher;
+use crate::admin::Admin;
 use crate::reclaimer::Reclaimer;
 use crate::scheduler::Scheduler;
 use crate::worker::Worker;
@@ -57,9 +58,25 @@ pub async fn worker(settings: Settings, shutdown: CancellationToken) -> anyhow::
     let parts = Parts::connect(&settings, settings.push.create_vapid_key).await?;
     let worker = parts.worker(&settings);
     let mut roles = Roles::new(shutdown);
+    let admin = Admin::bind(&settings, parts.db.clone(), roles.stop()).await?;
     roles.spawn("worker", worker.run(roles.stop()));
     parts.spawn_alerts(&mut roles);
-    roles.wait().await
+    with_admin(admin, roles.wait()).await
+}
+
+/// Serves the admin listener (when there is one) until the roles have finished.
+async fn with_admin(
+    admin: Option<Admin>,
+    roles: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let served = admin.map(|admin| tokio::spawn(admin.run(stop.clone())));
+    let result = roles.await;
+    stop.cancel();
+    if let Some(served) = served {
+        served.await.context("admin listener panicked")??;
+    }
+    result
 }
 
 /// `herald reclaimer`.
@@ -67,10 +84,12 @@ pub async fn reclaimer(settings: Settings, shutdown: CancellationToken) -> anyho
     let parts = Parts::connect(&settings, settings.push.create_vapid_key).await?;
     let reclaimer = Reclaimer::new(parts.worker(&settings), &settings);
     let mut roles = Roles::new(shutdown);
+    let admin = Admin::bind(&settings, parts.db.clone(), roles.stop()).await?;
     roles.spawn("reclaimer", reclaimer.run(roles.stop()));
     roles.spawn("scheduler", parts.scheduler(&settings).run(roles.stop()));
+    roles.spawn("metrics sampler", parts.sampler(&settings, roles.stop()));
     parts.spawn_alerts(&mut roles);
-    roles.wait().await
+    with_admin(admin, roles.wait()).await
 }
 
 async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -94,6 +113,7 @@ async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     roles.spawn("worker", worker.run(roles.stop()));
     roles.spawn("reclaimer", reclaimer.run(roles.stop()));
     roles.spawn("scheduler", parts.scheduler(settings).run(roles.stop()));
+    roles.spawn("metrics sampler", parts.sampler(settings, roles.stop()));
     parts.spawn_alerts(&mut roles);
     roles.wait().await
 }
@@ -134,6 +154,14 @@ impl Parts {
             settings,
             self.alerts.clone(),
         )
+    }
+
+    fn sampler(
+        &self,
+        settings: &Settings,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+        crate::metrics::sample_loop(self.db.clone(), settings.admin.sample_interval, stop)
     }
 
     fn scheduler(&self, settings: &Settings) -> Scheduler {

@@ -120,7 +120,7 @@ impl DeadLetters {
         let mut inv = script(&DEAD_LETTER, include_str!("dead_letter.lua")).prepare_invoke();
         inv.key(keys.dead_letters(partition))
             .key(stream)
-            .key(keys.outcomes(partition, event_id))
+            .key(crate::replay::outcomes_key(keys, partition, event_id, fields))
             .key(keys.retry_at(partition))
             .arg(&self.group)
             .arg(stream_id)
@@ -153,6 +153,7 @@ impl DeadLetters {
             "dead-lettered"
         );
         self.alerts.dead_letter(&why.reason);
+        crate::metrics::dead_lettered(&why.reason);
         Ok(id)
     }
 
@@ -189,6 +190,7 @@ impl DeadLetters {
         if let Some(id) = &id {
             tracing::error!(reason = "deleted_while_pending", stream, stream_id, dead_letter_id = %id, "dead-lettered");
             self.alerts.dead_letter("deleted_while_pending");
+            crate::metrics::dead_lettered("deleted_while_pending");
         }
         Ok(id)
     }

@@ -97,6 +97,23 @@ impl Pusher {
 
     /// Pushes `event` to `sub` and says what came of it. Never panics on bad input.
     pub async fn push(&self, sub: &Subscription, event: &Event) -> PushReport {
+        let service = url::Url::parse(&sub.endpoint)
+            .ok()
+            .and_then(|u| u.host_str().map(crate::metrics::service_class))
+            .unwrap_or("other");
+        let report = self.push_inner(sub, event, service).await;
+        let outcome = match report.outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Gone => "gone",
+            Outcome::Retry { .. } if report.held => "not_sent",
+            Outcome::Retry { .. } => "retry",
+            Outcome::DeadLetter { .. } => "dead_lettered",
+        };
+        crate::metrics::push(outcome, service);
+        report
+    }
+
+    async fn push_inner(&self, sub: &Subscription, event: &Event, service: &'static str) -> PushReport {
         let url = match endpoint::check(&sub.endpoint, self.allow_insecure) {
             Ok(url) => url,
             Err(e) => {
@@ -188,7 +205,10 @@ impl Pusher {
         for (name, value) in body.crypto_headers {
             request = request.header(name, value);
         }
-        let response = match request.body(body.content).send().await {
+        let sent = std::time::Instant::now();
+        let response = request.body(body.content).send().await;
+        crate::metrics::push_duration(service, sent.elapsed());
+        let response = match response {
             Ok(response) => response,
             Err(e) => {
                 self.breakers

@@ -100,6 +100,7 @@ impl Reclaimer {
             for partition in 0..self.worker.db().keys.partitions() {
                 match self.scan(partition).await {
                     Ok(o) if !o.processed.is_empty() || o.exhausted > 0 || o.tombstones > 0 => {
+                        crate::metrics::reclaimed(o.processed.len() as u64);
                         tracing::info!(
                             partition,
                             claimed = o.processed.len(),

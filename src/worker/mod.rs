@@ -135,6 +135,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(db: Db, pusher: Arc<Pusher>, settings: &Settings, alerts: Alerts) -> Worker {
+        crate::metrics::install();
         let store = Store::new(db.clone());
         let concurrency = settings.worker.concurrency;
         let policy = RetryPolicy::from_settings(&settings.retry);
@@ -516,6 +517,15 @@ impl Worker {
             .deliver(entry, fields, &event)
             .instrument(span.clone())
             .await;
+        crate::metrics::event_processed(match &outcome {
+            EntryOutcome::Acked { .. } => "acked",
+            EntryOutcome::NoTarget => "no_target",
+            EntryOutcome::Held => "held",
+            EntryOutcome::Pending { .. } => "pending",
+            EntryOutcome::DeadLettered { .. } => "dead_lettered",
+            EntryOutcome::Superseded { .. } => "superseded",
+            EntryOutcome::TakenOver => "taken_over",
+        });
         let _enter = span.enter();
         match &outcome {
             EntryOutcome::Acked {
@@ -623,13 +633,7 @@ impl Worker {
         partition: u32,
     ) -> EntryOutcome {
         // A forced replay tracks its devices afresh, under its run (see crate::replay).
-        let outcomes_key = match fields.get(crate::replay::REPLAY_RUN) {
-            Some(run) => self
-                .db
-                .keys
-                .outcomes(partition, &format!("{}:replay:{run}", event.id)),
-            None => self.db.keys.outcomes(partition, &event.id),
-        };
+        let outcomes_key = crate::replay::outcomes_key(&self.db.keys, partition, &event.id, fields);
         let targets = match self.router.targets(event).await {
             Ok(targets) => targets,
             Err(e) => {
@@ -778,7 +782,10 @@ impl Worker {
             self.pusher.push(sub, event).await
         };
         let marker = match &report.outcome {
-            Outcome::Delivered => "delivered",
+            Outcome::Delivered => {
+                crate::metrics::delivery_latency(&entry.id);
+                "delivered"
+            }
             Outcome::Gone => {
                 if let Err(e) = self.store.delete(&sub.id).await {
                     let report = PushReport::unsent(format!(

@@ -391,6 +391,7 @@ pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> Proc {
         )
         .env("HERALD_RETRY__JITTER", "0")
         .env("HERALD_RECLAIMER__INTERVAL", ms(s.reclaimer.interval))
+        .env("HERALD_ADMIN__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log_file(app, consumer))

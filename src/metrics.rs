@@ -1,0 +1,227 @@
+//! Every Prometheus metric herald exports, named in one place, and the
+//! functions that record them. Names follow Prometheus conventions: `herald_`
+//! prefix, `_total` counters, base units (seconds). Labels are bounded: an
+//! outcome, a reason from a fixed list, a push-service class, a partition, a
+//! consumer group; never a user, an endpoint or an event id.
+//!
+//! | metric | type | labels | what |
+//! | --- | --- | --- | --- |
+//! | `herald_build_info` | gauge | `version` | always 1 |
+//! | `herald_events_ingested_total` | counter | `result` (`added`, `duplicate`, `scheduled`, `spooled`) | events the API accepted |
+//! | `herald_events_rejected_total` | counter | `reason` (the API's error code) | requests refused, per event where known |
+//! | `herald_events_processed_total` | counter | `outcome` (`acked`, `no_target`, `held`, `pending`, `dead_lettered`, `superseded`, `taken_over`) | entries a worker finished processing |
+//! | `herald_pushes_total` | counter | `outcome` (`delivered`, `gone`, `retry`, `dead_lettered`, `not_sent`), `service` | push attempts |
+//! | `herald_push_duration_seconds` | histogram | `service` | one push request, sent to answered |
+//! | `herald_delivery_latency_seconds` | histogram | | the event entering the stream to the push service accepting it |
+//! | `herald_entries_reclaimed_total` | counter | | pending entries the reclaimer claimed for a retry |
+//! | `herald_dead_letters_total` | counter | `reason` | dead letters written |
+//! | `herald_spool_depth_events` | gauge | | events in the API's spool, waiting for Redis |
+//! | `herald_breakers_open` | gauge | `service` | push-service origins whose breaker is open |
+//! | `herald_stream_length` | gauge | `partition` | `XLEN` of the event stream |
+//! | `herald_group_lag` | gauge | `partition`, `group` | entries the group has not read yet |
+//! | `herald_group_pending` | gauge | `partition`, `group` | entries read and not acknowledged |
+//! | `herald_group_oldest_pending_age_seconds` | gauge | `partition`, `group` | age of the oldest pending entry (0 when none) |
+//! | `herald_group_consumers` | gauge | `partition`, `group` | consumers in the group |
+//! | `herald_dead_letter_length` | gauge | `partition` | `XLEN` of the dead-letter stream |
+//! | `herald_scheduled_events` | gauge | `partition` | delayed events not due yet |
+//! | `herald_held_events` | gauge | `partition` | direct events waiting for their user's first subscription |
+//!
+//! The gauges sampled from Redis (stream, group, dead letters, scheduled,
+//! held) come from the reclaimer role, every `admin.sample_interval`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Buckets of one push request, in seconds.
+const PUSH_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets of publish-to-push latency, in seconds: includes retries, so up to hours.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0,
+];
+
+/// Installs the process-wide recorder (once; later calls return the same handle).
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("herald_push_duration_seconds".into()),
+                PUSH_BUCKETS,
+            )
+            .expect("buckets are not empty")
+            .set_buckets_for_metric(
+                Matcher::Full("herald_delivery_latency_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            .expect("buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (a test harness); herald's own handle still renders.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was installed already; /metrics shows herald's only if it is this one");
+        }
+        gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+/// The Prometheus text exposition of everything recorded so far.
+pub fn render() -> String {
+    install().render()
+}
+
+/// The class of a push service, from its endpoint's host: a bounded label.
+pub fn service_class(host: &str) -> &'static str {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let under = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+    if under("googleapis.com") {
+        "fcm"
+    } else if under("mozilla.com") {
+        "mozilla"
+    } else if under("push.apple.com") {
+        "apple"
+    } else if under("notify.windows.com") {
+        "windows"
+    } else {
+        "other"
+    }
+}
+
+pub fn event_ingested(result: &'static str) {
+    counter!("herald_events_ingested_total", "result" => result).increment(1);
+}
+
+pub fn events_rejected(reason: &'static str, events: u64) {
+    counter!("herald_events_rejected_total", "reason" => reason).increment(events.max(1));
+}
+
+pub fn event_processed(outcome: &'static str) {
+    counter!("herald_events_processed_total", "outcome" => outcome).increment(1);
+}
+
+pub fn push(outcome: &'static str, service: &'static str) {
+    counter!("herald_pushes_total", "outcome" => outcome, "service" => service).increment(1);
+}
+
+pub fn push_duration(service: &'static str, took: Duration) {
+    histogram!("herald_push_duration_seconds", "service" => service).record(took.as_secs_f64());
+}
+
+/// From the stream id's time (when the event entered the stream) to now.
+pub fn delivery_latency(stream_id: &str) {
+    let Some(ms) = stream_id
+        .split('-')
+        .next()
+        .and_then(|m| m.parse::<i64>().ok())
+    else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    histogram!("herald_delivery_latency_seconds").record((now - ms).max(0) as f64 / 1000.0);
+}
+
+pub fn reclaimed(entries: u64) {
+    counter!("herald_entries_reclaimed_total").increment(entries);
+}
+
+/// Dead-letter reasons herald writes; anything else is counted as `other`.
+const REASONS: &[&str] = &[
+    "max_deliveries",
+    "invalid_subscription",
+    "push_rejected",
+    "push_bad_request",
+    "push_unauthorized",
+    "payload_too_large",
+    "vapid_error",
+    "undecodable",
+    "deleted_while_pending",
+    "unroutable",
+    "hold_full",
+    "panic",
+    "internal",
+];
+
+pub fn dead_lettered(reason: &str) {
+    let reason = REASONS
+        .iter()
+        .find(|r| **r == reason)
+        .copied()
+        .unwrap_or("other");
+    counter!("herald_dead_letters_total", "reason" => reason).increment(1);
+}
+
+pub fn spool_depth(events: u64) {
+    gauge!("herald_spool_depth_events").set(events as f64);
+}
+
+pub fn breaker_opened(service: &'static str) {
+    gauge!("herald_breakers_open", "service" => service).increment(1.0);
+}
+
+pub fn breaker_closed(service: &'static str) {
+    gauge!("herald_breakers_open", "service" => service).decrement(1.0);
+}
+
+/// Sets the gauges read from Redis.
+pub fn sample(stats: &crate::stats::Stats) {
+    for s in &stats.streams {
+        let p = s.partition.to_string();
+        gauge!("herald_stream_length", "partition" => p.clone()).set(s.length as f64);
+        gauge!("herald_dead_letter_length", "partition" => p.clone()).set(s.dead_letters as f64);
+        gauge!("herald_scheduled_events", "partition" => p.clone()).set(s.scheduled as f64);
+        gauge!("herald_held_events", "partition" => p.clone()).set(s.held as f64);
+        for g in &s.groups {
+            let labels = [
+                ("partition", p.clone()),
+                ("group", g.name.clone()),
+            ];
+            gauge!("herald_group_lag", &labels).set(g.lag.unwrap_or(0) as f64);
+            gauge!("herald_group_pending", &labels).set(g.pending as f64);
+            gauge!("herald_group_oldest_pending_age_seconds", &labels)
+                .set(g.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0);
+            gauge!("herald_group_consumers", &labels).set(g.consumers.len() as f64);
+        }
+    }
+}
+
+/// Samples the Redis gauges every `interval` until shutdown.
+pub async fn sample_loop(
+    db: crate::db::Db,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    while !shutdown.is_cancelled() {
+        match crate::stats::collect(&db, None, None).await {
+            Ok(stats) => sample(&stats),
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot sample the Redis gauges; next time")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_services_are_classed_by_host() {
+        assert_eq!(service_class("fcm.googleapis.com"), "fcm");
+        assert_eq!(service_class("updates.push.services.mozilla.com"), "mozilla");
+        assert_eq!(service_class("web.push.apple.com"), "apple");
+        assert_eq!(service_class("db5p.notify.windows.com"), "windows");
+        assert_eq!(service_class("push.example.org"), "other");
+        assert_eq!(service_class("evilgoogleapis.com"), "other");
+    }
+}
