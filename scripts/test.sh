@@ -33,6 +33,8 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo clippy --features otel (the OpenTelemetry export, off by default, still builds)"
+cargo clippy --lib --features otel --locked -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
   echo "==> cargo nextest run"

@@ -366,6 +366,17 @@ async fn publish_events(
         })?;
         ready.push(Ready::new(&event, input.digest()));
     }
+    // A W3C trace context travels with the events of the request, to the worker's span.
+    if let Some(trace) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::telemetry::TraceParent::parse)
+    {
+        for r in &mut ready {
+            r.fields
+                .push((crate::telemetry::TRACEPARENT_FIELD.into(), trace.header()));
+        }
+    }
     // While the spool holds events, new ones queue behind them, so order is kept.
     let spool = state.inner.spool.clone();
     let outcomes = match &spool {

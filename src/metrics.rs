@@ -177,10 +177,7 @@ pub fn sample(stats: &crate::stats::Stats) {
         gauge!("herald_scheduled_events", "partition" => p.clone()).set(s.scheduled as f64);
         gauge!("herald_held_events", "partition" => p.clone()).set(s.held as f64);
         for g in &s.groups {
-            let labels = [
-                ("partition", p.clone()),
-                ("group", g.name.clone()),
-            ];
+            let labels = [("partition", p.clone()), ("group", g.name.clone())];
             gauge!("herald_group_lag", &labels).set(g.lag.unwrap_or(0) as f64);
             gauge!("herald_group_pending", &labels).set(g.pending as f64);
             gauge!("herald_group_oldest_pending_age_seconds", &labels)
@@ -218,7 +215,10 @@ mod tests {
     #[test]
     fn push_services_are_classed_by_host() {
         assert_eq!(service_class("fcm.googleapis.com"), "fcm");
-        assert_eq!(service_class("updates.push.services.mozilla.com"), "mozilla");
+        assert_eq!(
+            service_class("updates.push.services.mozilla.com"),
+            "mozilla"
+        );
         assert_eq!(service_class("web.push.apple.com"), "apple");
         assert_eq!(service_class("db5p.notify.windows.com"), "windows");
         assert_eq!(service_class("push.example.org"), "other");

@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::Admin;
 use crate::alerts::{self, AlertLoop, Alerts};
 use crate::config::{Secret, Settings};
 use crate::db::{redacted_url, Db};
@@ -15,7 +16,6 @@ use crate::embedded_redis::EmbeddedRedis;
 use crate::ingest::Api;
 use crate::push::vapid::VapidKey;
 use crate::push::Pusher;
-use crate::admin::Admin;
 use crate::reclaimer::Reclaimer;
 use crate::scheduler::Scheduler;
 use crate::worker::Worker;

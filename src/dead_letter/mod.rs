@@ -120,7 +120,9 @@ impl DeadLetters {
         let mut inv = script(&DEAD_LETTER, include_str!("dead_letter.lua")).prepare_invoke();
         inv.key(keys.dead_letters(partition))
             .key(stream)
-            .key(crate::replay::outcomes_key(keys, partition, event_id, fields))
+            .key(crate::replay::outcomes_key(
+                keys, partition, event_id, fields,
+            ))
             .key(keys.retry_at(partition))
             .arg(&self.group)
             .arg(stream_id)

@@ -113,7 +113,12 @@ impl Pusher {
         report
     }
 
-    async fn push_inner(&self, sub: &Subscription, event: &Event, service: &'static str) -> PushReport {
+    async fn push_inner(
+        &self,
+        sub: &Subscription,
+        event: &Event,
+        service: &'static str,
+    ) -> PushReport {
         let url = match endpoint::check(&sub.endpoint, self.allow_insecure) {
             Ok(url) => url,
             Err(e) => {

@@ -512,7 +512,22 @@ impl Worker {
                 return self.dead_letter_entry(entry, why).await;
             }
         };
-        let span = tracing::info_span!("event", event_id = %event.id, stream_id = %entry.id, topic = %event.topic);
+        let span = tracing::info_span!(
+            "event",
+            event_id = %event.id,
+            stream_id = %entry.id,
+            topic = %event.topic,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(trace) = fields
+            .get(crate::telemetry::TRACEPARENT_FIELD)
+            .and_then(|t| crate::telemetry::TraceParent::parse(t))
+        {
+            span.record("trace_id", trace.trace_id.as_str());
+            span.record("parent_span_id", trace.parent_id.as_str());
+            crate::telemetry::continue_trace(&span, &trace);
+        }
         let outcome = self
             .deliver(entry, fields, &event)
             .instrument(span.clone())

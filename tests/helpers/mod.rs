@@ -370,6 +370,11 @@ pub fn herald_bin() -> PathBuf {
 /// A herald role as a real process, configured like `app` (same Redis, prefix,
 /// VAPID key, fast retries) through HERALD_* variables.
 pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> Proc {
+    spawn_role_with(app, args, consumer, &[])
+}
+
+/// [`spawn_role`] with more environment variables (set last, so they win).
+pub fn spawn_role_with(app: &TestApp, args: &[&str], consumer: &str, env: &[(&str, &str)]) -> Proc {
     let s = &app.settings;
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     Command::new(herald_bin())
@@ -393,6 +398,7 @@ pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> Proc {
         .env("HERALD_RECLAIMER__INTERVAL", ms(s.reclaimer.interval))
         .env("HERALD_ADMIN__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log_file(app, consumer))
         .spawn()
