@@ -238,7 +238,7 @@ fn print_banner(settings: &Settings, api: std::net::SocketAddr, public_key: &str
     println!(
         r#"
 herald is up
-  api        http://{api}   (POST /v1/events, POST /v1/subscriptions, GET /readyz)
+  api        http://{api}   (POST /v1/events, POST /v1/subscriptions, GET /readyz, GET /metrics)
   worker     consumer {consumer} in group {group}
   reclaimer  retries pending entries with backoff, dead-letters what keeps failing
   redis      {url}
