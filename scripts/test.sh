@@ -43,3 +43,8 @@ else
   echo "==> cargo test (install cargo-nextest for parallel, per-process tests)"
   cargo test --locked --no-fail-fast "$@"
 fi
+
+if [ "$#" -eq 0 ]; then
+  echo "==> cargo test --features otel --test otel (spans exported over OTLP to a stand-in collector)"
+  cargo test --locked --features otel --test otel
+fi
