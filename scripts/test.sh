@@ -28,16 +28,14 @@ if ! pkg-config --exists openssl 2>/dev/null; then
 fi
 echo "==> $(redis-server --version)"
 
-echo "==> cargo fmt --check"
+echo "==> $(date +%T) cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo clippy --all-targets -- -D warnings"
+echo "==> $(date +%T) cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
-echo "==> cargo clippy --features otel (the OpenTelemetry export, off by default, still builds)"
-cargo clippy --lib --features otel --locked -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
-  echo "==> cargo nextest run"
+  echo "==> $(date +%T) cargo nextest run"
   cargo nextest run --locked --no-fail-fast "$@"
 else
   echo "==> cargo test (install cargo-nextest for parallel, per-process tests)"
@@ -45,6 +43,7 @@ else
 fi
 
 if [ "$#" -eq 0 ]; then
-  echo "==> cargo test --features otel --test otel (spans exported over OTLP to a stand-in collector)"
+  echo "==> $(date +%T) cargo test --features otel --test otel (the OpenTelemetry export, off by default, builds and exports)"
   cargo test --locked --features otel --test otel
 fi
+echo "==> $(date +%T) done"
