@@ -27,7 +27,8 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
 /// The devices an event is meant for.
 #[derive(Debug, Default)]
 pub struct Targets {
-    pub subscriptions: Vec<Subscription>,
+    /// Shared with the index: a fan-out to 100,000 devices does not copy them.
+    pub subscriptions: Vec<Arc<Subscription>>,
     /// Stored subscriptions that cannot be read back, with what is wrong with each.
     pub unreadable: Vec<Unreadable>,
 }
@@ -42,7 +43,7 @@ impl Targets {
 #[derive(Debug, Default)]
 pub struct Index {
     version: i64,
-    subscriptions: Vec<Subscription>,
+    subscriptions: Vec<Arc<Subscription>>,
     topics: PatternTrie,
     /// Subscriptions with a header filter and no topics: they match any topic.
     headers_only: Vec<u32>,
@@ -66,13 +67,17 @@ impl Index {
             if sub.topics.is_empty() && sub.headers.is_some() {
                 index.headers_only.push(i);
             }
-            index.subscriptions.push(sub);
+            index.subscriptions.push(Arc::new(sub));
         }
         index
     }
 
     /// The subscriptions a topic event goes to.
-    pub fn route(&self, topic: &str, headers: &BTreeMap<String, String>) -> Vec<Subscription> {
+    pub fn route(
+        &self,
+        topic: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Vec<Arc<Subscription>> {
         let mut found = HashSet::new();
         self.topics.matches(topic, &mut found);
         found.extend(&self.headers_only);
@@ -133,7 +138,7 @@ impl Router {
             Some(user) => {
                 for found in self.store.for_user(user).await? {
                     match found {
-                        Ok(sub) => targets.subscriptions.push(sub),
+                        Ok(sub) => targets.subscriptions.push(Arc::new(sub)),
                         Err(e) => targets.unreadable.push(e),
                     }
                 }
@@ -233,7 +238,7 @@ mod tests {
         index
             .route(topic, &headers)
             .into_iter()
-            .map(|s| s.id)
+            .map(|s| s.id.clone())
             .collect()
     }
 

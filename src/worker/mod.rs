@@ -714,6 +714,7 @@ impl Worker {
         let todo: Vec<&Subscription> = targets
             .subscriptions
             .iter()
+            .map(|s| s.as_ref())
             .filter(|s| !done.contains_key(&s.id))
             .collect();
         // At most `fanout_width` pushes of one event are started at once, so a
