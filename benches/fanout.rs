@@ -136,12 +136,12 @@ async fn main() -> anyhow::Result<()> {
         .publish(&[Ready::new(&event, input.digest())])
         .await?;
     let mut peak_rss = 0;
-    while handle.arrivals().len() < devices {
+    while handle.arrival_count() < devices {
         peak_rss = peak_rss.max(status_kb(worker.id(), "VmRSS:"));
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(900),
             "the fan-out did not finish in 15 minutes ({} of {devices})",
-            handle.arrivals().len()
+            handle.arrival_count()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -73,11 +73,7 @@ impl Index {
     }
 
     /// The subscriptions a topic event goes to.
-    pub fn route(
-        &self,
-        topic: &str,
-        headers: &BTreeMap<String, String>,
-    ) -> Vec<Arc<Subscription>> {
+    pub fn route(&self, topic: &str, headers: &BTreeMap<String, String>) -> Vec<Arc<Subscription>> {
         let mut found = HashSet::new();
         self.topics.matches(topic, &mut found);
         found.extend(&self.headers_only);

@@ -211,6 +211,11 @@ impl SinkHandle {
             .extend(faults);
     }
 
+    /// How many pushes arrived, without copying them (cheap to poll).
+    pub fn arrival_count(&self) -> usize {
+        self.state.arrivals.lock().expect("sink lock").len()
+    }
+
     pub fn arrivals(&self) -> Vec<Arrival> {
         self.state.arrivals.lock().expect("sink lock").clone()
     }
