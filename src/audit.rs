@@ -76,6 +76,13 @@ pub struct Audit {
 /// entry cannot be read as an event, its raw fields and why.
 pub fn line(entry: &Entry) -> Value {
     let mut line = json!({"stream": entry.stream, "stream_id": entry.id});
+    if let Some(trace) = entry
+        .fields
+        .as_ref()
+        .and_then(|f| f.get(crate::telemetry::TRACEPARENT_FIELD))
+    {
+        line["traceparent"] = json!(trace);
+    }
     match entry.fields.as_ref().map(Event::from_fields) {
         Some(Ok(e)) => {
             line["event"] = json!({
@@ -153,6 +160,17 @@ impl Audit {
                         written += n as u64;
                         any |= n > 0;
                     }
+                    Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
+                        // The lines were not acknowledged: nothing is lost, they are written on the next start.
+                        return Err(e.context(format!(
+                            "cannot write the audit log ({}); stopping",
+                            if self.out.as_os_str().is_empty() {
+                                "stdout".into()
+                            } else {
+                                self.out.display().to_string()
+                            }
+                        )));
+                    }
                     Err(e) => {
                         failures += 1;
                         if failures == 1 {
@@ -213,8 +231,7 @@ impl Audit {
             lines.push(b'\n');
         }
         // A short blocking write: this process does nothing else meanwhile.
-        sink.write_durably(&lines)
-            .map_err(|e| anyhow::anyhow!("cannot write the audit log: {e}"))?;
+        sink.write_durably(&lines)?;
         let mut ack = redis::cmd("XACK");
         ack.arg(&stream).arg(&self.group);
         for entry in &entries {

@@ -507,7 +507,7 @@ async fn replay(
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "replaying {bar:40} {pos}/{len} events ({per_sec}, {eta} left)",
+                "replaying {bar:40} {pos}/{len} events ({elapsed} so far, {eta} left)",
             )
             .expect("a valid template"),
         );
