@@ -9,7 +9,7 @@
 //! | `herald_build_info` | gauge | `version` | always 1 |
 //! | `herald_events_ingested_total` | counter | `result` (`added`, `duplicate`, `scheduled`, `spooled`) | events the API accepted |
 //! | `herald_events_rejected_total` | counter | `reason` (the API's error code) | requests refused, and events refused for a conflicting id (`conflict`) |
-//! | `herald_events_processed_total` | counter | `outcome` (`acked`, `no_target`, `held`, `pending`, `dead_lettered`, `superseded`, `taken_over`) | entries a worker finished processing |
+//! | `herald_events_processed_total` | counter | `outcome` (`acked`, `unroutable` (a topic event nobody matches), `no_target` (a direct event not held), `held`, `pending`, `dead_lettered`, `superseded`, `taken_over`) | entries a worker finished processing |
 //! | `herald_pushes_total` | counter | `outcome` (`delivered`, `gone`, `retry`, `dead_lettered`, `not_sent`), `service` | push attempts |
 //! | `herald_push_duration_seconds` | histogram | `service` | one push request, sent to answered |
 //! | `herald_delivery_latency_seconds` | histogram | | the event entering the stream to the push service accepting it |

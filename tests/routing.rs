@@ -91,6 +91,11 @@ async fn a_new_subscription_is_routed_to_without_a_restart() {
     .await;
     let batch = app.step().await;
     assert_eq!(batch.entries[0].1, EntryOutcome::NoTarget);
+    let metrics = herald::metrics::render();
+    assert!(
+        metrics.contains(r#"herald_events_processed_total{outcome="unroutable"} 1"#),
+        "an unroutable event is counted:\n{metrics}"
+    );
     let reader = subscribe(&app, json!({"topics": ["news.*"]})).await;
     tokio::time::sleep(herald::routing::REFRESH_EVERY + Duration::from_millis(50)).await;
     publish(

@@ -534,6 +534,7 @@ impl Worker {
             .await;
         crate::metrics::event_processed(match &outcome {
             EntryOutcome::Acked { .. } => "acked",
+            EntryOutcome::NoTarget if event.user.is_none() => "unroutable",
             EntryOutcome::NoTarget => "no_target",
             EntryOutcome::Held => "held",
             EntryOutcome::Pending { .. } => "pending",
