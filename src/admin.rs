@@ -1,7 +1,8 @@
 //! Health and metrics over HTTP: `/metrics` (Prometheus text), `/livez` (the
 //! process runs) and `/readyz` (Redis answers and the process is not
 //! draining; `503` otherwise). The API serves them on `api.listen`; the worker
-//! and reclaimer on a small listener of their own, `admin.listen`, which stays
+//! and reclaimer (and `herald audit`) on a small listener of their own,
+//! `admin.listen` (by default a port per role), which stays
 //! up while they drain so that a load balancer or an orchestrator sees it.
 
 use axum::extract::State;
@@ -69,6 +70,7 @@ impl Admin {
     /// cancelled when the process starts to stop.
     pub async fn bind(
         settings: &Settings,
+        role: &str,
         db: Db,
         draining: CancellationToken,
     ) -> anyhow::Result<Option<Admin>> {
@@ -76,7 +78,10 @@ impl Admin {
             return Ok(None);
         }
         crate::metrics::install();
-        let listen = settings.admin.listen;
+        let listen = settings
+            .admin
+            .address(role)
+            .map_err(|e| anyhow::anyhow!("admin.listen: {e}"))?;
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen on admin.listen = {listen}: {e}; give each herald process on this host its own port (HERALD_ADMIN__LISTEN, port 0 picks a free one) or set admin.enabled = false"

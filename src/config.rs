@@ -35,14 +35,16 @@ pub struct Settings {
     pub admin: AdminSettings,
 }
 
-/// The admin listener of `herald worker` and `herald reclaimer`: `/metrics`,
-/// `/livez`, `/readyz`. (`herald api` and `herald up` serve them on `api.listen`.)
+/// The admin listener of `herald worker`, `herald reclaimer` and `herald
+/// audit`: `/metrics`, `/livez`, `/readyz`. (`herald api` and `herald up`
+/// serve them on `api.listen`.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     pub enabled: bool,
-    /// Give each process on one host its own port; port 0 picks a free one (logged).
-    pub listen: SocketAddr,
+    /// Empty: each role its own default port on loopback (worker 9464,
+    /// reclaimer 9465, audit 9466). Port 0 picks a free one (logged).
+    pub listen: String,
     /// How often the reclaimer samples the gauges read from Redis (lag, pending, lengths).
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
@@ -52,9 +54,29 @@ impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            listen: String::new(),
             sample_interval: Duration::from_secs(15),
         }
+    }
+}
+
+impl AdminSettings {
+    /// Where the admin listener of `role` (`worker`, `reclaimer`, `audit`) binds.
+    pub fn address(&self, role: &str) -> Result<SocketAddr, String> {
+        if self.listen.is_empty() {
+            let port = match role {
+                "worker" => 9464,
+                "reclaimer" => 9465,
+                _ => 9466,
+            };
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        self.listen.parse().map_err(|e| {
+            format!(
+                "{:?} is not an address like 127.0.0.1:9464: {e}",
+                self.listen
+            )
+        })
     }
 }
 
@@ -720,6 +742,9 @@ impl Settings {
                 format!("must start with mailto: or https:// (got {subject:?})"),
             ));
         }
+        if let Err(problem) = self.admin.address("worker") {
+            return Err(Invalid::new("admin.listen", problem));
+        }
         if self.api.tokens.iter().any(Secret::is_empty) {
             return Err(Invalid::new(
                 "api.tokens",
@@ -887,6 +912,21 @@ mod tests {
         s.worker.block = Duration::from_secs(30);
         let err = s.validate().expect_err("must fail");
         assert_eq!(err.key, "worker.block");
+    }
+
+    #[test]
+    fn each_role_has_its_own_admin_port_unless_one_is_given() {
+        let mut s = Settings::default();
+        let port = |s: &Settings, role| s.admin.address(role).expect("an address").port();
+        assert_eq!(
+            (port(&s, "worker"), port(&s, "reclaimer"), port(&s, "audit")),
+            (9464, 9465, 9466)
+        );
+        s.admin.listen = "0.0.0.0:9100".into();
+        assert_eq!(port(&s, "reclaimer"), 9100);
+        s.admin.listen = "localhost".into();
+        let err = s.validate().expect_err("must fail");
+        assert_eq!(err.key, "admin.listen");
     }
 
     #[test]

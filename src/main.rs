@@ -347,17 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { json, watch, group } => stats(settings, json, watch, group).await,
         Command::Audit { group, out } => {
             herald::shutdown::on_signals(shutdown.clone())?;
-            let db = herald::db::Db::connect(&settings).await?;
-            let consumer = if settings.worker.consumer.is_empty() {
-                "audit".to_string()
-            } else {
-                settings.worker.consumer.clone()
-            };
-            let group = group.unwrap_or(settings.audit.group.clone());
-            let out = out.unwrap_or(settings.audit.out.clone());
-            herald::audit::Audit::new(db, &group, &consumer, out)
-                .run(shutdown)
-                .await
+            herald::up::audit(settings, group, out, shutdown).await
         }
         Command::Replay {
             from,

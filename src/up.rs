@@ -58,9 +58,34 @@ pub async fn worker(settings: Settings, shutdown: CancellationToken) -> anyhow::
     let parts = Parts::connect(&settings, settings.push.create_vapid_key).await?;
     let worker = parts.worker(&settings);
     let mut roles = Roles::new(shutdown);
-    let admin = Admin::bind(&settings, parts.db.clone(), roles.stop()).await?;
+    let admin = Admin::bind(&settings, "worker", parts.db.clone(), roles.stop()).await?;
     roles.spawn("worker", worker.run(roles.stop()));
     parts.spawn_alerts(&mut roles);
+    with_admin(admin, roles.wait()).await
+}
+
+/// `herald audit`: the audit group's reader, with its admin listener.
+pub async fn audit(
+    settings: Settings,
+    group: Option<String>,
+    out: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = connect(&settings).await?;
+    // The audit's own consumer name: stable across restarts, so it re-reads what it left pending.
+    let consumer = if settings.worker.consumer.is_empty() {
+        "audit".to_string()
+    } else {
+        settings.worker.consumer.clone()
+    };
+    let group = group.unwrap_or_else(|| settings.audit.group.clone());
+    let out = out.unwrap_or_else(|| settings.audit.out.clone());
+    let mut roles = Roles::new(shutdown);
+    let admin = Admin::bind(&settings, "audit", db.clone(), roles.stop()).await?;
+    roles.spawn(
+        "audit",
+        crate::audit::Audit::new(db, &group, &consumer, out).run(roles.stop()),
+    );
     with_admin(admin, roles.wait()).await
 }
 
@@ -84,7 +109,7 @@ pub async fn reclaimer(settings: Settings, shutdown: CancellationToken) -> anyho
     let parts = Parts::connect(&settings, settings.push.create_vapid_key).await?;
     let reclaimer = Reclaimer::new(parts.worker(&settings), &settings);
     let mut roles = Roles::new(shutdown);
-    let admin = Admin::bind(&settings, parts.db.clone(), roles.stop()).await?;
+    let admin = Admin::bind(&settings, "reclaimer", parts.db.clone(), roles.stop()).await?;
     roles.spawn("reclaimer", reclaimer.run(roles.stop()));
     roles.spawn("scheduler", parts.scheduler(&settings).run(roles.stop()));
     roles.spawn("metrics sampler", parts.sampler(&settings, roles.stop()));

@@ -224,7 +224,7 @@ fn the_dashboard_and_alert_rules_use_only_metrics_herald_exports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_and_reclaimer_serve_metrics_and_health_and_say_when_they_drain() {
+async fn worker_reclaimer_and_audit_serve_metrics_and_health_and_say_when_they_drain() {
     let app = TestApp::start().await;
     let port = herald::embedded_redis::free_port().expect("a free port");
     let listen = format!("127.0.0.1:{port}");
@@ -318,6 +318,30 @@ async fn worker_and_reclaimer_serve_metrics_and_health_and_say_when_they_drain()
     );
     let status = terminate(&mut reclaimer, Duration::from_secs(20));
     assert!(status.success());
+
+    // herald audit has the same listener.
+    let mut audit = spawn_role_with(
+        &app,
+        &["audit"],
+        "audit",
+        &[("HERALD_ADMIN__LISTEN", &listen)],
+    );
+    let mut ready = (0, String::new());
+    for _ in 0..100 {
+        if let Ok(r) = app.http.get(format!("{base}/readyz")).send().await {
+            ready = (r.status().as_u16(), r.text().await.unwrap_or_default());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ready,
+        (200, r#"{"status":"ready"}"#.to_string()),
+        "{}",
+        helpers::logs(&app, "audit")
+    );
+    let status = terminate(&mut audit, Duration::from_secs(20));
+    assert!(status.success(), "{}", helpers::logs(&app, "audit"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
