@@ -255,6 +255,15 @@ impl EventInput {
 }
 
 impl Event {
+    /// When the event is due: its `deliver_at` when that is later than its
+    /// `publish_at`. Its TTL counts from then, and so does its place in the
+    /// order of its key (a reminder scheduled for later is not superseded by
+    /// what happened before it).
+    pub fn due_at(&self) -> DateTime<Utc> {
+        self.deliver_at
+            .map_or(self.publish_at, |at| at.max(self.publish_at))
+    }
+
     /// The flat fields of the stream entry, in a stable order.
     pub fn to_fields(&self) -> Vec<(String, String)> {
         let mut f: Vec<(String, String)> = Vec::with_capacity(12 + self.headers.len());

@@ -334,3 +334,40 @@ async fn scheduled_events_survive_a_redis_restart() {
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].event_id.as_deref(), Some("after-restart"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_event_is_not_superseded_by_what_was_published_before_it_was_due() {
+    let app = TestApp::start().await;
+    app.register_device("u-1").await;
+    let mut reminder = delayed(
+        "reminder",
+        "u-1",
+        Utc::now() + chrono::Duration::milliseconds(800),
+    );
+    reminder["key"] = json!("12가3456");
+    publish(&app, reminder).await;
+    publish(
+        &app,
+        json!({"id": "entry", "topic": "parking.lot-7.entry", "user": "u-1", "key": "12가3456", "notification": {"title": "entry"}}),
+    )
+    .await;
+    app.step().await;
+    let scheduler = Scheduler::new(app.db.clone(), Duration::from_millis(50));
+    let mut moved = 0;
+    while moved == 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        moved = scheduler.move_due().await.expect("move");
+    }
+    let batch = app.step().await;
+    assert!(
+        matches!(batch.entries[0].1, EntryOutcome::Acked { delivered: 1, .. }),
+        "the reminder is newer than the entry: {batch:?}"
+    );
+    let order: Vec<String> = app
+        .sink
+        .delivered()
+        .into_iter()
+        .filter_map(|a| a.event_id)
+        .collect();
+    assert_eq!(order, ["entry", "reminder"]);
+}

@@ -43,10 +43,7 @@ pub struct Holding {
 
 /// When an event's TTL is over: its TTL counted from when it was due.
 pub fn expires_at(event: &Event) -> DateTime<Utc> {
-    let due = event
-        .deliver_at
-        .map_or(event.publish_at, |at| at.max(event.publish_at));
-    due + chrono::Duration::seconds(i64::from(event.ttl))
+    event.due_at() + chrono::Duration::seconds(i64::from(event.ttl))
 }
 
 impl Holding {

@@ -1,5 +1,6 @@
 //! Ordering of updates: for events with a `key` (the vehicle), the newest
-//! `(publish_at, id)` wins. Events of one key are processed one at a time (a
+//! `(publish_at, id)` wins (for a delayed event, its `deliver_at`: see
+//! [`Event::due_at`]). Events of one key are processed one at a time (a
 //! short lock per key, across workers); an older event processed after a newer
 //! one is superseded: acknowledged, counted, not pushed. The register is
 //! compared and updated in one script.
@@ -60,7 +61,7 @@ impl Ordering {
             let (answer, detail): (i64, String) = script(&APPLY, include_str!("apply.lua"))
                 .key(self.db.keys.order(partition, &digest))
                 .key(self.db.keys.order_lock(partition, &digest))
-                .arg(event.publish_at.timestamp_millis().max(0))
+                .arg(event.due_at().timestamp_millis().max(0))
                 .arg(&event.id)
                 .arg(self.ttl.as_secs().max(1))
                 .arg(stream_id)
