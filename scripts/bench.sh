@@ -5,6 +5,7 @@
 # herald's). Everything runs on this machine, on loopback.
 #
 #   scripts/bench.sh [EVENTS] [DEVICES_PER_USER]     (defaults: 20000 1)
+#   HERALD_BIN=/tmp/herald-old scripts/bench.sh      (another build, same setup)
 #
 # Prints the publish rate and the delivery rate (pushes accepted per second).
 set -euo pipefail
@@ -12,8 +13,11 @@ cd "$(dirname "$0")/.."
 EVENTS=${1:-20000}
 DEVICES=${2:-1}
 
-cargo build --release --quiet
-BIN=target/release/herald
+# HERALD_BIN=/path/to/herald measures another build (e.g. an older commit's) against the same setup.
+if [ -z "${HERALD_BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+BIN=${HERALD_BIN:-target/release/herald}
 work=$(mktemp -d)
 pids=()
 cleanup() {

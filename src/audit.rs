@@ -76,6 +76,13 @@ pub struct Audit {
 /// entry cannot be read as an event, its raw fields and why.
 pub fn line(entry: &Entry) -> Value {
     let mut line = json!({"stream": entry.stream, "stream_id": entry.id});
+    if let Some(original) = entry
+        .fields
+        .as_ref()
+        .and_then(|f| f.get(crate::replay::REPLAY_OF))
+    {
+        line["replay_of"] = json!(original);
+    }
     if let Some(trace) = entry
         .fields
         .as_ref()
