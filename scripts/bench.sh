@@ -5,7 +5,7 @@
 # herald's). Everything runs on this machine, on loopback.
 #
 #   scripts/bench.sh [EVENTS] [DEVICES_PER_USER]     (defaults: 20000 1)
-#   HERALD_BIN=/tmp/herald-old scripts/bench.sh      (another build, same setup)
+#   BENCH_HERALD_BIN=/tmp/herald-old scripts/bench.sh      (another build, same setup)
 #
 # Prints the publish rate and the delivery rate (pushes accepted per second).
 set -euo pipefail
@@ -13,11 +13,11 @@ cd "$(dirname "$0")/.."
 EVENTS=${1:-20000}
 DEVICES=${2:-1}
 
-# HERALD_BIN=/path/to/herald measures another build (e.g. an older commit's) against the same setup.
-if [ -z "${HERALD_BIN:-}" ]; then
+# BENCH_HERALD_BIN=/path/to/herald measures another build (e.g. an older commit's) against the same setup.
+if [ -z "${BENCH_HERALD_BIN:-}" ]; then
   cargo build --release --quiet
 fi
-BIN=${HERALD_BIN:-target/release/herald}
+BIN=$(realpath "${BENCH_HERALD_BIN:-target/release/herald}")
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -28,6 +28,9 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rport=$(free_port); aport=$(free_port); sport=$(free_port)
+# Default settings whatever config.toml the checkout has (an older build may not know its keys).
+cd "$work"
+alive() { kill -0 "$1" 2>/dev/null || { echo "bench: $2 exited; its log:" >&2; tail -5 "$3" >&2; exit 1; }; }
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system ticks of a process
 
@@ -41,7 +44,7 @@ until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.05; done
   --allow-insecure-endpoints --log-format json >/dev/null 2>"$work/herald.log" &
 pids+=($!)
 herald_pid=$!
-until curl -sf "http://127.0.0.1:$aport/readyz" >/dev/null; do sleep 0.05; done
+until curl -sf "http://127.0.0.1:$aport/readyz" >/dev/null; do alive "$herald_pid" "herald up" "$work/herald.log"; sleep 0.05; done
 
 "$BIN" sink --fast --sink-listen "127.0.0.1:$sport" --out /dev/null \
   --register "$DEVICES" --user bench --api "http://127.0.0.1:$aport" 2>"$work/sink.log" &
@@ -57,6 +60,7 @@ c_herald=$(cpu "$herald_pid"); c_sink=$(cpu "$sink_pid"); c_redis=$(cpu "$redis_
 start=$(date +%s.%N)
 "$BIN" publish --redis-url "redis://127.0.0.1:$rport" --user bench --topic bench.run --title "bench" --count "$EVENTS" 2>/dev/null
 while :; do
+  alive "$herald_pid" "herald up" "$work/herald.log"
   got=$(curl -s "http://127.0.0.1:$sport/admin/count" | jq .delivered)
   [ "$got" -ge "$expected" ] && break
   sleep 0.02
