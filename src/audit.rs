@@ -127,23 +127,7 @@ impl Audit {
 
     /// Creates the audit group on every stream from id `0`, when missing.
     pub async fn ensure_groups(&self) -> anyhow::Result<()> {
-        let mut conn = self.db.conn().await?;
-        for stream in self.db.keys.streams() {
-            let created: redis::RedisResult<String> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&stream)
-                .arg(&self.group)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
-            match created {
-                Ok(_) => tracing::info!(stream, group = %self.group, "created the audit group"),
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        self.db.ensure_group(&self.group).await
     }
 
     /// Writes every event until shutdown: first this consumer's own pending

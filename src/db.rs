@@ -21,6 +21,28 @@ pub struct Db {
 }
 
 impl Db {
+    /// Creates a consumer group on every event stream where it is missing, from
+    /// id `0` so that nothing already in the stream is skipped.
+    pub async fn ensure_group(&self, group: &str) -> anyhow::Result<()> {
+        let mut conn = self.conn().await?;
+        for stream in self.keys.streams() {
+            let created: redis::RedisResult<String> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Ok(_) => tracing::info!(stream, group, "created consumer group"),
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Connects to `redis.url` (which must be set by now) and checks the server answers.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
         let url = settings.redis.url.expose();

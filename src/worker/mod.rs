@@ -200,23 +200,7 @@ impl Worker {
     /// Creates the group on every stream when missing, from id `0` so that
     /// nothing already in the stream is skipped.
     pub async fn ensure_groups(&self) -> anyhow::Result<()> {
-        let mut conn = self.db.conn().await?;
-        for stream in self.db.keys.streams() {
-            let created: redis::RedisResult<String> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&stream)
-                .arg(&self.group)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
-            match created {
-                Ok(_) => tracing::info!(stream, group = %self.group, "created consumer group"),
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        self.db.ensure_group(&self.group).await
     }
 
     /// Reads and fully processes one batch of new entries from one partition
