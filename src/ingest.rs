@@ -311,7 +311,7 @@ async fn post_events(
 ) -> Result<Response, ApiError> {
     let answer = publish_events(state, headers, body).await;
     if let Err(e) = &answer {
-        crate::metrics::events_rejected(e.code, 1);
+        crate::metrics::event_rejected(e.code);
     }
     answer
 }
@@ -407,7 +407,7 @@ async fn publish_events(
                 serde_json::to_value(p).expect("serializes")
             }
             PublishOutcome::Conflict { id, stream_id } => {
-                crate::metrics::events_rejected("conflict", 1);
+                crate::metrics::event_rejected("conflict");
                 conflicts.push(id.clone());
                 json!({"id": id, "stream_id": stream_id, "error": "conflict"})
             }

@@ -93,12 +93,20 @@ pub fn service_class(host: &str) -> &'static str {
     }
 }
 
+/// The class of the push service of an endpoint or origin URL (`other` when it does not parse).
+pub fn service_class_of(url: &str) -> &'static str {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(service_class))
+        .unwrap_or("other")
+}
+
 pub fn event_ingested(result: &'static str) {
     counter!("herald_events_ingested_total", "result" => result).increment(1);
 }
 
-pub fn events_rejected(reason: &'static str, events: u64) {
-    counter!("herald_events_rejected_total", "reason" => reason).increment(events.max(1));
+pub fn event_rejected(reason: &'static str) {
+    counter!("herald_events_rejected_total", "reason" => reason).increment(1);
 }
 
 pub fn event_processed(outcome: &'static str) {

@@ -71,7 +71,7 @@ impl Breakers {
             Signal::Healthy => {
                 if state.open_until.take().is_some() {
                     tracing::info!(origin, "push service answers again: breaker closed");
-                    crate::metrics::breaker_closed(service_of(origin));
+                    crate::metrics::breaker_closed(crate::metrics::service_class_of(origin));
                 }
                 state.failures.clear();
             }
@@ -96,19 +96,11 @@ impl Breakers {
 
     fn open(&self, origin: &str, state: &mut State, for_: Duration, now: Instant) {
         if state.open_until.replace(now + for_).is_none() {
-            crate::metrics::breaker_opened(service_of(origin));
+            crate::metrics::breaker_opened(crate::metrics::service_class_of(origin));
         }
         state.failures.clear();
         tracing::warn!(origin, open_for = %humantime::format_duration(for_), "breaker open: no pushes to this service until then");
     }
-}
-
-/// The push-service class of an origin, for the breaker gauge.
-fn service_of(origin: &str) -> &'static str {
-    url::Url::parse(origin)
-        .ok()
-        .and_then(|u| u.host_str().map(crate::metrics::service_class))
-        .unwrap_or("other")
 }
 
 #[cfg(test)]

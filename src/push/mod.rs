@@ -97,10 +97,7 @@ impl Pusher {
 
     /// Pushes `event` to `sub` and says what came of it. Never panics on bad input.
     pub async fn push(&self, sub: &Subscription, event: &Event) -> PushReport {
-        let service = url::Url::parse(&sub.endpoint)
-            .ok()
-            .and_then(|u| u.host_str().map(crate::metrics::service_class))
-            .unwrap_or("other");
+        let service = crate::metrics::service_class_of(&sub.endpoint);
         let report = self.push_inner(sub, event, service).await;
         let outcome = match report.outcome {
             Outcome::Delivered => "delivered",

@@ -144,27 +144,25 @@ impl Router {
         Ok(targets)
     }
 
+    /// The cached index, if it was checked against the version less than `REFRESH_EVERY` ago.
+    fn fresh(&self) -> Option<Arc<Index>> {
+        self.cache
+            .lock()
+            .expect("router cache")
+            .as_ref()
+            .filter(|c| c.checked.elapsed() < REFRESH_EVERY)
+            .map(|c| c.index.clone())
+    }
+
     /// The current index: the cached one while the version has not moved.
     pub async fn index(&self) -> anyhow::Result<Arc<Index>> {
-        let fresh = |c: &Cached| c.checked.elapsed() < REFRESH_EVERY;
-        if let Some(c) = self
-            .cache
-            .lock()
-            .expect("router cache")
-            .as_ref()
-            .filter(|c| fresh(c))
-        {
-            return Ok(c.index.clone());
+        if let Some(index) = self.fresh() {
+            return Ok(index);
         }
         let _one_at_a_time = self.rebuild.lock().await;
-        if let Some(c) = self
-            .cache
-            .lock()
-            .expect("router cache")
-            .as_ref()
-            .filter(|c| fresh(c))
-        {
-            return Ok(c.index.clone());
+        // Another task may have refreshed it while this one waited.
+        if let Some(index) = self.fresh() {
+            return Ok(index);
         }
         let version = self.store.version().await?;
         let cached = self
