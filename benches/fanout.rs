@@ -7,12 +7,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::config::{Secret, Settings};
-use herald::db::Db;
-use herald::event::{EventDefaults, EventInput};
-use herald::publish::{Publisher, Ready};
-use herald::sink::{Sink, SinkOptions};
-use herald::subscriptions::{Store, Subscription};
+use herald::intake::publish::{Publisher, Ready};
+use herald::operate::sink::{Sink, SinkOptions};
+use herald::shared::config::{Secret, Settings};
+use herald::shared::db::Db;
+use herald::shared::event::EventInput;
+use herald::shared::subscriptions::{Store, Subscription};
 
 /// A `/proc/<pid>/status` figure in kB (VmRSS, VmHWM).
 fn status_kb(pid: u32, field: &str) -> u64 {
@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir()?;
-    let port = herald::embedded_redis::free_port()?;
+    let port = herald::operate::embedded_redis::free_port()?;
     let mut redis = Command::new("redis-server")
         .args([
             "--port",
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
-    herald::push::vapid::VapidKey::load_or_create(&settings.vapid_key_path(), true)?;
+    herald::deliver::push::vapid::VapidKey::load_or_create(&settings.vapid_key_path(), true)?;
 
     let sink = Sink::bind(SinkOptions {
         listen: "127.0.0.1:0".parse()?,
@@ -125,10 +125,7 @@ async fn main() -> anyhow::Result<()> {
         "notification": {"title": "Lot 7 closes at 22:00"},
     }))?;
     let event = input
-        .validate(
-            EventDefaults::from_settings(&settings.events),
-            chrono::Utc::now(),
-        )
+        .validate(settings.events.defaults(), chrono::Utc::now())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let publisher = Publisher::new(db.clone(), settings.events.dedup_window);
     let started = Instant::now();

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use herald::routing::Index;
-use herald::subscriptions::{HeaderFilter, MatchMode, Subscription};
+use herald::deliver::route::Index;
+use herald::shared::subscriptions::{HeaderFilter, MatchMode, Subscription};
 
 fn main() {
     let subscriptions: Vec<Subscription> = (0..100_000u32)

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use axum::routing::post;
 use axum::{Json, Router};
 use helpers::{eventually, TestApp};
-use herald::config::Secret;
-use herald::sink::Fault;
-use herald::worker::Worker;
+use herald::deliver::Worker;
+use herald::operate::sink::Fault;
+use herald::shared::config::Secret;
 use serde_json::Value;
 
 /// A webhook receiver on a free port that answers `status` and keeps what it got.
@@ -43,7 +43,7 @@ async fn app_with_webhook(url: &str, interval: Duration) -> (TestApp, Worker) {
         s.alerts.interval = interval;
     })
     .await;
-    let (alerts, alert_loop) = herald::alerts::channel(&app.settings.alerts);
+    let (alerts, alert_loop) = herald::shared::alerts::channel(&app.settings.alerts);
     let alert_loop = alert_loop.expect("a webhook is configured");
     tokio::spawn(alert_loop.run(app.shutdown.clone()));
     let worker = Worker::new(app.db.clone(), app.pusher.clone(), &app.settings, alerts);

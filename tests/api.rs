@@ -174,7 +174,8 @@ async fn a_notification_too_large_for_one_push_is_refused() {
 #[tokio::test]
 async fn tokens_are_required_when_configured() {
     let app =
-        TestApp::start_with(|s| s.api.tokens = vec![herald::config::Secret::new("s3cret")]).await;
+        TestApp::start_with(|s| s.api.tokens = vec![herald::shared::config::Secret::new("s3cret")])
+            .await;
     let (status, body) = app.post("/v1/events", &event("u")).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "unauthorized");

@@ -6,10 +6,10 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::TestApp;
-use herald::config::{Delivery, RetentionSettings};
-use herald::retention::Retention;
-use herald::sink::Fault;
-use herald::worker::EntryOutcome;
+use herald::deliver::EntryOutcome;
+use herald::operate::sink::Fault;
+use herald::recover::retention::Retention;
+use herald::shared::config::{Delivery, RetentionSettings};
 use serde_json::json;
 
 async fn publish_update(app: &TestApp, key: &str, at: &str, title: &str) -> String {

@@ -5,7 +5,7 @@ mod helpers;
 use std::process::Command;
 
 use helpers::{herald_bin, TestApp};
-use herald::sink::Fault;
+use herald::operate::sink::Fault;
 use serde_json::Value;
 
 fn dlq(app: &TestApp, args: &[&str]) -> (bool, String, String) {

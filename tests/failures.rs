@@ -7,9 +7,9 @@ mod helpers;
 use std::time::{Duration, Instant};
 
 use helpers::{eventually, TestApp};
-use herald::reclaimer::Reclaimer;
-use herald::sink::Fault;
-use herald::worker::EntryOutcome;
+use herald::deliver::EntryOutcome;
+use herald::operate::sink::Fault;
+use herald::recover::reclaimer::Reclaimer;
 
 /// Scans with the reclaimer until `done` holds, or fails after `timeout`.
 async fn reclaim_until(
@@ -495,7 +495,7 @@ async fn a_worker_that_resumes_after_a_reclaim_does_not_push_again() {
         .arg(">")
         .query(&mut app.redis.conn())
         .expect("XREADGROUP");
-    let entry = herald::worker::parse_entries(reply, 1)
+    let entry = herald::shared::stream::parse_entries(reply, 1)
         .expect("parse")
         .remove(0);
     // ... the reclaimer finds it idle past its backoff and delivers it ...

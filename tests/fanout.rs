@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use helpers::{eventually, kill9, spawn_role, wait_started, TestApp};
-use herald::subscriptions::{id_for_endpoint, Store, Subscription};
+use herald::shared::subscriptions::{id_for_endpoint, Store, Subscription};
 use serde_json::json;
 
 const DEVICES: usize = 10_000;
@@ -44,7 +44,7 @@ async fn a_fan_out_to_10000_devices_survives_a_killed_worker_without_a_second_pu
                 auth: json["keys"]["auth"].as_str().expect("auth").into(),
                 topics: vec!["lot.#".into()],
                 headers: None,
-                created_at: herald::event::format_time(chrono::Utc::now()),
+                created_at: herald::shared::event::format_time(chrono::Utc::now()),
             };
             let store = store.clone();
             async move { store.put(&sub).await.expect("store a subscription") }

@@ -6,8 +6,8 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::TestApp;
-use herald::audit::Audit;
-use herald::replay::{Bound, Plan, Replayer};
+use herald::operate::audit::Audit;
+use herald::operate::replay::{Bound, Plan, Replayer};
 use serde_json::{json, Value};
 
 async fn publish(app: &TestApp, topic: &str, title: &str) -> String {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use helpers::TestApp;
-use herald::holding::Holding;
-use herald::scheduler::Scheduler;
-use herald::worker::EntryOutcome;
+use herald::deliver::holding::Holding;
+use herald::deliver::EntryOutcome;
+use herald::recover::scheduler::Scheduler;
 use serde_json::{json, Value};
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -65,7 +65,7 @@ async fn delayed_events_are_delivered_in_due_order_and_never_early() {
     assert_eq!(again["duplicate"], json!(true), "{again}");
     assert_eq!(again["scheduled"], json!(true), "{again}");
 
-    let stats = herald::stats::collect(&app.db, None, None)
+    let stats = herald::operate::stats::collect(&app.db, None, None)
         .await
         .expect("stats");
     assert_eq!(
@@ -109,7 +109,7 @@ async fn delayed_events_are_delivered_in_due_order_and_never_early() {
             (arrived - deliver_at).num_milliseconds()
         );
     }
-    let stats = herald::stats::collect(&app.db, None, None)
+    let stats = herald::operate::stats::collect(&app.db, None, None)
         .await
         .expect("stats");
     assert_eq!(stats.streams[0].scheduled, 0);
@@ -139,7 +139,7 @@ async fn a_direct_event_waits_for_its_users_first_subscription() {
     let batch = app.step().await;
     assert_eq!(batch.entries[0].1, EntryOutcome::Held, "{batch:?}");
     assert_eq!(app.pending(), 0, "held events are acknowledged");
-    let stats = herald::stats::collect(&app.db, None, None)
+    let stats = herald::operate::stats::collect(&app.db, None, None)
         .await
         .expect("stats");
     assert_eq!(stats.streams[0].held, 1);
@@ -155,7 +155,7 @@ async fn a_direct_event_waits_for_its_users_first_subscription() {
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].subscription, device);
     assert_eq!(delivered[0].event_id.as_deref(), Some(id.as_str()));
-    let stats = herald::stats::collect(&app.db, None, None)
+    let stats = herald::operate::stats::collect(&app.db, None, None)
         .await
         .expect("stats");
     assert_eq!(stats.streams[0].held, 0);
@@ -184,7 +184,7 @@ async fn held_events_expire_with_their_ttl_and_are_counted() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let holding = Holding::new(app.db.clone(), 100);
     assert_eq!(holding.sweep().await.expect("sweep"), 1);
-    let stats = herald::stats::collect(&app.db, None, None)
+    let stats = herald::operate::stats::collect(&app.db, None, None)
         .await
         .expect("stats");
     assert_eq!(
@@ -222,21 +222,18 @@ async fn a_hold_that_crosses_a_registration_is_released_by_the_worker() {
     let app = TestApp::start().await;
     app.register_device("u-race").await;
     let holding = Holding::new(app.db.clone(), 100);
-    let event = herald::event::EventInput {
+    let event = herald::shared::event::EventInput {
         user: Some("u-race".into()),
         ..serde_json::from_value(
             json!({"topic": "parking.lot-1.entry", "notification": {"title": "raced"}}),
         )
         .expect("an event")
     }
-    .validate(
-        herald::event::EventDefaults::from_settings(&app.settings.events),
-        Utc::now(),
-    )
+    .validate(app.settings.events.defaults(), Utc::now())
     .expect("valid");
     assert_eq!(
         holding.hold(0, "u-race", &event).await.expect("hold"),
-        herald::holding::Held::Held
+        herald::deliver::holding::Held::Held
     );
     assert!(holding.user_subscribed("u-race").await.expect("check"));
     assert_eq!(holding.release("u-race").await.expect("release"), (1, 0));

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use helpers::{eventually, spawn_role_with, terminate, TestApp};
-use herald::sink::Fault;
+use herald::operate::sink::Fault;
 use serde_json::{json, Value};
 
 /// `name{labels} value` lines of a Prometheus exposition, keyed by `name{labels}`.
@@ -54,10 +54,10 @@ async fn metrics_count_a_scripted_run() {
     assert_eq!(status, 422);
     let batch = app.step().await;
     assert_eq!(batch.entries.len(), 2, "{batch:?}");
-    let stats = herald::stats::collect(&app.db, None, None)
+    let stats = herald::operate::stats::collect(&app.db, None, None)
         .await
         .expect("stats");
-    herald::metrics::sample(&stats);
+    herald::operate::stats::sample(&stats);
 
     let text = metrics(&app).await;
     let s = samples(&text);
@@ -153,7 +153,7 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
 
 /// The metric names `src/metrics.rs` documents (its table is the list of what it records).
 fn documented_metrics() -> BTreeSet<String> {
-    let source = include_str!("../src/metrics.rs");
+    let source = include_str!("../src/shared/metrics.rs");
     source
         .lines()
         .filter_map(|l| l.strip_prefix("//! | `herald_"))
@@ -226,7 +226,7 @@ fn the_dashboard_and_alert_rules_use_only_metrics_herald_exports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reclaimer_and_audit_serve_metrics_and_health_and_say_when_they_drain() {
     let app = TestApp::start().await;
-    let port = herald::embedded_redis::free_port().expect("a free port");
+    let port = herald::operate::embedded_redis::free_port().expect("a free port");
     let listen = format!("127.0.0.1:{port}");
     let mut worker = spawn_role_with(
         &app,
@@ -347,7 +347,7 @@ async fn worker_reclaimer_and_audit_serve_metrics_and_health_and_say_when_they_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_run_logs_no_secret_and_continues_the_producers_trace() {
     let app = TestApp::start().await;
-    let port = herald::embedded_redis::free_port().expect("a free port");
+    let port = herald::operate::embedded_redis::free_port().expect("a free port");
     let api = format!("http://127.0.0.1:{port}");
     let token = "tok-9f8e7d6c5b4a39281706";
     let listen = format!("127.0.0.1:{port}");

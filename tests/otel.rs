@@ -35,18 +35,18 @@ fn the_event_span_is_exported_as_a_child_of_the_producers_trace() {
         std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"));
         std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
     }
-    herald::telemetry::init(herald::telemetry::LogFormat::Json);
-    let trace = herald::telemetry::TraceParent::parse(
+    herald::shared::telemetry::init(herald::shared::telemetry::LogFormat::Json);
+    let trace = herald::shared::telemetry::TraceParent::parse(
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     )
     .expect("a valid traceparent");
     {
         let span = tracing::info_span!("event", event_id = "evt-1");
-        herald::telemetry::continue_trace(&span, &trace);
+        herald::shared::telemetry::continue_trace(&span, &trace);
         let _entered = span.enter();
         tracing::info!("event done");
     }
-    herald::telemetry::shutdown();
+    herald::shared::telemetry::shutdown();
 
     let bodies = received.lock().expect("lock").clone();
     assert!(!bodies.is_empty(), "nothing was exported to the collector");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use helpers::{eventually, TestApp};
-use herald::worker::EntryOutcome;
+use herald::deliver::EntryOutcome;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +143,7 @@ async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
     let device = app.register_device("u-8").await;
     app.sink.add_faults(
         &device,
-        vec![herald::sink::Fault {
+        vec![herald::operate::sink::Fault {
             status: 503,
             retry_after: Some("1".into()),
             delay_ms: None,
@@ -237,7 +237,7 @@ async fn a_worker_restarted_under_the_same_name_first_finishes_its_own_pending_e
     // Batches of two, so the pending list is read in several steps.
     let app = TestApp::start_with(|s| s.worker.batch_size = 2).await;
     app.register_device("u-12").await;
-    let failure = herald::sink::Fault::status(500);
+    let failure = herald::operate::sink::Fault::status(500);
     app.sink.add_faults("*", vec![failure; 5]);
     for n in 0..5 {
         app.publish_to("u-12", &format!("second time lucky {n}"))

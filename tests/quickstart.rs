@@ -107,8 +107,8 @@ fn read_lines(path: &std::path::Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
     let data = tempfile::tempdir().expect("temp dir");
-    let port = herald::embedded_redis::free_port().expect("port");
-    let sink_port = herald::embedded_redis::free_port().expect("port");
+    let port = herald::operate::embedded_redis::free_port().expect("port");
+    let sink_port = herald::operate::embedded_redis::free_port().expect("port");
     let arrivals = data.path().join("arrivals.jsonl");
     let http = reqwest::Client::new();
 
@@ -251,7 +251,7 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
         .expect("url")
         .get_connection()
         .expect("connect to the embedded redis");
-    let keys = herald::keys::Keys::new("herald", 1);
+    let keys = herald::shared::keys::Keys::new("herald", 1);
     let len: u64 = redis::cmd("XLEN")
         .arg(keys.stream(0))
         .query(&mut conn)

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use helpers::TestApp;
-use herald::config::Unroutable;
-use herald::worker::EntryOutcome;
+use herald::deliver::EntryOutcome;
+use herald::shared::config::Unroutable;
 use serde_json::{json, Value};
 
 /// Registers a sink device with these interests; returns its id.
@@ -91,13 +91,13 @@ async fn a_new_subscription_is_routed_to_without_a_restart() {
     .await;
     let batch = app.step().await;
     assert_eq!(batch.entries[0].1, EntryOutcome::NoTarget);
-    let metrics = herald::metrics::render();
+    let metrics = herald::shared::metrics::render();
     assert!(
         metrics.contains(r#"herald_events_processed_total{outcome="unroutable"} 1"#),
         "an unroutable event is counted:\n{metrics}"
     );
     let reader = subscribe(&app, json!({"topics": ["news.*"]})).await;
-    tokio::time::sleep(herald::routing::REFRESH_EVERY + Duration::from_millis(50)).await;
+    tokio::time::sleep(herald::deliver::route::REFRESH_EVERY + Duration::from_millis(50)).await;
     publish(
         &app,
         json!({"topic": "news.today", "notification": {"title": "after"}}),

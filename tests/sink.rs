@@ -5,12 +5,12 @@ mod helpers;
 
 use std::time::Duration;
 
-use herald::config::{BreakerSettings, PushSettings};
-use herald::event::{EventDefaults, EventInput};
-use herald::push::vapid::VapidKey;
-use herald::push::{Outcome, Pusher};
-use herald::sink::{Fault, Sink, SinkHandle, SinkOptions};
-use herald::subscriptions::{Subscription, SubscriptionInput};
+use herald::deliver::push::vapid::VapidKey;
+use herald::deliver::push::{Outcome, Pusher};
+use herald::operate::sink::{Fault, Sink, SinkHandle, SinkOptions};
+use herald::shared::config::{BreakerSettings, PushSettings};
+use herald::shared::event::{EventDefaults, EventInput};
+use herald::shared::subscriptions::{Subscription, SubscriptionInput};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +49,7 @@ fn subscription(sink: &SinkHandle) -> Subscription {
     input.validate(true).expect("valid")
 }
 
-fn event(title: &str) -> herald::event::Event {
+fn event(title: &str) -> herald::shared::event::Event {
     let input: EventInput = serde_json::from_value(json!({"topic": "a.b", "user": "u-1", "key": "car-1", "urgency": "low", "notification": {"title": title}}))
         .expect("input");
     input
@@ -79,7 +79,7 @@ async fn a_push_is_verified_decrypted_and_recorded() {
     assert_eq!(a.headers.urgency.as_deref(), Some("low"));
     assert_eq!(
         a.headers.topic.as_deref(),
-        Some(herald::push::topic_for_key("car-1").as_str())
+        Some(herald::deliver::push::topic_for_key("car-1").as_str())
     );
 }
 

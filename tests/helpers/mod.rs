@@ -8,14 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald::alerts::Alerts;
-use herald::config::{Secret, Settings};
-use herald::db::Db;
-use herald::ingest::Api;
-use herald::push::vapid::VapidKey;
-use herald::push::Pusher;
-use herald::sink::{Sink, SinkHandle, SinkOptions};
-use herald::worker::Worker;
+use herald::deliver::push::vapid::VapidKey;
+use herald::deliver::push::Pusher;
+use herald::deliver::Worker;
+use herald::intake::api::Api;
+use herald::operate::sink::{Sink, SinkHandle, SinkOptions};
+use herald::shared::alerts::Alerts;
+use herald::shared::config::{Secret, Settings};
+use herald::shared::db::Db;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,7 @@ impl TestRedis {
 
     fn start_with(extra: &[&str]) -> TestRedis {
         let dir = tempfile::tempdir().expect("temp dir for redis");
-        let port = herald::embedded_redis::free_port().expect("a free port");
+        let port = herald::operate::embedded_redis::free_port().expect("a free port");
         let child = spawn_redis(dir.path(), port, extra);
         let redis = TestRedis {
             child,
@@ -238,7 +238,7 @@ impl TestApp {
     }
 
     /// Reads and processes one batch of partition 0 (waiting up to 1 s for entries).
-    pub async fn step(&self) -> herald::worker::BatchOutcome {
+    pub async fn step(&self) -> herald::deliver::BatchOutcome {
         self.worker
             .process_batch(0, Duration::from_secs(1))
             .await
@@ -313,15 +313,15 @@ impl TestApp {
     }
 
     /// A reclaimer for this app, stepped with `scan`.
-    pub fn reclaimer(&self) -> herald::reclaimer::Reclaimer {
-        herald::reclaimer::Reclaimer::new(self.worker.clone(), &self.settings)
+    pub fn reclaimer(&self) -> herald::recover::reclaimer::Reclaimer {
+        herald::recover::reclaimer::Reclaimer::new(self.worker.clone(), &self.settings)
     }
 
     /// Dead letters of partition 0, oldest first.
-    pub async fn dead_letters(&self) -> Vec<herald::dead_letter::DeadLetterEntry> {
+    pub async fn dead_letters(&self) -> Vec<herald::shared::dead_letter::DeadLetterEntry> {
         self.worker
             .dead_letters()
-            .list(&herald::dead_letter::Filter::default(), usize::MAX)
+            .list(&herald::shared::dead_letter::Filter::default(), usize::MAX)
             .await
             .expect("list dead letters")
     }

@@ -1,0 +1,214 @@
+//! VAPID (RFC 8292): herald's key pair, and the signed JWT per push-service
+//! origin, cached until shortly before it expires (signing costs more than
+//! encrypting a message).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use web_push::{
+    PartialVapidSignatureBuilder, SubscriptionInfo, VapidSignature, VapidSignatureBuilder,
+};
+
+/// How long a signed token is valid (RFC 8292 allows at most 24 h).
+const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// A cached token is replaced this long before it expires.
+const REFRESH_MARGIN: Duration = Duration::from_secs(3600);
+
+/// herald's VAPID key pair.
+#[derive(Clone)]
+pub struct VapidKey {
+    builder: PartialVapidSignatureBuilder,
+    /// The uncompressed public key, base64url: what browsers pass as `applicationServerKey`.
+    pub public_key: String,
+}
+
+impl VapidKey {
+    /// From the base64url encoding of the 32-byte private scalar.
+    pub fn from_base64(private_key: &str) -> anyhow::Result<VapidKey> {
+        let builder = VapidSignatureBuilder::from_base64_no_sub(private_key.trim())
+            .map_err(|e| anyhow::anyhow!("not a base64url P-256 private key: {e}"))?;
+        let public_key = URL_SAFE_NO_PAD.encode(builder.get_public_key());
+        Ok(VapidKey {
+            builder,
+            public_key,
+        })
+    }
+
+    /// A new random key pair, returned with its private key's base64url text.
+    pub fn generate() -> (VapidKey, String) {
+        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let text = URL_SAFE_NO_PAD.encode(secret.to_bytes());
+        let key = VapidKey::from_base64(&text).expect("a fresh P-256 scalar is a valid key");
+        (key, text)
+    }
+
+    /// Reads the key file; when it is missing and `create` is set, writes a new one (mode 0600).
+    pub fn load_or_create(path: &Path, create: bool) -> anyhow::Result<VapidKey> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => VapidKey::from_base64(&text).with_context(|| format!("VAPID key file {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let (key, text) = VapidKey::generate();
+                write_private(path, &text)?;
+                tracing::info!(path = %path.display(), "created a new VAPID key pair");
+                Ok(key)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+                "VAPID key file {} does not exist; create one with `herald vapid generate --out {}`",
+                path.display(),
+                path.display()
+            ),
+            Err(e) => Err(e).with_context(|| format!("cannot read VAPID key file {}", path.display())),
+        }
+    }
+}
+
+/// Writes a secret file readable by its owner only.
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Signed tokens by origin.
+pub struct Signer {
+    key: VapidKey,
+    subject: String,
+    cache: Mutex<HashMap<String, (VapidSignature, Instant)>>,
+}
+
+impl Signer {
+    pub fn new(key: VapidKey, subject: String) -> Signer {
+        Signer {
+            key,
+            subject,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn public_key(&self) -> &str {
+        &self.key.public_key
+    }
+
+    /// The token for `origin` (`aud`), from the cache while it has more than an hour left.
+    pub fn signature(
+        &self,
+        origin: &str,
+        subscription: &SubscriptionInfo,
+    ) -> anyhow::Result<VapidSignature> {
+        let now = Instant::now();
+        if let Some((sig, refresh_at)) =
+            self.cache.lock().expect("signature cache lock").get(origin)
+        {
+            if now < *refresh_at {
+                return Ok(sig.clone());
+            }
+        }
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            + TOKEN_LIFETIME;
+        let mut builder = self.key.builder.clone().add_sub_info(subscription);
+        // Set aud ourselves: web-push's default drops a non-default port.
+        builder.add_claim("aud", origin);
+        builder.add_claim("sub", self.subject.as_str());
+        builder.add_claim("exp", exp.as_secs());
+        let sig = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot sign a VAPID token: {e}"))?;
+        self.cache.lock().expect("signature cache lock").insert(
+            origin.to_string(),
+            (sig.clone(), now + TOKEN_LIFETIME - REFRESH_MARGIN),
+        );
+        Ok(sig)
+    }
+}
+
+/// `herald vapid …`.
+#[derive(clap::Subcommand)]
+pub enum VapidCommand {
+    /// Create a new VAPID key pair and print the public key.
+    Generate {
+        /// Where to write the private key (default: push.vapid_private_key_file or <data_dir>/vapid_private_key).
+        #[arg(long, value_name = "PATH")]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+/// `herald vapid generate`.
+pub fn run_cli(
+    settings: &crate::shared::config::Settings,
+    command: VapidCommand,
+) -> anyhow::Result<()> {
+    let VapidCommand::Generate { out } = command;
+    let path = out.unwrap_or_else(|| settings.vapid_key_path());
+    let (key, private) = VapidKey::generate();
+    write_private(&path, &private)?;
+    println!("wrote the private key to {} (mode 0600)", path.display());
+    println!("public key (applicationServerKey): {}", key.public_key);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("keys/vapid_private_key");
+        let first = VapidKey::load_or_create(&path, true).expect("created");
+        let again = VapidKey::load_or_create(&path, false).expect("read back");
+        assert_eq!(first.public_key, again.public_key);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_missing_key_without_create_says_how_to_make_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = VapidKey::load_or_create(&dir.path().join("nope"), false)
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(err.contains("herald vapid generate"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_not_a_key() {
+        assert!(VapidKey::from_base64("not-a-key").is_err());
+    }
+
+    #[test]
+    fn signatures_are_cached_per_origin() {
+        let (key, _) = VapidKey::generate();
+        let signer = Signer::new(key, "mailto:ops@example.org".into());
+        let sub = SubscriptionInfo::new("http://127.0.0.1:1/push/a", "x", "y");
+        let a = signer.signature("http://127.0.0.1:1", &sub).expect("signs");
+        let b = signer.signature("http://127.0.0.1:1", &sub).expect("signs");
+        let c = signer.signature("http://127.0.0.1:2", &sub).expect("signs");
+        assert_eq!(a, b);
+        assert_ne!(a.auth_t, c.auth_t);
+    }
+}

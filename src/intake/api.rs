@@ -1,0 +1,615 @@
+//! The HTTP API, the producer side: events in, subscriptions in and out, health.
+//!
+//! Every error has one JSON shape, `{"error": {"code", "message", "field"?}}`,
+//! and never leaks internals.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::deliver::holding::Holding;
+use crate::intake::publish::{PublishOutcome, Publisher, Ready};
+use crate::intake::spool::{Drainer, Spool, SpoolError};
+use crate::shared::config::{Secret, Settings};
+use crate::shared::db::Db;
+use crate::shared::event::{EventDefaults, EventInput, InvalidField};
+use crate::shared::subscriptions::{InterestsPatch, Store, Stored, SubscriptionInput};
+
+/// An API error: status, a stable code, a message saying what to fix, and the field when one is at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_field",
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn unavailable(e: anyhow::Error) -> ApiError {
+        tracing::error!(error = %format!("{e:#}"), "redis unavailable for an API request");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the event store is unavailable; nothing was accepted, retry later",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            error["field"] = Value::String(field);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<InvalidField> for ApiError {
+    fn from(e: InvalidField) -> ApiError {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    publisher: Publisher,
+    store: Store,
+    holding: Holding,
+    defaults: EventDefaults,
+    allow_insecure_endpoints: bool,
+    max_body_bytes: usize,
+    max_batch: usize,
+    tokens: Vec<Secret>,
+    vapid_public_key: String,
+    /// Takes events while Redis cannot; `None` when `spool.enabled = false`.
+    spool: Option<Arc<Spool>>,
+    /// Cancelled when the API starts to stop: `/readyz` answers 503 from then on.
+    draining: CancellationToken,
+}
+
+/// The API server: bind, then `run` until shutdown.
+pub struct Api {
+    listener: TcpListener,
+    router: Router,
+    state: ApiState,
+    drainer: Option<Drainer>,
+}
+
+impl Api {
+    /// Binds `api.listen` (port 0 picks a free port: see [`Api::local_addr`]).
+    pub async fn bind(
+        settings: &Settings,
+        db: Db,
+        vapid_public_key: String,
+    ) -> anyhow::Result<Api> {
+        let listener = TcpListener::bind(settings.api.listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on api.listen = {}: {e}", settings.api.listen)
+        })?;
+        if settings.api.tokens.is_empty() && !settings.api.listen.ip().is_loopback() {
+            tracing::warn!(listen = %settings.api.listen, "the API listens beyond loopback without api.tokens: anyone who reaches it can publish");
+        }
+        let publisher = Publisher::new(db.clone(), settings.events.dedup_window);
+        let spool = if settings.spool.enabled {
+            Some(Arc::new(Spool::open(
+                &settings.spool_dir(),
+                settings.spool.max_bytes,
+            )?))
+        } else {
+            None
+        };
+        let drainer = spool
+            .clone()
+            .map(|spool| Drainer::new(spool, publisher.clone(), settings.spool.drain_interval));
+        let state = ApiState {
+            inner: Arc::new(Inner {
+                publisher,
+                spool,
+                store: Store::new(db.clone()),
+                holding: Holding::new(db.clone(), settings.routing.hold_per_user),
+                db,
+                defaults: settings.events.defaults(),
+                allow_insecure_endpoints: settings.push.allow_insecure_endpoints,
+                max_body_bytes: settings.api.max_body_bytes,
+                max_batch: settings.api.max_batch,
+                tokens: settings.api.tokens.clone(),
+                vapid_public_key,
+                draining: CancellationToken::new(),
+            }),
+        };
+        crate::shared::metrics::install();
+        Ok(Api {
+            listener,
+            router: router(state.clone()),
+            state,
+            drainer,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown`, then finishes the requests in flight.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(%addr, "api listening");
+        let drainer = self.drainer.map(|d| tokio::spawn(d.run(shutdown.clone())));
+        let draining = self.state.inner.draining.clone();
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            draining.cancel();
+        });
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
+        if let Some(drainer) = drainer {
+            drainer.await.context("spool drainer panicked")??;
+        }
+        tracing::info!("api stopped");
+        Ok(())
+    }
+}
+
+/// The routes, with authentication on `/v1/*` (except the public VAPID key).
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/v1/events", post(post_events))
+        .route(
+            "/v1/subscriptions",
+            post(post_subscription).get(list_subscriptions),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            delete(delete_subscription).patch(patch_subscription),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(protected)
+        .route("/v1/vapid-public-key", get(vapid_public_key))
+        .route("/livez", get(crate::shared::health::livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::shared::health::metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let tokens = &state.inner.tokens;
+    if tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if tokens
+        .iter()
+        .any(|t| constant_time_eq(t.expose().as_bytes(), given.as_bytes()))
+    {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid token as `Authorization: Bearer <token>` (api.tokens)",
+        )
+        .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a JSON body: 415 for another content type, 413 over the limit, 400 for bad JSON.
+async fn read_json(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send Content-Type: application/json (got {content_type:?})"),
+        ));
+    }
+    let limit = state.inner.max_body_bytes;
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is over {limit} bytes (api.max_body_bytes); send fewer events per request"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// Deserializes with the path of the failing field in the error.
+fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut parts: Vec<String> = Vec::new();
+        if !prefix.is_empty() {
+            parts.push(prefix.to_string());
+        }
+        let path = e.path().to_string();
+        if path != "." {
+            parts.push(path);
+        }
+        let message = e.into_inner().to_string();
+        // serde names a missing field only in its message: name it in `field` too.
+        if let Some(name) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            parts.push(name.to_string());
+        }
+        let field = if parts.is_empty() {
+            "body".to_string()
+        } else {
+            parts.join(".")
+        };
+        ApiError::invalid(field, message)
+    })
+}
+
+async fn post_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let answer = publish_events(state, headers, body).await;
+    if let Err(e) = &answer {
+        crate::shared::metrics::event_rejected(e.code);
+    }
+    answer
+}
+
+async fn publish_events(
+    state: ApiState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&state, &headers, body).await?;
+    let (items, batch) = match value {
+        Value::Array(items) => (items, true),
+        object @ Value::Object(_) => (vec![object], false),
+        _ => {
+            return Err(ApiError::invalid(
+                "body",
+                "send one event object or an array of events",
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid("body", "the array holds no events"));
+    }
+    if items.len() > state.inner.max_batch {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{} events in one request; at most {} (api.max_batch)",
+                items.len(),
+                state.inner.max_batch
+            ),
+        ));
+    }
+    let now = Utc::now();
+    let mut ready = Vec::with_capacity(items.len());
+    // Validate the whole batch first: a bad event means nothing of the request is accepted.
+    for (i, item) in items.into_iter().enumerate() {
+        let prefix = if batch {
+            format!("[{i}]")
+        } else {
+            String::new()
+        };
+        let input: EventInput = from_value(item, &prefix)?;
+        let event = input.validate(state.inner.defaults, now).map_err(|e| {
+            let field = if batch {
+                format!("[{i}].{}", e.field)
+            } else {
+                e.field
+            };
+            ApiError::invalid(field, e.message)
+        })?;
+        ready.push(Ready::new(&event, input.digest()));
+    }
+    // A W3C trace context travels with the events of the request, to the worker's span.
+    if let Some(trace) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::shared::telemetry::TraceParent::parse)
+    {
+        for r in &mut ready {
+            r.fields.push((
+                crate::shared::telemetry::TRACEPARENT_FIELD.into(),
+                trace.header(),
+            ));
+        }
+    }
+    // While the spool holds events, new ones queue behind them, so order is kept.
+    let spool = state.inner.spool.clone();
+    let outcomes = match &spool {
+        Some(spool) if spool.backlog() > 0 => return spool_events(spool.clone(), ready).await,
+        _ => match state.inner.publisher.publish(&ready).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => match spool {
+                Some(spool) => {
+                    tracing::warn!(error = %format!("{e:#}"), "redis cannot take events; spooling them locally");
+                    return spool_events(spool, ready).await;
+                }
+                None => return Err(ApiError::unavailable(e)),
+            },
+        },
+    };
+    let mut conflicts = Vec::new();
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            PublishOutcome::Accepted(p) => {
+                crate::shared::metrics::event_ingested(if p.duplicate {
+                    "duplicate"
+                } else if p.scheduled {
+                    "scheduled"
+                } else {
+                    "added"
+                });
+                serde_json::to_value(p).expect("serializes")
+            }
+            PublishOutcome::Conflict { id, stream_id } => {
+                crate::shared::metrics::event_rejected("conflict");
+                conflicts.push(id.clone());
+                json!({"id": id, "stream_id": stream_id, "error": "conflict"})
+            }
+        })
+        .collect();
+    if conflicts.is_empty() {
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "events": results }))).into_response());
+    }
+    let body = json!({
+        "error": {
+            "code": "conflict",
+            "message": format!("event id(s) {} were published before with different content; the other events were accepted", conflicts.join(", ")),
+            "field": "id",
+        },
+        "events": results,
+    });
+    Ok((StatusCode::CONFLICT, Json(body)).into_response())
+}
+
+/// Appends events to the spool (fsync'd) and answers 202 with `"spooled": true`.
+async fn spool_events(spool: Arc<Spool>, ready: Vec<Ready>) -> Result<Response, ApiError> {
+    let ids: Vec<String> = ready.iter().map(|r| r.id.clone()).collect();
+    let appended = tokio::task::spawn_blocking(move || spool.append(&ready)).await;
+    match appended {
+        Ok(Ok(())) => {
+            for _ in &ids {
+                crate::shared::metrics::event_ingested("spooled");
+            }
+            let events: Vec<Value> = ids
+                .iter()
+                .map(|id| json!({"id": id, "spooled": true}))
+                .collect();
+            Ok((StatusCode::ACCEPTED, Json(json!({ "events": events }))).into_response())
+        }
+        Ok(Err(e @ SpoolError::Full { .. })) => {
+            tracing::error!(error = %e, "redis is unavailable and the spool is full: refusing events");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the event store is unavailable and the local spool is full; nothing was accepted, retry later",
+            ))
+        }
+        Ok(Err(e)) => Err(ApiError::unavailable(e.into())),
+        Err(e) => Err(ApiError::unavailable(anyhow::anyhow!(
+            "spool task failed: {e}"
+        ))),
+    }
+}
+
+async fn post_subscription(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&state, &headers, body).await?;
+    let input: SubscriptionInput = from_value(value, "")?;
+    let sub = input.validate(state.inner.allow_insecure_endpoints)?;
+    let stored = state
+        .inner
+        .store
+        .put(&sub)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let (status, created) = match stored {
+        Stored::Created => (StatusCode::CREATED, true),
+        Stored::Updated => (StatusCode::OK, false),
+    };
+    release_held(&state, sub.user.as_deref()).await;
+    Ok((status, Json(json!({"id": sub.id, "created": created}))).into_response())
+}
+
+/// Sends the events held for a user who has a subscription now back into the stream.
+async fn release_held(state: &ApiState, user: Option<&str>) {
+    let Some(user) = user else { return };
+    if let Err(e) = state.inner.holding.release(user).await {
+        // The subscription is stored; the held events stay held (nothing is lost) until
+        // the next registration of this user releases them or their TTL is over.
+        tracing::warn!(error = %format!("{e:#}"), "cannot release the events held for this user yet");
+    }
+}
+
+/// `PATCH /v1/subscriptions/{id}`: changes the interests (user, topics, headers) of a subscription.
+async fn patch_subscription(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&state, &headers, body).await?;
+    let patch: InterestsPatch = from_value(value, "")?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no subscription has that id",
+        )
+    };
+    if !is_subscription_id(&id) {
+        return Err(not_found());
+    }
+    let current = match state
+        .inner
+        .store
+        .get(&id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        Some(Ok(sub)) => sub,
+        Some(Err(bad)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "unreadable",
+                format!(
+                    "the stored subscription cannot be read ({}); register it again with POST",
+                    bad.problem
+                ),
+            ))
+        }
+        None => return Err(not_found()),
+    };
+    let changed = patch.apply(&current)?;
+    state
+        .inner
+        .store
+        .put(&changed)
+        .await
+        .map_err(ApiError::unavailable)?;
+    release_held(&state, changed.user.as_deref()).await;
+    Ok(Json(serde_json::to_value(changed.view()).expect("serializes")).into_response())
+}
+
+/// Subscription ids are 32 lowercase hex digits (a digest of the endpoint).
+fn is_subscription_id(id: &str) -> bool {
+    id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    user: Option<String>,
+}
+
+async fn list_subscriptions(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let Some(user) = query.user.filter(|u| !u.is_empty()) else {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "missing_parameter",
+            message: "name the user: GET /v1/subscriptions?user=<user>".into(),
+            field: Some("user".into()),
+        });
+    };
+    let found = state
+        .inner
+        .store
+        .for_user(&user)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let views: Vec<Value> = found
+        .into_iter()
+        .map(|r| match r {
+            Ok(sub) => serde_json::to_value(sub.view()).expect("serializes"),
+            Err(bad) => json!({"id": bad.id, "error": bad.problem}),
+        })
+        .collect();
+    Ok(Json(json!({"user": user, "subscriptions": views})).into_response())
+}
+
+async fn delete_subscription(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !is_subscription_id(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no subscription has that id",
+        ));
+    }
+    match state
+        .inner
+        .store
+        .delete(&id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        true => Ok(StatusCode::NO_CONTENT.into_response()),
+        false => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no subscription has that id",
+        )),
+    }
+}
+
+async fn vapid_public_key(State(state): State<ApiState>) -> Response {
+    Json(json!({"public_key": state.inner.vapid_public_key})).into_response()
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    crate::shared::health::readyz(&state.inner.db, &state.inner.draining).await
+}

@@ -1,0 +1,983 @@
+//! Settings: `config.toml`, overridden by `HERALD_<SECTION>__<KEY>` environment
+//! variables (and `REDIS_URL`), overridden by command-line flags.
+//!
+//! Everything is parsed and validated once, here, into types; an error names the
+//! key and where its value came from. `config.toml` at the top of the repository
+//! documents every key with its default and must stay in step with this file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything herald can be told, for every role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Directory for herald's own files: VAPID keys, the embedded Redis's data.
+    pub data_dir: PathBuf,
+    pub redis: RedisSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub push: PushSettings,
+    pub events: EventSettings,
+    pub retry: RetrySettings,
+    pub reclaimer: ReclaimerSettings,
+    pub breaker: BreakerSettings,
+    pub alerts: AlertSettings,
+    pub retention: RetentionSettings,
+    pub spool: SpoolSettings,
+    pub routing: RoutingSettings,
+    pub audit: AuditSettings,
+    pub admin: AdminSettings,
+}
+
+/// The admin listener of `herald worker`, `herald reclaimer` and `herald
+/// audit`: `/metrics`, `/livez`, `/readyz`. (`herald api` and `herald up`
+/// serve them on `api.listen`.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    /// Empty: each role its own default port on loopback (worker 9464,
+    /// reclaimer 9465, audit 9466). Port 0 picks a free one (logged).
+    pub listen: String,
+    /// How often the reclaimer samples the gauges read from Redis (lag, pending, lengths).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            enabled: true,
+            listen: String::new(),
+            sample_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+impl AdminSettings {
+    /// Where the admin listener of `role` (`worker`, `reclaimer`, `audit`) binds.
+    pub fn address(&self, role: &str) -> Result<SocketAddr, String> {
+        if self.listen.is_empty() {
+            let port = match role {
+                "worker" => 9464,
+                "reclaimer" => 9465,
+                _ => 9466,
+            };
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        self.listen.parse().map_err(|e| {
+            format!(
+                "{:?} is not an address like 127.0.0.1:9464: {e}",
+                self.listen
+            )
+        })
+    }
+}
+
+/// `herald audit`: a second consumer group on the same streams that logs every event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// The audit's consumer group: its own position in the streams, apart from the workers'.
+    pub group: String,
+    /// File the JSON lines are appended to; empty means stdout.
+    pub out: PathBuf,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            group: "herald-audit".into(),
+            out: PathBuf::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// A topic event that matches no subscription: `count` (acknowledge, log) or `dead-letter`.
+    pub unroutable: Unroutable,
+    /// Direct events held per user who has no subscription yet (until their TTL); 0 holds none.
+    pub hold_per_user: usize,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            unroutable: Unroutable::Count,
+            hold_per_user: 100,
+        }
+    }
+}
+
+/// What becomes of a topic event that matches no subscription.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unroutable {
+    #[default]
+    Count,
+    DeadLetter,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSettings {
+    /// Keep accepting events in a local fsync'd file while Redis cannot take them.
+    pub enabled: bool,
+    /// Where the spool lives; empty means `<data_dir>/spool`. One API process per directory.
+    pub dir: PathBuf,
+    /// Largest spool in bytes; beyond it the API answers 503.
+    pub max_bytes: u64,
+    /// How often the drainer tries to move spooled events into Redis.
+    #[serde(with = "humantime_serde")]
+    pub drain_interval: Duration,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            enabled: true,
+            dir: PathBuf::new(),
+            max_bytes: 256 * 1024 * 1024,
+            drain_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// How often the reclaimer trims.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Events older than this are trimmed, once no group needs them; 0 keeps them by age.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// At most this many events per stream, once no group needs the older ones; 0 means no limit.
+    pub max_len: u64,
+    /// Dead letters older than this are trimmed; 0 keeps them by age.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_max_age: Duration,
+    /// At most this many dead letters per partition; 0 means no limit.
+    pub dead_letter_max_len: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            interval: Duration::from_secs(60),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_len: 0,
+            dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
+            dead_letter_max_len: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Wait before the first retry of a failed entry; doubles with each delivery.
+    #[serde(with = "humantime_serde")]
+    pub base_delay: Duration,
+    /// The longest wait between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Attempts before an entry that keeps failing is dead-lettered.
+    pub max_deliveries: u32,
+    /// Up to this fraction of each wait is added at random, so retries of many entries spread out.
+    pub jitter: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReclaimerSettings {
+    /// How often the pending entries are scanned.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Pending entries looked at per `XPENDING` call.
+    pub scan_batch: usize,
+    /// Consumers idle this long with no pending entries are removed from the group.
+    #[serde(with = "humantime_serde")]
+    pub consumer_idle_timeout: Duration,
+    /// How often due delayed events (`deliver_at`) are moved into the stream: how late they may be.
+    #[serde(with = "humantime_serde")]
+    pub schedule_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Failures (401/403, 5xx, timeouts) from one push service within `window` that open its breaker.
+    pub failures_to_open: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long an open breaker stays open when the service did not say (`Retry-After`).
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// URL that receives a JSON summary of new dead letters; empty means no webhook.
+    pub webhook_url: Secret,
+    /// At most one webhook call per this interval; dead letters in between are counted together.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            base_delay: Duration::from_secs(5),
+            max_delay: Duration::from_secs(600),
+            max_deliveries: 8,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Default for ReclaimerSettings {
+    fn default() -> Self {
+        ReclaimerSettings {
+            interval: Duration::from_secs(1),
+            scan_batch: 100,
+            consumer_idle_timeout: Duration::from_secs(3600),
+            schedule_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failures_to_open: 20,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            webhook_url: Secret::default(),
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`; empty means `herald up` starts its own redis-server.
+    pub url: Secret,
+    /// First part of every key herald writes, so several deployments (or tests) share one Redis.
+    pub key_prefix: String,
+    /// Number of event streams; an event's partition is chosen by a hash of its `key` (or id).
+    pub partitions: u32,
+    /// Connections in the pool used for everything except blocking reads.
+    pub pool_size: usize,
+    /// Port of the embedded redis-server; 0 picks a free one.
+    pub embedded_port: u16,
+    /// Timeout for one pooled command (blocking reads have their own connection).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Refuse to start when Redis's settings can lose accepted events (no AOF, or eviction).
+    pub require_durable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger requests get 413.
+    pub max_body_bytes: usize,
+    /// Most events accepted in one `POST /v1/events` array.
+    pub max_batch: usize,
+    /// Bearer tokens accepted on `/v1/*`; empty means no authentication.
+    pub tokens: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Consumer group the workers share.
+    pub group: String,
+    /// This consumer's name; empty means `<hostname>-<pid>`. Must be unique per process.
+    pub consumer: String,
+    /// Most entries read in one `XREADGROUP`.
+    pub batch_size: usize,
+    /// How long one `XREADGROUP` blocks waiting for entries (at most 5 s, so stops are prompt).
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// Most pushes in flight at once in one worker process.
+    pub concurrency: usize,
+    /// How long a stop waits for in-flight pushes before giving up on them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// `at-least-once` (acknowledge after the push) or `at-most-once` (read with NOACK: never retried).
+    pub delivery: Delivery,
+}
+
+/// Delivery guarantee of the workers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Entries stay pending until every device is settled; a crash means a retry, maybe a duplicate.
+    #[default]
+    AtLeastOnce,
+    /// Entries are acknowledged as they are read (`NOACK`); a crash or failure loses them, never duplicates.
+    AtMostOnce,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSettings {
+    /// Accept `http://` and loopback/private endpoints (the sink uses them). Never in production.
+    pub allow_insecure_endpoints: bool,
+    /// VAPID `sub` claim: a `mailto:` or `https:` contact for the push services.
+    pub vapid_subject: String,
+    /// File holding the VAPID private key (base64url, 32 bytes); empty means `<data_dir>/vapid_private_key`.
+    pub vapid_private_key_file: PathBuf,
+    /// Create the VAPID key file when it is missing (only `herald up` and `herald vapid generate` do).
+    pub create_vapid_key: bool,
+    /// Timeout for connecting to a push service.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout for one whole push request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// Web Push TTL, in seconds, for events that do not set `ttl`.
+    pub default_ttl: u32,
+    /// How long an event id is remembered to deduplicate repeated publishes.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// How far in the future a `publish_at` may be (producer clocks drift); later ones get 422.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("data"),
+            redis: RedisSettings::default(),
+            api: ApiSettings::default(),
+            worker: WorkerSettings::default(),
+            push: PushSettings::default(),
+            events: EventSettings::default(),
+            retry: RetrySettings::default(),
+            reclaimer: ReclaimerSettings::default(),
+            breaker: BreakerSettings::default(),
+            alerts: AlertSettings::default(),
+            retention: RetentionSettings::default(),
+            spool: SpoolSettings::default(),
+            routing: RoutingSettings::default(),
+            audit: AuditSettings::default(),
+            admin: AdminSettings::default(),
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: Secret::default(),
+            key_prefix: "herald".into(),
+            partitions: 1,
+            pool_size: 16,
+            embedded_port: 0,
+            command_timeout: Duration::from_secs(5),
+            require_durable: false,
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            group: "herald".into(),
+            consumer: String::new(),
+            batch_size: 64,
+            block: Duration::from_secs(2),
+            concurrency: 128,
+            shutdown_grace: Duration::from_secs(10),
+            delivery: Delivery::AtLeastOnce,
+        }
+    }
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            allow_insecure_endpoints: false,
+            vapid_subject: "mailto:push-admin@example.com".into(),
+            vapid_private_key_file: PathBuf::new(),
+            create_vapid_key: false,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl EventSettings {
+    /// The defaults an event is validated with.
+    pub fn defaults(&self) -> crate::shared::event::EventDefaults {
+        crate::shared::event::EventDefaults {
+            ttl: self.default_ttl,
+            max_clock_skew: self.max_clock_skew,
+        }
+    }
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            default_ttl: 3600,
+            dedup_window: Duration::from_secs(24 * 3600),
+            max_clock_skew: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A string that never prints: Redis URLs carry passwords, tokens are credentials.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"[redacted]\"")
+        }
+    }
+}
+
+/// Overrides from command-line flags, applied last.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub redis_url: Option<String>,
+    pub api_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub allow_insecure_endpoints: Option<bool>,
+    pub consumer: Option<String>,
+}
+
+impl Overrides {
+    /// Whether a flag set this key (so an error about it is the flag's).
+    fn sets(&self, key: &str) -> bool {
+        match key {
+            "redis.url" => self.redis_url.is_some(),
+            "api.listen" => self.api_listen.is_some(),
+            "data_dir" => self.data_dir.is_some(),
+            "push.allow_insecure_endpoints" => self.allow_insecure_endpoints.is_some(),
+            "worker.consumer" => self.consumer.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// A setting that failed validation: which key, and what is wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{key} {message}")]
+pub struct Invalid {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(key: &'static str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where settings are read from: a file (explicit, or `./config.toml` when present) and the environment.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+}
+
+impl Source {
+    /// `--config PATH` when given (it must exist), else `./config.toml` when it exists.
+    pub fn discover(explicit: Option<&Path>) -> anyhow::Result<Source> {
+        match explicit {
+            Some(path) if !path.exists() => {
+                anyhow::bail!(
+                    "config file {} does not exist (given with --config)",
+                    path.display()
+                )
+            }
+            Some(path) => Ok(Source {
+                file: Some(path.to_path_buf()),
+            }),
+            None => {
+                let default = PathBuf::from("config.toml");
+                Ok(Source {
+                    file: default.exists().then_some(default),
+                })
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Reads file, environment and flags, in that order of precedence (last wins), and validates.
+    pub fn load(source: &Source, overrides: &Overrides) -> anyhow::Result<Settings> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = &source.file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::raw()
+                .only(&["REDIS_URL"])
+                .map(|_| "redis.url".into())
+                .split("."),
+        );
+        figment = figment.merge(Env::prefixed("HERALD_").split("__"));
+        let mut settings: Settings = figment.extract().map_err(|e| {
+            // figment's message names the key and the file or variable it came from.
+            anyhow::anyhow!("invalid configuration: {e}")
+        })?;
+        settings.apply(overrides);
+        settings.validate().map_err(|e| {
+            let from = if overrides.sets(e.key) {
+                "a command-line flag".to_string()
+            } else {
+                match figment.find_metadata(e.key) {
+                    Some(meta) => match &meta.source {
+                        Some(source) => format!("{} {source}", meta.name),
+                        None => meta.name.to_string(),
+                    },
+                    None => "the defaults".to_string(),
+                }
+            };
+            anyhow::anyhow!("invalid configuration: {e} (set in {from})")
+        })?;
+        Ok(settings)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(url) = &o.redis_url {
+            self.redis.url = Secret::new(url.clone());
+        }
+        if let Some(listen) = o.api_listen {
+            self.api.listen = listen;
+        }
+        if let Some(dir) = &o.data_dir {
+            self.data_dir = dir.clone();
+        }
+        if let Some(allow) = o.allow_insecure_endpoints {
+            self.push.allow_insecure_endpoints = allow;
+        }
+        if let Some(consumer) = &o.consumer {
+            self.worker.consumer = consumer.clone();
+        }
+    }
+
+    /// Checks what types alone cannot; each error names the key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let url = self.redis.url.expose();
+        if !url.is_empty() {
+            let scheme_ok = url::Url::parse(url).is_ok_and(|u| {
+                matches!(
+                    u.scheme(),
+                    "redis" | "rediss" | "redis+unix" | "unix" | "valkey" | "valkeys"
+                )
+            });
+            let parsed = redis::Client::open(url);
+            if !scheme_ok || parsed.is_err() {
+                let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
+                return Err(Invalid::new(
+                    "redis.url",
+                    format!("is not a Redis URL{why}; expected redis://[:password@]host:port[/db]"),
+                ));
+            }
+        }
+        ensure_name("redis.key_prefix", &self.redis.key_prefix)?;
+        ensure_name("worker.group", &self.worker.group)?;
+        if !self.worker.consumer.is_empty() {
+            ensure_name("worker.consumer", &self.worker.consumer)?;
+        }
+        ensure_range("redis.partitions", self.redis.partitions as u64, 1, 1024)?;
+        ensure_range("redis.pool_size", self.redis.pool_size as u64, 1, 10_000)?;
+        ensure_range(
+            "api.max_body_bytes",
+            self.api.max_body_bytes as u64,
+            1024,
+            64 << 20,
+        )?;
+        ensure_range("api.max_batch", self.api.max_batch as u64, 1, 100_000)?;
+        ensure_range(
+            "worker.batch_size",
+            self.worker.batch_size as u64,
+            1,
+            10_000,
+        )?;
+        ensure_range(
+            "worker.concurrency",
+            self.worker.concurrency as u64,
+            1,
+            100_000,
+        )?;
+        ensure_range(
+            "events.default_ttl",
+            self.events.default_ttl as u64,
+            0,
+            crate::shared::event::MAX_TTL as u64,
+        )?;
+        if self.worker.block < Duration::from_millis(10)
+            || self.worker.block > Duration::from_secs(5)
+        {
+            return Err(Invalid::new(
+                "worker.block",
+                format!(
+                    "must be between 10ms and 5s (got {}): a longer block delays stops",
+                    humantime::format_duration(self.worker.block)
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("redis.command_timeout", self.redis.command_timeout),
+            ("push.connect_timeout", self.push.connect_timeout),
+            ("push.request_timeout", self.push.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Invalid::new(key, "must be more than 0"));
+            }
+        }
+        for (key, value) in [
+            ("retry.base_delay", self.retry.base_delay),
+            ("retry.max_delay", self.retry.max_delay),
+            ("reclaimer.interval", self.reclaimer.interval),
+            ("breaker.window", self.breaker.window),
+            ("breaker.open_for", self.breaker.open_for),
+            ("alerts.interval", self.alerts.interval),
+            ("retention.interval", self.retention.interval),
+            ("spool.drain_interval", self.spool.drain_interval),
+        ] {
+            if value.is_zero() {
+                return Err(Invalid::new(key, "must be more than 0"));
+            }
+        }
+        if self.retry.max_delay < self.retry.base_delay {
+            return Err(Invalid::new(
+                "retry.max_delay",
+                "must not be less than retry.base_delay",
+            ));
+        }
+        ensure_range(
+            "retry.max_deliveries",
+            self.retry.max_deliveries as u64,
+            1,
+            1000,
+        )?;
+        if !(0.0..=1.0).contains(&self.retry.jitter) {
+            return Err(Invalid::new(
+                "retry.jitter",
+                format!(
+                    "must be a fraction between 0 and 1 (got {})",
+                    self.retry.jitter
+                ),
+            ));
+        }
+        ensure_range(
+            "reclaimer.scan_batch",
+            self.reclaimer.scan_batch as u64,
+            1,
+            10_000,
+        )?;
+        ensure_range(
+            "breaker.failures_to_open",
+            self.breaker.failures_to_open as u64,
+            1,
+            1_000_000,
+        )?;
+        let webhook = self.alerts.webhook_url.expose();
+        if !webhook.is_empty()
+            && !url::Url::parse(webhook).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(Invalid::new(
+                "alerts.webhook_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        let subject = &self.push.vapid_subject;
+        if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
+            return Err(Invalid::new(
+                "push.vapid_subject",
+                format!("must start with mailto: or https:// (got {subject:?})"),
+            ));
+        }
+        if let Err(problem) = self.admin.address("worker") {
+            return Err(Invalid::new("admin.listen", problem));
+        }
+        if self.api.tokens.iter().any(Secret::is_empty) {
+            return Err(Invalid::new(
+                "api.tokens",
+                "must not contain an empty token",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The consumer name: configured, or `<hostname>-<pid>`, unique per running process.
+    pub fn consumer_name(&self) -> String {
+        if !self.worker.consumer.is_empty() {
+            return self.worker.consumer.clone();
+        }
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "herald".into());
+        format!("{host}-{}", std::process::id())
+    }
+
+    /// Directory of the API's spool.
+    pub fn spool_dir(&self) -> PathBuf {
+        if self.spool.dir.as_os_str().is_empty() {
+            self.data_dir.join("spool")
+        } else {
+            self.spool.dir.clone()
+        }
+    }
+
+    /// Path of the VAPID private key file.
+    pub fn vapid_key_path(&self) -> PathBuf {
+        if self.push.vapid_private_key_file.as_os_str().is_empty() {
+            self.data_dir.join("vapid_private_key")
+        } else {
+            self.push.vapid_private_key_file.clone()
+        }
+    }
+
+    /// The effective settings as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.redis.url.is_empty() {
+            shown.redis.url = Secret::new("[redacted]");
+        }
+        if !shown.alerts.webhook_url.is_empty() {
+            shown.alerts.webhook_url = Secret::new("[redacted]");
+        }
+        shown.api.tokens = shown
+            .api
+            .tokens
+            .iter()
+            .map(|_| Secret::new("[redacted]"))
+            .collect();
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+fn ensure_name(key: &'static str, value: &str) -> Result<(), Invalid> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(Invalid::new(
+            key,
+            format!("must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.' (got {value:?})"),
+        ));
+    }
+    Ok(())
+}
+
+fn ensure_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Invalid> {
+    if value < min || value > max {
+        return Err(Invalid::new(
+            key,
+            format!("must be between {min} and {max} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Durations as human strings (`"250ms"`, `"10m"`) in TOML and the environment.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write it like \"250ms\", \"5s\" or \"10m\""
+            ))
+        })
+    }
+}
+
+/// `herald config …`.
+#[derive(clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration; exit 1 with the problem when it is not valid.
+    Check,
+    /// Print the effective configuration as TOML, secrets redacted.
+    Print,
+}
+
+impl ConfigCommand {
+    /// `check` says where the valid settings came from; `print` shows them, secrets redacted.
+    pub fn run(&self, source: &Source, settings: &Settings) -> anyhow::Result<()> {
+        match self {
+            ConfigCommand::Check => println!(
+                "configuration is valid ({})",
+                source
+                    .file
+                    .as_ref()
+                    .map(|f| format!("{} + environment", f.display()))
+                    .unwrap_or_else(|| "defaults + environment".into())
+            ),
+            ConfigCommand::Print => print!("{}", settings.to_redacted_toml()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default()
+            .validate()
+            .expect("defaults must validate");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("herald.toml");
+        std::fs::write(&file, "[worker]\nblock = \"soon\"\n").expect("write config");
+        let err = Settings::load(&Source { file: Some(file) }, &Overrides::default())
+            .expect_err("a bad duration must fail")
+            .to_string();
+        assert!(err.contains("worker.block"), "{err}");
+        assert!(err.contains("herald.toml"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("herald.toml");
+        std::fs::write(&file, "[api]\nlisten_on = \"0.0.0.0:1\"\n").expect("write config");
+        let err = Settings::load(&Source { file: Some(file) }, &Overrides::default())
+            .expect_err("an unknown key must fail")
+            .to_string();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let shipped: Settings = Figment::new()
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .expect("config.toml must parse");
+        assert_eq!(
+            toml::to_string(&shipped).expect("render"),
+            toml::to_string(&Settings::default()).expect("render"),
+            "config.toml must document the defaults exactly"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut s = Settings::default();
+        s.redis.url = Secret::new("redis://:hunter2@db:6379");
+        s.api.tokens = vec![Secret::new("tok-hunter2")];
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!s.to_redacted_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_block_longer_than_five_seconds_is_refused() {
+        let mut s = Settings::default();
+        s.worker.block = Duration::from_secs(30);
+        let err = s.validate().expect_err("must fail");
+        assert_eq!(err.key, "worker.block");
+    }
+
+    #[test]
+    fn each_role_has_its_own_admin_port_unless_one_is_given() {
+        let mut s = Settings::default();
+        let port = |s: &Settings, role| s.admin.address(role).expect("an address").port();
+        assert_eq!(
+            (port(&s, "worker"), port(&s, "reclaimer"), port(&s, "audit")),
+            (9464, 9465, 9466)
+        );
+        s.admin.listen = "0.0.0.0:9100".into();
+        assert_eq!(port(&s, "reclaimer"), 9100);
+        s.admin.listen = "localhost".into();
+        let err = s.validate().expect_err("must fail");
+        assert_eq!(err.key, "admin.listen");
+    }
+
+    #[test]
+    fn a_value_out_of_range_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("herald.toml");
+        std::fs::write(&file, "[redis]\npartitions = 0\n").expect("write config");
+        let err = Settings::load(&Source { file: Some(file) }, &Overrides::default())
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.contains("redis.partitions must be between 1 and 1024"),
+            "{err}"
+        );
+        assert!(err.contains("herald.toml"), "{err}");
+    }
+}

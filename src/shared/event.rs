@@ -1,0 +1,545 @@
+//! The event: what a producer hands herald, how it is validated, and how it
+//! lives in a stream entry as flat fields that `XRANGE` shows readably.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Longest Web Push TTL accepted, in seconds (28 days, what push services keep at most).
+pub const MAX_TTL: u32 = 28 * 24 * 3600;
+/// How far ahead `deliver_at` may be.
+pub const MAX_DELAY_DAYS: i64 = 365;
+/// Largest notification payload in bytes: the most the `web-push` crate encrypts in one record.
+pub const MAX_PAYLOAD_BYTES: usize = 3052;
+/// Version of the stream entry layout, written as field `v`.
+pub const ENTRY_VERSION: &str = "1";
+const MAX_HEADERS: usize = 32;
+
+/// An event as a producer sends it (`POST /v1/events`, `herald publish`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    /// Idempotency key; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Routing key: dot-separated words.
+    pub topic: String,
+    /// Direct delivery to this user's devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Ordering key (e.g. the vehicle); also the Web Push `Topic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    pub notification: Notification,
+    /// Producer time, RFC 3339; default now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_at: Option<String>,
+    /// Delayed delivery time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at: Option<String>,
+    /// Web Push TTL in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgency: Option<Urgency>,
+}
+
+/// What the device shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// Web Push `Urgency` (RFC 8030 §5.3).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Urgency {
+    VeryLow,
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Urgency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Urgency::VeryLow => "very-low",
+            Urgency::Low => "low",
+            Urgency::Normal => "normal",
+            Urgency::High => "high",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Urgency> {
+        match text {
+            "very-low" => Some(Urgency::VeryLow),
+            "low" => Some(Urgency::Low),
+            "normal" => Some(Urgency::Normal),
+            "high" => Some(Urgency::High),
+            _ => None,
+        }
+    }
+}
+
+/// A validated event with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub topic: String,
+    pub user: Option<String>,
+    pub key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub notification: Notification,
+    pub publish_at: DateTime<Utc>,
+    pub deliver_at: Option<DateTime<Utc>>,
+    pub ttl: u32,
+    pub urgency: Urgency,
+}
+
+/// A field of an event that failed validation: which one, and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidField {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Defaults applied while validating.
+#[derive(Debug, Clone, Copy)]
+pub struct EventDefaults {
+    pub ttl: u32,
+    /// How far ahead of now a `publish_at` may be.
+    pub max_clock_skew: std::time::Duration,
+}
+
+impl EventInput {
+    /// Validates and fills defaults. The digest of the input as given (before
+    /// defaults) identifies its content for idempotent publishes.
+    pub fn validate(
+        &self,
+        defaults: EventDefaults,
+        now: DateTime<Utc>,
+    ) -> Result<Event, InvalidField> {
+        let id = match &self.id {
+            Some(id) => {
+                check_identifier("id", id, 128)?;
+                id.clone()
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        check_topic(&self.topic)?;
+        if let Some(user) = &self.user {
+            check_identifier("user", user, 128)?;
+        }
+        if let Some(key) = &self.key {
+            if key.is_empty() || key.len() > 256 {
+                return Err(InvalidField::new("key", "must be 1 to 256 bytes"));
+            }
+        }
+        if self.headers.len() > MAX_HEADERS {
+            return Err(InvalidField::new(
+                "headers",
+                format!("at most {MAX_HEADERS} headers (got {})", self.headers.len()),
+            ));
+        }
+        for (name, value) in &self.headers {
+            check_identifier(&format!("headers.{name}"), name, 64)?;
+            if value.len() > 256 {
+                return Err(InvalidField::new(
+                    format!("headers.{name}"),
+                    "value must be at most 256 bytes",
+                ));
+            }
+        }
+        if self.notification.title.trim().is_empty() {
+            return Err(InvalidField::new("notification.title", "must not be empty"));
+        }
+        let publish_at = match &self.publish_at {
+            Some(text) => parse_time("publish_at", text)?,
+            None => now,
+        };
+        let skew =
+            chrono::Duration::from_std(defaults.max_clock_skew).unwrap_or(chrono::Duration::MAX);
+        if publish_at > now + skew {
+            return Err(InvalidField::new(
+                "publish_at",
+                format!(
+                    "is {} s ahead of herald's clock; at most {} s are allowed (events.max_clock_skew)",
+                    (publish_at - now).num_seconds(),
+                    skew.num_seconds()
+                ),
+            ));
+        }
+        let deliver_at = match &self.deliver_at {
+            Some(text) => Some(parse_time("deliver_at", text)?),
+            None => None,
+        };
+        if let Some(at) = deliver_at {
+            if at > now + chrono::Duration::days(MAX_DELAY_DAYS) {
+                return Err(InvalidField::new(
+                    "deliver_at",
+                    format!("must be at most {MAX_DELAY_DAYS} days ahead"),
+                ));
+            }
+        }
+        let ttl = self.ttl.unwrap_or(defaults.ttl);
+        if ttl > MAX_TTL {
+            return Err(InvalidField::new(
+                "ttl",
+                format!("must be at most {MAX_TTL} seconds (28 days)"),
+            ));
+        }
+        let event = Event {
+            id,
+            topic: self.topic.clone(),
+            user: self.user.clone(),
+            key: self.key.clone(),
+            headers: self.headers.clone(),
+            notification: self.notification.clone(),
+            publish_at,
+            deliver_at,
+            ttl,
+            urgency: self.urgency.unwrap_or_default(),
+        };
+        let size = event.payload().len();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(InvalidField::new(
+                "notification",
+                format!("the push payload would be {size} bytes; at most {MAX_PAYLOAD_BYTES} fit in one Web Push message"),
+            ));
+        }
+        Ok(event)
+    }
+
+    /// A digest of the content as the producer sent it (id aside), to tell a
+    /// repeated publish from a conflicting one.
+    pub fn digest(&self) -> String {
+        let mut canonical = self.clone();
+        canonical.id = None;
+        let bytes = serde_json::to_vec(&canonical).expect("an event always serializes");
+        let hash = Sha256::digest(&bytes);
+        hex_lower(&hash[..16])
+    }
+}
+
+impl Event {
+    /// When the event is due: its `deliver_at` when that is later than its
+    /// `publish_at`. Its TTL counts from then, and so does its place in the
+    /// order of its key (a reminder scheduled for later is not superseded by
+    /// what happened before it).
+    pub fn due_at(&self) -> DateTime<Utc> {
+        self.deliver_at
+            .map_or(self.publish_at, |at| at.max(self.publish_at))
+    }
+
+    /// The flat fields of the stream entry, in a stable order.
+    pub fn to_fields(&self) -> Vec<(String, String)> {
+        let mut f: Vec<(String, String)> = Vec::with_capacity(12 + self.headers.len());
+        let mut put = |k: &str, v: &str| f.push((k.to_string(), v.to_string()));
+        put("v", ENTRY_VERSION);
+        put("id", &self.id);
+        put("topic", &self.topic);
+        if let Some(user) = &self.user {
+            put("user", user);
+        }
+        if let Some(key) = &self.key {
+            put("key", key);
+        }
+        put("publish_at", &format_time(self.publish_at));
+        if let Some(at) = self.deliver_at {
+            put("deliver_at", &format_time(at));
+        }
+        put("ttl", &self.ttl.to_string());
+        put("urgency", self.urgency.as_str());
+        put("title", &self.notification.title);
+        let n = &self.notification;
+        for (name, value) in [
+            ("body", &n.body),
+            ("url", &n.url),
+            ("icon", &n.icon),
+            ("tag", &n.tag),
+        ] {
+            if let Some(value) = value {
+                put(name, value);
+            }
+        }
+        for (name, value) in &self.headers {
+            f.push((format!("h.{name}"), value.clone()));
+        }
+        f
+    }
+
+    /// Reads a stream entry back. An error here makes the entry a poison message.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Result<Event, String> {
+        let get = |name: &str| fields.get(name).cloned();
+        let need = |name: &str| get(name).ok_or_else(|| format!("field {name:?} is missing"));
+        match fields.get("v").map(String::as_str) {
+            Some(ENTRY_VERSION) => {}
+            Some(other) => {
+                return Err(format!(
+                    "entry version {other:?} is not understood by this herald"
+                ))
+            }
+            None => return Err("field \"v\" is missing: not an entry written by herald".into()),
+        }
+        let publish_at = DateTime::parse_from_rfc3339(&need("publish_at")?)
+            .map_err(|e| format!("publish_at: {e}"))?
+            .with_timezone(&Utc);
+        let deliver_at = match get("deliver_at") {
+            Some(t) => Some(
+                DateTime::parse_from_rfc3339(&t)
+                    .map_err(|e| format!("deliver_at: {e}"))?
+                    .with_timezone(&Utc),
+            ),
+            None => None,
+        };
+        let ttl = need("ttl")?
+            .parse::<u32>()
+            .map_err(|e| format!("ttl: {e}"))?;
+        let urgency_text = need("urgency")?;
+        let urgency = Urgency::parse(&urgency_text)
+            .ok_or_else(|| format!("urgency {urgency_text:?} is unknown"))?;
+        let headers = fields
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("h.")
+                    .map(|name| (name.to_string(), v.clone()))
+            })
+            .collect();
+        Ok(Event {
+            id: need("id")?,
+            topic: need("topic")?,
+            user: get("user"),
+            key: get("key"),
+            headers,
+            notification: Notification {
+                title: need("title")?,
+                body: get("body"),
+                url: get("url"),
+                icon: get("icon"),
+                tag: get("tag"),
+            },
+            publish_at,
+            deliver_at,
+            ttl,
+            urgency,
+        })
+    }
+
+    /// The plaintext a device receives: small JSON its service worker shows.
+    pub fn payload(&self) -> Vec<u8> {
+        let n = &self.notification;
+        let body = serde_json::json!({
+            "id": self.id,
+            "topic": self.topic,
+            "title": n.title,
+            "body": n.body,
+            "url": n.url,
+            "icon": n.icon,
+            "tag": n.tag,
+            "publish_at": format_time(self.publish_at),
+        });
+        // Leave out absent fields: every byte counts against the push size limit.
+        let compact: serde_json::Map<String, serde_json::Value> = body
+            .as_object()
+            .expect("built as an object")
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        serde_json::to_vec(&compact).expect("json always serializes")
+    }
+}
+
+/// Times are written as RFC 3339 in UTC with milliseconds, so they sort as text.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, InvalidField> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            InvalidField::new(
+                field,
+                format!("{e}; expected RFC 3339 like 2026-11-21T10:00:00Z"),
+            )
+        })
+}
+
+/// Ids, users and header names go into Redis keys and logs: printable, no spaces.
+pub(crate) fn check_identifier(field: &str, value: &str, max: usize) -> Result<(), InvalidField> {
+    if value.is_empty() || value.len() > max {
+        return Err(InvalidField::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
+    {
+        return Err(InvalidField::new(
+            field,
+            "may only contain A-Z, a-z, 0-9 and - _ . : @",
+        ));
+    }
+    Ok(())
+}
+
+fn check_topic(topic: &str) -> Result<(), InvalidField> {
+    if topic.is_empty() || topic.len() > 255 {
+        return Err(InvalidField::new("topic", "must be 1 to 255 characters"));
+    }
+    for word in topic.split('.') {
+        if word.is_empty() {
+            return Err(InvalidField::new(
+                "topic",
+                "words between dots must not be empty",
+            ));
+        }
+        if !word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':'))
+        {
+            return Err(InvalidField::new(
+                "topic",
+                format!("word {word:?} may only contain A-Z, a-z, 0-9, '-', '_' and ':' ('*' and '#' are for subscriptions)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: EventDefaults = EventDefaults {
+        ttl: 3600,
+        max_clock_skew: std::time::Duration::from_secs(300),
+    };
+
+    fn sample() -> EventInput {
+        serde_json::from_value(serde_json::json!({
+            "id": "evt-7f3a",
+            "topic": "parking.lot-7.entry",
+            "user": "u-42",
+            "key": "12가3456",
+            "headers": {"lot": "7", "kind": "entry"},
+            "notification": {"title": "Entry", "body": "12가3456 entered lot 7", "url": "/visits/981"},
+            "publish_at": "2026-11-21T10:00:00Z",
+            "ttl": 600,
+            "urgency": "high"
+        }))
+        .expect("sample parses")
+    }
+
+    #[test]
+    fn an_event_survives_the_round_trip_through_stream_fields() {
+        let event = sample().validate(DEFAULTS, Utc::now()).expect("valid");
+        let fields: HashMap<String, String> = event.to_fields().into_iter().collect();
+        assert_eq!(fields["h.lot"], "7");
+        assert_eq!(Event::from_fields(&fields).expect("decodes"), event);
+    }
+
+    #[test]
+    fn defaults_fill_id_time_ttl_and_urgency() {
+        let input: EventInput = serde_json::from_value(
+            serde_json::json!({"topic": "a.b", "user": "u", "notification": {"title": "t"}}),
+        )
+        .expect("parses");
+        let now = Utc::now();
+        let event = input.validate(DEFAULTS, now).expect("valid");
+        assert!(!event.id.is_empty());
+        assert_eq!(event.publish_at, now);
+        assert_eq!(event.ttl, 3600);
+        assert_eq!(event.urgency, Urgency::Normal);
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (serde_json::json!({"topic": "a..b"}), "topic"),
+            (serde_json::json!({"topic": "a.*"}), "topic"),
+            (serde_json::json!({"id": "has space"}), "id"),
+            (serde_json::json!({"user": ""}), "user"),
+            (serde_json::json!({"publish_at": "yesterday"}), "publish_at"),
+            (serde_json::json!({"ttl": MAX_TTL + 1}), "ttl"),
+            (
+                serde_json::json!({"notification": {"title": " "}}),
+                "notification.title",
+            ),
+            (
+                serde_json::json!({"notification": {"title": "t", "body": "x".repeat(4000)}}),
+                "notification",
+            ),
+            (
+                serde_json::json!({"headers": {"bad name": "1"}}),
+                "headers.bad name",
+            ),
+            (
+                serde_json::json!({"deliver_at": "2999-01-01T00:00:00Z"}),
+                "deliver_at",
+            ),
+        ];
+        for (patch, field) in cases {
+            let mut value = serde_json::to_value(sample()).expect("serializes");
+            for (k, v) in patch.as_object().expect("object") {
+                value[k] = v.clone();
+            }
+            let input: EventInput = serde_json::from_value(value).expect("parses");
+            let err = input.validate(DEFAULTS, Utc::now()).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn the_digest_ignores_the_id_but_not_the_content() {
+        let a = sample();
+        let mut b = sample();
+        b.id = Some("other".into());
+        assert_eq!(a.digest(), b.digest());
+        b.notification.body = Some("changed".into());
+        assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn an_entry_without_a_version_is_refused() {
+        let fields: HashMap<String, String> = [("topic".to_string(), "x".to_string())].into();
+        assert!(Event::from_fields(&fields).is_err());
+    }
+}

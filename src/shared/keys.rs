@@ -1,0 +1,245 @@
+//! Every Redis key herald reads or writes, named in one place.
+//!
+//! Keys that one script touches together share a hash tag (the part in `{}`), so
+//! every script stays in one slot and is legal on Redis Cluster:
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `{P:pN}:events` | stream | events of partition N, one entry per event |
+//! | `{P:pN}:dedup:<event id>` | string | `<digest> <stream id>`, for idempotent publishes (expires) |
+//! | `{P:pN}:dlq` | stream | dead letters of partition N: the original fields plus why |
+//! | `{P:pN}:outcomes:<event id>` | hash | subscription id → `delivered`, `gone` or `dead` for one event (expires) |
+//! | `{P:pN}:retry-at` | hash | stream id → unix ms before which a pending entry must not be retried |
+//! | `{P:pN}:tombstone:<stream id>` | string | set once a deleted-while-pending entry got its tombstone (expires) |
+//! | `{P:pN}:lease:<stream id>` | string | the consumer processing that entry right now (expires; heartbeats extend it) |
+//! | `{P:pN}:order-lock:<key digest>` | string | the stream id of the event of that key being processed (expires) |
+//! | `{P:pN}:order:<key digest>` | string | `<publish_at ms> <event id>` of the newest event applied for an ordering key (expires) |
+//! | `{P:pN}:scheduled` | sorted set | event id → unix ms of `deliver_at`, for events not due yet |
+//! | `{P:pN}:scheduled-events` | hash | event id → the entry's fields (JSON array), until it is due |
+//! | `{P:pN}:held:<user>` | sorted set | event id → unix ms it expires, direct events waiting for the user's first subscription |
+//! | `{P:pN}:held-events` | hash | event id → `{"user":…,"fields":[…]}` of a held event |
+//! | `{P:pN}:held-expiry` | sorted set | event id → unix ms it expires, over all users (for the sweep) |
+//! | `{P:pN}:held-expired` | string | count of held events that expired before their user subscribed |
+//! | `{P:subs}:sub:<id>` | hash | one push subscription: endpoint, keys, user, interests |
+//! | `{P:subs}:user:<user>` | set | subscription ids of one user |
+//! | `{P:subs}:all` | set | every subscription id |
+//! | `{P:subs}:version` | string | incremented on every subscription change |
+//!
+//! `P` is `redis.key_prefix` (default `herald`).
+
+/// The key names for one deployment (one `redis.key_prefix`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    partitions: u32,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, partitions: u32) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The stream of one partition.
+    pub fn stream(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:events", self.prefix)
+    }
+
+    /// Every partition's stream, in partition order.
+    pub fn streams(&self) -> Vec<String> {
+        (0..self.partitions).map(|p| self.stream(p)).collect()
+    }
+
+    /// The dedup record of an event id; same slot as the stream it guards.
+    pub fn dedup(&self, partition: u32, event_id: &str) -> String {
+        format!("{{{}:p{partition}}}:dedup:{event_id}", self.prefix)
+    }
+
+    /// The dead-letter stream of one partition; same slot as the stream.
+    pub fn dead_letters(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:dlq", self.prefix)
+    }
+
+    /// Per-subscription outcomes of one event: what stops a retry from pushing twice.
+    pub fn outcomes(&self, partition: u32, event_id: &str) -> String {
+        format!("{{{}:p{partition}}}:outcomes:{event_id}", self.prefix)
+    }
+
+    /// The outcomes of the entry with these fields: its event's, or for a forced
+    /// replay copy (field `replay_run`) its run's, under which devices are tracked afresh.
+    pub fn entry_outcomes(
+        &self,
+        partition: u32,
+        event_id: &str,
+        fields: &std::collections::HashMap<String, String>,
+    ) -> String {
+        match fields.get(crate::shared::stream::REPLAY_RUN) {
+            Some(run) => self.outcomes(partition, &format!("{event_id}:replay:{run}")),
+            None => self.outcomes(partition, event_id),
+        }
+    }
+
+    /// Not-before times (`Retry-After`) of pending entries of one partition.
+    pub fn retry_at(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:retry-at", self.prefix)
+    }
+
+    /// Marks that a deleted-while-pending entry was recorded, so it is recorded once.
+    pub fn tombstone(&self, partition: u32, stream_id: &str) -> String {
+        format!("{{{}:p{partition}}}:tombstone:{stream_id}", self.prefix)
+    }
+
+    /// Which entry of an ordering key is being processed right now.
+    pub fn order_lock(&self, partition: u32, key_digest: &str) -> String {
+        format!("{{{}:p{partition}}}:order-lock:{key_digest}", self.prefix)
+    }
+
+    /// Who is processing an entry right now; same slot as the stream.
+    pub fn lease(&self, partition: u32, stream_id: &str) -> String {
+        format!("{{{}:p{partition}}}:lease:{stream_id}", self.prefix)
+    }
+
+    /// The newest applied event of one ordering key (digested), in the key's partition.
+    pub fn order(&self, partition: u32, key_digest: &str) -> String {
+        format!("{{{}:p{partition}}}:order:{key_digest}", self.prefix)
+    }
+
+    /// Events of one partition waiting for their `deliver_at`, scored by it.
+    pub fn scheduled(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:scheduled", self.prefix)
+    }
+
+    /// The stream fields of the scheduled events of one partition.
+    pub fn scheduled_events(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:scheduled-events", self.prefix)
+    }
+
+    /// Direct events held for one user who has no subscription yet.
+    pub fn held(&self, partition: u32, user: &str) -> String {
+        format!("{}{user}", self.held_prefix(partition))
+    }
+
+    /// What precedes the user in [`Keys::held`], for the sweep script that builds it.
+    pub fn held_prefix(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:held:", self.prefix)
+    }
+
+    /// The fields and user of every held event of one partition.
+    pub fn held_events(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:held-events", self.prefix)
+    }
+
+    /// Every held event of one partition by expiry time.
+    pub fn held_expiry(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:held-expiry", self.prefix)
+    }
+
+    /// How many held events of one partition expired unsent.
+    pub fn held_expired(&self, partition: u32) -> String {
+        format!("{{{}:p{partition}}}:held-expired", self.prefix)
+    }
+
+    /// The partition a stream key belongs to, if it is one of ours.
+    pub fn partition_of(&self, stream: &str) -> Option<u32> {
+        (0..self.partitions).find(|p| self.stream(*p) == stream)
+    }
+
+    pub fn subscription(&self, id: &str) -> String {
+        format!("{{{}:subs}}:sub:{id}", self.prefix)
+    }
+
+    pub fn user_subscriptions(&self, user: &str) -> String {
+        format!("{}{user}", self.user_subscriptions_prefix())
+    }
+
+    /// What precedes the user in [`Keys::user_subscriptions`], for scripts that build it.
+    pub fn user_subscriptions_prefix(&self) -> String {
+        format!("{{{}:subs}}:user:", self.prefix)
+    }
+
+    pub fn all_subscriptions(&self) -> String {
+        format!("{{{}:subs}}:all", self.prefix)
+    }
+
+    pub fn subscriptions_version(&self) -> String {
+        format!("{{{}:subs}}:version", self.prefix)
+    }
+
+    /// The partition of an event: a stable hash of its ordering key, or of its id when it has none.
+    pub fn partition_for(&self, ordering_key: &str) -> u32 {
+        if self.partitions == 1 {
+            return 0;
+        }
+        // FNV-1a: stable across processes and versions, unlike std's RandomState.
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in ordering_key.bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % self.partitions
+    }
+}
+
+/// The hash tag of a key: what Redis Cluster hashes to choose its slot.
+pub fn hash_tag(key: &str) -> &str {
+    match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_and_its_dedup_records_share_a_slot() {
+        let keys = Keys::new("herald", 4);
+        for p in 0..4 {
+            let tag = hash_tag(&keys.stream(p)).to_string();
+            assert_eq!(hash_tag(&keys.dedup(p, "evt-1")), tag);
+            assert_eq!(hash_tag(&keys.dead_letters(p)), tag);
+            assert_eq!(hash_tag(&keys.outcomes(p, "evt-1")), tag);
+            assert_eq!(hash_tag(&keys.retry_at(p)), tag);
+            assert_eq!(hash_tag(&keys.tombstone(p, "1-0")), tag);
+            assert_eq!(hash_tag(&keys.order(p, "ab12")), tag);
+            assert_eq!(hash_tag(&keys.lease(p, "1-0")), tag);
+            assert_eq!(hash_tag(&keys.order_lock(p, "ab12")), tag);
+            assert_eq!(hash_tag(&keys.scheduled(p)), tag);
+            assert_eq!(hash_tag(&keys.scheduled_events(p)), tag);
+            assert_eq!(hash_tag(&keys.held(p, "u-1")), tag);
+            assert_eq!(hash_tag(&keys.held_events(p)), tag);
+            assert_eq!(hash_tag(&keys.held_expiry(p)), tag);
+            assert_eq!(hash_tag(&keys.held_expired(p)), tag);
+            assert_eq!(keys.partition_of(&keys.stream(p)), Some(p));
+        }
+        assert_ne!(hash_tag(&keys.stream(0)), hash_tag(&keys.stream(1)));
+    }
+
+    #[test]
+    fn subscription_keys_share_a_slot() {
+        let keys = Keys::new("t1", 1);
+        let tag = hash_tag(&keys.all_subscriptions()).to_string();
+        assert_eq!(hash_tag(&keys.subscription("abc")), tag);
+        assert_eq!(hash_tag(&keys.user_subscriptions("u-42")), tag);
+        assert_eq!(hash_tag(&keys.subscriptions_version()), tag);
+    }
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        let keys = Keys::new("herald", 8);
+        let p = keys.partition_for("12가3456");
+        assert_eq!(p, keys.partition_for("12가3456"));
+        assert!(p < 8);
+        assert_eq!(Keys::new("herald", 1).partition_for("anything"), 0);
+    }
+}

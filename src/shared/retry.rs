@@ -1,0 +1,123 @@
+//! The retry policy as data: when a pending entry is due for another attempt,
+//! and when it has had enough. Pure functions, property-tested.
+
+use std::time::Duration;
+
+use crate::shared::config::RetrySettings;
+
+/// Backoff and give-up rules, from `[retry]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    pub max_deliveries: u32,
+    pub jitter: f64,
+}
+
+impl RetryPolicy {
+    pub fn from_settings(s: &RetrySettings) -> RetryPolicy {
+        RetryPolicy {
+            base_delay: s.base_delay,
+            max_delay: s.max_delay,
+            max_deliveries: s.max_deliveries,
+            jitter: s.jitter,
+        }
+    }
+
+    /// How long an entry delivered `deliveries` times waits (idle) before the next attempt:
+    /// `min(max_delay, base_delay · 2^(deliveries−1))`, plus up to `jitter` of it, never past the cap.
+    ///
+    /// `seed` picks the jitter; derive it from the entry id so that every
+    /// reclaimer computes the same schedule for the same entry.
+    pub fn backoff(&self, deliveries: u64, seed: u64) -> Duration {
+        let exponent = deliveries.saturating_sub(1).min(32) as u32;
+        let raw = self
+            .base_delay
+            .checked_mul(1u32 << exponent.min(31))
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay);
+        let fraction = (seed % 10_000) as f64 / 10_000.0 * self.jitter;
+        raw.mul_f64(1.0 + fraction).min(self.max_delay).max(raw)
+    }
+
+    /// Whether an entry is due: idle at least its backoff, and past any not-before time.
+    pub fn is_due(&self, idle: Duration, deliveries: u64, seed: u64, wait_left: Duration) -> bool {
+        idle >= self.backoff(deliveries, seed) && wait_left.is_zero()
+    }
+
+    /// Whether an entry that failed on its `attempt`-th delivery should be given up on.
+    pub fn exhausted(&self, attempt: u64) -> bool {
+        attempt >= u64::from(self.max_deliveries)
+    }
+
+    /// How long the per-event outcome markers must live: beyond the last possible retry.
+    pub fn horizon(&self) -> Duration {
+        (self.max_delay * self.max_deliveries).max(Duration::from_secs(24 * 3600)) * 2
+    }
+}
+
+/// A stable seed for an entry's jitter.
+pub fn seed_for(id: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(jitter: f64) -> RetryPolicy {
+        RetryPolicy {
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(10),
+            max_deliveries: 8,
+            jitter,
+        }
+    }
+
+    #[test]
+    fn the_schedule_doubles_from_the_base_up_to_the_cap() {
+        let p = policy(0.0);
+        let secs: Vec<f64> = (1..=8).map(|d| p.backoff(d, 0).as_secs_f64()).collect();
+        assert_eq!(secs, vec![0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]);
+    }
+
+    proptest! {
+        #[test]
+        fn never_below_the_base_never_above_the_cap(deliveries in 0u64..10_000, seed: u64, jitter in 0.0f64..=1.0) {
+            let p = policy(jitter);
+            let d = p.backoff(deliveries, seed);
+            prop_assert!(d >= p.base_delay);
+            prop_assert!(d <= p.max_delay);
+        }
+
+        #[test]
+        fn non_decreasing_without_jitter(deliveries in 1u64..10_000) {
+            let p = policy(0.0);
+            prop_assert!(p.backoff(deliveries + 1, 0) >= p.backoff(deliveries, 0));
+        }
+
+        #[test]
+        fn jitter_only_adds(deliveries in 1u64..64, seed: u64) {
+            let with = policy(0.5).backoff(deliveries, seed);
+            let without = policy(0.0).backoff(deliveries, seed);
+            prop_assert!(with >= without);
+            prop_assert!(with.as_secs_f64() <= without.as_secs_f64() * 1.5 + 1e-9);
+        }
+    }
+
+    #[test]
+    fn an_entry_is_due_only_after_its_backoff_and_any_retry_after() {
+        let p = policy(0.0);
+        assert!(!p.is_due(Duration::from_millis(100), 1, 0, Duration::ZERO));
+        assert!(p.is_due(Duration::from_millis(250), 1, 0, Duration::ZERO));
+        assert!(!p.is_due(Duration::from_secs(60), 1, 0, Duration::from_secs(1)));
+        assert!(!p.exhausted(7));
+        assert!(p.exhausted(8));
+    }
+}
