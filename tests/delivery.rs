@@ -5,7 +5,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use helpers::TestApp;
+use helpers::{ago, TestApp};
 use herald::deliver::EntryOutcome;
 use herald::operate::sink::Fault;
 use herald::recover::retention::Retention;
@@ -30,15 +30,15 @@ async fn publish_update(app: &TestApp, key: &str, at: &str, title: &str) -> Stri
 async fn an_older_update_arriving_after_a_newer_one_is_superseded_not_pushed() {
     let app = TestApp::start().await;
     app.register_device("u-1").await;
-    publish_update(&app, "12가3456", "2026-11-21T10:00:05Z", "newer").await;
+    publish_update(&app, "12가3456", &ago(1_000), "newer").await;
     let first = app.step().await;
     assert!(matches!(
         first.entries[0].1,
         EntryOutcome::Acked { delivered: 1, .. }
     ));
     // The older update of the same vehicle arrives late; another vehicle's is unaffected.
-    publish_update(&app, "12가3456", "2026-11-21T10:00:01Z", "older").await;
-    publish_update(&app, "other-car", "2026-11-21T10:00:01Z", "other key").await;
+    publish_update(&app, "12가3456", &ago(5_000), "older").await;
+    publish_update(&app, "other-car", &ago(5_000), "other key").await;
     let batch = app.step().await;
     let outcomes: Vec<&EntryOutcome> = batch.entries.iter().map(|(_, o)| o).collect();
     assert!(
@@ -73,14 +73,11 @@ async fn updates_of_one_key_in_one_batch_are_pushed_one_at_a_time_newest_last() 
     let app = TestApp::start().await;
     app.register_device("u-1").await;
     app.sink.set_delay(Duration::from_millis(50));
-    for (n, t) in ["10:00:01", "10:00:02", "10:00:03", "10:00:04"]
-        .iter()
-        .enumerate()
-    {
+    for n in 0..4 {
         publish_update(
             &app,
             "car-9",
-            &format!("2026-11-21T{t}Z"),
+            &ago(4_000 - n * 1_000),
             &format!("update {n}"),
         )
         .await;
@@ -100,10 +97,10 @@ async fn updates_of_one_key_in_one_batch_are_pushed_one_at_a_time_newest_last() 
 async fn updates_in_order_are_all_pushed_and_a_retry_of_the_newest_is_not_superseded() {
     let app = TestApp::start().await;
     let device = app.register_device("u-1").await;
-    publish_update(&app, "car-1", "2026-11-21T10:00:01Z", "first").await;
+    publish_update(&app, "car-1", &ago(2_000), "first").await;
     app.step().await;
     app.sink.add_faults(&device, vec![Fault::status(503)]);
-    publish_update(&app, "car-1", "2026-11-21T10:00:02Z", "second").await;
+    publish_update(&app, "car-1", &ago(1_000), "second").await;
     app.step().await;
     let reclaimer = app.reclaimer();
     for _ in 0..50 {

@@ -66,14 +66,8 @@ async fn a_503_twice_then_201_is_delivered_once_after_the_backoff() {
 async fn a_429_with_retry_after_is_not_retried_sooner() {
     let app = TestApp::start().await;
     let device = app.register_device("u-2").await;
-    app.sink.add_faults(
-        &device,
-        vec![Fault {
-            status: 429,
-            retry_after: Some("2".into()),
-            delay_ms: None,
-        }],
-    );
+    app.sink
+        .add_faults(&device, vec![Fault::retry_after(429, "2")]);
     app.publish_to("u-2", "slow down").await;
     let started = Instant::now();
     app.step().await;
@@ -104,7 +98,9 @@ async fn bad_request_and_too_large_are_dead_lettered_at_once() {
             EntryOutcome::Acked {
                 delivered: 0,
                 gone: 0,
-                dead: 1
+                dead: 1,
+                superseded: 0,
+                expired: 0,
             }
         );
         assert_eq!(app.pending(), 0, "acknowledged with the dead letter");
@@ -468,7 +464,9 @@ async fn an_unreadable_stored_subscription_is_dead_lettered_and_the_others_deliv
         EntryOutcome::Acked {
             delivered: 1,
             gone: 0,
-            dead: 1
+            dead: 1,
+            superseded: 0,
+            expired: 0,
         }
     );
     assert_eq!(app.sink.delivered()[0].subscription, good);

@@ -118,7 +118,9 @@ async fn a_gone_subscription_is_deleted_and_the_entry_acknowledged() {
         EntryOutcome::Acked {
             delivered: 1,
             gone: 1,
-            dead: 0
+            dead: 0,
+            superseded: 0,
+            expired: 0,
         }
     );
     assert_eq!(app.pending(), 0);
@@ -143,11 +145,7 @@ async fn a_failed_push_leaves_the_entry_pending_and_nothing_is_acked() {
     let device = app.register_device("u-8").await;
     app.sink.add_faults(
         &device,
-        vec![herald::operate::sink::Fault {
-            status: 503,
-            retry_after: Some("1".into()),
-            delay_ms: None,
-        }],
+        vec![herald::operate::sink::Fault::retry_after(503, "1")],
     );
     app.publish_to("u-8", "try me").await;
     let batch = app.step().await;
@@ -214,7 +212,9 @@ async fn a_garbage_entry_is_dead_lettered_and_the_worker_goes_on() {
         EntryOutcome::Acked {
             delivered: 1,
             gone: 0,
-            dead: 0
+            dead: 0,
+            superseded: 0,
+            expired: 0,
         }
     );
     assert_eq!(app.sink.delivered().len(), 1);
@@ -308,7 +308,9 @@ async fn a_fan_out_wider_than_the_concurrency_reaches_every_device_once() {
         EntryOutcome::Acked {
             delivered: 7,
             gone: 0,
-            dead: 0
+            dead: 0,
+            superseded: 0,
+            expired: 0,
         }
     );
     let reached: Vec<String> = app

@@ -8,7 +8,7 @@ use std::time::Duration;
 use herald::deliver::push::vapid::VapidKey;
 use herald::deliver::push::{Outcome, Pusher};
 use herald::operate::sink::{Fault, Sink, SinkHandle, SinkOptions};
-use herald::shared::config::{BreakerSettings, PushSettings};
+use herald::shared::config::Settings;
 use herald::shared::event::{EventDefaults, EventInput};
 use herald::shared::subscriptions::{Subscription, SubscriptionInput};
 use serde_json::json;
@@ -29,17 +29,10 @@ async fn sink(fast: bool) -> (SinkHandle, CancellationToken) {
 }
 
 fn pusher() -> Pusher {
-    let settings = PushSettings {
-        allow_insecure_endpoints: true,
-        vapid_subject: "mailto:tests@herald.invalid".into(),
-        ..PushSettings::default()
-    };
-    Pusher::new(
-        &settings,
-        BreakerSettings::default(),
-        VapidKey::generate().0,
-    )
-    .expect("pusher")
+    let mut settings = Settings::default();
+    settings.push.allow_insecure_endpoints = true;
+    settings.push.vapid_subject = "mailto:tests@herald.invalid".into();
+    Pusher::new(&settings, VapidKey::generate().0).expect("pusher")
 }
 
 fn subscription(sink: &SinkHandle) -> Subscription {
@@ -67,7 +60,7 @@ fn event(title: &str) -> herald::shared::event::Event {
 async fn a_push_is_verified_decrypted_and_recorded() {
     let (sink, _stop) = sink(false).await;
     let sub = subscription(&sink);
-    let report = pusher().push(&sub, &event("hello")).await;
+    let report = pusher().push(&sub, &event("hello"), 60).await;
     assert_eq!(report.outcome, Outcome::Delivered, "{:?}", report.error);
     assert_eq!(report.status, Some(201));
     let arrivals = sink.delivered();
@@ -87,11 +80,7 @@ async fn a_push_is_verified_decrypted_and_recorded() {
 async fn scripted_failures_come_back_classified() {
     let (sink, _stop) = sink(false).await;
     let sub = subscription(&sink);
-    let fault = |status| Fault {
-        status,
-        retry_after: None,
-        delay_ms: Some(20),
-    };
+    let fault = |status| Fault::status(status).delayed(20);
     sink.add_faults(
         &sub.id,
         vec![fault(503), fault(413), fault(400), fault(410)],
@@ -99,68 +88,67 @@ async fn scripted_failures_come_back_classified() {
     let p = pusher();
     let e = event("x");
     assert_eq!(
-        p.push(&sub, &e).await.outcome,
+        p.push(&sub, &e, 60).await.outcome,
         Outcome::Retry { after: None }
     );
     assert_eq!(
-        p.push(&sub, &e).await.outcome,
+        p.push(&sub, &e, 60).await.outcome,
         Outcome::DeadLetter {
             reason: "payload_too_large"
         }
     );
     assert_eq!(
-        p.push(&sub, &e).await.outcome,
+        p.push(&sub, &e, 60).await.outcome,
         Outcome::DeadLetter {
             reason: "push_bad_request"
         }
     );
-    assert_eq!(p.push(&sub, &e).await.outcome, Outcome::Gone);
+    assert_eq!(p.push(&sub, &e, 60).await.outcome, Outcome::Gone);
     // The script is used up: back to normal.
-    assert_eq!(p.push(&sub, &e).await.outcome, Outcome::Delivered);
+    assert_eq!(p.push(&sub, &e, 60).await.outcome, Outcome::Delivered);
 }
 
 #[tokio::test]
-async fn a_429_with_retry_after_opens_the_breaker_so_nothing_is_sent_until_then() {
+async fn a_429_with_retry_after_slows_that_subscription_only_until_then() {
     let (sink, _stop) = sink(false).await;
     let sub = subscription(&sink);
-    sink.add_faults(
-        &sub.id,
-        vec![Fault {
-            status: 429,
-            retry_after: Some("2".into()),
-            delay_ms: None,
-        }],
-    );
+    let other = subscription(&sink);
+    sink.add_faults(&sub.id, vec![Fault::retry_after(429, "2")]);
     let p = pusher();
     let e = event("x");
-    let first = p.push(&sub, &e).await;
+    let first = p.push(&sub, &e, 60).await;
     assert_eq!(
         first.outcome,
         Outcome::Retry {
             after: Some(Duration::from_secs(2))
         }
     );
-    assert!(!first.held);
-    let second = p.push(&sub, &e).await;
-    assert!(second.held, "held by the open breaker: {second:?}");
+    assert!(!first.not_sent);
+    let second = p.push(&sub, &e, 60).await;
+    assert!(second.not_sent, "that device waits: {second:?}");
     assert!(
         matches!(second.outcome, Outcome::Retry { after: Some(wait) } if wait <= Duration::from_secs(2))
     );
     assert_eq!(
+        p.push(&other, &e, 60).await.outcome,
+        Outcome::Delivered,
+        "another device of the same push service is not slowed"
+    );
+    assert_eq!(p.state().waiting_subscriptions, 1);
+    assert!(
+        p.state().open_breakers.is_empty(),
+        "one device's 429 opens no breaker"
+    );
+    assert_eq!(
         sink.arrivals().len(),
-        1,
-        "nothing was sent while the breaker was open"
+        2,
+        "nothing was sent to the waiting device"
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
-        p.push(&sub, &e).await.outcome,
+        p.push(&sub, &e, 60).await.outcome,
         Outcome::Delivered,
-        "half-open probe goes through"
-    );
-    assert_eq!(
-        p.push(&sub, &e).await.outcome,
-        Outcome::Delivered,
-        "and closes the breaker"
+        "after its wait the device is pushed again"
     );
 }
 
@@ -191,7 +179,7 @@ async fn an_unknown_subscription_is_gone() {
     let sub = subscription(&sink);
     sink.unsubscribe(&sub.id);
     assert_eq!(
-        pusher().push(&sub, &event("x")).await.outcome,
+        pusher().push(&sub, &event("x"), 60).await.outcome,
         Outcome::Gone
     );
 }
@@ -201,7 +189,7 @@ async fn fast_mode_counts_without_decrypting() {
     let (sink, _stop) = sink(true).await;
     let sub = subscription(&sink);
     assert_eq!(
-        pusher().push(&sub, &event("x")).await.outcome,
+        pusher().push(&sub, &event("x"), 60).await.outcome,
         Outcome::Delivered
     );
     let arrivals = sink.delivered();
@@ -213,13 +201,8 @@ async fn fast_mode_counts_without_decrypting() {
 async fn an_insecure_endpoint_is_refused_at_send_time_without_the_setting() {
     let (sink, _stop) = sink(false).await;
     let sub = subscription(&sink);
-    let strict = Pusher::new(
-        &PushSettings::default(),
-        BreakerSettings::default(),
-        VapidKey::generate().0,
-    )
-    .expect("pusher");
-    let report = strict.push(&sub, &event("x")).await;
+    let strict = Pusher::new(&Settings::default(), VapidKey::generate().0).expect("pusher");
+    let report = strict.push(&sub, &event("x"), 60).await;
     assert_eq!(
         report.outcome,
         Outcome::DeadLetter {

@@ -1,70 +1,216 @@
-//! Claiming an entry before pushing: still this consumer's, nobody else on it
-//! (a lease), and which devices are done already; heartbeats while it is in
-//! progress.
+//! Claiming, before anything is pushed (`claim.lua`): the entry is still this
+//! consumer's and nobody else works on it (its lease); its ordering key is not
+//! busy with another event (the key's lock); and each device is claimed for
+//! this processor until it is settled, so that two processors (a reclaimer and
+//! a slow worker, a replay copy next to its pending original) never push one
+//! device at the same time. Heartbeats keep the entry's idle time low and
+//! extend its lease and lock while it runs, on a connection of their own.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::*;
+use redis::Script;
 
-static BEGIN: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-static REFRESH: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-static RELEASE: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+use super::ordering::Order;
+use super::Worker;
+use crate::shared::db::script;
+use crate::shared::event::Event;
+use crate::shared::stream::Entry;
 
-/// How often an entry in progress refreshes its idle time and lease: twice per base delay.
-pub(super) fn heartbeat_interval(base_delay: Duration) -> Duration {
-    (base_delay / 2).max(Duration::from_millis(50))
+static CLAIM: OnceLock<Script> = OnceLock::new();
+static REFRESH: OnceLock<Script> = OnceLock::new();
+static RELEASE: OnceLock<Script> = OnceLock::new();
+
+/// Devices claimed per round trip.
+pub(super) const CHUNK: usize = 64;
+
+/// One entry in progress, and the names it goes by in Redis.
+pub(super) struct EntryCtx<'a> {
+    pub entry: &'a Entry,
+    pub fields: &'a HashMap<String, String>,
+    pub event: &'a Event,
+    pub partition: u32,
+    /// The event's per-device states (a forced replay copy's own, under its run).
+    pub outcomes: String,
+    pub lease: String,
+    pub order: Option<Order>,
+    /// Who holds the device claims and the key's lock: `<consumer>/<entry id>`.
+    pub holder: String,
 }
 
-/// How long a lease (or a key's lock) lasts without a heartbeat: several heartbeats, at least a second.
-pub(super) fn lease(base_delay: Duration) -> Duration {
-    (heartbeat_interval(base_delay) * 3).max(Duration::from_secs(1))
+impl<'a> EntryCtx<'a> {
+    pub fn new(
+        worker: &Worker,
+        entry: &'a Entry,
+        fields: &'a HashMap<String, String>,
+        event: &'a Event,
+    ) -> EntryCtx<'a> {
+        let keys = &worker.db.keys;
+        let partition = keys.partition_of(&entry.stream).unwrap_or(0);
+        EntryCtx {
+            outcomes: keys.entry_outcomes(partition, &event.id, fields),
+            lease: keys.lease(partition, &entry.id),
+            order: Order::of(keys, partition, event, fields),
+            holder: format!("{}/{}", worker.consumer, entry.id),
+            entry,
+            fields,
+            event,
+            partition,
+        }
+    }
+
+    fn lock(&self) -> (&str, &str) {
+        match &self.order {
+            Some(order) => (order.lock.as_str(), self.holder.as_str()),
+            None => (self.lease.as_str(), ""),
+        }
+    }
+}
+
+/// A device as the claim found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Claimed for this processor; `previous` is the last failed attempt's state, if any.
+    Claimed { previous: Option<String> },
+    /// Settled already: `delivered`, `gone`, `dead`, `superseded` or `expired`.
+    Done(String),
+    /// Another processor is pushing it right now.
+    Busy,
+    /// A newer event of the key was claimed for it: settled as superseded.
+    Superseded { by: String },
+    /// As stored (`inspect`): '' for nothing yet.
+    State(String),
+}
+
+/// What the first claim of an entry found.
+pub(super) enum Begun {
+    Ok(Vec<Verdict>),
+    /// Another consumer has the entry, or works on it.
+    Taken,
+    /// Another event of the key is in progress (its holder).
+    KeyBusy(String),
 }
 
 impl Worker {
-    /// The event's outcome markers, or `None` when another consumer took the entry over.
-    pub(super) async fn begin(
+    /// Claims `devices` (their subscription ids); with `first`, the entry too.
+    /// With `inspect`, nothing is claimed: each device's stored state is told.
+    pub(super) async fn claim(
         &self,
-        entry: &Entry,
-        outcomes_key: &str,
-    ) -> anyhow::Result<Option<HashMap<String, String>>> {
-        let mut conn = self.db.conn().await?;
-        let reply: Vec<String> = script(&BEGIN, include_str!("begin.lua"))
-            .key(&entry.stream)
-            .key(outcomes_key)
-            .key(self.lease_key(entry))
+        ctx: &EntryCtx<'_>,
+        first: bool,
+        devices: &[&str],
+        inspect: bool,
+    ) -> anyhow::Result<Begun> {
+        let (lock, _) = ctx.lock();
+        let register = ctx
+            .order
+            .as_ref()
+            .map_or(ctx.outcomes.as_str(), |o| o.register.as_str());
+        let mut invocation = script(&CLAIM, include_str!("claim.lua")).prepare_invoke();
+        invocation
+            .key(&ctx.entry.stream)
+            .key(&ctx.outcomes)
+            .key(&ctx.lease)
+            .key(lock)
+            .key(register)
             .arg(&self.group)
             .arg(&self.consumer)
-            .arg(&entry.id)
+            .arg(&ctx.entry.id)
             .arg(if self.noack { "1" } else { "0" })
-            .arg(self.lease_ms())
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(self.policy.lease().as_millis() as u64)
+            .arg(if first { "1" } else { "0" })
+            .arg(&ctx.holder)
+            .arg(self.device_claim.as_millis() as u64)
+            .arg(self.policy.markers_ttl().as_secs().max(1))
+            .arg(ctx.order.as_ref().map_or("", |o| o.point.as_str()))
+            .arg(self.register_ttl.as_secs().max(1))
+            .arg(if inspect { "inspect" } else { "claim" });
+        for device in devices {
+            invocation.arg(*device);
+        }
+        let mut conn = self.db.conn().await?;
+        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
         let mut items = reply.into_iter();
-        if items.next().as_deref() != Some("1") {
-            return Ok(None);
+        match items.next().as_deref() {
+            Some("ok") => {}
+            Some("taken") => return Ok(Begun::Taken),
+            Some("busy") => return Ok(Begun::KeyBusy(items.next().unwrap_or_default())),
+            other => anyhow::bail!("claim script answered {other:?}"),
         }
-        let mut done = HashMap::new();
-        while let (Some(sub), Some(marker)) = (items.next(), items.next()) {
-            done.insert(sub, marker);
-        }
-        Ok(Some(done))
+        let verdicts: Vec<Verdict> = items
+            .map(|item| {
+                if inspect {
+                    return Verdict::State(item);
+                }
+                let (word, rest) = item.split_once(' ').unwrap_or((item.as_str(), ""));
+                match word {
+                    "claimed" => Verdict::Claimed {
+                        previous: (!rest.is_empty()).then(|| rest.to_string()),
+                    },
+                    "done" => Verdict::Done(rest.to_string()),
+                    "busy" => Verdict::Busy,
+                    "superseded" => Verdict::Superseded {
+                        by: rest.to_string(),
+                    },
+                    _ => Verdict::State(item),
+                }
+            })
+            .collect();
+        anyhow::ensure!(
+            verdicts.len() == devices.len(),
+            "claim script answered for {} of {} devices",
+            verdicts.len(),
+            devices.len()
+        );
+        Ok(Begun::Ok(verdicts))
     }
 
-    /// Resets the entry's idle time while it is still ours (see `refresh.lua`).
-    pub(super) async fn heartbeat(&self, entry: &Entry) {
-        if self.noack {
-            return;
+    /// The first claim of an entry, waiting (up to a lease, without using up an
+    /// attempt) while another event of its key is in progress. `Ok(None)` when
+    /// the key stayed busy.
+    pub(super) async fn begin(
+        &self,
+        ctx: &EntryCtx<'_>,
+        devices: &[&str],
+        inspect: bool,
+    ) -> anyhow::Result<Option<Begun>> {
+        let deadline = tokio::time::Instant::now() + self.policy.lease();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.claim(ctx, true, devices, inspect).await? {
+                Begun::KeyBusy(holder) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::debug!(
+                            holder,
+                            "the key stayed busy; the entry waits without using up an attempt"
+                        );
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                begun => return Ok(Some(begun)),
+            }
         }
+    }
+
+    /// Resets the entry's idle time and extends its lease and key lock while it is
+    /// still ours (see `refresh.lua`).
+    pub(super) async fn heartbeat(&self, ctx: &EntryCtx<'_>) {
+        let (lock, holder) = ctx.lock();
         let refreshed: anyhow::Result<i64> = async {
-            let mut conn = self.db.conn().await?;
+            let mut conn = self.db.side_conn().await?;
             Ok(script(&REFRESH, include_str!("refresh.lua"))
-                .key(&entry.stream)
-                .key(self.lease_key(entry))
+                .key(&ctx.entry.stream)
+                .key(&ctx.lease)
+                .key(lock)
                 .arg(&self.group)
                 .arg(&self.consumer)
-                .arg(&entry.id)
-                .arg(self.lease_ms())
+                .arg(&ctx.entry.id)
+                .arg(self.policy.lease().as_millis() as u64)
+                .arg(if self.noack { "1" } else { "0" })
+                .arg(holder)
                 .invoke_async(&mut conn)
                 .await?)
         }
@@ -72,44 +218,31 @@ impl Worker {
         match refreshed {
             Ok(1) => {}
             Ok(_) => {
-                tracing::warn!(stream_id = %entry.id, "another consumer took this entry over while it was in progress")
+                tracing::warn!(stream_id = %ctx.entry.id, "another consumer took this entry over while it was in progress")
             }
             Err(e) => {
-                tracing::debug!(stream_id = %entry.id, error = %format!("{e:#}"), "heartbeat failed")
+                tracing::debug!(stream_id = %ctx.entry.id, error = %format!("{e:#}"), "heartbeat failed")
             }
         }
     }
 
-    /// Lets others retry an entry left pending, without waiting for the lease to expire.
-    pub(super) async fn release(&self, entry: &Entry) {
+    /// Releases the entry's lease and its key's lock, so that the next event of the
+    /// key, or a retry, need not wait for them to expire.
+    pub(super) async fn release(&self, ctx: &EntryCtx<'_>) {
+        let (lock, holder) = ctx.lock();
         let released: anyhow::Result<i64> = async {
             let mut conn = self.db.conn().await?;
             Ok(script(&RELEASE, include_str!("release.lua"))
-                .key(self.lease_key(entry))
+                .key(&ctx.lease)
+                .key(lock)
                 .arg(&self.consumer)
+                .arg(holder)
                 .invoke_async(&mut conn)
                 .await?)
         }
         .await;
         if let Err(e) = released {
-            tracing::debug!(stream_id = %entry.id, error = %format!("{e:#}"), "cannot release the lease; it expires by itself");
+            tracing::debug!(stream_id = %ctx.entry.id, error = %format!("{e:#}"), "cannot release the lease; it expires by itself");
         }
-    }
-
-    /// `XCLAIM ... 0 id JUSTID` to ourselves: resets the idle time, not the delivery count.
-    pub(super) fn lease_key(&self, entry: &Entry) -> String {
-        let partition = self.db.keys.partition_of(&entry.stream).unwrap_or(0);
-        self.db.keys.lease(partition, &entry.id)
-    }
-
-    /// How long a lease lasts without a heartbeat: several heartbeats, at least a second.
-    pub(super) fn lease_ms(&self) -> u64 {
-        (self.heartbeat_interval() * 3)
-            .max(Duration::from_secs(1))
-            .as_millis() as u64
-    }
-
-    pub(super) fn heartbeat_interval(&self) -> Duration {
-        (self.policy.base_delay / 2).max(Duration::from_millis(50))
     }
 }

@@ -1,37 +1,233 @@
-//! Pushing an event to each of its devices, and what became of each.
+//! A push to each device of an event. Devices are claimed in chunks as the
+//! pushes go, at most `worker.concurrency` pushes of one event are started at
+//! once, and only futures for those exist: a fan-out to 100,000 devices holds
+//! bounded memory.
+//!
+//! Per device: settled already → counted; claimed → its TTL checked (what is
+//! left of it goes in the `TTL` header; none left → settled as `expired`, not
+//! sent), pushed, and its state settled. A panic while handling one device is
+//! that device's failed attempt, never the event's or the process's.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
-use super::*;
+use futures::future::Either;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 
-/// How one target device of an event fared.
-pub(super) enum TargetResult {
-    Done(&'static str),
-    Failed { sub: String, report: PushReport },
+use super::claim::{Begun, EntryCtx, Verdict, CHUNK};
+use super::entry::panic_message;
+use super::push::{Outcome, PushReport};
+use super::route::Target;
+use super::settle::Mode;
+use super::Worker;
+use crate::shared::dead_letter::DeadLetter;
+use crate::shared::subscriptions::Subscription;
+
+/// Settled devices of one attempt, by kind.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    pub delivered: usize,
+    pub gone: usize,
+    pub dead: usize,
+    pub superseded: usize,
+    pub expired: usize,
+    /// The newer event that superseded this one, for the log.
+    pub superseded_by: Option<String>,
+}
+
+impl Tally {
+    pub(super) fn count(&mut self, state: &str) {
+        match state {
+            "delivered" => self.delivered += 1,
+            "gone" => self.gone += 1,
+            "superseded" => self.superseded += 1,
+            "expired" => self.expired += 1,
+            _ => self.dead += 1,
+        }
+    }
+}
+
+/// A device that is not settled after this attempt.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub sub: String,
+    pub report: PushReport,
+    /// The state of its previous failed attempt (`failed <status> <error>`), if any.
+    pub previous: Option<String>,
+}
+
+/// What one attempt at every device came to.
+#[derive(Debug, Default)]
+pub(super) struct Fanned {
+    pub tally: Tally,
+    pub failures: Vec<Failure>,
+}
+
+/// What one of the fan-out's concurrent pieces of work came to.
+enum Work<'t> {
+    Device(DeviceOutcome),
+    Claimed(&'t [Target], Vec<Verdict>),
+}
+
+enum DeviceOutcome {
+    Settled(&'static str),
+    Superseded(String),
+    Failed(Failure),
 }
 
 impl Worker {
-    /// Pushes to one device and settles its fate: a marker on success or gone, a
-    /// dead letter for a permanent refusal, a failure to retry otherwise.
-    pub(super) async fn push_one(
+    /// Pushes to every device of `devices` not settled yet. `first` holds the
+    /// claims of the first chunk, made with the entry's own claim.
+    pub(super) async fn fan_out(
         &self,
-        entry: &Entry,
-        fields: &HashMap<String, String>,
-        event: &Event,
-        sub: &Subscription,
-        outcomes_key: &str,
-    ) -> TargetResult {
+        ctx: &EntryCtx<'_>,
+        devices: &[Target],
+        first: Vec<Verdict>,
+    ) -> Fanned {
+        let (head, rest) = devices.split_at(first.len().min(devices.len()));
+        let mut claimed: VecDeque<(&Target, Verdict)> = head.iter().zip(first).collect();
+        let mut chunks = rest.chunks(CHUNK);
+        // Claims and pushes run side by side in one set: every future that holds a
+        // Redis connection keeps being polled, so the pool cannot run dry.
+        let mut running = FuturesUnordered::new();
+        let mut claiming = false;
+        let mut fanned = Fanned::default();
+        loop {
+            while running.len() < self.fanout_width + 1 {
+                let Some((target, verdict)) = claimed.pop_front() else {
+                    break;
+                };
+                running.push(Either::Left(async move {
+                    Work::Device(self.device(ctx, target, verdict).await)
+                }));
+            }
+            // Claim the next chunk while the claimed ones are still being pushed.
+            if !claiming && claimed.len() < CHUNK {
+                if let Some(chunk) = chunks.next() {
+                    claiming = true;
+                    running.push(Either::Right(async move {
+                        Work::Claimed(chunk, self.claim_chunk(ctx, chunk).await)
+                    }));
+                }
+            }
+            match running.next().await {
+                Some(Work::Claimed(chunk, verdicts)) => {
+                    claiming = false;
+                    claimed.extend(chunk.iter().zip(verdicts));
+                }
+                Some(Work::Device(DeviceOutcome::Settled(state))) => fanned.tally.count(state),
+                Some(Work::Device(DeviceOutcome::Superseded(by))) => {
+                    fanned.tally.superseded += 1;
+                    fanned.tally.superseded_by.get_or_insert(by);
+                }
+                Some(Work::Device(DeviceOutcome::Failed(failure))) => fanned.failures.push(failure),
+                None => return fanned,
+            }
+        }
+    }
+
+    /// Claims one more chunk of devices; a failure to claim leaves them for a retry.
+    async fn claim_chunk(&self, ctx: &EntryCtx<'_>, chunk: &[Target]) -> Vec<Verdict> {
+        let ids: Vec<&str> = chunk.iter().map(Target::id).collect();
+        match self.claim(ctx, false, &ids, false).await {
+            Ok(Begun::Ok(verdicts)) => verdicts,
+            Ok(_) => vec![Verdict::Busy; chunk.len()],
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot claim devices; they are retried later");
+                vec![Verdict::State(format!("cannot claim: {e:#}")); chunk.len()]
+            }
+        }
+    }
+
+    async fn device(&self, ctx: &EntryCtx<'_>, target: &Target, verdict: Verdict) -> DeviceOutcome {
+        let previous = match verdict {
+            Verdict::Claimed { previous } => previous,
+            Verdict::Done(state) => return DeviceOutcome::Settled(settled_kind(&state)),
+            Verdict::Superseded { by } => return DeviceOutcome::Superseded(by),
+            Verdict::Busy => {
+                return DeviceOutcome::Failed(Failure {
+                    sub: target.id().to_string(),
+                    report: PushReport::not_sent(
+                        self.policy.heartbeat(),
+                        "another processor is pushing this device right now".into(),
+                    ),
+                    previous: None,
+                })
+            }
+            Verdict::State(problem) => {
+                return DeviceOutcome::Failed(Failure {
+                    sub: target.id().to_string(),
+                    report: PushReport::not_sent(self.policy.heartbeat(), problem),
+                    previous: None,
+                })
+            }
+        };
+        match target {
+            Target::Unreadable(bad) => {
+                let why = DeadLetter {
+                    reason: "invalid_subscription".into(),
+                    last_error: Some(bad.problem.clone()),
+                    attempts: ctx.entry.deliveries,
+                    subscription: Some(bad.id.clone()),
+                    ..DeadLetter::default()
+                };
+                match self.dead_letter_device(ctx, &why).await {
+                    Ok(_) => DeviceOutcome::Settled("dead"),
+                    Err(e) => DeviceOutcome::Failed(Failure {
+                        sub: bad.id.clone(),
+                        report: PushReport::unsent(format!("cannot dead-letter: {e:#}")),
+                        previous,
+                    }),
+                }
+            }
+            Target::Device(sub) => self.push_device(ctx, sub, previous).await,
+        }
+    }
+
+    /// Pushes to one claimed device and settles its state.
+    async fn push_device(
+        &self,
+        ctx: &EntryCtx<'_>,
+        sub: &Arc<Subscription>,
+        previous: Option<String>,
+    ) -> DeviceOutcome {
+        let Some(ttl) = ctx.event.ttl_left(chrono::Utc::now()) else {
+            // The push service would have dropped it by now: not an error, not a dead letter.
+            crate::shared::metrics::push(
+                "expired",
+                crate::shared::metrics::service_class_of(&sub.endpoint),
+            );
+            tracing::info!(subscription = %sub.id, ttl = ctx.event.ttl, "the event's TTL is over; not sent");
+            self.settle_device(ctx, &sub.id, Mode::Mark, "expired")
+                .await;
+            return DeviceOutcome::Settled("expired");
+        };
         let report = {
             let _permit = self
                 .push_permits
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            self.pusher.push(sub, event).await
+            match AssertUnwindSafe(self.pusher.push(sub, ctx.event, ttl))
+                .catch_unwind()
+                .await
+            {
+                Ok(report) => report,
+                Err(panic) => {
+                    let message = panic_message(&*panic);
+                    tracing::error!(subscription = %sub.id, panic = %message, "pushing to this device panicked; it is retried");
+                    PushReport {
+                        panicked: true,
+                        ..PushReport::unsent(format!("pushing panicked: {message}"))
+                    }
+                }
+            }
         };
-        let marker = match &report.outcome {
+        let state = match &report.outcome {
             Outcome::Delivered => {
-                crate::shared::metrics::delivery_latency(&entry.id);
+                crate::shared::metrics::delivery_latency(&ctx.entry.id);
                 "delivered"
             }
             Outcome::Gone => {
@@ -39,10 +235,13 @@ impl Worker {
                     let report = PushReport::unsent(format!(
                         "subscription is gone but could not be deleted: {e:#}"
                     ));
-                    return TargetResult::Failed {
+                    self.fail_device(ctx, &sub.id, &report, previous.as_deref())
+                        .await;
+                    return DeviceOutcome::Failed(Failure {
                         sub: sub.id.clone(),
                         report,
-                    };
+                        previous,
+                    });
                 }
                 tracing::info!(subscription = %sub.id, status = ?report.status, "subscription gone; deleted");
                 "gone"
@@ -52,29 +251,42 @@ impl Worker {
                     reason: reason.to_string(),
                     last_error: report.error.clone(),
                     last_status: report.status,
-                    attempts: entry.deliveries,
+                    attempts: ctx.entry.deliveries,
                     subscription: Some(sub.id.clone()),
                 };
-                return match self.dead_letter_device(entry, fields, &why).await {
-                    Ok(_) => TargetResult::Done("dead"),
-                    Err(e) => TargetResult::Failed {
+                return match self.dead_letter_device(ctx, &why).await {
+                    Ok(_) => DeviceOutcome::Settled("dead"),
+                    Err(e) => DeviceOutcome::Failed(Failure {
                         sub: sub.id.clone(),
                         report: PushReport::unsent(format!("cannot dead-letter: {e:#}")),
-                    },
+                        previous,
+                    }),
                 };
             }
             Outcome::Retry { .. } => {
-                tracing::warn!(subscription = %sub.id, status = ?report.status, held = report.held, error = report.error.as_deref().unwrap_or(""), "push not delivered");
-                return TargetResult::Failed {
+                tracing::warn!(subscription = %sub.id, status = ?report.status, not_sent = report.not_sent, error = report.error.as_deref().unwrap_or(""), "push not delivered");
+                self.fail_device(ctx, &sub.id, &report, previous.as_deref())
+                    .await;
+                return DeviceOutcome::Failed(Failure {
                     sub: sub.id.clone(),
                     report,
-                };
+                    previous,
+                });
             }
         };
-        // Right after the push service's answer, so a retry never pushes this device again.
-        if let Err(e) = self.mark(outcomes_key, &sub.id, marker).await {
-            tracing::warn!(subscription = %sub.id, error = %format!("{e:#}"), "cannot write the outcome marker; a retry may push this device again");
-        }
-        TargetResult::Done(marker)
+        // Right after the push service's answer, so that no retry pushes this device again.
+        self.settle_device(ctx, &sub.id, Mode::Mark, state).await;
+        DeviceOutcome::Settled(state)
+    }
+}
+
+/// The kind of a settled state (`done <state>` from a claim).
+fn settled_kind(state: &str) -> &'static str {
+    match state {
+        "delivered" => "delivered",
+        "gone" => "gone",
+        "superseded" => "superseded",
+        "expired" => "expired",
+        _ => "dead",
     }
 }

@@ -1,22 +1,23 @@
 //! Delivery: a consumer in the group. In: stream entries. Out: Web Push
 //! messages, one per device an event is meant for, and the entry
-//! acknowledged (`XACK`) once every device reached a terminal outcome
-//! (delivered, gone, dead-lettered); anything else stays pending for
-//! [`crate::recover`].
+//! acknowledged (`XACK`) once every device reached a settled state
+//! (delivered, gone, dead-lettered, superseded by a newer update, expired);
+//! anything else stays pending for [`crate::recover`].
 //!
 //! The way of an entry, one file each:
 //!
-//! 1. [`read`]: `XREADGROUP` on a connection of its own per partition.
+//! 1. [`read`]: `XREADGROUP` on a connection of its own per partition; this
+//!    consumer's own pending entries first, without counting an attempt.
 //! 2. [`entry`]: one entry from start to end, the order of the steps below.
-//! 3. [`claim`]: the entry is still this consumer's and nobody else works on it;
-//!    which devices are done already; heartbeats while it runs.
-//! 4. [`route`]: which subscriptions the event goes to ([`ordering`] lets only
-//!    the newest update of a key through; [`holding`] keeps direct events for
-//!    users without a subscription yet).
-//! 5. [`fanout`]: a push to each device ([`push`]: encryption, VAPID, the
-//!    answer classified, a breaker per push service).
-//! 6. [`settle`]: each device's outcome marker, dead letters, the retry's
-//!    not-before time, and the acknowledgement.
+//! 3. [`route`]: which subscriptions the event goes to ([`holding`] keeps
+//!    direct events for users without a subscription yet).
+//! 4. [`claim`]: the entry is still this consumer's and nobody else works on
+//!    it (a lease), its key is not busy ([`ordering`]), and each device is
+//!    claimed before it is pushed, so no two processors push one device.
+//! 5. [`fanout`]: a push to each claimed device ([`push`]: encryption, VAPID,
+//!    the answer classified, a breaker and pacing per push service).
+//! 6. [`settle`]: each device's state, dead letters, the retry's not-before
+//!    time, and the acknowledgement.
 
 mod claim;
 mod entry;
@@ -28,50 +29,48 @@ mod read;
 pub mod route;
 mod settle;
 
-use std::panic::AssertUnwindSafe;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
-use futures::{FutureExt, StreamExt};
-use redis::aio::MultiplexedConnection;
-use redis::Value;
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use crate::deliver::holding::{Held, Holding};
-use crate::deliver::ordering::{Order, Ordering};
-use crate::deliver::push::{Outcome, PushReport, Pusher};
+use crate::deliver::holding::Holding;
+use crate::deliver::push::Pusher;
 use crate::deliver::route::Router;
 use crate::shared::alerts::Alerts;
-use crate::shared::config::{Settings, Unroutable};
-use crate::shared::db::{script, Db};
-use crate::shared::dead_letter::{DeadLetter, DeadLetters};
-use crate::shared::event::Event;
+use crate::shared::config::{GroupStart, Settings, Unroutable};
+use crate::shared::db::Db;
+use crate::shared::dead_letter::DeadLetters;
 use crate::shared::retry::RetryPolicy;
-use crate::shared::stream::{is_nogroup, parse_entries, Entry};
-use crate::shared::subscriptions::{Store, Subscription};
+use crate::shared::stream::Entry;
+use crate::shared::subscriptions::Store;
 
 /// What processing one entry came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryOutcome {
-    /// Every target reached a terminal outcome; the entry is acknowledged.
+    /// Every target device is settled; the entry is acknowledged.
     Acked {
         delivered: usize,
         gone: usize,
         dead: usize,
+        /// Devices that got (or are getting) a newer event of the same key.
+        superseded: usize,
+        /// Devices whose push was not sent because the event's TTL was over.
+        expired: usize,
     },
     /// The event names nobody who could receive it; acknowledged and counted.
     NoTarget,
     /// A direct event for a user without a subscription: held for the user, acknowledged.
     Held,
-    /// At least one target needs another attempt; the entry stays pending.
+    /// At least one device needs another attempt; the entry stays pending.
     Pending { reason: String },
     /// The whole entry went to the dead-letter stream and was acknowledged.
     DeadLettered { reason: String },
-    /// A newer event of the same key was applied already: acknowledged, not pushed.
+    /// Every target device had a newer event of the same key: acknowledged, nothing pushed.
     Superseded { by: String },
     /// Another consumer claimed the entry meanwhile (this one was stopped or slow): left to it.
     TakenOver,
@@ -92,7 +91,8 @@ impl BatchOutcome {
     }
 }
 
-/// A worker process's shared state. Cheap to clone.
+/// A worker process's shared state. Cheap to clone; clones share the subscription
+/// index, the push service state and the limits on work in flight.
 #[derive(Clone)]
 pub struct Worker {
     db: Db,
@@ -100,7 +100,6 @@ pub struct Worker {
     router: Router,
     store: Store,
     holding: Holding,
-    ordering: Ordering,
     dead_letters: DeadLetters,
     policy: RetryPolicy,
     group: String,
@@ -110,16 +109,24 @@ pub struct Worker {
     grace: Duration,
     /// Read with NOACK (at-most-once).
     noack: bool,
+    new_group_start: GroupStart,
     /// Pushes of one event started at once.
     fanout_width: usize,
     /// What becomes of a topic event that matches no subscription.
     unroutable: Unroutable,
+    /// How long a device's claim lasts: longer than any one push can take (a wait
+    /// for its service's slot, the request, and a lease to record its outcome).
+    device_claim: Duration,
+    /// How long a key's ordering register outlives its last event.
+    register_ttl: Duration,
+    /// How often the push services' state is reported to Redis (for `herald stats`).
+    report_every: Duration,
     /// Pushes in flight, across all entries of this process.
     push_permits: Arc<Semaphore>,
     /// Entries in flight: bounds memory when pushes are slow.
     entry_permits: Arc<Semaphore>,
     /// Ids of the entries in progress in this process.
-    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    in_flight: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Worker {
@@ -133,25 +140,29 @@ impl Worker {
             store,
             holding: Holding::new(db.clone(), settings.routing.hold_per_user),
             pusher,
-            ordering: Ordering::new(
-                db.clone(),
-                policy.horizon().max(settings.events.dedup_window),
-                claim::lease(policy.base_delay),
-            ),
             dead_letters: DeadLetters::new(
                 db.clone(),
                 &settings.worker.group,
                 alerts,
-                policy.horizon(),
+                policy.markers_ttl(),
             ),
+            device_claim: settings
+                .push
+                .connect_timeout
+                .saturating_mul(2)
+                .saturating_add(settings.push.request_timeout)
+                .saturating_add(policy.lease()),
+            register_ttl: policy.markers_ttl().max(settings.events.dedup_window),
             policy,
             group: settings.worker.group.clone(),
             consumer: settings.consumer_name(),
             batch_size: settings.worker.batch_size,
             block: settings.worker.block,
             noack: settings.worker.delivery == crate::shared::config::Delivery::AtMostOnce,
+            new_group_start: settings.worker.new_group_start,
             fanout_width: concurrency,
             unroutable: settings.routing.unroutable,
+            report_every: settings.admin.sample_interval,
             grace: settings.worker.shutdown_grace,
             push_permits: Arc::new(Semaphore::new(concurrency)),
             entry_permits: Arc::new(Semaphore::new(concurrency.max(settings.worker.batch_size))),
@@ -160,7 +171,8 @@ impl Worker {
         }
     }
 
-    /// The same worker under another consumer name (the reclaimer claims as itself).
+    /// The same worker under another consumer name (the reclaimer claims as itself),
+    /// sharing everything else.
     pub fn with_consumer(mut self, consumer: String) -> Worker {
         self.consumer = consumer;
         self
@@ -182,14 +194,51 @@ impl Worker {
         &self.dead_letters
     }
 
+    pub fn holding(&self) -> &Holding {
+        &self.holding
+    }
+
     pub fn db(&self) -> &Db {
         &self.db
     }
 
-    /// Creates the group on every stream when missing, from id `0` so that
-    /// nothing already in the stream is skipped.
+    /// Creates the group on every stream when missing, starting where
+    /// `worker.new_group_start` says (by default at the history the outcome
+    /// markers cover: older entries could reach devices that had them already).
     pub async fn ensure_groups(&self) -> anyhow::Result<()> {
-        self.db.ensure_group(&self.group).await
+        let start = match self.new_group_start {
+            GroupStart::Beginning => "0".to_string(),
+            GroupStart::Now => "$".to_string(),
+            GroupStart::Markers => {
+                let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                let covered = self.policy.markers_ttl().as_millis() as u64;
+                format!("{}-0", now.saturating_sub(covered))
+            }
+        };
+        self.db.ensure_group(&self.group, &start).await
+    }
+
+    /// Free entry slots, at most `n`, without waiting: what the reclaimer may take on.
+    pub fn try_permits(&self, n: usize) -> Vec<OwnedSemaphorePermit> {
+        (0..n)
+            .map_while(|_| self.entry_permits.clone().try_acquire_owned().ok())
+            .collect()
+    }
+
+    /// Processes `entry` in the background within the process's limits (`permit` is its
+    /// entry slot). Returns false, doing nothing, when the entry is in progress here already.
+    pub fn start(&self, entry: Entry, permit: OwnedSemaphorePermit, tracker: &TaskTracker) -> bool {
+        if !self.in_flight.lock().insert(entry.id.clone()) {
+            return false;
+        }
+        let worker = self.clone();
+        tracker.spawn(async move {
+            let id = entry.id.clone();
+            worker.process_entry(entry).await;
+            worker.in_flight.lock().remove(&id);
+            drop(permit);
+        });
+        true
     }
 
     /// Reads and processes until `shutdown`; then lets in-flight entries finish
@@ -205,10 +254,53 @@ impl Worker {
             let tracker = tracker.clone();
             readers.spawn(async move { worker.read_loop(partition, shutdown, tracker).await });
         }
+        let reporter = tokio::spawn(self.clone().report_loop(shutdown.clone()));
         readers.close();
         readers.wait().await;
         let finished = crate::shared::shutdown::wait(&tracker, self.grace).await;
+        let _ = reporter.await;
         tracing::info!(consumer = %self.consumer, finished_cleanly = finished, "worker stopped");
         Ok(())
+    }
+
+    /// Reports the push services' state (open breakers, waiting subscriptions) to
+    /// Redis and the metrics every `admin.sample_interval`, until shutdown; then
+    /// removes this consumer's report.
+    async fn report_loop(self, shutdown: CancellationToken) {
+        let key = self.db.keys.push_state();
+        loop {
+            let state = self.pusher.state();
+            crate::shared::metrics::subscriptions_waiting(state.waiting_subscriptions);
+            let report = serde_json::json!({
+                "at_ms": chrono::Utc::now().timestamp_millis(),
+                "open_breakers": state.open_breakers,
+                "waiting_subscriptions": state.waiting_subscriptions,
+            });
+            let written: anyhow::Result<()> = async {
+                let mut conn = self.db.conn().await?;
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(&self.consumer)
+                    .arg(report.to_string())
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = written {
+                tracing::debug!(error = %format!("{e:#}"), "cannot report the push services' state; next time");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.report_every) => {}
+            }
+        }
+        if let Ok(mut conn) = self.db.conn().await {
+            let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&self.consumer)
+                .query_async(&mut conn)
+                .await;
+        }
     }
 }

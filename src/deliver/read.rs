@@ -1,9 +1,22 @@
 //! Reading entries: `XREADGROUP … BLOCK` on a connection of its own per
-//! partition, this consumer's own pending entries first.
+//! partition. At start, and after a read failed (a read lost with its
+//! connection may have taken entries), this consumer's own pending entries
+//! come first: listed with `XPENDING` and fetched with `XRANGE`, which leave
+//! their delivery counts alone (re-reading them with `XREADGROUP … 0` would
+//! count an attempt that pushes nothing).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use super::*;
+use futures::future::join_all;
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{BatchOutcome, Worker};
+use crate::shared::stream::{compare_ids, is_nogroup, parse_entries, Entry};
 
 impl Worker {
     /// Reads and fully processes one batch of new entries from one partition
@@ -16,7 +29,7 @@ impl Worker {
         let mut conn = self.db.blocking_conn(block).await?;
         let stream = self.db.keys.stream(partition);
         let entries = self
-            .read(&mut conn, &stream, ">", self.batch_size, Some(block))
+            .read_new(&mut conn, &stream, self.batch_size, block)
             .await?;
         let outcomes = join_all(entries.into_iter().map(|entry| async move {
             let id = entry.id.clone();
@@ -36,9 +49,9 @@ impl Worker {
     ) {
         let stream = self.db.keys.stream(partition);
         let mut conn: Option<MultiplexedConnection> = None;
-        // This consumer's own pending entries are read first, after the id of the
+        // This consumer's own pending entries are taken first, after the id of the
         // last one taken (so none is taken twice); `None` once they are all taken.
-        let mut own_pending_after: Option<String> = Some("0".into());
+        let mut own_pending_after: Option<String> = Some("-".into());
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
             // Take permits before reading, so what is read can start at once.
@@ -47,31 +60,28 @@ impl Worker {
                 permit = self.entry_permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
-            while permits.len() < self.batch_size {
-                match self.entry_permits.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
-            if conn.is_none() {
-                match self.db.blocking_conn(self.block).await {
-                    Ok(c) => conn = Some(c),
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %format!("{e:#}"), stream, "cannot connect for reading; will retry");
-                        backoff(failures, &shutdown).await;
-                        continue;
+            permits.extend(self.try_permits(self.batch_size - 1));
+            let read = match &own_pending_after {
+                Some(after) => self.own_pending(&stream, after, permits.len()).await,
+                None => {
+                    if conn.is_none() {
+                        match self.db.blocking_conn(self.block).await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                failures += 1;
+                                tracing::warn!(error = %format!("{e:#}"), stream, "cannot connect for reading; will retry");
+                                backoff(failures, &shutdown).await;
+                                continue;
+                            }
+                        }
                     }
+                    let c = conn.as_mut().expect("connected above");
+                    // The read is not raced with shutdown: an abandoned BLOCK read would still take
+                    // entries on the server. BLOCK is short, so the stop waits at most that long.
+                    self.read_new(c, &stream, permits.len(), self.block).await
                 }
-            }
-            let c = conn.as_mut().expect("connected above");
-            // The read is not raced with shutdown: an abandoned BLOCK read would still take
-            // entries on the server. BLOCK is short, so the stop waits at most that long.
-            let (start, block) = match &own_pending_after {
-                Some(after) => (after.as_str(), None),
-                None => (">", Some(self.block)),
             };
-            let entries = match self.read(c, &stream, start, permits.len(), block).await {
+            let entries = match read {
                 Ok(entries) => {
                     failures = 0;
                     entries
@@ -79,7 +89,7 @@ impl Worker {
                 Err(e) => {
                     failures += 1;
                     if is_nogroup(&e) {
-                        tracing::warn!(stream, group = %self.group, "consumer group is missing; recreating it from id 0");
+                        tracing::warn!(stream, group = %self.group, "consumer group is missing; recreating it");
                         if let Err(e) = self.ensure_groups().await {
                             tracing::warn!(error = %format!("{e:#}"), "cannot recreate the consumer group");
                         }
@@ -87,7 +97,7 @@ impl Worker {
                         tracing::warn!(error = %format!("{e:#}"), stream, "read failed; will retry");
                         conn = None;
                         // A read lost with the connection may have taken entries: look at our own first.
-                        own_pending_after = Some("0".into());
+                        own_pending_after = Some("-".into());
                     }
                     backoff(failures, &shutdown).await;
                     continue;
@@ -95,60 +105,87 @@ impl Worker {
             };
             if own_pending_after.is_some() {
                 own_pending_after = match entries.last() {
-                    Some(last) if entries.len() == permits.len() => Some(last.id.clone()),
+                    Some(last) if entries.len() == permits.len() => Some(format!("({}", last.id)),
                     _ => None,
                 };
             }
             for entry in entries {
-                // A re-read of our own pending list returns entries still in progress here.
-                if !self
-                    .in_flight
-                    .lock()
-                    .expect("in-flight lock")
-                    .insert(entry.id.clone())
-                {
-                    continue;
-                }
                 let permit = permits
                     .pop()
                     .expect("never more entries than permits (COUNT)");
-                let worker = self.clone();
-                tracker.spawn(async move {
-                    let id = entry.id.clone();
-                    worker.process_entry(entry).await;
-                    worker.in_flight.lock().expect("in-flight lock").remove(&id);
-                    drop(permit);
-                });
+                // An entry still in progress here (a re-listing of our own) is skipped.
+                self.start(entry, permit, &tracker);
             }
         }
     }
 
-    /// `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS stream start`.
-    pub(super) async fn read(
+    /// `XREADGROUP GROUP g c COUNT n BLOCK ms STREAMS stream >`: new entries, on their first delivery.
+    async fn read_new(
         &self,
         conn: &mut MultiplexedConnection,
         stream: &str,
-        start: &str,
         count: usize,
-        block: Option<Duration>,
+        block: Duration,
     ) -> anyhow::Result<Vec<Entry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
-        }
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64);
         if self.noack {
             cmd.arg("NOACK");
         }
-        cmd.arg("STREAMS").arg(stream).arg(start);
+        cmd.arg("STREAMS").arg(stream).arg(">");
         let reply: Value = cmd.query_async(conn).await?;
-        // New entries are on their first delivery; a re-read of the pending list does not say.
-        let deliveries = if start == ">" { 1 } else { 0 };
-        parse_entries(reply, deliveries)
+        parse_entries(reply, 1)
+    }
+
+    /// Up to `count` of this consumer's own pending entries after `after` (an
+    /// `XPENDING` range start), with their delivery counts as they are.
+    async fn own_pending(
+        &self,
+        stream: &str,
+        after: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<Entry>> {
+        if self.noack {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.db.conn().await?;
+        let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&self.group)
+            .arg(after)
+            .arg("+")
+            .arg(count)
+            .arg(&self.consumer)
+            .query_async(&mut conn)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, ..) in &rows {
+            pipe.cmd("XRANGE").arg(stream).arg(id).arg(id);
+        }
+        let found: Vec<Vec<(String, HashMap<String, String>)>> =
+            pipe.query_async(&mut conn).await?;
+        let mut entries: Vec<Entry> = rows
+            .into_iter()
+            .zip(found)
+            .map(|((id, _, _, deliveries), found)| Entry {
+                stream: stream.to_string(),
+                // Deleted or trimmed while pending: no fields, a tombstone.
+                fields: found.into_iter().next().map(|(_, fields)| fields),
+                id,
+                deliveries,
+            })
+            .collect();
+        entries.sort_by(|a, b| compare_ids(&a.id, &b.id));
+        Ok(entries)
     }
 }
 

@@ -1,19 +1,28 @@
 -- Heartbeat of an entry in progress: reset its idle time (XCLAIM ... JUSTID,
--- which leaves the delivery count alone) and extend its lease, but only while
--- it is still this consumer's: never take it back from one that claimed it.
+-- which leaves the delivery count alone) and extend its lease and its key's
+-- lock, but only while it is still this consumer's: never take it back from
+-- one that claimed it.
 -- KEYS[1] the stream
 -- KEYS[2] the entry's lease
+-- KEYS[3] the ordering key's lock (KEYS[2] again when the event is not ordered)
 -- ARGV[1] consumer group
 -- ARGV[2] this consumer
 -- ARGV[3] the entry id
--- ARGV[4] lease time in milliseconds
+-- ARGV[4] life of the lease and of the lock, ms
+-- ARGV[5] '1' when entries are read with NOACK (never pending)
+-- ARGV[6] the lock's holder, '' when the event is not ordered
 -- Returns 1 when refreshed, 0 when the entry is no longer this consumer's.
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #pending == 0 or pending[1][2] ~= ARGV[2] then
-  return 0
+if ARGV[5] ~= '1' then
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+  if #pending == 0 or pending[1][2] ~= ARGV[2] then
+    return 0
+  end
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 if redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 return 1

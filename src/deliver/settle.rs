@@ -1,104 +1,139 @@
-//! Settling: a device's outcome marker, dead letters, a held event, the
-//! not-before time of a retry, and the acknowledgement.
+//! Settling: each device's state for the event (`settle.lua`), dead letters,
+//! a held event, the acknowledgement, and for an entry left pending its retry
+//! hint (`{P:pN}:retry-at`: not before when, and whether the attempt counted).
+//!
+//! An entry is acknowledged once every device is settled. A device still
+//! failing is dead-lettered, with its last status, once the entry used up
+//! `retry.max_deliveries` attempts (reason `max_deliveries`, or `panic` when
+//! pushing to it panicked) or is older than `retry.max_age` (`retry_expired`).
+//! An attempt that sent nothing at all (an open breaker, a subscription waiting
+//! out a `429`, a busy key or device, a full service) does not count.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::*;
+use redis::Script;
 
-/// How long a worker keeps trying to record a device's outcome while Redis is away.
+use super::claim::{Begun, EntryCtx, Verdict, CHUNK};
+use super::fanout::{Failure, Fanned};
+use super::holding::Held;
+use super::push::Outcome;
+use super::route::Target;
+use super::{EntryOutcome, Worker};
+use crate::shared::db::script;
+use crate::shared::dead_letter::DeadLetter;
+use crate::shared::event::Event;
+use crate::shared::stream::Entry;
+
+static SETTLE: OnceLock<Script> = OnceLock::new();
+
+/// How long a worker keeps trying to record a device's settled state while Redis is away.
 const MARKER_PATIENCE: Duration = Duration::from_secs(30);
+/// Most of a push service's error kept in a device's failed state.
+const FAILURE_TEXT: usize = 300;
+
+/// How a device's state is written (see `settle.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// A settled state, always written.
+    Mark,
+    /// The last failure, unless the device was settled meanwhile.
+    Fail,
+    /// Nothing was sent: the previous state goes back.
+    Unclaim,
+}
 
 impl Worker {
-    /// Writes a device's marker, retrying while Redis is unreachable (up to
-    /// `MARKER_PATIENCE`): the device already has the event, and a marker lost to a
+    /// Writes a device's state; a settled one is retried while Redis is unreachable
+    /// (up to `MARKER_PATIENCE`): the device has the event, and a state lost to a
     /// Redis blip would mean a second push on the retry.
-    pub(super) async fn mark(
+    pub(super) async fn settle_device(
         &self,
-        outcomes_key: &str,
+        ctx: &EntryCtx<'_>,
         sub: &str,
-        marker: &str,
-    ) -> anyhow::Result<()> {
+        mode: Mode,
+        state: &str,
+    ) {
         let deadline = std::time::Instant::now() + MARKER_PATIENCE;
         loop {
-            match self.mark_once(outcomes_key, sub, marker).await {
-                Ok(()) => return Ok(()),
-                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            match self.settle_once(ctx, sub, mode, state).await {
+                Ok(()) => return,
+                Err(e) if mode != Mode::Mark || std::time::Instant::now() >= deadline => {
+                    tracing::warn!(subscription = %sub, error = %format!("{e:#}"), "cannot record the device's state; its claim expires by itself");
+                    return;
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     }
 
-    pub(super) async fn mark_once(
+    async fn settle_once(
         &self,
-        outcomes_key: &str,
+        ctx: &EntryCtx<'_>,
         sub: &str,
-        marker: &str,
+        mode: Mode,
+        state: &str,
     ) -> anyhow::Result<()> {
         let mut conn = self.db.conn().await?;
-        redis::pipe()
-            .cmd("HSET")
-            .arg(outcomes_key)
+        let _: i64 = script(&SETTLE, include_str!("settle.lua"))
+            .key(&ctx.outcomes)
             .arg(sub)
-            .arg(marker)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(outcomes_key)
-            .arg(self.policy.horizon().as_secs())
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .arg(match mode {
+                Mode::Mark => "mark",
+                Mode::Fail => "fail",
+                Mode::Unclaim => "unclaim",
+            })
+            .arg(state)
+            .arg(self.policy.markers_ttl().as_secs().max(1))
+            .arg(&ctx.holder)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
 
-    /// Records the latest not-before time any failed push asked for (`Retry-After`,
-    /// or an open breaker), so the reclaimer does not claim the entry sooner.
-    pub(super) async fn remember_retry_after(
+    /// Records a failed attempt at a device (`failed <status> <error>`), or, when
+    /// nothing was sent, gives its claim back with the previous state.
+    pub(super) async fn fail_device(
         &self,
-        entry: &Entry,
-        partition: u32,
-        failures: &[(String, PushReport)],
+        ctx: &EntryCtx<'_>,
+        sub: &str,
+        report: &super::push::PushReport,
+        previous: Option<&str>,
     ) {
-        let wait = failures
-            .iter()
-            .filter_map(|(_, r)| match r.outcome {
-                Outcome::Retry { after } => after.map(|a| (a, r.held)),
-                _ => None,
-            })
-            .max_by_key(|(a, _)| *a);
-        let Some((after, _)) = wait else { return };
-        let held = failures.iter().all(|(_, r)| r.held);
-        let until = chrono::Utc::now().timestamp_millis() + after.as_millis() as i64;
-        let value = if held {
-            format!("{until}:held")
-        } else {
-            until.to_string()
-        };
-        let written: anyhow::Result<()> = async {
-            let mut conn = self.db.conn().await?;
-            redis::cmd("HSET")
-                .arg(self.db.keys.retry_at(partition))
-                .arg(&entry.id)
-                .arg(value)
-                .query_async::<()>(&mut conn)
-                .await?;
-            Ok(())
+        if report.not_sent {
+            self.settle_device(ctx, sub, Mode::Unclaim, previous.unwrap_or(""))
+                .await;
+            return;
         }
-        .await;
-        if let Err(e) = written {
-            tracing::warn!(error = %format!("{e:#}"), "cannot record Retry-After; the entry may be retried sooner");
+        let status = report.status.map_or("-".to_string(), |s| s.to_string());
+        let mut error: String = report.error.as_deref().unwrap_or("no detail").to_string();
+        if error.len() > FAILURE_TEXT {
+            let cut = (0..=FAILURE_TEXT)
+                .rev()
+                .find(|i| error.is_char_boundary(*i))
+                .unwrap_or(0);
+            error.truncate(cut);
         }
+        let state = format!("failed {status} {error}");
+        self.settle_device(ctx, sub, Mode::Fail, &state).await;
     }
 
     /// Dead-letters one device's share of an event; the entry stays for the other devices.
     pub(super) async fn dead_letter_device(
         &self,
-        entry: &Entry,
-        fields: &HashMap<String, String>,
+        ctx: &EntryCtx<'_>,
         why: &DeadLetter,
     ) -> anyhow::Result<String> {
         self.dead_letters
-            .write(&entry.stream, &entry.id, fields, &self.consumer, why, false)
+            .write(
+                &ctx.entry.stream,
+                &ctx.entry.id,
+                ctx.fields,
+                &self.consumer,
+                why,
+                false,
+            )
             .await
     }
 
@@ -117,8 +152,193 @@ impl Worker {
         }
     }
 
-    /// `XACK`, and forget any not-before time of the entry.
-    /// Holds a direct event for a user without a subscription (see [`crate::deliver::holding`]).
+    /// After an attempt at every device: acknowledge, dead-letter what has had
+    /// enough, or leave the entry pending with its retry hint.
+    pub(super) async fn settle_entry(&self, ctx: &EntryCtx<'_>, fanned: Fanned) -> EntryOutcome {
+        let Fanned {
+            mut tally,
+            failures,
+        } = fanned;
+        if failures.is_empty() {
+            return self.ack(ctx.entry, acked(tally)).await;
+        }
+        let sent_any = failures.iter().any(|f| !f.report.not_sent);
+        let exhausted =
+            sent_any && ctx.entry.deliveries > 0 && self.policy.exhausted(ctx.entry.deliveries);
+        let expired = !self.noack
+            && ctx
+                .entry
+                .added_at()
+                .is_some_and(|added| self.policy.past_max_age(added, chrono::Utc::now()));
+        if exhausted || expired {
+            let mut still_failing = 0;
+            for failure in &failures {
+                // Used-up attempts concern the devices that were tried; age concerns them all.
+                if !expired && failure.report.not_sent {
+                    still_failing += 1;
+                    continue;
+                }
+                let reason = if failure.report.panicked {
+                    "panic"
+                } else if expired {
+                    "retry_expired"
+                } else {
+                    "max_deliveries"
+                };
+                let why = last_failure(ctx, failure, reason);
+                match self.dead_letter_device(ctx, &why).await {
+                    Ok(_) => tally.dead += 1,
+                    Err(_) => still_failing += 1,
+                }
+            }
+            if still_failing == 0 {
+                return self.ack(ctx.entry, acked(tally)).await;
+            }
+        }
+        self.pending(ctx, &failures).await
+    }
+
+    /// The entry has used up its attempts before this one, or is too old: dead-letter
+    /// every device not settled yet (with its last failure), push nothing.
+    pub(super) async fn give_up(
+        &self,
+        ctx: &EntryCtx<'_>,
+        devices: &[Target],
+        first: Vec<Verdict>,
+        reason: &'static str,
+    ) -> EntryOutcome {
+        let mut tally = super::fanout::Tally::default();
+        let mut left = 0;
+        let mut states = first;
+        for (i, chunk) in devices.chunks(CHUNK).enumerate() {
+            if i > 0 {
+                let ids: Vec<&str> = chunk.iter().map(Target::id).collect();
+                states = match self.claim(ctx, false, &ids, true).await {
+                    Ok(Begun::Ok(states)) => states,
+                    _ => {
+                        left += chunk.len();
+                        continue;
+                    }
+                };
+            }
+            for (target, verdict) in chunk.iter().zip(std::mem::take(&mut states)) {
+                let Verdict::State(state) = verdict else {
+                    left += 1;
+                    continue;
+                };
+                let word = state.split(' ').next().unwrap_or("");
+                if matches!(
+                    word,
+                    "delivered" | "gone" | "dead" | "superseded" | "expired"
+                ) {
+                    tally.count(word);
+                    continue;
+                }
+                let failure = Failure {
+                    sub: target.id().to_string(),
+                    report: super::push::PushReport::unsent(String::new()),
+                    previous: (word == "failed").then_some(state),
+                };
+                let mut why = last_failure(ctx, &failure, reason);
+                if why.last_error.as_deref().is_none_or(str::is_empty) {
+                    why.last_error = Some(match reason {
+                        "retry_expired" => {
+                            "retry.max_age passed before this device was reached".into()
+                        }
+                        _ => "retry.max_deliveries attempts used up before this device was reached"
+                            .into(),
+                    });
+                }
+                match self.dead_letter_device(ctx, &why).await {
+                    Ok(_) => tally.dead += 1,
+                    Err(_) => left += 1,
+                }
+            }
+        }
+        if left > 0 {
+            return EntryOutcome::Pending {
+                reason: format!(
+                    "giving up ({reason}): {left} device(s) could not be dead-lettered yet"
+                ),
+            };
+        }
+        self.ack(ctx.entry, acked(tally)).await
+    }
+
+    /// Leaves the entry pending: records when it may be retried, and whether this
+    /// attempt counted (it did only if something was sent).
+    async fn pending(&self, ctx: &EntryCtx<'_>, failures: &[Failure]) -> EntryOutcome {
+        let counted = failures.iter().any(|f| !f.report.not_sent);
+        let wait = failures
+            .iter()
+            .filter_map(|f| match f.report.outcome {
+                Outcome::Retry { after } => after,
+                _ => None,
+            })
+            .max()
+            .unwrap_or(Duration::ZERO);
+        self.write_hint(ctx.entry, ctx.partition, wait, counted)
+            .await;
+        EntryOutcome::Pending {
+            reason: failures
+                .iter()
+                .take(20)
+                .map(|f| {
+                    format!(
+                        "subscription {}: {} ({})",
+                        f.sub,
+                        if f.report.not_sent {
+                            "not sent"
+                        } else {
+                            f.report.outcome.name()
+                        },
+                        f.report.error.as_deref().unwrap_or("no detail")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+
+    /// Nothing was tried (the key stayed busy): retry soon, without counting an attempt.
+    pub(super) async fn not_attempted(&self, ctx: &EntryCtx<'_>, why: &str) -> EntryOutcome {
+        self.write_hint(ctx.entry, ctx.partition, Duration::ZERO, false)
+            .await;
+        EntryOutcome::Pending {
+            reason: format!("not attempted: {why}"),
+        }
+    }
+
+    /// `{P:pN}:retry-at`: `<not before, unix ms> <counted|held> <deliveries>`. The
+    /// delivery count ties the hint to this attempt: a later attempt that writes no
+    /// hint of its own leaves a stale one, which the reclaimer then ignores.
+    async fn write_hint(&self, entry: &Entry, partition: u32, wait: Duration, counted: bool) {
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        let until = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(wait_ms);
+        let value = format!(
+            "{until} {} {}",
+            if counted { "counted" } else { "held" },
+            entry.deliveries
+        );
+        let written: anyhow::Result<()> = async {
+            let mut conn = self.db.conn().await?;
+            redis::cmd("HSET")
+                .arg(self.db.keys.retry_at(partition))
+                .arg(&entry.id)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %format!("{e:#}"), "cannot record the retry hint; the entry may be retried sooner");
+        }
+    }
+
+    /// Holds a direct event for a user without a subscription (see [`super::holding`]).
     pub(super) async fn hold(
         &self,
         entry: &Entry,
@@ -136,7 +356,7 @@ impl Worker {
         };
         match held {
             Held::Held => {
-                // The user may have subscribed since the routing looked (see crate::deliver::holding).
+                // The user may have subscribed since the routing looked (see super::holding).
                 match self.holding.user_subscribed(user).await {
                     Ok(false) => {}
                     Ok(true) => {
@@ -169,6 +389,7 @@ impl Worker {
         }
     }
 
+    /// `XACK`, and forget any retry hint of the entry.
     pub(super) async fn ack(&self, entry: &Entry, done: EntryOutcome) -> EntryOutcome {
         let partition = self.db.keys.partition_of(&entry.stream).unwrap_or(0);
         let acked: anyhow::Result<()> = async {
@@ -190,10 +411,49 @@ impl Worker {
         .await;
         match acked {
             Ok(()) => done,
-            // Not acknowledged means it will be processed again; the markers keep devices from a second push.
+            // Not acknowledged means it will be processed again; the device states keep devices from a second push.
             Err(e) => EntryOutcome::Pending {
                 reason: format!("processed, but XACK failed: {e:#}"),
             },
         }
+    }
+}
+
+/// What an acknowledged entry came to: superseded when every device had a newer event.
+fn acked(tally: super::fanout::Tally) -> EntryOutcome {
+    let others = tally.delivered + tally.gone + tally.dead + tally.expired;
+    match tally.superseded_by {
+        Some(by) if others == 0 => EntryOutcome::Superseded { by },
+        _ => EntryOutcome::Acked {
+            delivered: tally.delivered,
+            gone: tally.gone,
+            dead: tally.dead,
+            superseded: tally.superseded,
+            expired: tally.expired,
+        },
+    }
+}
+
+/// A device's dead letter: this attempt's status and error when something was
+/// sent, else those of its previous failed attempt.
+fn last_failure(ctx: &EntryCtx<'_>, failure: &Failure, reason: &str) -> DeadLetter {
+    let (mut status, mut error) = (failure.report.status, failure.report.error.clone());
+    if failure.report.not_sent || status.is_none() && error.as_deref().is_none_or(str::is_empty) {
+        if let Some(previous) = failure
+            .previous
+            .as_deref()
+            .and_then(|p| p.strip_prefix("failed "))
+        {
+            let (code, text) = previous.split_once(' ').unwrap_or((previous, ""));
+            status = code.parse().ok();
+            error = Some(text.to_string());
+        }
+    }
+    DeadLetter {
+        reason: reason.to_string(),
+        last_error: error,
+        last_status: status,
+        attempts: ctx.entry.deliveries,
+        subscription: Some(failure.sub.clone()),
     }
 }

@@ -136,9 +136,10 @@ impl Audit {
         }
     }
 
-    /// Creates the audit group on every stream from id `0`, when missing.
+    /// Creates the audit group on every stream from id `0`, when missing: an audit
+    /// log starts with everything still in the streams.
     pub async fn ensure_groups(&self) -> anyhow::Result<()> {
-        self.db.ensure_group(&self.group).await
+        self.db.ensure_group(&self.group, "0").await
     }
 
     /// Writes every event until shutdown: first this consumer's own pending

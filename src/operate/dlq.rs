@@ -214,7 +214,7 @@ pub enum DlqCommand {
 /// `herald dlq …`.
 pub async fn run(settings: Settings, command: DlqCommand) -> anyhow::Result<()> {
     let db = Db::connect(&settings).await?;
-    let horizon = RetryPolicy::from_settings(&settings.retry).horizon();
+    let horizon = RetryPolicy::from_settings(&settings.retry).markers_ttl();
     let dl = DeadLetters::new(db, &settings.worker.group, Default::default(), horizon);
     match command {
         DlqCommand::List {

@@ -125,8 +125,9 @@ async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         parts.pusher.public_key().to_string(),
     )
     .await?;
+    // One worker: the reclaimer shares its subscription index, push services and limits.
     let worker = parts.worker(settings);
-    let reclaimer = Reclaimer::new(parts.worker(settings), settings);
+    let reclaimer = Reclaimer::new(worker.clone(), settings);
     print_banner(
         settings,
         api.local_addr(),
@@ -162,7 +163,7 @@ impl Parts {
     async fn connect(settings: &Settings, create_key: bool) -> anyhow::Result<Parts> {
         let db = connect(settings).await?;
         let key = VapidKey::load_or_create(&settings.vapid_key_path(), create_key)?;
-        let pusher = Arc::new(Pusher::new(&settings.push, settings.breaker.clone(), key)?);
+        let pusher = Arc::new(Pusher::new(settings, key)?);
         let (alerts, alert_loop) = alerts::channel(&settings.alerts);
         Ok(Parts {
             db,

@@ -17,9 +17,24 @@ use crate::shared::stream::{id_ms, info_number, info_text, Info};
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
     pub streams: Vec<StreamStats>,
+    /// What each worker last reported of its push services.
+    pub push_services: Vec<PushServices>,
     /// The spool of the API whose data directory this is, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool: Option<crate::intake::spool::Depth>,
+}
+
+/// One worker's report of its push services (`{P:ops}:push-state`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PushServices {
+    pub consumer: String,
+    /// Milliseconds since the report (reports come every `admin.sample_interval`;
+    /// an old one is from a worker that stopped without saying so).
+    pub age_ms: u64,
+    /// Origins whose breaker is open, with the seconds left at the report.
+    pub open_breakers: Vec<(String, f64)>,
+    /// Subscriptions left alone after their `429`.
+    pub waiting_subscriptions: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,13 +185,35 @@ pub async fn collect(
             held_expired: held_expired.unwrap_or(0),
         });
     }
+    let reports: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(db.keys.push_state())
+        .query_async(&mut conn)
+        .await?;
+    let push_services = reports
+        .into_iter()
+        .filter_map(|(consumer, json)| {
+            let report: serde_json::Value = serde_json::from_str(&json).ok()?;
+            let at = report["at_ms"].as_u64().unwrap_or(0);
+            Some(PushServices {
+                consumer,
+                age_ms: now_ms.saturating_sub(at),
+                open_breakers: serde_json::from_value(report["open_breakers"].clone())
+                    .unwrap_or_default(),
+                waiting_subscriptions: report["waiting_subscriptions"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect();
     let spool = match spool_dir {
         Some(dir) if dir.join("events.log").exists() => {
             Some(crate::intake::spool::Depth::read(dir)?)
         }
         _ => None,
     };
-    Ok(Stats { streams, spool })
+    Ok(Stats {
+        streams,
+        push_services,
+        spool,
+    })
 }
 
 async fn exists(conn: &mut deadpool_redis::Connection, key: &str) -> anyhow::Result<bool> {
@@ -234,11 +271,26 @@ pub fn table(stats: &Stats) -> String {
             }
         }
     }
+    for p in &stats.push_services {
+        let breakers: Vec<String> = p
+            .open_breakers
+            .iter()
+            .map(|(origin, left)| format!("{origin} ({left:.0}s left)"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "push services of {} (reported {} ago): breakers open: {}; subscriptions waiting out a 429: {}",
+            p.consumer,
+            age(p.age_ms),
+            if breakers.is_empty() { "none".to_string() } else { breakers.join(", ") },
+            p.waiting_subscriptions
+        );
+    }
     if let Some(spool) = &stats.spool {
         let _ = writeln!(
             out,
-            "spool  {} event(s) waiting, {} bytes",
-            spool.records, spool.bytes
+            "spool  {} event(s) waiting, {} bytes, {} piece(s) quarantined",
+            spool.records, spool.bytes, spool.quarantined
         );
     }
     out
@@ -304,6 +356,8 @@ pub fn sample(stats: &Stats) {
         metrics::gauge!("herald_scheduled_events", "partition" => p.clone())
             .set(s.scheduled as f64);
         metrics::gauge!("herald_held_events", "partition" => p.clone()).set(s.held as f64);
+        metrics::gauge!("herald_held_expired_events", "partition" => p.clone())
+            .set(s.held_expired as f64);
         for g in &s.groups {
             let labels = [("partition", p.clone()), ("group", g.name.clone())];
             metrics::gauge!("herald_group_lag", &labels).set(g.lag.unwrap_or(0) as f64);

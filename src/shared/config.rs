@@ -194,6 +194,11 @@ pub struct RetrySettings {
     pub max_deliveries: u32,
     /// Up to this fraction of each wait is added at random, so retries of many entries spread out.
     pub jitter: f64,
+    /// The longest an entry is retried, counted from when it entered the stream, whatever
+    /// held it back (backoff, `Retry-After`, an open breaker); then its failing devices are
+    /// dead-lettered (`retry_expired`). Outcome markers live twice as long.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,7 +220,9 @@ pub struct ReclaimerSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerSettings {
-    /// Failures (401/403, 5xx, timeouts) from one push service within `window` that open its breaker.
+    /// Distinct subscriptions of one push service whose pushes failed (connect errors,
+    /// timeouts, 5xx, 429, 401/403) within `window` that open its breaker, provided
+    /// failures are at least half of its answers in the window.
     pub failures_to_open: u32,
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -241,6 +248,7 @@ impl Default for RetrySettings {
             max_delay: Duration::from_secs(600),
             max_deliveries: 8,
             jitter: 0.2,
+            max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -259,7 +267,7 @@ impl Default for ReclaimerSettings {
 impl Default for BreakerSettings {
     fn default() -> Self {
         BreakerSettings {
-            failures_to_open: 20,
+            failures_to_open: 5,
             window: Duration::from_secs(10),
             open_for: Duration::from_secs(30),
         }
@@ -327,6 +335,23 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// `at-least-once` (acknowledge after the push) or `at-most-once` (read with NOACK: never retried).
     pub delivery: Delivery,
+    /// Where a consumer group created on a stream that already holds entries starts
+    /// (a renamed `worker.group`, a group lost and recreated).
+    pub new_group_start: GroupStart,
+}
+
+/// Where a new consumer group starts reading a stream that already holds entries.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupStart {
+    /// At the entries added within the outcome markers' life (`2 × retry.max_age`):
+    /// history older than that could reach devices that had it already.
+    #[default]
+    Markers,
+    /// At the first entry still in the stream: everything is processed again.
+    Beginning,
+    /// At the entries added from now on.
+    Now,
 }
 
 /// Delivery guarantee of the workers.
@@ -357,6 +382,13 @@ pub struct PushSettings {
     /// Timeout for one whole push request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The longest `Retry-After` honoured; a push service asking for more gets an
+    /// ordinary retry with backoff instead.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// The share of `worker.concurrency` that pushes to one push service (origin) may
+    /// take at once, so a slow or hanging service cannot hold every slot.
+    pub service_share: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -429,6 +461,7 @@ impl Default for WorkerSettings {
             concurrency: 128,
             shutdown_grace: Duration::from_secs(10),
             delivery: Delivery::AtLeastOnce,
+            new_group_start: GroupStart::Markers,
         }
     }
 }
@@ -442,6 +475,8 @@ impl Default for PushSettings {
             create_vapid_key: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
+            max_retry_after: Duration::from_secs(3600),
+            service_share: 0.5,
         }
     }
 }
@@ -698,6 +733,8 @@ impl Settings {
             ("alerts.interval", self.alerts.interval),
             ("retention.interval", self.retention.interval),
             ("spool.drain_interval", self.spool.drain_interval),
+            ("retry.max_age", self.retry.max_age),
+            ("push.max_retry_after", self.push.max_retry_after),
         ] {
             if value.is_zero() {
                 return Err(Invalid::new(key, "must be more than 0"));
@@ -715,6 +752,15 @@ impl Settings {
             1,
             1000,
         )?;
+        if !(self.push.service_share > 0.0 && self.push.service_share <= 1.0) {
+            return Err(Invalid::new(
+                "push.service_share",
+                format!(
+                    "must be a fraction above 0 and at most 1 (got {})",
+                    self.push.service_share
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.retry.jitter) {
             return Err(Invalid::new(
                 "retry.jitter",

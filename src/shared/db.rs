@@ -1,12 +1,15 @@
-//! Redis connections: a pool for ordinary commands, and dedicated connections
-//! for blocking reads, whose response timeout must outlast their `BLOCK`.
+//! Redis connections: a pool for ordinary commands, dedicated connections for
+//! blocking reads (whose response timeout must outlast their `BLOCK`), and one
+//! connection of its own for heartbeats, which ordinary traffic cannot starve.
+//! Also the creation of consumer groups.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
+use tokio::sync::OnceCell;
 
 use crate::shared::config::Settings;
 use crate::shared::keys::Keys;
@@ -18,29 +21,46 @@ pub struct Db {
     pub keys: Keys,
     client: redis::Client,
     command_timeout: Duration,
+    /// Heartbeats' own connection (auto-reconnecting, multiplexed), made on first use.
+    side: std::sync::Arc<OnceCell<ConnectionManager>>,
 }
 
 impl Db {
-    /// Creates a consumer group on every event stream where it is missing, from
-    /// id `0` so that nothing already in the stream is skipped.
-    pub async fn ensure_group(&self, group: &str) -> anyhow::Result<()> {
+    /// Creates a consumer group on every event stream where it is missing, starting
+    /// at `start`: a stream id (`0` for everything), or `$` for new entries only.
+    pub async fn ensure_group(&self, group: &str, start: &str) -> anyhow::Result<()> {
         let mut conn = self.conn().await?;
         for stream in self.keys.streams() {
             let created: redis::RedisResult<String> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&stream)
                 .arg(group)
-                .arg("0")
+                .arg(start)
                 .arg("MKSTREAM")
                 .query_async(&mut conn)
                 .await;
             match created {
-                Ok(_) => tracing::info!(stream, group, "created consumer group"),
+                Ok(_) => tracing::info!(stream, group, start, "created consumer group"),
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+
+    /// A connection of its own for heartbeats: a slow pool (every connection busy
+    /// with marker writes under load) must not let an entry's lease lapse.
+    pub async fn side_conn(&self) -> anyhow::Result<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_number_of_retries(1);
+        let conn = self
+            .side
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .context("cannot open the heartbeat connection to Redis")?;
+        Ok(conn.clone())
     }
 
     /// Connects to `redis.url` (which must be set by now) and checks the server answers.
@@ -71,6 +91,7 @@ impl Db {
             keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
             client,
             command_timeout: timeout,
+            side: Default::default(),
         };
         db.ping()
             .await

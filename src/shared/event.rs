@@ -255,6 +255,20 @@ impl Event {
             .map_or(self.publish_at, |at| at.max(self.publish_at))
     }
 
+    /// What is left of the event's TTL at `now`, in whole seconds, counted from
+    /// when it was due: `None` once it is over, as a push service would have
+    /// dropped it by then. An event with a TTL of 0 ("now or never") has one
+    /// second. A due time ahead of `now` (a producer's clock) leaves the whole TTL.
+    pub fn ttl_left(&self, now: DateTime<Utc>) -> Option<u32> {
+        let elapsed_ms = (now - self.due_at()).num_milliseconds().max(0) as u64;
+        let life_ms = u64::from(self.ttl.max(1)) * 1000;
+        if elapsed_ms >= life_ms {
+            return None;
+        }
+        let elapsed_s = u32::try_from(elapsed_ms / 1000).unwrap_or(u32::MAX);
+        Some(self.ttl.saturating_sub(elapsed_s))
+    }
+
     /// The flat fields of the stream entry, in a stable order.
     pub fn to_fields(&self) -> Vec<(String, String)> {
         let mut f: Vec<(String, String)> = Vec::with_capacity(12 + self.headers.len());
@@ -535,6 +549,30 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         b.notification.body = Some("changed".into());
         assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn the_ttl_counts_down_from_when_the_event_was_due() {
+        let mut event = sample().validate(DEFAULTS, Utc::now()).expect("valid");
+        let due = event.due_at();
+        let at = |s: i64| due + chrono::Duration::milliseconds(s);
+        assert_eq!(event.ttl_left(at(0)), Some(600));
+        assert_eq!(
+            event.ttl_left(at(-60_000)),
+            Some(600),
+            "a clock ahead leaves it whole"
+        );
+        assert_eq!(event.ttl_left(at(90_500)), Some(510));
+        assert_eq!(event.ttl_left(at(599_999)), Some(1));
+        assert_eq!(event.ttl_left(at(600_000)), None);
+        assert_eq!(event.ttl_left(at(10 * 365 * 86_400_000)), None);
+        event.ttl = 0;
+        assert_eq!(
+            event.ttl_left(at(500)),
+            Some(0),
+            "now or never: a second to go"
+        );
+        assert_eq!(event.ttl_left(at(1_000)), None);
     }
 
     #[test]

@@ -8,15 +8,15 @@
 //! | `{P:pN}:events` | stream | events of partition N, one entry per event |
 //! | `{P:pN}:dedup:<event id>` | string | `<digest> <stream id>`, for idempotent publishes (expires) |
 //! | `{P:pN}:dlq` | stream | dead letters of partition N: the original fields plus why |
-//! | `{P:pN}:outcomes:<event id>` | hash | subscription id → `delivered`, `gone` or `dead` for one event (expires) |
-//! | `{P:pN}:retry-at` | hash | stream id → unix ms before which a pending entry must not be retried |
+//! | `{P:pN}:outcomes:<event id>` | hash | subscription id → the device's state for one event: `delivered`, `gone`, `dead`, `superseded`, `expired` (settled), `pushing <holder> <until ms>` (claimed), `failed <status> <error>` (last attempt failed) (expires) |
+//! | `{P:pN}:retry-at` | hash | stream id → `<unix ms> <counted\|held> <deliveries>`: not before when a pending entry is retried, and whether its last attempt counted |
 //! | `{P:pN}:tombstone:<stream id>` | string | set once a deleted-while-pending entry got its tombstone (expires) |
 //! | `{P:pN}:lease:<stream id>` | string | the consumer processing that entry right now (expires; heartbeats extend it) |
-//! | `{P:pN}:order-lock:<key digest>` | string | the stream id of the event of that key being processed (expires) |
-//! | `{P:pN}:order:<key digest>` | string | `<publish_at ms> <event id>` of the newest event applied for an ordering key (expires) |
+//! | `{P:pN}:order-lock:<key digest>` | string | the stream id of the event of that key being processed (expires; heartbeats extend it) |
+//! | `{P:pN}:order:<key digest>` | hash | subscription id → `<due ms> <event id>` of the newest event of that key claimed for the device (expires) |
 //! | `{P:pN}:scheduled` | sorted set | event id → unix ms of `deliver_at`, for events not due yet |
 //! | `{P:pN}:scheduled-events` | hash | event id → the entry's fields (JSON array), until it is due |
-//! | `{P:pN}:held:<user>` | sorted set | event id → unix ms it expires, direct events waiting for the user's first subscription |
+//! | `{P:pN}:held:<user>` | sorted set | event id → unix ms it expires, direct events waiting for the user's first subscription (expires after its last) |
 //! | `{P:pN}:held-events` | hash | event id → `{"user":…,"fields":[…]}` of a held event |
 //! | `{P:pN}:held-expiry` | sorted set | event id → unix ms it expires, over all users (for the sweep) |
 //! | `{P:pN}:held-expired` | string | count of held events that expired before their user subscribed |
@@ -24,6 +24,7 @@
 //! | `{P:subs}:user:<user>` | set | subscription ids of one user |
 //! | `{P:subs}:all` | set | every subscription id |
 //! | `{P:subs}:version` | string | incremented on every subscription change |
+//! | `{P:ops}:push-state` | hash | worker consumer → JSON of its open breakers and subscriptions waiting out a `429`, refreshed every `admin.sample_interval` |
 //!
 //! `P` is `redis.key_prefix` (default `herald`).
 
@@ -105,7 +106,7 @@ impl Keys {
         format!("{{{}:p{partition}}}:lease:{stream_id}", self.prefix)
     }
 
-    /// The newest applied event of one ordering key (digested), in the key's partition.
+    /// The newest event of one ordering key (digested) claimed per device, in the key's partition.
     pub fn order(&self, partition: u32, key_digest: &str) -> String {
         format!("{{{}:p{partition}}}:order:{key_digest}", self.prefix)
     }
@@ -122,12 +123,7 @@ impl Keys {
 
     /// Direct events held for one user who has no subscription yet.
     pub fn held(&self, partition: u32, user: &str) -> String {
-        format!("{}{user}", self.held_prefix(partition))
-    }
-
-    /// What precedes the user in [`Keys::held`], for the sweep script that builds it.
-    pub fn held_prefix(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:held:", self.prefix)
+        format!("{{{}:p{partition}}}:held:{user}", self.prefix)
     }
 
     /// The fields and user of every held event of one partition.
@@ -169,6 +165,11 @@ impl Keys {
 
     pub fn subscriptions_version(&self) -> String {
         format!("{{{}:subs}}:version", self.prefix)
+    }
+
+    /// What each worker reports of its push services: open breakers, waiting subscriptions.
+    pub fn push_state(&self) -> String {
+        format!("{{{}:ops}}:push-state", self.prefix)
     }
 
     /// The partition of an event: a stable hash of its ordering key, or of its id when it has none.

@@ -10,13 +10,15 @@
 //! | `herald_events_ingested_total` | counter | `result` (`added`, `duplicate`, `scheduled`, `spooled`) | events the API accepted |
 //! | `herald_events_rejected_total` | counter | `reason` (the API's error code) | requests refused, and events refused for a conflicting id (`conflict`) |
 //! | `herald_events_processed_total` | counter | `outcome` (`acked`, `unroutable` (a topic event nobody matches), `no_target` (a direct event not held), `held`, `pending`, `dead_lettered`, `superseded`, `taken_over`) | entries a worker finished processing |
-//! | `herald_pushes_total` | counter | `outcome` (`delivered`, `gone`, `retry`, `dead_lettered`, `not_sent`), `service` | push attempts |
+//! | `herald_pushes_total` | counter | `outcome` (`delivered`, `gone`, `retry`, `dead_lettered`, `not_sent` (breaker open, subscription waiting, service full), `expired` (TTL over: not sent)), `service` | push attempts |
 //! | `herald_push_duration_seconds` | histogram | `service` | one push request, sent to answered |
 //! | `herald_delivery_latency_seconds` | histogram | | the event entering the stream to the push service accepting it |
 //! | `herald_entries_reclaimed_total` | counter | | pending entries the reclaimer claimed for a retry |
 //! | `herald_dead_letters_total` | counter | `reason` | dead letters written |
 //! | `herald_spool_depth_events` | gauge | | events in the API's spool, waiting for Redis |
 //! | `herald_breakers_open` | gauge | `service` | push-service origins whose breaker is open |
+//! | `herald_subscriptions_waiting` | gauge | | subscriptions this worker leaves alone after their `429` |
+//! | `herald_spool_quarantined_total` | counter | | spool records that could not be read, moved aside to `quarantine.log` |
 //! | `herald_stream_length` | gauge | `partition` | `XLEN` of the event stream |
 //! | `herald_group_lag` | gauge | `partition`, `group` | entries the group has not read yet |
 //! | `herald_group_pending` | gauge | `partition`, `group` | entries read and not acknowledged |
@@ -25,6 +27,7 @@
 //! | `herald_dead_letter_length` | gauge | `partition` | `XLEN` of the dead-letter stream |
 //! | `herald_scheduled_events` | gauge | `partition` | delayed events not due yet |
 //! | `herald_held_events` | gauge | `partition` | direct events waiting for their user's first subscription |
+//! | `herald_held_expired_events` | gauge | `partition` | held events whose TTL ran out before their user subscribed (a count kept in Redis) |
 //!
 //! The gauges sampled from Redis (stream, group, dead letters, scheduled,
 //! held) come from the reclaimer role, every `admin.sample_interval`
@@ -149,6 +152,7 @@ const REASONS: &[&str] = &[
     "unroutable",
     "hold_full",
     "panic",
+    "retry_expired",
     "internal",
 ];
 
@@ -171,6 +175,14 @@ pub fn breaker_opened(service: &'static str) {
 
 pub fn breaker_closed(service: &'static str) {
     gauge!("herald_breakers_open", "service" => service).decrement(1.0);
+}
+
+pub fn subscriptions_waiting(n: usize) {
+    gauge!("herald_subscriptions_waiting").set(n as f64);
+}
+
+pub fn spool_quarantined() {
+    counter!("herald_spool_quarantined_total").increment(1);
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! The retry policy as data: when a pending entry is due for another attempt,
-//! and when it has had enough. Pure functions, property-tested.
+//! when it has had enough, and every horizon derived from it (heartbeats,
+//! leases, the life of outcome markers). Pure functions, property-tested.
+//! Nothing here is a constant of its own: a test shrinks `[retry]` and every
+//! horizon shrinks with it.
 
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::shared::config::RetrySettings;
 
@@ -12,6 +17,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     pub max_deliveries: u32,
     pub jitter: f64,
+    /// The longest an entry is retried, from when it entered the stream.
+    pub max_age: Duration,
 }
 
 impl RetryPolicy {
@@ -21,6 +28,7 @@ impl RetryPolicy {
             max_delay: s.max_delay,
             max_deliveries: s.max_deliveries,
             jitter: s.jitter,
+            max_age: s.max_age,
         }
     }
 
@@ -50,9 +58,29 @@ impl RetryPolicy {
         attempt >= u64::from(self.max_deliveries)
     }
 
-    /// How long the per-event outcome markers must live: beyond the last possible retry.
-    pub fn horizon(&self) -> Duration {
-        (self.max_delay * self.max_deliveries).max(Duration::from_secs(24 * 3600)) * 2
+    /// Whether an entry that entered its stream at `added` may no longer be retried at `now`.
+    pub fn past_max_age(&self, added: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        (now - added).to_std().is_ok_and(|age| age >= self.max_age)
+    }
+
+    /// How long the per-event outcome markers live after their last write: twice the
+    /// longest an entry is retried, so no retry of it finds a device's marker gone.
+    pub fn markers_ttl(&self) -> Duration {
+        self.max_age.saturating_mul(2).max(Duration::from_secs(1))
+    }
+
+    /// How often an entry in progress refreshes its idle time, lease and key lock:
+    /// twice per base delay, so no reclaimer mistakes it for abandoned.
+    pub fn heartbeat(&self) -> Duration {
+        (self.base_delay / 2).max(Duration::from_millis(50))
+    }
+
+    /// How long a lease (an entry's, or a key's lock) lasts without a heartbeat:
+    /// several heartbeats, at least a second.
+    pub fn lease(&self) -> Duration {
+        self.heartbeat()
+            .saturating_mul(3)
+            .max(Duration::from_secs(1))
     }
 }
 
@@ -77,6 +105,7 @@ mod tests {
             max_delay: Duration::from_secs(10),
             max_deliveries: 8,
             jitter,
+            max_age: Duration::from_secs(3600),
         }
     }
 
@@ -119,5 +148,19 @@ mod tests {
         assert!(!p.is_due(Duration::from_secs(60), 1, 0, Duration::from_secs(1)));
         assert!(!p.exhausted(7));
         assert!(p.exhausted(8));
+    }
+
+    #[test]
+    fn horizons_follow_the_settings() {
+        let p = policy(0.0);
+        assert_eq!(p.markers_ttl(), Duration::from_secs(7200));
+        assert!(p.lease() > p.heartbeat());
+        let now = Utc::now();
+        assert!(!p.past_max_age(now - chrono::Duration::minutes(59), now));
+        assert!(p.past_max_age(now - chrono::Duration::minutes(60), now));
+        assert!(
+            !p.past_max_age(now + chrono::Duration::minutes(5), now),
+            "a clock ahead is young"
+        );
     }
 }

@@ -146,6 +146,7 @@ pub fn settings(redis: &TestRedis, data_dir: &std::path::Path) -> Settings {
     s.push.allow_insecure_endpoints = true;
     s.push.vapid_subject = "mailto:tests@herald.invalid".into();
     s.push.request_timeout = Duration::from_secs(5);
+    s.push.connect_timeout = Duration::from_secs(2);
     s.data_dir = data_dir.to_path_buf();
     // Retries in milliseconds, so failure tests run fast.
     s.retry.base_delay = Duration::from_millis(100);
@@ -203,9 +204,7 @@ impl TestApp {
             .await
             .expect("connect to the test redis");
         let key = VapidKey::load_or_create(&settings.vapid_key_path(), true).expect("vapid key");
-        let pusher = Arc::new(
-            Pusher::new(&settings.push, settings.breaker.clone(), key.clone()).expect("pusher"),
-        );
+        let pusher = Arc::new(Pusher::new(&settings, key.clone()).expect("pusher"));
         let shutdown = CancellationToken::new();
         let api = Api::bind(&settings, db.clone(), key.public_key.clone())
             .await
@@ -350,6 +349,12 @@ impl Drop for TestApp {
     }
 }
 
+/// The RFC 3339 time `ms` milliseconds before now: a recent `publish_at` (events'
+/// TTLs count from it, so a fixed date would have expired them long ago).
+pub fn ago(ms: i64) -> String {
+    herald::shared::event::format_time(chrono::Utc::now() - chrono::Duration::milliseconds(ms))
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; says what was awaited on failure.
 pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -396,6 +401,8 @@ pub fn spawn_role_with(app: &TestApp, args: &[&str], consumer: &str, env: &[(&st
         )
         .env("HERALD_RETRY__JITTER", "0")
         .env("HERALD_RECLAIMER__INTERVAL", ms(s.reclaimer.interval))
+        .env("HERALD_PUSH__REQUEST_TIMEOUT", ms(s.push.request_timeout))
+        .env("HERALD_PUSH__CONNECT_TIMEOUT", ms(s.push.connect_timeout))
         .env("HERALD_ADMIN__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())

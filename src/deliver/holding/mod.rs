@@ -1,8 +1,11 @@
 //! Direct events for a user with no subscription yet are held for that user,
 //! in the event's partition, until the event's TTL is over, at most
-//! `routing.hold_per_user` per user. When the user registers a subscription
-//! the held events go back into the stream (one script per partition) and are
-//! delivered like new ones; the ones that expire first are counted.
+//! `routing.hold_per_user` live ones per user (expired ones do not count).
+//! When the user registers a subscription the held events go back into the
+//! stream (one script per partition) and are delivered like new ones; the
+//! ones that expire first are dropped and counted, by the reclaimer's sweep
+//! (every `reclaimer.interval`) or at the release. A user's set of held events
+//! expires by itself after its last event, so memory per user stays bounded.
 //!
 //! A registration and a hold can cross: the API releases after it stored the
 //! subscription, and the worker, after it held an event, looks for the user's
@@ -133,7 +136,6 @@ impl Holding {
                     .key(keys.held_expiry(partition))
                     .key(keys.held_events(partition))
                     .key(keys.held_expired(partition))
-                    .arg(keys.held_prefix(partition))
                     .arg(SWEEP_BATCH)
                     .invoke_async(&mut conn)
                     .await?;

@@ -1,5 +1,5 @@
 -- Moves a user's held events back into the stream (the user has a
--- subscription now); the ones whose TTL is over are counted instead.
+-- subscription now); the ones whose TTL is over are dropped and counted.
 -- KEYS[1] the user's held events (sorted set: event id -> expiry ms)
 -- KEYS[2] fields of held events (hash)
 -- KEYS[3] every held event by expiry (sorted set)
@@ -13,14 +13,17 @@ local moved, expired = 0, 0
 for i = 1, #held, 2 do
   local id, expires = held[i], tonumber(held[i + 1])
   local record = redis.call('HGET', KEYS[2], id)
-  if record and expires > now then
-    redis.call('XADD', KEYS[5], '*', unpack(cjson.decode(record).fields))
-    moved = moved + 1
-  else
-    expired = expired + 1
+  -- No record: the sweep dropped (and counted) it already.
+  if record then
+    if expires > now then
+      redis.call('XADD', KEYS[5], '*', unpack(cjson.decode(record).fields))
+      moved = moved + 1
+    else
+      expired = expired + 1
+    end
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
   end
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
 end
 redis.call('DEL', KEYS[1])
 if expired > 0 then

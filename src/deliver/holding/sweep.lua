@@ -1,18 +1,15 @@
--- Drops held events whose TTL is over and counts them.
+-- Drops held events whose TTL is over and counts them. The per-user sets are
+-- not touched (a script may only use the keys it is given): each forgets its
+-- expired events at the user's next hold, and expires whole after its last.
 -- KEYS[1] every held event by expiry (sorted set)
 -- KEYS[2] fields of held events (hash)
 -- KEYS[3] the count of held events that expired unsent
--- ARGV[1] prefix of the per-user held keys (same hash tag)
--- ARGV[2] at most this many per call
+-- ARGV[1] at most this many per call
 -- Returns how many expired.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do
-  local record = redis.call('HGET', KEYS[2], id)
-  if record then
-    redis.call('ZREM', ARGV[1] .. cjson.decode(record).user, id)
-  end
   redis.call('HDEL', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)
 end

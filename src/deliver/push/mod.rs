@@ -1,28 +1,40 @@
 //! Sending one event to one subscription: build the encrypted Web Push message
 //! with `web-push` (aes128gcm + VAPID), send it with one shared HTTP client, and
 //! classify the answer.
+//!
+//! A push service is someone else's server, and its answer affects that push,
+//! that device, and at most that service, in proportion to the evidence:
+//! one device's `429` slows that device ([`pacing`]); only many devices
+//! failing open the service's [`breaker`]; a slow or hanging service holds at
+//! most its share of the in-flight slots ([`pacing`]); an error body is read up
+//! to [`ERROR_BODY_CAP`] bytes; `Retry-After` is bounded ([`outcome`]); a
+//! refused VAPID token is signed again once ([`vapid`]).
 
 pub mod breaker;
-
 pub mod outcome;
+pub mod pacing;
 pub mod vapid;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
-use web_push::{ContentEncoding, SubscriptionInfo, WebPushMessageBuilder};
+use web_push::{ContentEncoding, SubscriptionInfo, WebPushMessage, WebPushMessageBuilder};
 
-use crate::shared::config::{BreakerSettings, PushSettings};
+use crate::shared::config::Settings;
 use crate::shared::endpoint;
 use crate::shared::event::{Event, Urgency};
 use crate::shared::subscriptions::Subscription;
 pub use outcome::Outcome;
 use vapid::{Signer, VapidKey};
+
+/// Bytes of an error answer's body kept for the log line; the rest is never read.
+pub const ERROR_BODY_CAP: usize = 512;
 
 /// What happened to one push: the outcome, and what the push service said.
 #[derive(Debug, Clone)]
@@ -32,9 +44,13 @@ pub struct PushReport {
     pub status: Option<u16>,
     /// What went wrong, when something did; never contains the endpoint's path.
     pub error: Option<String>,
-    /// Nothing was sent: the push service's breaker is open. Such a retry does
-    /// not count against the entry's attempts.
-    pub held: bool,
+    /// Nothing was sent (the service's breaker is open, the subscription waits out a
+    /// `429`, the service's slots are taken): such a retry does not count against
+    /// the entry's attempts.
+    pub not_sent: bool,
+    /// Handling this device panicked (herald's bug, or a hostile input it did not
+    /// survive); it is retried, then dead-lettered with reason `panic`.
+    pub panicked: bool,
 }
 
 impl PushReport {
@@ -43,38 +59,63 @@ impl PushReport {
         PushReport::failed(Outcome::Retry { after: None }, error)
     }
 
+    /// Not sent, on purpose, for `wait`: the attempt does not count.
+    pub fn not_sent(wait: Duration, error: String) -> PushReport {
+        PushReport {
+            not_sent: true,
+            ..PushReport::failed(Outcome::Retry { after: Some(wait) }, error)
+        }
+    }
+
     fn failed(outcome: Outcome, error: String) -> PushReport {
         PushReport {
             outcome,
             status: None,
             error: Some(error),
-            held: false,
+            not_sent: false,
+            panicked: false,
         }
     }
+}
+
+/// A function called before each push, with the target: for tests and fault
+/// drills (it may panic, to show that a panic is one device's failed attempt).
+pub type PushHook = Arc<dyn Fn(&Subscription) + Send + Sync>;
+
+/// What a worker can say about its push services now.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PushState {
+    /// Origins whose breaker is open, with the seconds left.
+    pub open_breakers: Vec<(String, f64)>,
+    /// Subscriptions waiting out a `429` in this process.
+    pub waiting_subscriptions: usize,
 }
 
 /// Sends pushes. One per process; cheap to share behind an `Arc`.
 pub struct Pusher {
     client: reqwest::Client,
     breakers: breaker::Breakers,
+    pacing: pacing::Pacing,
     signer: Signer,
     allow_insecure: bool,
+    max_retry_after: Duration,
+    hook: Option<PushHook>,
 }
 
 impl Pusher {
-    pub fn new(
-        settings: &PushSettings,
-        breaker: BreakerSettings,
-        key: VapidKey,
-    ) -> anyhow::Result<Pusher> {
+    pub fn new(settings: &Settings, key: VapidKey) -> anyhow::Result<Pusher> {
+        let push = &settings.push;
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .connect_timeout(push.connect_timeout)
+            // The whole request, the answer's body included: a trickle ends here.
+            .timeout(push.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .redirect(reqwest::redirect::Policy::none())
+            // HTTPS_PROXY/ALL_PROXY would move the address check to the proxy, not the target.
+            .no_proxy()
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")));
-        if settings.allow_insecure_endpoints {
+        if push.allow_insecure_endpoints {
             tracing::warn!("push.allow_insecure_endpoints is on: plain-http and private-address endpoints are accepted; never use this in production");
         } else {
             // A public name that resolves to a private address is refused at connect time too.
@@ -85,10 +126,24 @@ impl Pusher {
             .context("cannot build the HTTP client for push services")?;
         Ok(Pusher {
             client,
-            breakers: breaker::Breakers::new(breaker),
-            signer: Signer::new(key, settings.vapid_subject.clone()),
-            allow_insecure: settings.allow_insecure_endpoints,
+            breakers: breaker::Breakers::new(settings.breaker.clone()),
+            pacing: pacing::Pacing::new(
+                settings.worker.concurrency,
+                push.service_share,
+                push.connect_timeout,
+                settings.retry.base_delay,
+            ),
+            signer: Signer::new(key, push.vapid_subject.clone()),
+            allow_insecure: push.allow_insecure_endpoints,
+            max_retry_after: push.max_retry_after,
+            hook: None,
         })
+    }
+
+    /// Calls `hook` before every push (tests, fault drills).
+    pub fn with_hook(mut self, hook: PushHook) -> Pusher {
+        self.hook = Some(hook);
+        self
     }
 
     /// The VAPID public key browsers subscribe with.
@@ -96,14 +151,31 @@ impl Pusher {
         self.signer.public_key()
     }
 
-    /// Pushes `event` to `sub` and says what came of it. Never panics on bad input.
-    pub async fn push(&self, sub: &Subscription, event: &Event) -> PushReport {
+    /// Open breakers and waiting subscriptions, now.
+    pub fn state(&self) -> PushState {
+        let now = Instant::now();
+        let mut open_breakers: Vec<(String, f64)> = self
+            .breakers
+            .open(now)
+            .into_iter()
+            .map(|(origin, left)| (origin, left.as_secs_f64()))
+            .collect();
+        open_breakers.sort_by(|a, b| a.0.cmp(&b.0));
+        PushState {
+            open_breakers,
+            waiting_subscriptions: self.pacing.waiting_count(now),
+        }
+    }
+
+    /// Pushes `event` to `sub` with a `TTL` of `ttl` seconds and says what came of it.
+    /// Never panics on bad input from outside.
+    pub async fn push(&self, sub: &Subscription, event: &Event, ttl: u32) -> PushReport {
         let service = crate::shared::metrics::service_class_of(&sub.endpoint);
-        let report = self.push_inner(sub, event, service).await;
+        let report = self.push_inner(sub, event, ttl, service).await;
         let outcome = match report.outcome {
             Outcome::Delivered => "delivered",
             Outcome::Gone => "gone",
-            Outcome::Retry { .. } if report.held => "not_sent",
+            Outcome::Retry { .. } if report.not_sent => "not_sent",
             Outcome::Retry { .. } => "retry",
             Outcome::DeadLetter { .. } => "dead_lettered",
         };
@@ -115,8 +187,12 @@ impl Pusher {
         &self,
         sub: &Subscription,
         event: &Event,
+        ttl: u32,
         service: &'static str,
     ) -> PushReport {
+        if let Some(hook) = &self.hook {
+            hook(sub);
+        }
         let url = match endpoint::check(&sub.endpoint, self.allow_insecure) {
             Ok(url) => url,
             Err(e) => {
@@ -129,35 +205,91 @@ impl Pusher {
             }
         };
         let origin = endpoint::origin(&url);
-        if let Err(wait) = self.breakers.admit(&origin, std::time::Instant::now()) {
-            return PushReport {
-                outcome: Outcome::Retry { after: Some(wait) },
-                status: None,
-                error: Some(format!("breaker open for {origin}: not sent")),
-                held: true,
-            };
+        if let Some(wait) = self.pacing.waiting(&sub.id, Instant::now()) {
+            return PushReport::not_sent(
+                wait,
+                format!("{origin} asked this subscription to slow down (429): not sent"),
+            );
         }
+        let admission = match self.breakers.admit(&origin, Instant::now()) {
+            Ok(admission) => admission,
+            Err(wait) => {
+                return PushReport::not_sent(wait, format!("breaker open for {origin}: not sent"))
+            }
+        };
+        let Some(_slot) = self.pacing.slot(&origin).await else {
+            return PushReport::not_sent(
+                Duration::ZERO,
+                format!(
+                    "every in-flight slot of {origin} stayed taken (push.service_share): not sent"
+                ),
+            );
+        };
         let info = SubscriptionInfo::new(
             sub.endpoint.as_str(),
             sub.p256dh.as_str(),
             sub.auth.as_str(),
         );
-        let signature = match self.signer.signature(&origin, &info) {
-            Ok(sig) => sig,
-            Err(e) => {
-                return PushReport::failed(
-                    Outcome::DeadLetter {
-                        reason: "vapid_error",
-                    },
-                    e.to_string(),
-                )
+        let mut refused_token = false;
+        loop {
+            let message = match self.build(&origin, &info, event, ttl).await {
+                Ok(message) => message,
+                Err(report) => return report,
+            };
+            let (report, wait) = self.send(&url, &origin, message, service).await;
+            // A refused token is ours (expired, or the service's clock): sign a new one, try once more.
+            let refused = matches!(report.status, Some(401 | 403))
+                && matches!(report.outcome, Outcome::DeadLetter { .. });
+            if refused && !refused_token {
+                refused_token = true;
+                self.signer.forget(&origin);
+                tracing::info!(%origin, status = ?report.status, "push service refused the VAPID token; signing a new one and trying once more");
+                continue;
             }
-        };
+            let signal = match (&report.outcome, report.status) {
+                (Outcome::Retry { .. }, _)
+                | (
+                    Outcome::DeadLetter {
+                        reason: "push_unauthorized",
+                    },
+                    _,
+                ) => breaker::Signal::Failure {
+                    subscription: &sub.id,
+                    wait,
+                },
+                _ => breaker::Signal::Healthy,
+            };
+            admission.record(signal);
+            // 429 (and WNS's 406, which classify makes a retry) is about this device first.
+            let throttled = matches!(report.status, Some(429 | 406))
+                && matches!(report.outcome, Outcome::Retry { .. });
+            if throttled {
+                self.pacing.slow_down(&sub.id, wait, Instant::now());
+            }
+            return report;
+        }
+    }
+
+    /// Encrypts and signs the message (a few hundred microseconds of CPU: off the reactor).
+    async fn build(
+        &self,
+        origin: &str,
+        info: &SubscriptionInfo,
+        event: &Event,
+        ttl: u32,
+    ) -> Result<WebPushMessage, PushReport> {
+        let signature = self.signer.signature(origin, info).map_err(|e| {
+            PushReport::failed(
+                Outcome::DeadLetter {
+                    reason: "vapid_error",
+                },
+                e.to_string(),
+            )
+        })?;
         let payload = event.payload();
-        let ttl = event.ttl;
         let urgency = event.urgency;
         let topic = event.key.as_deref().map(topic_for_key);
-        // Encryption is a few hundred microseconds of CPU: keep it off the reactor.
+        let info = info.clone();
         let built = tokio::task::spawn_blocking(move || {
             let mut builder = WebPushMessageBuilder::new(&info);
             builder.set_ttl(ttl);
@@ -170,28 +302,36 @@ impl Pusher {
             builder.build()
         })
         .await;
-        let message = match built {
-            Ok(Ok(message)) => message,
-            Ok(Err(e)) => {
-                return PushReport::failed(
-                    Outcome::DeadLetter {
-                        reason: "invalid_subscription",
-                    },
-                    format!("cannot build the message: {e}"),
-                )
-            }
-            Err(e) => {
-                return PushReport::failed(
-                    Outcome::Retry { after: None },
-                    format!("encryption task failed: {e}"),
-                )
-            }
-        };
+        match built {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(e)) => Err(PushReport::failed(
+                Outcome::DeadLetter {
+                    reason: "invalid_subscription",
+                },
+                format!("cannot build the message: {e}"),
+            )),
+            Err(e) => Err(PushReport::failed(
+                Outcome::Retry { after: None },
+                format!("encryption task failed: {e}"),
+            )),
+        }
+    }
+
+    /// Sends one message and classifies the answer; also returns the service's
+    /// bounded `Retry-After`, if it gave one.
+    async fn send(
+        &self,
+        url: &url::Url,
+        origin: &str,
+        message: WebPushMessage,
+        service: &'static str,
+    ) -> (PushReport, Option<Duration>) {
         let Some(body) = message.payload else {
-            return PushReport::failed(
+            let report = PushReport::failed(
                 Outcome::DeadLetter { reason: "internal" },
                 "message has no payload".into(),
             );
+            return (report, None);
         };
         let mut request = self
             .client
@@ -208,21 +348,20 @@ impl Pusher {
         for (name, value) in body.crypto_headers {
             request = request.header(name, value);
         }
-        let sent = std::time::Instant::now();
+        let sent = Instant::now();
         let response = request.body(body.content).send().await;
         crate::shared::metrics::push_duration(service, sent.elapsed());
         let response = match response {
             Ok(response) => response,
             Err(e) => {
-                self.breakers
-                    .record(&origin, breaker::Signal::Failure, std::time::Instant::now());
-                return PushReport::failed(
+                let report = PushReport::failed(
                     outcome::classify_transport_error(),
                     format!(
                         "request to {origin} failed: {}",
                         describe_transport_error(&e)
                     ),
                 );
+                return (report, None);
             }
         };
         let status = response.status().as_u16();
@@ -232,18 +371,22 @@ impl Pusher {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let text = if response.status().is_success() {
+            // Never read: dropping the answer closes a connection whose body goes on.
             String::new()
         } else {
-            // A little of the body explains a refusal; never read an unbounded amount.
-            let bytes = response.bytes().await.unwrap_or_default();
-            String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned()
+            read_some(response, ERROR_BODY_CAP).await
         };
+        let now = Utc::now();
+        let wait = retry_after
+            .as_deref()
+            .and_then(|v| outcome::parse_retry_after(v, now, self.max_retry_after));
         let outcome = outcome::classify(
             status,
             retry_after.as_deref(),
             url.host_str().unwrap_or(""),
             &text,
-            Utc::now(),
+            now,
+            self.max_retry_after,
         );
         let error = (!outcome.is_terminal() || outcome == Outcome::Gone).then(|| {
             format!(
@@ -255,33 +398,32 @@ impl Pusher {
                 }
             )
         });
-        self.breakers.record(
-            &origin,
-            breaker_signal(&outcome, status),
-            std::time::Instant::now(),
-        );
-        PushReport {
+        let report = PushReport {
             outcome,
             status: Some(status),
             error,
-            held: false,
-        }
+            not_sent: false,
+            panicked: false,
+        };
+        (report, wait)
     }
 }
 
-/// What an answer says about the push service's health.
-fn breaker_signal(outcome: &Outcome, status: u16) -> breaker::Signal {
-    match (outcome, status) {
-        (Outcome::Retry { after }, 429 | 406) => breaker::Signal::Throttled(*after),
-        (Outcome::Retry { .. }, _) => breaker::Signal::Failure,
-        (
-            Outcome::DeadLetter {
-                reason: "push_unauthorized",
-            },
-            _,
-        ) => breaker::Signal::Failure,
-        _ => breaker::Signal::Healthy,
+/// The first `cap` bytes of an answer's body (lossy UTF-8), within the request's
+/// timeout; the rest is never read, and the connection goes with the answer.
+async fn read_some(mut response: reqwest::Response, cap: usize) -> String {
+    let mut kept: Vec<u8> = Vec::with_capacity(cap.min(4096));
+    while kept.len() < cap {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - kept.len();
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
     }
+    drop(response);
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// The Web Push `Topic` for an ordering key: at most 32 base64url characters,

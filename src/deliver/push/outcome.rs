@@ -36,15 +36,18 @@ impl Outcome {
 }
 
 /// Classifies an HTTP answer. `host` is the push service's host (WNS answers 406 for throttling);
-/// `body` is looked at only to tell a key mismatch from a bad token on 403.
+/// `body` is looked at only to tell a key mismatch from a bad token on 403. A
+/// `Retry-After` longer than `max_wait` (or unreadable) is not honoured: the
+/// retry then waits its ordinary backoff.
 pub fn classify(
     status: u16,
     retry_after: Option<&str>,
     host: &str,
     body: &str,
     now: DateTime<Utc>,
+    max_wait: Duration,
 ) -> Outcome {
-    let after = retry_after.and_then(|v| parse_retry_after(v, now));
+    let after = retry_after.and_then(|v| parse_retry_after(v, now, max_wait));
     match status {
         200..=299 => Outcome::Delivered,
         404 | 410 => Outcome::Gone,
@@ -80,22 +83,32 @@ fn is_key_mismatch(body: &str) -> bool {
 }
 
 /// `Retry-After` is either delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+/// Whatever a push service sends, the answer is a wait of at most `max_wait`, or
+/// `None` (no wait honoured): for anything unreadable (negative, fractional,
+/// empty, garbage) and for anything longer than `max_wait` (a huge number, a
+/// date years ahead). A date already past means no wait. No arithmetic here can
+/// overflow.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>, max_wait: Duration) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    let when: DateTime<Utc> = when.into();
-    Some((when - now).to_std().unwrap_or(Duration::ZERO))
+    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than a u64 holds is still "longer than max_wait".
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let when: DateTime<Utc> = httpdate::parse_http_date(value).ok()?.into();
+        // A date before now is no wait; chrono's subtraction of two valid times cannot overflow.
+        (when - now).to_std().unwrap_or(Duration::ZERO)
+    };
+    (wait <= max_wait).then_some(wait)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     fn at(status: u16) -> Outcome {
-        classify(status, None, "push.example.net", "", Utc::now())
+        classify(status, None, "push.example.net", "", Utc::now(), HOUR)
     }
 
     #[test]
@@ -141,7 +154,7 @@ mod tests {
 
     #[test]
     fn wns_throttling_is_a_retry() {
-        let o = classify(406, None, "db5p.notify.windows.com", "", Utc::now());
+        let o = classify(406, None, "db5p.notify.windows.com", "", Utc::now(), HOUR);
         assert_eq!(o, Outcome::Retry { after: None });
     }
 
@@ -153,6 +166,7 @@ mod tests {
             "web.push.apple.com",
             "{\"reason\":\"VapidPkHashMismatch\"}",
             Utc::now(),
+            HOUR,
         );
         assert_eq!(o, Outcome::Gone);
     }
@@ -160,21 +174,62 @@ mod tests {
     #[test]
     fn retry_after_is_read_as_seconds_or_a_date() {
         let now = Utc::now();
-        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after("2", now, HOUR),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now, HOUR), Some(Duration::ZERO));
         let later = now + chrono::Duration::seconds(90);
         let date = httpdate::fmt_http_date(later.into());
-        let parsed = parse_retry_after(&date, now).expect("a date parses");
+        let parsed = parse_retry_after(&date, now, HOUR).expect("a date parses");
         assert!(
             parsed >= Duration::from_secs(88) && parsed <= Duration::from_secs(90),
             "{parsed:?}"
         );
-        assert_eq!(parse_retry_after("soon", now), None);
-        let o = classify(429, Some("7"), "x", "", now);
+        let o = classify(429, Some("7"), "x", "", now, HOUR);
         assert_eq!(
             o,
             Outcome::Retry {
                 after: Some(Duration::from_secs(7))
             }
+        );
+    }
+
+    #[test]
+    fn a_hostile_retry_after_never_panics_and_never_waits_past_the_cap() {
+        let now = Utc::now();
+        let past = httpdate::fmt_http_date((now - chrono::Duration::days(3)).into());
+        let far = "Thu, 01 Jan 2099 00:00:00 GMT";
+        for (value, expected) in [
+            ("18446744073709551615", None),
+            ("18446744073709551616", None),
+            ("99999999999999999999999999999999", None),
+            ("3601", None),
+            ("3600", Some(HOUR)),
+            ("-5", None),
+            ("1.5", None),
+            ("", None),
+            ("   ", None),
+            ("soon", None),
+            ("+7", None),
+            ("0x10", None),
+            ("7 seconds", None),
+            ("\u{1F600}", None),
+            (far, None),
+            (past.as_str(), Some(Duration::ZERO)),
+            ("Mon, 32 Foo 2026 99:99:99 GMT", None),
+        ] {
+            assert_eq!(parse_retry_after(value, now, HOUR), expected, "{value:?}");
+        }
+        // Even with no cap at all, the largest number and the farthest date are arithmetic-safe.
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now, Duration::MAX),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert!(parse_retry_after(far, now, Duration::MAX).is_some());
+        assert_eq!(
+            classify(429, Some("18446744073709551615"), "x", "", now, HOUR),
+            Outcome::Retry { after: None }
         );
     }
 }

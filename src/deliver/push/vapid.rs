@@ -1,11 +1,13 @@
 //! VAPID (RFC 8292): herald's key pair, and the signed JWT per push-service
-//! origin, cached until shortly before it expires (signing costs more than
-//! encrypting a message).
+//! origin, cached until shortly before its `exp` by the wall clock (signing
+//! costs more than encrypting a message). A push service that refuses a token
+//! (`401`/`403`) makes herald drop its cached token for that origin.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,6 +20,8 @@ use web_push::{
 const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// A cached token is replaced this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(3600);
+/// Origins whose token is cached before the cache is emptied.
+const MAX_CACHED: usize = 10_000;
 
 /// herald's VAPID key pair.
 #[derive(Clone)]
@@ -86,11 +90,18 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Signed tokens by origin.
+/// Signed tokens by origin, with their `exp` (unix seconds).
 pub struct Signer {
     key: VapidKey,
     subject: String,
-    cache: Mutex<HashMap<String, (VapidSignature, Instant)>>,
+    cache: Mutex<HashMap<String, (VapidSignature, u64)>>,
+}
+
+/// Seconds since 1970 by the wall clock (0 for a clock set before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Signer {
@@ -106,37 +117,48 @@ impl Signer {
         &self.key.public_key
     }
 
-    /// The token for `origin` (`aud`), from the cache while it has more than an hour left.
+    /// The token for `origin` (`aud`), from the cache while its `exp` is more than
+    /// an hour ahead of the wall clock (a suspended machine or a clock step does not
+    /// leave an expired token in use).
     pub fn signature(
         &self,
         origin: &str,
         subscription: &SubscriptionInfo,
     ) -> anyhow::Result<VapidSignature> {
-        let now = Instant::now();
-        if let Some((sig, refresh_at)) =
-            self.cache.lock().expect("signature cache lock").get(origin)
-        {
-            if now < *refresh_at {
+        self.signature_at(origin, subscription, unix_now())
+    }
+
+    fn signature_at(
+        &self,
+        origin: &str,
+        subscription: &SubscriptionInfo,
+        now: u64,
+    ) -> anyhow::Result<VapidSignature> {
+        if let Some((sig, exp)) = self.cache.lock().get(origin) {
+            if now.saturating_add(REFRESH_MARGIN.as_secs()) < *exp {
                 return Ok(sig.clone());
             }
         }
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("the clock is after 1970")
-            + TOKEN_LIFETIME;
+        let exp = now.saturating_add(TOKEN_LIFETIME.as_secs());
         let mut builder = self.key.builder.clone().add_sub_info(subscription);
         // Set aud ourselves: web-push's default drops a non-default port.
         builder.add_claim("aud", origin);
         builder.add_claim("sub", self.subject.as_str());
-        builder.add_claim("exp", exp.as_secs());
+        builder.add_claim("exp", exp);
         let sig = builder
             .build()
             .map_err(|e| anyhow::anyhow!("cannot sign a VAPID token: {e}"))?;
-        self.cache.lock().expect("signature cache lock").insert(
-            origin.to_string(),
-            (sig.clone(), now + TOKEN_LIFETIME - REFRESH_MARGIN),
-        );
+        let mut cache = self.cache.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(origin.to_string(), (sig.clone(), exp));
         Ok(sig)
+    }
+
+    /// Drops the cached token of `origin`: the push service refused it.
+    pub fn forget(&self, origin: &str) {
+        self.cache.lock().remove(origin);
     }
 }
 
@@ -210,5 +232,31 @@ mod tests {
         let c = signer.signature("http://127.0.0.1:2", &sub).expect("signs");
         assert_eq!(a, b);
         assert_ne!(a.auth_t, c.auth_t);
+    }
+
+    #[test]
+    fn a_token_near_its_exp_by_the_wall_clock_is_signed_again() {
+        let (key, _) = VapidKey::generate();
+        let signer = Signer::new(key, "mailto:ops@example.org".into());
+        let sub = SubscriptionInfo::new("http://127.0.0.1:1/push/a", "x", "y");
+        let origin = "http://127.0.0.1:1";
+        let t0 = unix_now();
+        let first = signer.signature_at(origin, &sub, t0).expect("signs");
+        let cached = signer
+            .signature_at(origin, &sub, t0 + 10 * 3600)
+            .expect("signs");
+        assert_eq!(first, cached, "ten hours on, still more than an hour left");
+        let renewed = signer
+            .signature_at(origin, &sub, t0 + 11 * 3600 + 1)
+            .expect("signs");
+        assert_ne!(first, renewed, "less than an hour left: a new token");
+        signer.forget(origin);
+        assert!(
+            signer.cache.lock().get(origin).is_none(),
+            "a refused token is not used again"
+        );
+        let _ = signer
+            .signature_at(origin, &sub, u64::MAX)
+            .expect("no overflow");
     }
 }

@@ -14,7 +14,9 @@
 pub mod trie;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::shared::event::Event;
@@ -36,6 +38,31 @@ pub struct Targets {
 impl Targets {
     pub fn is_empty(&self) -> bool {
         self.subscriptions.is_empty() && self.unreadable.is_empty()
+    }
+
+    /// Every device, readable or not, one after the other.
+    pub fn into_devices(self) -> Vec<Target> {
+        let mut devices: Vec<Target> = self.subscriptions.into_iter().map(Target::Device).collect();
+        devices.extend(self.unreadable.into_iter().map(Target::Unreadable));
+        devices
+    }
+}
+
+/// One device an event is meant for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Device(Arc<Subscription>),
+    /// A stored subscription that cannot be read back (dead-lettered, never pushed).
+    Unreadable(Unreadable),
+}
+
+impl Target {
+    /// The subscription id.
+    pub fn id(&self) -> &str {
+        match self {
+            Target::Device(sub) => &sub.id,
+            Target::Unreadable(bad) => &bad.id,
+        }
     }
 }
 
@@ -148,7 +175,6 @@ impl Router {
     fn fresh(&self) -> Option<Arc<Index>> {
         self.cache
             .lock()
-            .expect("router cache")
             .as_ref()
             .filter(|c| c.checked.elapsed() < REFRESH_EVERY)
             .map(|c| c.index.clone())
@@ -165,12 +191,7 @@ impl Router {
             return Ok(index);
         }
         let version = self.store.version().await?;
-        let cached = self
-            .cache
-            .lock()
-            .expect("router cache")
-            .as_ref()
-            .map(|c| c.index.clone());
+        let cached = self.cache.lock().as_ref().map(|c| c.index.clone());
         let index = match cached {
             Some(index) if index.version == version => index,
             _ => {
@@ -189,7 +210,7 @@ impl Router {
                 index
             }
         };
-        *self.cache.lock().expect("router cache") = Some(Cached {
+        *self.cache.lock() = Some(Cached {
             index: index.clone(),
             checked: Instant::now(),
         });

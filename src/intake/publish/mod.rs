@@ -1,5 +1,8 @@
 //! Putting validated events into their streams: one idempotent script per event
-//! (dedup record + `XADD`, atomic), a whole batch in one pipeline.
+//! (dedup record + `XADD`, atomic), a whole batch in one pipeline. An event's
+//! stream is its key's partition; its id's dedup record is also kept in the
+//! id's own partition (`reserve.lua`), so the same id published with another
+//! key is found and refused (`409`) rather than added twice.
 
 use std::time::Duration;
 
@@ -65,81 +68,147 @@ impl Ready {
 #[derive(Clone)]
 pub struct Publisher {
     db: Db,
-    script: &'static Script,
     dedup_window: Duration,
 }
 
 static PUBLISH: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+static RESERVE: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
 
 impl Publisher {
     pub fn new(db: Db, dedup_window: Duration) -> Publisher {
-        Publisher {
-            db,
-            script: crate::shared::db::script(&PUBLISH, include_str!("publish.lua")),
-            dedup_window,
-        }
+        Publisher { db, dedup_window }
     }
 
-    /// Publishes a batch in one round trip; results are in the order given.
+    /// Publishes a batch; results are in the order given. One round trip when every
+    /// event's id and key fall in the same partition (always, with one partition);
+    /// otherwise the ids are first reserved in their own partitions (a second round
+    /// trip), so that one id published with two keys is a conflict, not two entries.
     pub async fn publish(&self, batch: &[Ready]) -> anyhow::Result<Vec<PublishOutcome>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let keys = &self.db.keys;
         let window_ms = self.dedup_window.as_millis().max(1) as u64;
-        let mut pipe = redis::pipe();
-        let mut invocations = Vec::with_capacity(batch.len());
-        for ready in batch {
-            let partition = keys.partition_for(&ready.partition_key);
-            let mut inv = self.script.prepare_invoke();
-            inv.key(keys.stream(partition))
-                .key(keys.dedup(partition, &ready.id))
-                .key(keys.scheduled(partition))
-                .key(keys.scheduled_events(partition))
-                .arg(&ready.digest)
-                .arg(window_ms)
-                .arg(ready.deliver_at_ms)
-                .arg(&ready.id);
-            for (field, value) in &ready.fields {
-                inv.arg(field).arg(value);
-            }
-            invocations.push(inv);
-        }
-        for inv in &invocations {
-            pipe.invoke_script(inv);
-        }
         let mut conn = self.db.conn().await?;
-        let replies: Vec<(String, String)> = match pipe.query_async(&mut conn).await {
-            Ok(replies) => replies,
-            // First use on this server, or after a restart or SCRIPT FLUSH: load it once and
-            // go again (nothing ran: Redis refuses EVALSHA of an unknown script before running).
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.script.load_async(&mut conn).await?;
-                pipe.query_async(&mut conn).await?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        batch
-            .iter()
-            .zip(replies)
-            .map(|(ready, (outcome, stream_id))| {
-                let id = ready.id.clone();
-                let scheduled = stream_id == "scheduled";
-                let stream_id = if scheduled { String::new() } else { stream_id };
-                match outcome.as_str() {
-                    "added" | "duplicate" | "scheduled" => {
-                        Ok(PublishOutcome::Accepted(Published {
-                            id,
-                            stream_id,
-                            duplicate: outcome == "duplicate",
-                            scheduled,
-                        }))
-                    }
-                    "conflict" => Ok(PublishOutcome::Conflict { id, stream_id }),
-                    other => anyhow::bail!("publish script answered {other:?}"),
-                }
+        let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; batch.len()];
+
+        let split: Vec<usize> = (0..batch.len())
+            .filter(|&i| {
+                keys.partition_for(&batch[i].id) != keys.partition_for(&batch[i].partition_key)
             })
-            .collect()
+            .collect();
+        if !split.is_empty() {
+            let reserve = crate::shared::db::script(&RESERVE, include_str!("reserve.lua"));
+            let invocations: Vec<_> = split
+                .iter()
+                .map(|&i| {
+                    let ready = &batch[i];
+                    let mut inv = reserve.prepare_invoke();
+                    inv.key(keys.dedup(keys.partition_for(&ready.id), &ready.id))
+                        .arg(&ready.digest)
+                        .arg(window_ms)
+                        .arg(format!("p{}", keys.partition_for(&ready.partition_key)));
+                    inv
+                })
+                .collect();
+            let replies = run(&mut conn, reserve, &invocations).await?;
+            for (&i, (verdict, where_)) in split.iter().zip(replies) {
+                if verdict == "conflict" {
+                    outcomes[i] = Some(PublishOutcome::Conflict {
+                        id: batch[i].id.clone(),
+                        stream_id: where_,
+                    });
+                }
+            }
+        }
+
+        let todo: Vec<usize> = (0..batch.len())
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        let publish = crate::shared::db::script(&PUBLISH, include_str!("publish.lua"));
+        let invocations: Vec<_> = todo
+            .iter()
+            .map(|&i| {
+                let ready = &batch[i];
+                let partition = keys.partition_for(&ready.partition_key);
+                let mut inv = publish.prepare_invoke();
+                inv.key(keys.stream(partition))
+                    .key(keys.dedup(partition, &ready.id))
+                    .key(keys.scheduled(partition))
+                    .key(keys.scheduled_events(partition))
+                    .arg(&ready.digest)
+                    .arg(window_ms)
+                    .arg(ready.deliver_at_ms)
+                    .arg(&ready.id);
+                for (field, value) in &ready.fields {
+                    inv.arg(field).arg(value);
+                }
+                inv
+            })
+            .collect();
+        let replies = run(&mut conn, publish, &invocations).await?;
+        for (&i, (outcome, stream_id)) in todo.iter().zip(replies) {
+            let id = batch[i].id.clone();
+            let scheduled = stream_id == "scheduled";
+            let stream_id = if scheduled { String::new() } else { stream_id };
+            outcomes[i] = Some(match outcome.as_str() {
+                "added" | "duplicate" | "scheduled" => PublishOutcome::Accepted(Published {
+                    id,
+                    stream_id,
+                    duplicate: outcome == "duplicate",
+                    scheduled,
+                }),
+                "conflict" => PublishOutcome::Conflict { id, stream_id },
+                other => anyhow::bail!("publish script answered {other:?}"),
+            });
+        }
+
+        // A conflict found at the id's home names the partition the id went to: find its entry there.
+        for outcome in outcomes.iter_mut() {
+            if let Some(PublishOutcome::Conflict { id, stream_id }) = outcome {
+                if let Some(partition) = stream_id
+                    .strip_prefix('p')
+                    .and_then(|n| n.parse::<u32>().ok())
+                {
+                    let record: Option<String> = redis::cmd("GET")
+                        .arg(keys.dedup(partition, id))
+                        .query_async(&mut conn)
+                        .await?;
+                    *stream_id = record
+                        .and_then(|r| r.split_once(' ').map(|(_, at)| at.to_string()))
+                        .unwrap_or_default();
+                }
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every event has an outcome"))
+            .collect())
+    }
+}
+
+/// Runs a pipeline of invocations of one script. On first use on a server (or after
+/// a restart or SCRIPT FLUSH) Redis refuses `EVALSHA` before running anything: load
+/// the script once and go again.
+async fn run(
+    conn: &mut deadpool_redis::Connection,
+    script: &Script,
+    invocations: &[redis::ScriptInvocation<'_>],
+) -> anyhow::Result<Vec<(String, String)>> {
+    if invocations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for inv in invocations {
+        pipe.invoke_script(inv);
+    }
+    match pipe.query_async(conn).await {
+        Ok(replies) => Ok(replies),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            Ok(pipe.query_async(conn).await?)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

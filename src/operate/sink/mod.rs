@@ -3,26 +3,30 @@
 //! It makes subscriptions the way a browser does, and for every push it
 //! verifies the VAPID token and decrypts the body (unless in fast mode), then
 //! records the arrival as a JSON line. It can answer with scripted failures
-//! (status, `Retry-After`, delay) per subscription, to exercise retries.
+//! per subscription, to exercise retries and hostile push services: a status,
+//! any `Retry-After` text, a delay, and a misbehaviour ([`Misbehaviour`]: a
+//! body that never ends, a trickle, no answer, a connection reset).
 //!
 //! Routes: `POST /push/{id}` (the endpoints), and for tools and tests
 //! `POST /admin/subscriptions?count=N`, `POST /admin/faults/{id|*}`,
 //! `GET /admin/arrivals`, `GET /admin/count`.
 
 pub mod crypto;
+mod hostile;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -30,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::shared::event::format_time;
 pub use crypto::UserAgentKeys;
+pub use hostile::Misbehaviour;
+use hostile::{Peer, Resets, SinkListener};
 
 /// How the sink runs.
 #[derive(Debug, Clone)]
@@ -57,6 +63,9 @@ pub struct Fault {
     /// Wait this long before answering, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+    /// How the answer misbehaves beyond its status.
+    #[serde(default)]
+    pub misbehaviour: Misbehaviour,
 }
 
 impl Fault {
@@ -66,7 +75,51 @@ impl Fault {
             status,
             retry_after: None,
             delay_ms: None,
+            misbehaviour: Misbehaviour::None,
         }
+    }
+
+    /// Answer `status` with this `Retry-After` text, whatever it says.
+    pub fn retry_after(status: u16, value: &str) -> Fault {
+        Fault {
+            retry_after: Some(value.to_string()),
+            ..Fault::status(status)
+        }
+    }
+
+    /// Answer `status`, misbehaving as told (a status is unused by `hang` and `reset`).
+    pub fn misbehaving(status: u16, misbehaviour: Misbehaviour) -> Fault {
+        Fault {
+            misbehaviour,
+            ..Fault::status(status)
+        }
+    }
+
+    /// The same answer, `ms` later.
+    pub fn delayed(self, ms: u64) -> Fault {
+        Fault {
+            delay_ms: Some(ms),
+            ..self
+        }
+    }
+
+    /// Reads `--fail` of `herald sink`: `503`, `429:2`, `429:Thu, 01 Jan 2099 00:00:00 GMT`
+    /// (any `Retry-After` text after the colon), `hang`, `reset`, `endless-body:500`, `trickle:500`.
+    pub fn parse(spec: &str) -> anyhow::Result<Fault> {
+        let status = |text: &str| {
+            text.parse::<u16>()
+                .ok()
+                .filter(|s| (100..=599).contains(s))
+                .ok_or_else(|| anyhow::anyhow!("--fail {spec:?}: {text:?} is not an HTTP status; write 503, 429:2, hang, reset, endless-body:500 or trickle:500"))
+        };
+        Ok(match spec.split_once(':') {
+            None if spec == "hang" => Fault::misbehaving(504, Misbehaviour::Hang),
+            None if spec == "reset" => Fault::misbehaving(502, Misbehaviour::Reset),
+            Some(("endless-body", s)) => Fault::misbehaving(status(s)?, Misbehaviour::EndlessBody),
+            Some(("trickle", s)) => Fault::misbehaving(status(s)?, Misbehaviour::Trickle),
+            Some((s, retry_after)) => Fault::retry_after(status(s)?, retry_after),
+            None => Fault::status(status(spec)?),
+        })
     }
 }
 
@@ -112,6 +165,8 @@ struct SinkState {
     subs: Mutex<HashMap<String, Device>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
     arrivals: Mutex<Vec<Arrival>>,
+    /// Connections to reset instead of answering.
+    resets: Resets,
     out: Option<Mutex<Box<dyn Write + Send>>>,
 }
 
@@ -156,18 +211,14 @@ impl SinkHandle {
             keys,
             subscription: subscription.clone(),
         };
-        self.state
-            .subs
-            .lock()
-            .expect("sink lock")
-            .insert(path_id, device);
+        self.state.subs.lock().insert(path_id, device);
         (subscription, json)
     }
 
     /// `n` new subscriptions sharing one key pair: quick to make in bulk, for large fan-outs.
     pub fn new_subscriptions(&self, n: usize) -> Vec<(String, Value)> {
         let keys = UserAgentKeys::generate();
-        let mut subs = self.state.subs.lock().expect("sink lock");
+        let mut subs = self.state.subs.lock();
         (0..n)
             .map(|_| {
                 let path_id = uuid::Uuid::new_v4().simple().to_string();
@@ -188,7 +239,6 @@ impl SinkHandle {
         self.state
             .subs
             .lock()
-            .expect("sink lock")
             .retain(|_, d| d.subscription != subscription);
     }
 
@@ -205,7 +255,6 @@ impl SinkHandle {
         self.state
             .faults
             .lock()
-            .expect("sink lock")
             .entry(target.to_string())
             .or_default()
             .extend(faults);
@@ -213,11 +262,11 @@ impl SinkHandle {
 
     /// How many pushes arrived, without copying them (cheap to poll).
     pub fn arrival_count(&self) -> usize {
-        self.state.arrivals.lock().expect("sink lock").len()
+        self.state.arrivals.lock().len()
     }
 
     pub fn arrivals(&self) -> Vec<Arrival> {
-        self.state.arrivals.lock().expect("sink lock").clone()
+        self.state.arrivals.lock().clone()
     }
 
     /// Arrivals answered 201, i.e. notifications a device shows.
@@ -231,7 +280,7 @@ impl SinkHandle {
 
 /// A bound sink; `run` serves it until shutdown.
 pub struct Sink {
-    listener: TcpListener,
+    listener: SinkListener,
     handle: SinkHandle,
 }
 
@@ -254,8 +303,12 @@ impl Sink {
                     })?,
             )),
         };
+        let resets = Resets::default();
         Ok(Sink {
-            listener,
+            listener: SinkListener {
+                inner: listener,
+                resets: resets.clone(),
+            },
             handle: SinkHandle {
                 state: Arc::new(SinkState {
                     base_url: format!("http://{addr}"),
@@ -264,6 +317,7 @@ impl Sink {
                     subs: Mutex::new(HashMap::new()),
                     faults: Mutex::new(HashMap::new()),
                     arrivals: Mutex::new(Vec::new()),
+                    resets,
                     out: out.map(Mutex::new),
                 }),
             },
@@ -282,15 +336,19 @@ impl Sink {
             .route("/admin/arrivals", get(admin_arrivals))
             .route("/admin/count", get(admin_count))
             .with_state(self.handle.clone());
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
         Ok(())
     }
 }
 
 async fn receive(
     State(sink): State<SinkHandle>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(path_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -308,13 +366,7 @@ async fn receive(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let device = sink
-        .state
-        .subs
-        .lock()
-        .expect("sink lock")
-        .get(&path_id)
-        .cloned();
+    let device = sink.state.subs.lock().get(&path_id).cloned();
     let id = match &device {
         Some(d) => d.subscription.clone(),
         None => crate::shared::subscriptions::id_for_endpoint(&format!(
@@ -337,7 +389,7 @@ async fn receive(
         at: format_time(chrono::Utc::now()),
     };
     let fault = {
-        let mut faults = sink.state.faults.lock().expect("sink lock");
+        let mut faults = sink.state.faults.lock();
         let mut next = faults.get_mut(&id).and_then(VecDeque::pop_front);
         if next.is_none() {
             next = faults.get_mut("*").and_then(VecDeque::pop_front);
@@ -345,13 +397,15 @@ async fn receive(
         next
     };
     let mut retry_after = None;
+    let mut misbehaviour = Misbehaviour::None;
     if let Some(fault) = fault {
         if let Some(ms) = fault.delay_ms {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         arrival.status = fault.status;
-        arrival.error = Some("scripted fault".into());
+        arrival.error = Some(format!("scripted fault ({:?})", fault.misbehaviour));
         retry_after = fault.retry_after;
+        misbehaviour = fault.misbehaviour;
     } else if let Some(device) = device {
         if !sink.state.fast {
             if let Err((status, error)) =
@@ -367,8 +421,18 @@ async fn receive(
     }
     let status = StatusCode::from_u16(arrival.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     record(&sink, arrival);
-    let mut response = status.into_response();
-    if let Some(value) = retry_after.and_then(|v| v.parse().ok()) {
+    match misbehaviour {
+        Misbehaviour::Hang => std::future::pending::<()>().await,
+        Misbehaviour::Reset => {
+            sink.state.resets.lock().insert(peer.0);
+        }
+        _ => {}
+    }
+    let mut response = match hostile::body(misbehaviour) {
+        Some(body) => (status, body).into_response(),
+        None => status.into_response(),
+    };
+    if let Some(value) = retry_after.and_then(|v| axum::http::HeaderValue::from_str(&v).ok()) {
         response.headers_mut().insert("retry-after", value);
     }
     response
@@ -428,11 +492,11 @@ fn check_push(
 fn record(sink: &SinkHandle, arrival: Arrival) {
     if let Some(out) = &sink.state.out {
         let line = serde_json::to_string(&arrival).expect("arrival serializes");
-        let mut out = out.lock().expect("sink lock");
+        let mut out = out.lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
-    sink.state.arrivals.lock().expect("sink lock").push(arrival);
+    sink.state.arrivals.lock().push(arrival);
 }
 
 #[derive(Deserialize)]
@@ -473,7 +537,7 @@ async fn admin_faults(
 }
 
 async fn admin_count(State(sink): State<SinkHandle>) -> Response {
-    let arrivals = sink.state.arrivals.lock().expect("sink lock");
+    let arrivals = sink.state.arrivals.lock();
     let delivered = arrivals.iter().filter(|a| a.status == 201).count();
     Json(json!({"arrivals": arrivals.len(), "delivered": delivered})).into_response()
 }
@@ -538,9 +602,11 @@ pub struct SinkArgs {
     /// Bearer token for herald's API.
     #[arg(long, env = "HERALD_API_TOKEN")]
     pub token: Option<String>,
-    /// Answer the next pushes (to any subscription) with these statuses first, e.g. `--fail 503 --fail 429:2`
-    /// (status, then optionally `:` and a Retry-After value).
-    #[arg(long, value_name = "STATUS[:RETRY_AFTER]")]
+    /// Answer the next pushes (to any subscription) like this first, one each, in order:
+    /// `503`, `429:2` (a status and any Retry-After text), `hang` (never answer), `reset`
+    /// (reset the connection), `endless-body:500`, `trickle:500` (a body that never ends,
+    /// or one byte every 200 ms).
+    #[arg(long, value_name = "FAULT")]
     pub fail: Vec<String>,
 }
 
@@ -559,22 +625,7 @@ pub async fn run_cli(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Res
     let handle = sink.handle();
     let mut faults = Vec::new();
     for spec in &args.fail {
-        let (status, retry_after) = match spec.split_once(':') {
-            Some((s, r)) => (s, Some(r.to_string())),
-            None => (spec.as_str(), None),
-        };
-        let status: u16 = status
-            .parse()
-            .ok()
-            .filter(|s| (100..=599).contains(s))
-            .ok_or_else(|| {
-                anyhow::anyhow!("--fail {spec:?}: expected an HTTP status like 503 or 429:2")
-            })?;
-        faults.push(Fault {
-            status,
-            retry_after,
-            delay_ms: None,
-        });
+        faults.push(Fault::parse(spec)?);
     }
     handle.add_faults("*", faults);
     eprintln!(

@@ -1,8 +1,12 @@
 //! The reclaimer: scans the pending entries of every partition and claims an
-//! entry only when it has been idle for its own backoff (and past any
-//! `Retry-After`), then processes it exactly as the worker does. Entries that
-//! have used up `retry.max_deliveries` go to the dead-letter stream; entries
-//! deleted or trimmed while pending leave a tombstone there. It also removes
+//! entry only when it has been idle for its own backoff and past any
+//! not-before time its last attempt asked for (`{P:pN}:retry-at`), then hands
+//! it to the worker's processing, within the same limits as the worker's own
+//! entries. An entry past `retry.max_age`, or whose attempts are used up, is
+//! claimed at once and settled without a push (its failing devices
+//! dead-lettered). Entries deleted or trimmed while pending leave a tombstone.
+//!
+//! On its interval it also sweeps held events whose TTL is over, removes
 //! consumers that are idle with nothing pending, and applies retention.
 //!
 //! Several reclaimers may run at once: `XCLAIM` with a minimum idle time lets
@@ -15,13 +19,15 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::deliver::{EntryOutcome, Worker};
 use crate::recover::retention::Retention;
 use crate::shared::config::Settings;
-use crate::shared::dead_letter::DeadLetter;
 use crate::shared::retry::seed_for;
-use crate::shared::stream::{info_number, info_text, is_nogroup, parse_entry_list, Entry, Info};
+use crate::shared::stream::{
+    id_time, info_number, info_text, is_nogroup, parse_entry_list, Entry, Info,
+};
 
 /// What one scan of one partition did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,8 +36,6 @@ pub struct ScanOutcome {
     pub scanned: usize,
     /// Entries claimed and processed, with their outcomes.
     pub processed: Vec<(String, EntryOutcome)>,
-    /// Entries dead-lettered for having used up their deliveries.
-    pub exhausted: usize,
     /// Entries found deleted while pending (tombstones written).
     pub tombstones: usize,
 }
@@ -43,6 +47,20 @@ struct Pending {
     deliveries: u64,
 }
 
+/// A pending entry found due, and how to claim it.
+struct Due<'a> {
+    pending: &'a Pending,
+    /// Its last attempt sent nothing: the claim keeps the delivery count.
+    uncounted: bool,
+    min_idle: Duration,
+}
+
+/// The retry hint of an entry's last attempt: not before when, and whether it counted.
+struct Hint {
+    until_ms: i64,
+    uncounted: bool,
+}
+
 /// The reclaimer. `run` it, or step it with [`Reclaimer::scan`].
 pub struct Reclaimer {
     worker: Worker,
@@ -51,6 +69,7 @@ pub struct Reclaimer {
     interval: Duration,
     scan_batch: usize,
     consumer_idle_timeout: Duration,
+    grace: Duration,
 }
 
 static DELETE_IDLE_CONSUMER: OnceLock<Script> = OnceLock::new();
@@ -63,7 +82,8 @@ fn delete_idle_consumer() -> &'static Script {
 }
 
 impl Reclaimer {
-    /// A reclaimer that claims under its own consumer name (`<consumer>-reclaimer`).
+    /// A reclaimer that claims under its own consumer name (`<consumer>-reclaimer`)
+    /// and shares everything else with `worker`.
     pub fn new(worker: Worker, settings: &Settings) -> Reclaimer {
         let name = format!("{}-reclaimer", worker.consumer());
         Reclaimer {
@@ -73,6 +93,7 @@ impl Reclaimer {
             interval: settings.reclaimer.interval,
             scan_batch: settings.reclaimer.scan_batch,
             consumer_idle_timeout: settings.reclaimer.consumer_idle_timeout,
+            grace: settings.worker.shutdown_grace,
         }
     }
 
@@ -80,10 +101,12 @@ impl Reclaimer {
         self.worker.consumer()
     }
 
-    /// Scans every `reclaimer.interval` until shutdown; the scan in progress finishes first.
+    /// Scans every `reclaimer.interval` until shutdown; claimed entries are
+    /// processed in the background and finish (within the grace period) first.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.worker.ensure_groups().await?;
         tracing::info!(consumer = %self.consumer(), "reclaimer started");
+        let tracker = TaskTracker::new();
         // Right after a start, or after Redis was unreachable, every pending entry looks
         // idle (heartbeats could not land): give live workers a heartbeat round first.
         let quiet = self.worker.policy().base_delay;
@@ -99,23 +122,14 @@ impl Reclaimer {
                 continue;
             }
             for partition in 0..self.worker.db().keys.partitions() {
-                match self.scan(partition).await {
-                    Ok(o) if !o.processed.is_empty() || o.exhausted > 0 || o.tombstones > 0 => {
-                        crate::shared::metrics::reclaimed(o.processed.len() as u64);
-                        tracing::info!(
-                            partition,
-                            claimed = o.processed.len(),
-                            exhausted = o.exhausted,
-                            tombstones = o.tombstones,
-                            "reclaimed pending entries"
-                        )
+                match self.reclaim(partition, &tracker).await {
+                    Ok((claimed, tombstones)) if claimed > 0 || tombstones > 0 => {
+                        crate::shared::metrics::reclaimed(claimed as u64);
+                        tracing::info!(partition, claimed, tombstones, "reclaimed pending entries")
                     }
                     Ok(_) => {}
                     Err(e) if is_nogroup(&e) => {
-                        tracing::warn!(
-                            partition,
-                            "consumer group is missing; recreating it from id 0"
-                        );
+                        tracing::warn!(partition, "consumer group is missing; recreating it");
                         if let Err(e) = self.worker.ensure_groups().await {
                             tracing::warn!(error = %format!("{e:#}"), "cannot recreate the consumer group");
                         }
@@ -124,6 +138,16 @@ impl Reclaimer {
                         tracing::warn!(partition, error = %format!("{e:#}"), "pending scan failed; will retry");
                         quiet_until = Instant::now() + quiet;
                     }
+                }
+            }
+            match self.worker.holding().sweep().await {
+                Ok(0) => {}
+                Ok(expired) => tracing::info!(
+                    expired,
+                    "held events whose TTL is over were dropped and counted"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot sweep expired held events; will retry")
                 }
             }
             if last_trim.is_none_or(|t| t.elapsed() >= self.retention_interval) {
@@ -145,94 +169,131 @@ impl Reclaimer {
                 _ = tokio::time::sleep(self.interval) => {}
             }
         }
-        tracing::info!(consumer = %self.consumer(), "reclaimer stopped");
+        let finished = crate::shared::shutdown::wait(&tracker, self.grace).await;
+        tracing::info!(consumer = %self.consumer(), finished_cleanly = finished, "reclaimer stopped");
         Ok(())
     }
 
-    /// Claims and processes the due pending entries of one partition.
+    /// Claims the due entries of one partition, as many as the worker has free
+    /// slots for, and starts their processing. Returns (claimed, tombstones).
+    async fn reclaim(
+        &self,
+        partition: u32,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<(usize, usize)> {
+        let mut permits = self.worker.try_permits(self.scan_batch);
+        if permits.is_empty() {
+            return Ok((0, 0));
+        }
+        let (entries, tombstones, _) = self.claim_due(partition, permits.len()).await?;
+        let claimed = entries.len();
+        for entry in entries {
+            let permit = permits.pop().expect("never more entries than permits");
+            self.worker.start(entry, permit, tracker);
+        }
+        Ok((claimed, tombstones))
+    }
+
+    /// Claims and processes the due pending entries of one partition, waiting for
+    /// their outcomes: the step a test takes instead of running the loop.
     pub async fn scan(&self, partition: u32) -> anyhow::Result<ScanOutcome> {
+        let (entries, tombstones, scanned) = self.claim_due(partition, usize::MAX).await?;
+        let processed = join_all(entries.into_iter().map(|entry| async move {
+            let id = entry.id.clone();
+            (id, self.worker.process_entry(entry).await)
+        }))
+        .await;
+        Ok(ScanOutcome {
+            scanned,
+            processed,
+            tombstones,
+        })
+    }
+
+    /// Claims up to `limit` due entries of one partition; returns them, the
+    /// tombstones written, and how many pending entries were looked at.
+    async fn claim_due(
+        &self,
+        partition: u32,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<Entry>, usize, usize)> {
         let db = self.worker.db();
         let stream = db.keys.stream(partition);
         let policy = *self.worker.policy();
-        let mut outcome = ScanOutcome::default();
+        let (mut claimed, mut tombstones, mut scanned) = (Vec::new(), 0, 0);
         let mut start = "-".to_string();
-        loop {
+        while claimed.len() < limit {
             let page = self.pending_page(&stream, &start).await?;
             let Some(last) = page.last() else { break };
             start = format!("({}", last.id);
             let full = page.len() == self.scan_batch;
-            outcome.scanned += page.len();
+            scanned += page.len();
 
-            let waits = self.not_before(partition, &page).await?;
-            let now_ms = chrono::Utc::now().timestamp_millis();
-            let mut due: Vec<(&Pending, bool, Duration)> = Vec::new();
-            for (p, wait) in page.iter().zip(waits) {
-                let (until_ms, held) = wait.unwrap_or((0, false));
-                let wait_left = Duration::from_millis((until_ms - now_ms).max(0) as u64);
+            let hints = self.hints(partition, &page).await?;
+            let now = chrono::Utc::now();
+            let mut due: Vec<Due> = Vec::new();
+            for (p, hint) in page.iter().zip(hints) {
+                // Past retry.max_age: claimed now, whatever it waits for, to be settled.
+                if id_time(&p.id).is_some_and(|added| policy.past_max_age(added, now)) {
+                    due.push(Due {
+                        pending: p,
+                        uncounted: false,
+                        min_idle: policy.base_delay,
+                    });
+                    continue;
+                }
+                let (until_ms, uncounted) = hint.map_or((0, false), |h| (h.until_ms, h.uncounted));
                 let min_idle = policy.backoff(p.deliveries, seed_for(&p.id));
-                if p.idle >= min_idle && wait_left.is_zero() {
-                    due.push((p, held, min_idle));
+                if p.idle >= min_idle && until_ms <= now.timestamp_millis() {
+                    due.push(Due {
+                        pending: p,
+                        uncounted,
+                        min_idle,
+                    });
                 }
             }
+            due.truncate(limit - claimed.len());
             // An entry someone is still working on (its lease is alive) is not claimed:
             // the claim would only use up one of its attempts.
             let busy = self.leased(partition, &due).await?;
-            let due: Vec<(&Pending, bool, Duration)> = due
+            let due: Vec<Due> = due
                 .into_iter()
                 .zip(busy)
                 .filter(|(_, busy)| !busy)
                 .map(|(d, _)| d)
                 .collect();
-            if due.is_empty() {
-                if full {
-                    continue;
-                }
-                break;
-            }
-            let claimed = self.claim(&stream, &due).await?;
-            let mut to_process = Vec::new();
-            for ((p, held, _), result) in due.iter().zip(claimed) {
-                match result {
-                    Claim::Entry(mut entry) => {
-                        // A wait behind an open breaker does not use up an attempt.
-                        entry.deliveries = if *held {
-                            p.deliveries
-                        } else {
-                            p.deliveries + 1
-                        };
-                        if !*held && policy.exhausted(p.deliveries) {
-                            self.dead_letter_exhausted(&entry).await?;
-                            outcome.exhausted += 1;
-                        } else {
-                            to_process.push(entry);
+            if !due.is_empty() {
+                for (d, result) in due.iter().zip(self.claim(&stream, &due).await?) {
+                    match result {
+                        Claim::Entry(mut entry) => {
+                            // An attempt that sent nothing does not use one up.
+                            entry.deliveries = if d.uncounted {
+                                d.pending.deliveries
+                            } else {
+                                d.pending.deliveries + 1
+                            };
+                            claimed.push(entry);
                         }
-                    }
-                    Claim::Deleted => {
-                        if self
-                            .worker
-                            .dead_letters()
-                            .tombstone(&stream, &p.id, self.consumer())
-                            .await?
-                            .is_some()
-                        {
-                            outcome.tombstones += 1;
+                        Claim::Deleted => {
+                            if self
+                                .worker
+                                .dead_letters()
+                                .tombstone(&stream, &d.pending.id, self.consumer())
+                                .await?
+                                .is_some()
+                            {
+                                tombstones += 1;
+                            }
                         }
+                        Claim::TakenByAnother => {}
                     }
-                    Claim::TakenByAnother => {}
                 }
             }
-            outcome.processed.extend(
-                join_all(to_process.into_iter().map(|entry| async move {
-                    let id = entry.id.clone();
-                    (id, self.worker.process_entry(entry).await)
-                }))
-                .await,
-            );
             if !full {
                 break;
             }
         }
-        Ok(outcome)
+        Ok((claimed, tombstones, scanned))
     }
 
     /// `XPENDING stream group IDLE <base> (start + COUNT n`: entries idle at least the shortest backoff.
@@ -260,12 +321,9 @@ impl Reclaimer {
             .collect())
     }
 
-    /// The recorded not-before time (unix ms) of each entry, and whether it was an open breaker's.
-    async fn not_before(
-        &self,
-        partition: u32,
-        page: &[Pending],
-    ) -> anyhow::Result<Vec<Option<(i64, bool)>>> {
+    /// The retry hint of each entry's last attempt, when it is still the latest:
+    /// a hint written at another delivery count than the entry's now is stale.
+    async fn hints(&self, partition: u32, page: &[Pending]) -> anyhow::Result<Vec<Option<Hint>>> {
         let db = self.worker.db();
         let mut conn = db.conn().await?;
         let mut cmd = redis::cmd("HMGET");
@@ -274,33 +332,32 @@ impl Reclaimer {
             cmd.arg(&p.id);
         }
         let values: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
-        Ok(values
-            .into_iter()
-            .map(|v| {
-                v.and_then(|text| {
-                    let (ms, held) = match text.strip_suffix(":held") {
-                        Some(ms) => (ms, true),
-                        None => (text.as_str(), false),
-                    };
-                    ms.parse::<i64>().ok().map(|ms| (ms, held))
+        Ok(page
+            .iter()
+            .zip(values)
+            .map(|(p, v)| {
+                let text = v?;
+                let mut parts = text.split(' ');
+                let until_ms = parts.next()?.parse::<i64>().ok()?;
+                let uncounted = parts.next()? == "held";
+                let written_at = parts.next()?.parse::<u64>().ok()?;
+                (written_at == p.deliveries).then_some(Hint {
+                    until_ms,
+                    uncounted,
                 })
             })
             .collect())
     }
 
     /// Whether each entry's lease is held (someone is processing it right now).
-    async fn leased(
-        &self,
-        partition: u32,
-        due: &[(&Pending, bool, Duration)],
-    ) -> anyhow::Result<Vec<bool>> {
+    async fn leased(&self, partition: u32, due: &[Due<'_>]) -> anyhow::Result<Vec<bool>> {
         if due.is_empty() {
             return Ok(Vec::new());
         }
         let db = self.worker.db();
         let mut cmd = redis::cmd("MGET");
-        for (p, _, _) in due {
-            cmd.arg(db.keys.lease(partition, &p.id));
+        for d in due {
+            cmd.arg(db.keys.lease(partition, &d.pending.id));
         }
         let mut conn = db.conn().await?;
         let holders: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
@@ -308,35 +365,31 @@ impl Reclaimer {
     }
 
     /// One `XCLAIM` per entry (each with its own minimum idle time), pipelined.
-    async fn claim(
-        &self,
-        stream: &str,
-        due: &[(&Pending, bool, Duration)],
-    ) -> anyhow::Result<Vec<Claim>> {
+    async fn claim(&self, stream: &str, due: &[Due<'_>]) -> anyhow::Result<Vec<Claim>> {
         let db = self.worker.db();
         let mut pipe = redis::pipe();
-        for (p, held, min_idle) in due {
+        for d in due {
             pipe.cmd("XCLAIM")
                 .arg(stream)
                 .arg(self.worker.group())
                 .arg(self.consumer())
-                .arg(min_idle.as_millis() as u64)
-                .arg(&p.id);
-            if *held {
-                pipe.arg("RETRYCOUNT").arg(p.deliveries);
+                .arg(d.min_idle.as_millis() as u64)
+                .arg(&d.pending.id);
+            if d.uncounted {
+                pipe.arg("RETRYCOUNT").arg(d.pending.deliveries);
             }
         }
         let mut conn = db.conn().await?;
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut claims = Vec::with_capacity(due.len());
         let mut unanswered = Vec::new();
-        for ((p, _, _), reply) in due.iter().zip(replies) {
+        for (d, reply) in due.iter().zip(replies) {
             let mut entries = parse_entry_list(stream, reply, 0)?;
             match entries.pop() {
                 Some(entry) if entry.fields.is_some() => claims.push(Claim::Entry(entry)),
                 Some(_) => claims.push(Claim::Deleted),
                 None => {
-                    unanswered.push((claims.len(), p.id.clone()));
+                    unanswered.push((claims.len(), d.pending.id.clone()));
                     claims.push(Claim::TakenByAnother);
                 }
             }
@@ -355,32 +408,6 @@ impl Reclaimer {
             }
         }
         Ok(claims)
-    }
-
-    async fn dead_letter_exhausted(&self, entry: &Entry) -> anyhow::Result<()> {
-        let why = DeadLetter {
-            reason: "max_deliveries".into(),
-            last_error: Some(format!(
-                "delivered {} times without completing (retry.max_deliveries = {})",
-                entry.deliveries.saturating_sub(1),
-                self.worker.policy().max_deliveries
-            )),
-            attempts: entry.deliveries.saturating_sub(1),
-            ..DeadLetter::default()
-        };
-        let fields = entry.fields.clone().unwrap_or_default();
-        self.worker
-            .dead_letters()
-            .write(
-                &entry.stream,
-                &entry.id,
-                &fields,
-                self.consumer(),
-                &why,
-                true,
-            )
-            .await?;
-        Ok(())
     }
 
     /// Removes consumers idle past `reclaimer.consumer_idle_timeout` with nothing pending.

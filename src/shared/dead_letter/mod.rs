@@ -252,6 +252,9 @@ impl DeadLetters {
 
     /// Puts a dead letter back into its source stream (event id kept) and removes
     /// it from the dead-letter stream, in one script. Returns the new stream id.
+    /// A device's dead letter is replayed to that device only (`replay_only`), so
+    /// the devices that had the event are never pushed again, however old it is;
+    /// a whole entry's dead letter (nobody got it) goes to every device again.
     pub async fn replay(&self, dead: &DeadLetterEntry) -> anyhow::Result<String> {
         let keys = &self.db.keys;
         let source = dead
@@ -270,12 +273,20 @@ impl DeadLetters {
                 dead.id
             )
         })?;
+        // A forced replay copy's devices are tracked under its run: clear the state there.
+        let fields: HashMap<String, String> = dead
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let outcomes = keys.entry_outcomes(dead.partition, event_id, &fields);
         let mut conn = self.db.conn().await?;
         let id: String = script(&REPLAY, include_str!("replay.lua"))
             .key(keys.dead_letters(dead.partition))
             .key(&source)
-            .key(keys.outcomes(dead.partition, event_id))
+            .key(outcomes)
             .arg(&dead.id)
+            .arg(crate::shared::stream::REPLAY_ONLY)
             .invoke_async(&mut conn)
             .await?;
         tracing::info!(dead_letter_id = %dead.id, event_id, stream_id = %id, "replayed a dead letter");

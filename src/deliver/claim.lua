@@ -1,0 +1,123 @@
+-- Claims an entry and its devices before pushing: one round trip per chunk of
+-- devices. The first call for an entry also checks that the entry is still this
+-- consumer's (XPENDING), that no other process works on it (its lease), and
+-- takes the lock of its ordering key (one event of a key in progress at a
+-- time); later calls only claim more devices.
+--
+-- Per device: a settled one (delivered, gone, dead, superseded, expired) is
+-- done; one claimed by another holder whose claim is alive is busy (a copy of
+-- the event, or another processor, is pushing it right now); one for which a
+-- newer event of the same key was claimed is settled as superseded; any other
+-- is claimed for this holder until a time, and this event becomes the newest
+-- of its key for that device. So an event is superseded only for the devices
+-- that got (or are getting) a newer one.
+--
+-- KEYS[1] the stream
+-- KEYS[2] the event's outcomes hash (subscription -> state)
+-- KEYS[3] the entry's lease
+-- KEYS[4] the ordering key's lock (KEYS[2] again when the event is not ordered)
+-- KEYS[5] the ordering key's register (subscription -> '<due ms> <event id>'; KEYS[2] again when not ordered)
+-- ARGV[1] consumer group
+-- ARGV[2] this consumer
+-- ARGV[3] the entry id
+-- ARGV[4] '1' when entries are read with NOACK (never pending: always ours)
+-- ARGV[5] life of the entry's lease and of the key's lock, ms (heartbeats extend both)
+-- ARGV[6] '1' on the first call for the entry
+-- ARGV[7] the holder of device claims and of the key's lock ('<consumer>/<entry id>')
+-- ARGV[8] life of a device claim, ms
+-- ARGV[9] life of the outcomes hash, s
+-- ARGV[10] the event's place in the order of its key ('<due ms> <event id>'), '' when not ordered
+-- ARGV[11] life of the register, s
+-- ARGV[12] 'claim', or 'inspect' (say each device's state, change nothing)
+-- ARGV[13..] subscription ids
+-- Returns {status, per device...}. status: 'ok'; 'taken' (another consumer has
+-- the entry or works on it); 'busy' (another event of the key is in progress;
+-- nothing was changed). Per device: 'claimed', or 'claimed <previous state>'
+-- after a failed attempt; 'done <state>'; 'busy'; 'superseded <due ms> <event id>';
+-- with 'inspect', the state as stored ('' for none).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ordered = ARGV[10] ~= ''
+if ARGV[6] == '1' then
+  if ARGV[4] ~= '1' then
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+    if #pending == 0 or pending[1][2] ~= ARGV[2] then
+      return {'taken'}
+    end
+  end
+  local lessee = redis.call('GET', KEYS[3])
+  if lessee and lessee ~= ARGV[2] then
+    return {'taken'}
+  end
+  if ordered then
+    local lock = redis.call('GET', KEYS[4])
+    if lock and lock ~= ARGV[7] then
+      return {'busy', lock}
+    end
+    redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[5])
+  end
+  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
+  -- Markers outlive the last attempt of their entry by their whole life.
+  redis.call('EXPIRE', KEYS[2], ARGV[9])
+end
+local settled = {delivered = true, gone = true, dead = true, superseded = true, expired = true}
+local mine_ms, mine_id
+if ordered then
+  mine_ms, mine_id = string.match(ARGV[10], '^(%d+) (.*)$')
+  mine_ms = tonumber(mine_ms)
+end
+local reply = {'ok'}
+local wrote, registered = false, false
+for i = 13, #ARGV do
+  local sub = ARGV[i]
+  local state = redis.call('HGET', KEYS[2], sub)
+  local word = state and string.match(state, '^(%S+)') or ''
+  if ARGV[12] == 'inspect' then
+    reply[#reply + 1] = state or ''
+  elseif settled[word] then
+    reply[#reply + 1] = 'done ' .. word
+  else
+    local busy = false
+    if word == 'pushing' then
+      local who, until_ms = string.match(state, '^pushing (%S+) (%d+)$')
+      busy = who ~= ARGV[7] and tonumber(until_ms or '0') > now
+    end
+    local newer = false
+    if not busy and ordered then
+      local current = redis.call('HGET', KEYS[5], sub)
+      if current then
+        local ms, id = string.match(current, '^(%d+) (.*)$')
+        ms = tonumber(ms)
+        if ms and (ms > mine_ms or (ms == mine_ms and id > mine_id)) then
+          newer = current
+        end
+      end
+    end
+    if busy then
+      reply[#reply + 1] = 'busy'
+    elseif newer then
+      redis.call('HSET', KEYS[2], sub, 'superseded')
+      wrote = true
+      reply[#reply + 1] = 'superseded ' .. newer
+    else
+      if ordered then
+        redis.call('HSET', KEYS[5], sub, ARGV[10])
+        registered = true
+      end
+      redis.call('HSET', KEYS[2], sub, 'pushing ' .. ARGV[7] .. ' ' .. (now + tonumber(ARGV[8])))
+      wrote = true
+      if word == 'failed' then
+        reply[#reply + 1] = 'claimed ' .. state
+      else
+        reply[#reply + 1] = 'claimed'
+      end
+    end
+  end
+end
+if wrote then
+  redis.call('EXPIRE', KEYS[2], ARGV[9])
+end
+if registered then
+  redis.call('EXPIRE', KEYS[5], ARGV[11])
+end
+return reply
