@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,15 +53,15 @@ impl Worker {
         let mut own_pending_after: Option<String> = Some("-".into());
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
-            // Take permits before reading, so what is read can start at once.
+            // Read only when a slot is free, and no more than are free now. The slots
+            // are not held through the blocking read: the reclaimer shares them.
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 permit = self.entry_permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
-            permits.extend(self.try_permits(self.batch_size - 1));
+            let count = (1 + self.entry_permits.available_permits()).min(self.batch_size);
             let read = match &own_pending_after {
-                Some(after) => self.own_pending(&stream, after, permits.len()).await,
+                Some(after) => self.own_pending(&stream, after, count).await,
                 None => {
                     if conn.is_none() {
                         match self.db.blocking_conn(self.block).await {
@@ -78,7 +77,7 @@ impl Worker {
                     let c = conn.as_mut().expect("connected above");
                     // The read is not raced with shutdown: an abandoned BLOCK read would still take
                     // entries on the server. BLOCK is short, so the stop waits at most that long.
-                    self.read_new(c, &stream, permits.len(), self.block).await
+                    self.read_new(c, &stream, count, self.block).await
                 }
             };
             let entries = match read {
@@ -105,14 +104,22 @@ impl Worker {
             };
             if own_pending_after.is_some() {
                 own_pending_after = match entries.last() {
-                    Some(last) if entries.len() == permits.len() => Some(format!("({}", last.id)),
+                    Some(last) if entries.len() == count => Some(format!("({}", last.id)),
                     _ => None,
                 };
             }
+            let mut first = Some(first);
             for entry in entries {
-                let permit = permits
-                    .pop()
-                    .expect("never more entries than permits (COUNT)");
+                // What was read is ours (pending): wait for a slot for each, however long.
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => self
+                        .entry_permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                };
                 // An entry still in progress here (a re-listing of our own) is skipped.
                 self.start(entry, permit, &tracker);
             }

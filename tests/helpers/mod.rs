@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::deliver::push::vapid::VapidKey;
-use herald::deliver::push::Pusher;
+use herald::deliver::push::{PushHook, Pusher};
 use herald::deliver::Worker;
 use herald::intake::api::Api;
 use herald::operate::sink::{Sink, SinkHandle, SinkOptions};
@@ -192,11 +192,33 @@ impl TestApp {
         TestApp::start_on(TestRedis::start(), false, adjust).await
     }
 
+    /// Starts with a pusher that calls `hook` before every push (it may panic).
+    pub async fn start_hooked(adjust: impl FnOnce(&mut Settings), hook: PushHook) -> TestApp {
+        TestApp::start_full(TestRedis::start(), false, adjust, Some(hook)).await
+    }
+
     async fn start_on(
         redis: TestRedis,
         fast_sink: bool,
         adjust: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        TestApp::start_full(redis, fast_sink, adjust, None).await
+    }
+
+    async fn start_full(
+        redis: TestRedis,
+        fast_sink: bool,
+        adjust: impl FnOnce(&mut Settings),
+        hook: Option<PushHook>,
+    ) -> TestApp {
+        // herald's logs, shown with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("herald=info")),
+            )
+            .with_test_writer()
+            .try_init();
         let data = tempfile::tempdir().expect("temp dir");
         let mut settings = settings(&redis, data.path());
         adjust(&mut settings);
@@ -204,7 +226,11 @@ impl TestApp {
             .await
             .expect("connect to the test redis");
         let key = VapidKey::load_or_create(&settings.vapid_key_path(), true).expect("vapid key");
-        let pusher = Arc::new(Pusher::new(&settings, key.clone()).expect("pusher"));
+        let mut pusher = Pusher::new(&settings, key.clone()).expect("pusher");
+        if let Some(hook) = hook {
+            pusher = pusher.with_hook(hook);
+        }
+        let pusher = Arc::new(pusher);
         let shutdown = CancellationToken::new();
         let api = Api::bind(&settings, db.clone(), key.public_key.clone())
             .await
@@ -247,6 +273,39 @@ impl TestApp {
     /// Runs the worker loop in the background until the app's shutdown.
     pub fn run_worker(&self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
         tokio::spawn(self.worker.clone().run(self.shutdown.clone()))
+    }
+
+    /// Runs the worker and the reclaimer loops (sharing one worker, as `herald up`
+    /// does) in the background until the app's shutdown.
+    pub fn run_roles(&self) {
+        tokio::spawn(self.worker.clone().run(self.shutdown.clone()));
+        tokio::spawn(self.reclaimer().run(self.shutdown.clone()));
+    }
+
+    /// Publishes one event (JSON as the API takes it); returns its event id.
+    pub async fn publish(&self, event: Value) -> String {
+        let (status, body) = self.post("/v1/events", &event).await;
+        assert_eq!(status, 202, "publish failed: {body}");
+        body["events"][0]["id"].as_str().expect("an id").to_string()
+    }
+
+    /// Event ids of the pushes the sink answered 201 for `subscription`.
+    pub fn delivered_to(&self, subscription: &str) -> Vec<String> {
+        self.sink
+            .delivered()
+            .into_iter()
+            .filter(|a| a.subscription == subscription)
+            .map(|a| a.event_id.unwrap_or_default())
+            .collect()
+    }
+
+    /// Every push the sink saw for `subscription`, whatever it answered.
+    pub fn attempts_at(&self, subscription: &str) -> Vec<herald::operate::sink::Arrival> {
+        self.sink
+            .arrivals()
+            .into_iter()
+            .filter(|a| a.subscription == subscription)
+            .collect()
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
