@@ -1,9 +1,10 @@
 //! Reading entries: `XREADGROUP … BLOCK` on a connection of its own per
 //! partition. At start, and after a read failed (a read lost with its
 //! connection may have taken entries), this consumer's own pending entries
-//! come first: listed with `XPENDING` and fetched with `XRANGE`, which leave
-//! their delivery counts alone (re-reading them with `XREADGROUP … 0` would
-//! count an attempt that pushes nothing).
+//! come first: listed with `XPENDING`; the ones still in progress in this
+//! process are left alone, and the others are taken back with `XCLAIM`, which
+//! counts the attempt about to be made. (Re-reading them all with
+//! `XREADGROUP … 0` would count attempts for entries nobody pushes again.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{BatchOutcome, Worker};
-use crate::shared::stream::{compare_ids, is_nogroup, parse_entries, Entry};
+use crate::shared::stream::{compare_ids, is_nogroup, parse_entries, parse_entry_list, Entry};
 
 impl Worker {
     /// Reads and fully processes one batch of new entries from one partition
@@ -61,7 +62,13 @@ impl Worker {
             };
             let count = (1 + self.entry_permits.available_permits()).min(self.batch_size);
             let read = match &own_pending_after {
-                Some(after) => self.own_pending(&stream, after, count).await,
+                Some(after) => match self.own_pending(&stream, after, count).await {
+                    Ok((entries, next)) => {
+                        own_pending_after = next;
+                        Ok(entries)
+                    }
+                    Err(e) => Err(e),
+                },
                 None => {
                     if conn.is_none() {
                         match self.db.blocking_conn(self.block).await {
@@ -102,12 +109,6 @@ impl Worker {
                     continue;
                 }
             };
-            if own_pending_after.is_some() {
-                own_pending_after = match entries.last() {
-                    Some(last) if entries.len() == count => Some(format!("({}", last.id)),
-                    _ => None,
-                };
-            }
             let mut first = Some(first);
             for entry in entries {
                 // What was read is ours (pending): wait for a slot for each, however long.
@@ -150,16 +151,18 @@ impl Worker {
         parse_entries(reply, 1)
     }
 
-    /// Up to `count` of this consumer's own pending entries after `after` (an
-    /// `XPENDING` range start), with their delivery counts as they are.
+    /// This consumer's own pending entries after `after` (an `XPENDING` range
+    /// start), up to `count` listed, the ones not in progress here claimed back
+    /// for an attempt (deleted ones come back without fields: a tombstone); and
+    /// where the listing goes on, unless it reached the end.
     async fn own_pending(
         &self,
         stream: &str,
         after: &str,
         count: usize,
-    ) -> anyhow::Result<Vec<Entry>> {
+    ) -> anyhow::Result<(Vec<Entry>, Option<String>)> {
         if self.noack {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let mut conn = self.db.conn().await?;
         let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
@@ -171,28 +174,50 @@ impl Worker {
             .arg(&self.consumer)
             .query_async(&mut conn)
             .await?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
+        let Some((last, ..)) = rows.last() else {
+            return Ok((Vec::new(), None));
+        };
+        let (last, full) = (last.clone(), rows.len() == count);
+        let idle: Vec<(String, u64)> = {
+            let in_flight = self.in_flight.lock();
+            rows.into_iter()
+                .filter(|(id, ..)| !in_flight.contains(id))
+                .map(|(id, _, _, deliveries)| (id, deliveries))
+                .collect()
+        };
+        let mut entries = Vec::with_capacity(idle.len());
+        if !idle.is_empty() {
+            let mut claim = redis::cmd("XCLAIM");
+            claim
+                .arg(stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(0);
+            for (id, _) in &idle {
+                claim.arg(id);
+            }
+            let reply: Value = claim.query_async(&mut conn).await?;
+            let mut claimed: HashMap<String, Entry> = parse_entry_list(stream, reply, 0)?
+                .into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect();
+            for (id, deliveries) in idle {
+                let entry = claimed.remove(&id).unwrap_or(Entry {
+                    stream: stream.to_string(),
+                    id,
+                    // Not claimed: deleted or trimmed while pending (Redis drops it from the
+                    // pending list as it tries): a tombstone records it.
+                    fields: None,
+                    deliveries,
+                });
+                entries.push(Entry {
+                    deliveries: deliveries + 1,
+                    ..entry
+                });
+            }
         }
-        let mut pipe = redis::pipe();
-        for (id, ..) in &rows {
-            pipe.cmd("XRANGE").arg(stream).arg(id).arg(id);
-        }
-        let found: Vec<Vec<(String, HashMap<String, String>)>> =
-            pipe.query_async(&mut conn).await?;
-        let mut entries: Vec<Entry> = rows
-            .into_iter()
-            .zip(found)
-            .map(|((id, _, _, deliveries), found)| Entry {
-                stream: stream.to_string(),
-                // Deleted or trimmed while pending: no fields, a tombstone.
-                fields: found.into_iter().next().map(|(_, fields)| fields),
-                id,
-                deliveries,
-            })
-            .collect();
         entries.sort_by(|a, b| compare_ids(&a.id, &b.id));
-        Ok(entries)
+        Ok((entries, full.then(|| format!("({last}"))))
     }
 }
 
