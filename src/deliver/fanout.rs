@@ -20,50 +20,10 @@ use super::claim::{Begun, EntryCtx, Verdict, CHUNK};
 use super::entry::panic_message;
 use super::push::{Outcome, PushReport};
 use super::route::Target;
-use super::settle::Mode;
+use super::settle::{Attempt, Failure, Mode};
 use super::Worker;
 use crate::shared::dead_letter::DeadLetter;
 use crate::shared::subscriptions::Subscription;
-
-/// Settled devices of one attempt, by kind.
-#[derive(Debug, Default)]
-pub(super) struct Tally {
-    pub delivered: usize,
-    pub gone: usize,
-    pub dead: usize,
-    pub superseded: usize,
-    pub expired: usize,
-    /// The newer event that superseded this one, for the log.
-    pub superseded_by: Option<String>,
-}
-
-impl Tally {
-    pub(super) fn count(&mut self, state: &str) {
-        match state {
-            "delivered" => self.delivered += 1,
-            "gone" => self.gone += 1,
-            "superseded" => self.superseded += 1,
-            "expired" => self.expired += 1,
-            _ => self.dead += 1,
-        }
-    }
-}
-
-/// A device that is not settled after this attempt.
-#[derive(Debug)]
-pub(super) struct Failure {
-    pub sub: String,
-    pub report: PushReport,
-    /// The state of its previous failed attempt (`failed <status> <error>`), if any.
-    pub previous: Option<String>,
-}
-
-/// What one attempt at every device came to.
-#[derive(Debug, Default)]
-pub(super) struct Fanned {
-    pub tally: Tally,
-    pub failures: Vec<Failure>,
-}
 
 /// What one of the fan-out's concurrent pieces of work came to.
 enum Work<'t> {
@@ -85,7 +45,7 @@ impl Worker {
         ctx: &EntryCtx<'_>,
         devices: &[Target],
         first: Vec<Verdict>,
-    ) -> Fanned {
+    ) -> Attempt {
         let (head, rest) = devices.split_at(first.len().min(devices.len()));
         let mut claimed: VecDeque<(&Target, Verdict)> = head.iter().zip(first).collect();
         let mut chunks = rest.chunks(CHUNK);
@@ -93,7 +53,7 @@ impl Worker {
         // Redis connection keeps being polled, so the pool cannot run dry.
         let mut running = FuturesUnordered::new();
         let mut claiming = false;
-        let mut fanned = Fanned::default();
+        let mut attempt = Attempt::default();
         loop {
             while running.len() < self.fanout_width + 1 {
                 let Some((target, verdict)) = claimed.pop_front() else {
@@ -117,13 +77,15 @@ impl Worker {
                     claiming = false;
                     claimed.extend(chunk.iter().zip(verdicts));
                 }
-                Some(Work::Device(DeviceOutcome::Settled(state))) => fanned.tally.count(state),
+                Some(Work::Device(DeviceOutcome::Settled(state))) => attempt.tally.count(state),
                 Some(Work::Device(DeviceOutcome::Superseded(by))) => {
-                    fanned.tally.superseded += 1;
-                    fanned.tally.superseded_by.get_or_insert(by);
+                    attempt.tally.superseded += 1;
+                    attempt.tally.superseded_by.get_or_insert(by);
                 }
-                Some(Work::Device(DeviceOutcome::Failed(failure))) => fanned.failures.push(failure),
-                None => return fanned,
+                Some(Work::Device(DeviceOutcome::Failed(failure))) => {
+                    attempt.failures.push(failure)
+                }
+                None => return attempt,
             }
         }
     }

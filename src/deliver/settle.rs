@@ -16,9 +16,9 @@ use std::time::Duration;
 use redis::Script;
 
 use super::claim::{Begun, EntryCtx, Verdict, CHUNK};
-use super::fanout::{Failure, Fanned};
+
 use super::holding::Held;
-use super::push::Outcome;
+use super::push::{Outcome, PushReport};
 use super::route::Target;
 use super::{EntryOutcome, Worker};
 use crate::shared::db::script;
@@ -32,6 +32,46 @@ static SETTLE: OnceLock<Script> = OnceLock::new();
 const MARKER_PATIENCE: Duration = Duration::from_secs(30);
 /// Most of a push service's error kept in a device's failed state.
 const FAILURE_TEXT: usize = 300;
+
+/// Settled devices of one attempt, by kind.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    pub delivered: usize,
+    pub gone: usize,
+    pub dead: usize,
+    pub superseded: usize,
+    pub expired: usize,
+    /// The newer event that superseded this one, for the log.
+    pub superseded_by: Option<String>,
+}
+
+impl Tally {
+    pub(super) fn count(&mut self, state: &str) {
+        match state {
+            "delivered" => self.delivered += 1,
+            "gone" => self.gone += 1,
+            "superseded" => self.superseded += 1,
+            "expired" => self.expired += 1,
+            _ => self.dead += 1,
+        }
+    }
+}
+
+/// A device that is not settled after this attempt.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub sub: String,
+    pub report: PushReport,
+    /// The state of its previous failed attempt (`failed <status> <error>`), if any.
+    pub previous: Option<String>,
+}
+
+/// What one attempt at every device came to.
+#[derive(Debug, Default)]
+pub(super) struct Attempt {
+    pub tally: Tally,
+    pub failures: Vec<Failure>,
+}
 
 /// How a device's state is written (see `settle.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +138,7 @@ impl Worker {
         &self,
         ctx: &EntryCtx<'_>,
         sub: &str,
-        report: &super::push::PushReport,
+        report: &PushReport,
         previous: Option<&str>,
     ) {
         if report.not_sent {
@@ -154,11 +194,11 @@ impl Worker {
 
     /// After an attempt at every device: acknowledge, dead-letter what has had
     /// enough, or leave the entry pending with its retry hint.
-    pub(super) async fn settle_entry(&self, ctx: &EntryCtx<'_>, fanned: Fanned) -> EntryOutcome {
-        let Fanned {
+    pub(super) async fn settle_entry(&self, ctx: &EntryCtx<'_>, attempt: Attempt) -> EntryOutcome {
+        let Attempt {
             mut tally,
             failures,
-        } = fanned;
+        } = attempt;
         if failures.is_empty() {
             return self.ack(ctx.entry, acked(tally)).await;
         }
@@ -207,7 +247,7 @@ impl Worker {
         first: Vec<Verdict>,
         reason: &'static str,
     ) -> EntryOutcome {
-        let mut tally = super::fanout::Tally::default();
+        let mut tally = Tally::default();
         let mut left = 0;
         let mut states = first;
         for (i, chunk) in devices.chunks(CHUNK).enumerate() {
@@ -236,7 +276,7 @@ impl Worker {
                 }
                 let failure = Failure {
                     sub: target.id().to_string(),
-                    report: super::push::PushReport::unsent(String::new()),
+                    report: PushReport::unsent(String::new()),
                     previous: (word == "failed").then_some(state),
                 };
                 let mut why = last_failure(ctx, &failure, reason);
@@ -420,7 +460,7 @@ impl Worker {
 }
 
 /// What an acknowledged entry came to: superseded when every device had a newer event.
-fn acked(tally: super::fanout::Tally) -> EntryOutcome {
+fn acked(tally: Tally) -> EntryOutcome {
     let others = tally.delivered + tally.gone + tally.dead + tally.expired;
     match tally.superseded_by {
         Some(by) if others == 0 => EntryOutcome::Superseded { by },

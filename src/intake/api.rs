@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::holding::Holding;
 use crate::intake::publish::{PublishOutcome, Publisher, Ready};
 use crate::intake::spool::{Drainer, Spool, SpoolError};
 use crate::shared::config::{Secret, Settings};
@@ -93,7 +92,6 @@ struct Inner {
     db: Db,
     publisher: Publisher,
     store: Store,
-    holding: Holding,
     defaults: EventDefaults,
     allow_insecure_endpoints: bool,
     max_body_bytes: usize,
@@ -144,7 +142,6 @@ impl Api {
                 publisher,
                 spool,
                 store: Store::new(db.clone()),
-                holding: Holding::new(db.clone(), settings.routing.hold_per_user),
                 db,
                 defaults: settings.events.defaults(),
                 allow_insecure_endpoints: settings.push.allow_insecure_endpoints,
@@ -484,7 +481,8 @@ async fn post_subscription(
 /// Sends the events held for a user who has a subscription now back into the stream.
 async fn release_held(state: &ApiState, user: Option<&str>) {
     let Some(user) = user else { return };
-    if let Err(e) = state.inner.holding.release(user).await {
+    // Delivery's one interface for the way in (see crate::deliver::holding::release).
+    if let Err(e) = crate::deliver::holding::release(&state.inner.db, user).await {
         // The subscription is stored; the held events stay held (nothing is lost) until
         // the next registration of this user releases them or their TTL is over.
         tracing::warn!(error = %format!("{e:#}"), "cannot release the events held for this user yet");

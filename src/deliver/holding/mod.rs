@@ -100,29 +100,7 @@ impl Holding {
 
     /// Moves the user's held events back into their streams; returns (moved, expired).
     pub async fn release(&self, user: &str) -> anyhow::Result<(u64, u64)> {
-        let keys = &self.db.keys;
-        let mut conn = self.db.conn().await?;
-        let (mut moved, mut expired) = (0, 0);
-        for partition in 0..keys.partitions() {
-            let (m, e): (u64, u64) = script(&RELEASE, include_str!("release.lua"))
-                .key(keys.held(partition, user))
-                .key(keys.held_events(partition))
-                .key(keys.held_expiry(partition))
-                .key(keys.held_expired(partition))
-                .key(keys.stream(partition))
-                .invoke_async(&mut conn)
-                .await?;
-            moved += m;
-            expired += e;
-        }
-        if moved > 0 || expired > 0 {
-            tracing::info!(
-                moved,
-                expired,
-                "released the events held for a user who subscribed"
-            );
-        }
-        Ok((moved, expired))
+        release(&self.db, user).await
     }
 
     /// Drops and counts the held events whose TTL is over; returns how many.
@@ -147,4 +125,33 @@ impl Holding {
         }
         Ok(expired)
     }
+}
+
+/// The one thing the way in asks of holding: a user has a subscription now, so
+/// their held events go back into the streams (one script per partition).
+/// Returns (moved, expired).
+pub async fn release(db: &Db, user: &str) -> anyhow::Result<(u64, u64)> {
+    let keys = &db.keys;
+    let mut conn = db.conn().await?;
+    let (mut moved, mut expired) = (0, 0);
+    for partition in 0..keys.partitions() {
+        let (m, e): (u64, u64) = script(&RELEASE, include_str!("release.lua"))
+            .key(keys.held(partition, user))
+            .key(keys.held_events(partition))
+            .key(keys.held_expiry(partition))
+            .key(keys.held_expired(partition))
+            .key(keys.stream(partition))
+            .invoke_async(&mut conn)
+            .await?;
+        moved += m;
+        expired += e;
+    }
+    if moved > 0 || expired > 0 {
+        tracing::info!(
+            moved,
+            expired,
+            "released the events held for a user who subscribed"
+        );
+    }
+    Ok((moved, expired))
 }

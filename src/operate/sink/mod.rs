@@ -659,3 +659,37 @@ pub async fn run_cli(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Res
     server.await??;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_specs_read_as_hostile_answers_and_bad_ones_say_what_to_write() {
+        assert_eq!(Fault::parse("503").expect("ok"), Fault::status(503));
+        assert_eq!(
+            Fault::parse("429:Thu, 01 Jan 2099 00:00:00 GMT").expect("ok"),
+            Fault::retry_after(429, "Thu, 01 Jan 2099 00:00:00 GMT")
+        );
+        assert_eq!(
+            Fault::parse("hang").expect("ok").misbehaviour,
+            Misbehaviour::Hang
+        );
+        assert_eq!(
+            Fault::parse("reset").expect("ok").misbehaviour,
+            Misbehaviour::Reset
+        );
+        assert_eq!(
+            Fault::parse("endless-body:500").expect("ok"),
+            Fault::misbehaving(500, Misbehaviour::EndlessBody)
+        );
+        assert_eq!(
+            Fault::parse("trickle:503").expect("ok"),
+            Fault::misbehaving(503, Misbehaviour::Trickle)
+        );
+        for bad in ["", "abc", "999", "trickle:x", "endless-body"] {
+            let err = Fault::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("--fail"), "{err}");
+        }
+    }
+}

@@ -243,8 +243,12 @@ impl Reclaimer {
                     continue;
                 }
                 let (until_ms, uncounted) = hint.map_or((0, false), |h| (h.until_ms, h.uncounted));
-                let min_idle = policy.backoff(p.deliveries, seed_for(&p.id));
-                if p.idle >= min_idle && until_ms <= now.timestamp_millis() {
+                let wait_left = Duration::from_millis(
+                    u64::try_from(until_ms.saturating_sub(now.timestamp_millis())).unwrap_or(0),
+                );
+                let seed = seed_for(&p.id);
+                if policy.is_due(p.idle, p.deliveries, seed, wait_left) {
+                    let min_idle = policy.backoff(p.deliveries, seed);
                     due.push(Due {
                         pending: p,
                         uncounted,
