@@ -490,3 +490,44 @@ async fn heartbeats_keep_a_slow_entry_when_every_pooled_connection_is_busy() {
         "no attempt was used up by a takeover"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_past_retry_max_age_ends_even_while_its_key_stays_busy() {
+    let app = TestApp::start_with(|s| {
+        s.retry.max_age = Duration::from_millis(1_500);
+        s.retry.max_deliveries = 1000;
+        s.push.request_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let failing = app.register_device("u-1").await;
+    let slow = app.register_device("u-2").await;
+    app.sink.add_faults(&failing, vec![Fault::status(503); 500]);
+    // Another event of the same key holds the key far longer than retry.max_age.
+    app.sink
+        .add_faults(&slow, vec![Fault::status(201).delayed(8_000)]);
+    app.run_roles();
+    app.publish(update("u-1", "car-1", &ago(2_000), "failing for ever"))
+        .await;
+    eventually("its first attempt failed", Duration::from_secs(5), || {
+        !app.attempts_at(&failing).is_empty()
+    })
+    .await;
+    app.publish(update("u-2", "car-1", &ago(1_000), "slow"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let dead = app.dead_letters().await;
+        if dead.iter().any(|d| d.reason == "retry_expired") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired entry was given up without waiting for its busy key: {dead:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        app.attempts_at(&slow).is_empty(),
+        "given up while the other event of its key was still being pushed"
+    );
+}

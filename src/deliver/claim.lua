@@ -28,7 +28,8 @@
 -- ARGV[9] life of the outcomes hash, s
 -- ARGV[10] the event's place in the order of its key ('<due ms> <event id>'), '' when not ordered
 -- ARGV[11] life of the register, s
--- ARGV[12] 'claim', or 'inspect' (say each device's state, change nothing)
+-- ARGV[12] 'claim', or 'inspect' (say each device's state, change nothing; the
+--         key's lock is not taken either: nothing will be pushed)
 -- ARGV[13..] subscription ids
 -- Returns {status, per device...}. status: 'ok'; 'taken' (another consumer has
 -- the entry or works on it); 'busy' (another event of the key is in progress;
@@ -49,7 +50,7 @@ if ARGV[6] == '1' then
   if lessee and lessee ~= ARGV[2] then
     return {'taken'}
   end
-  if ordered then
+  if ordered and ARGV[12] ~= 'inspect' then
     local lock = redis.call('GET', KEYS[4])
     if lock and lock ~= ARGV[7] then
       return {'busy', lock}

@@ -290,6 +290,7 @@ impl Worker {
             if let Err(e) = written {
                 tracing::debug!(error = %format!("{e:#}"), "cannot report the push services' state; next time");
             }
+            self.forget_stale_reports(&key).await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.report_every) => {}
@@ -301,6 +302,37 @@ impl Worker {
                 .arg(&self.consumer)
                 .query_async(&mut conn)
                 .await;
+        }
+    }
+
+    /// Removes the reports of workers that stopped reporting ten intervals ago
+    /// (killed, not stopped), so `herald stats` does not show them for ever.
+    async fn forget_stale_reports(&self, key: &str) {
+        let Ok(mut conn) = self.db.conn().await else {
+            return;
+        };
+        let Ok(reports) = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+            .await
+        else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let stale_ms =
+            i64::try_from(self.report_every.saturating_mul(10).as_millis()).unwrap_or(i64::MAX);
+        for (consumer, report) in reports {
+            let at = serde_json::from_str::<serde_json::Value>(&report)
+                .ok()
+                .and_then(|r| r["at_ms"].as_i64())
+                .unwrap_or(0);
+            if now.saturating_sub(at) > stale_ms {
+                let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                    .arg(key)
+                    .arg(&consumer)
+                    .query_async(&mut conn)
+                    .await;
+            }
         }
     }
 }

@@ -274,6 +274,11 @@ impl Worker {
                     tally.count(word);
                     continue;
                 }
+                if pushed_by_another(&state, &ctx.holder) {
+                    // Another processor is pushing it right now: its answer settles it.
+                    left += 1;
+                    continue;
+                }
                 let failure = Failure {
                     sub: target.id().to_string(),
                     report: PushReport::unsent(String::new()),
@@ -296,9 +301,11 @@ impl Worker {
             }
         }
         if left > 0 {
+            self.write_hint(ctx.entry, ctx.partition, self.policy.heartbeat(), false)
+                .await;
             return EntryOutcome::Pending {
                 reason: format!(
-                    "giving up ({reason}): {left} device(s) could not be dead-lettered yet"
+                    "giving up ({reason}): {left} device(s) still being pushed elsewhere or not dead-lettered yet"
                 ),
             };
         }
@@ -457,6 +464,20 @@ impl Worker {
             },
         }
     }
+}
+
+/// Whether a device's state is a live claim of another processor (`pushing <holder> <until ms>`).
+fn pushed_by_another(state: &str, holder: &str) -> bool {
+    let mut parts = state.split(' ');
+    if parts.next() != Some("pushing") {
+        return false;
+    }
+    let who = parts.next().unwrap_or("");
+    let until = parts
+        .next()
+        .and_then(|u| u.parse::<i64>().ok())
+        .unwrap_or(0);
+    who != holder && until > chrono::Utc::now().timestamp_millis()
 }
 
 /// What an acknowledged entry came to: superseded when every device had a newer event.

@@ -71,11 +71,21 @@ pub struct Depth {
 impl Depth {
     /// Reads the depth of the spool in `dir` without taking its lock (read only).
     pub fn read(dir: &Path) -> anyhow::Result<Depth> {
-        let file = File::open(dir.join("events.log")).context("cannot open the spool")?;
+        let mut file = File::open(dir.join("events.log")).context("cannot open the spool")?;
         let bytes = file.metadata()?.len();
         let drained = read_offset(&dir.join("events.offset")).unwrap_or(0);
         let mut records = 0;
-        if bytes >= FILE_HEADER.len() as u64 {
+        let mut head = [0u8; 8];
+        let current = file.read_exact(&mut head).is_ok() && &head == FILE_HEADER;
+        if !current && bytes > 0 {
+            // The first layout, not rewritten yet (the API does that at its next start).
+            let data = std::fs::read(dir.join("events.log"))?;
+            let (found, _) = v1_records(&data);
+            records = found
+                .iter()
+                .filter(|(start, _)| *start as u64 >= drained)
+                .count() as u64;
+        } else if bytes >= FILE_HEADER.len() as u64 {
             let mut reader = Records::new(file, drained.max(FILE_HEADER.len() as u64), bytes)?;
             while let Some(piece) = reader.next_piece()? {
                 if let Piece::Record { .. } = piece {
@@ -499,6 +509,25 @@ fn write_offset(file: &mut File, offset: u64) -> std::io::Result<()> {
     file.sync_data()
 }
 
+/// The whole records of a spool of the first layout (`u32 length | u32 crc32 |
+/// JSON`): where each starts and its payload; and where the last one ends.
+fn v1_records(data: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
+    let (mut records, mut pos) = (Vec::new(), 0usize);
+    while let Some(header) = data.get(pos..pos + 8) {
+        let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
+        let Some(payload) = data.get(pos + 8..pos.saturating_add(8).saturating_add(len)) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        records.push((pos, payload));
+        pos += 8 + len;
+    }
+    (records, pos)
+}
+
 /// Rewrites a spool of the first layout (`u32 length | u32 crc32 | JSON`, no
 /// header), keeping the records not drained yet, in order. Blocking.
 fn migrate_v1(dir: &Path) -> anyhow::Result<()> {
@@ -511,24 +540,16 @@ fn migrate_v1(dir: &Path) -> anyhow::Result<()> {
     }
     let drained = read_offset(&dir.join("events.offset")).unwrap_or(0) as usize;
     let mut out = FILE_HEADER.to_vec();
-    let (mut pos, mut kept) = (0usize, 0);
-    while let Some(header) = data.get(pos..pos + 8) {
-        let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
-        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        if pos >= drained {
+    let (records, pos) = v1_records(&data);
+    let mut kept = 0;
+    for (start, payload) in records {
+        if start >= drained {
             out.extend_from_slice(&MAGIC);
-            out.extend_from_slice(&(len as u32).to_be_bytes());
-            out.extend_from_slice(&crc.to_be_bytes());
+            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
             out.extend_from_slice(payload);
             kept += 1;
         }
-        pos += 8 + len;
     }
     if pos < data.len() {
         quarantine(
@@ -767,6 +788,11 @@ mod tests {
             }
         }
         std::fs::write(dir.path().join("events.log"), &data).expect("v1 file");
+        assert_eq!(
+            Depth::read(dir.path()).expect("depth").records,
+            2,
+            "herald stats reads it as it is"
+        );
         let spool = Spool::open(dir.path(), 1 << 20).expect("open");
         assert_eq!(spool.backlog(), 2);
         assert_eq!(waiting(dir.path()), vec![ready(2), ready(3)]);
