@@ -291,6 +291,66 @@ async fn one_id_published_with_two_keys_in_two_partitions_is_a_conflict() {
     assert_eq!(total, 1, "one entry in all");
 }
 
+/// Drops the worker's reading connections, as a Redis blip or a proxy would.
+fn drop_readers(app: &TestApp) {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut app.redis.conn())
+        .expect("CLIENT LIST");
+    for line in clients.lines().filter(|l| l.contains("cmd=xreadgroup")) {
+        let id = line
+            .split(' ')
+            .find_map(|f| f.strip_prefix("id="))
+            .expect("a client id");
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query(&mut app.redis.conn());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_errors_never_retry_a_waiting_entry_early_nor_use_up_its_attempts() {
+    let app = TestApp::start_with(|s| {
+        s.retry.max_deliveries = 3;
+        s.retry.base_delay = Duration::from_secs(2);
+        s.retry.max_delay = Duration::from_secs(4);
+    })
+    .await;
+    let device = app.register_device("u-1").await;
+    app.sink
+        .add_faults(&device, vec![Fault::retry_after(429, "30"); 10]);
+    app.run_roles();
+    app.publish_to("u-1", "x").await;
+    eventually("the first push was refused", Duration::from_secs(5), || {
+        app.attempts_at(&device).len() == 1
+    })
+    .await;
+    for _ in 0..4 {
+        drop_readers(&app);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(
+        app.attempts_at(&device).len(),
+        1,
+        "the device waits out its Retry-After"
+    );
+    assert!(
+        app.dead_letters().await.is_empty(),
+        "no attempt was used up by a read"
+    );
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(app.stream())
+        .arg("herald")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query(&mut app.redis.conn())
+        .expect("XPENDING");
+    assert_eq!(pending[0].3, 1, "one attempt so far: {pending:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_errors_while_a_push_is_in_flight_use_up_no_attempt() {
     let app = TestApp::start_with(|s| s.retry.max_deliveries = 2).await;
@@ -303,21 +363,7 @@ async fn read_errors_while_a_push_is_in_flight_use_up_no_attempt() {
     // Redis drops the worker's reading connection three times while the push is in
     // flight; each time it looks at its own pending entries again.
     for _ in 0..3 {
-        let clients: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query(&mut app.redis.conn())
-            .expect("CLIENT LIST");
-        for line in clients.lines().filter(|l| l.contains("cmd=xreadgroup")) {
-            let id = line
-                .split(' ')
-                .find_map(|f| f.strip_prefix("id="))
-                .expect("a client id");
-            let _: redis::RedisResult<()> = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("ID")
-                .arg(id)
-                .query(&mut app.redis.conn());
-        }
+        drop_readers(&app);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eventually(
@@ -530,4 +576,28 @@ async fn an_entry_past_retry_max_age_ends_even_while_its_key_stays_busy() {
         app.attempts_at(&slow).is_empty(),
         "given up while the other event of its key was still being pushed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_update_that_never_reached_a_device_does_not_supersede_an_older_one_there() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-1").await;
+    // The newer update is refused for good by the device's push service.
+    app.sink.add_faults(&device, vec![Fault::status(400)]);
+    app.run_roles();
+    app.publish(update("u-1", "car-1", &ago(1_000), "newer, refused"))
+        .await;
+    eventually("the newer one is dead-lettered", Duration::from_secs(5), || {
+        app.pending() == 0 && app.attempts_at(&device).len() == 1
+    })
+    .await;
+    let older = app
+        .publish(update("u-1", "car-1", &ago(5_000), "older, arriving late"))
+        .await;
+    eventually(
+        "the older update reaches the device that never got the newer one",
+        Duration::from_secs(5),
+        || app.delivered_to(&device) == vec![older.clone()],
+    )
+    .await;
 }

@@ -317,7 +317,7 @@ async fn one_devices_429_slows_that_device_and_opens_no_breaker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_devices_failing_open_the_breaker_and_a_probe_that_ends_early_cannot_keep_it_open() {
+async fn many_devices_failing_open_the_breaker_and_then_the_processes_do_not_stall() {
     let app = TestApp::start_with(|s| {
         s.breaker.failures_to_open = 3;
         s.breaker.open_for = Duration::from_millis(1500);
@@ -329,14 +329,6 @@ async fn many_devices_failing_open_the_breaker_and_a_probe_that_ends_early_canno
     for n in 0..3 {
         devices.push(app.register_device(&format!("u-{n}")).await);
     }
-    // A device whose stored keys are broken: its push fails while building the message.
-    let broken = app.register_device("u-broken").await;
-    redis::cmd("HSET")
-        .arg(app.db.keys.subscription(&broken))
-        .arg("p256dh")
-        .arg("BBBB")
-        .query::<()>(&mut app.redis.conn())
-        .expect("break the stored key");
     app.sink.add_faults("*", vec![Fault::status(503); 3]);
     app.run_roles();
     for n in 0..3 {
@@ -358,22 +350,83 @@ async fn many_devices_failing_open_the_breaker_and_a_probe_that_ends_early_canno
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The first push once the breaker half-opens is the broken device's: it ends
-    // before any request. Its probe slot must come back, or the breaker stays shut.
-    app.publish_to("u-broken", "probe that ends early").await;
     eventually(
         "the breaker closed again and every device got its push",
         Duration::from_secs(20),
         || devices.iter().all(|d| app.delivered_to(d).len() == 1),
     )
     .await;
-    eventually("nothing pending", Duration::from_secs(10), || {
-        app.pending() == 0
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "herald stats shows it closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.sink.arrivals().len(),
+        6,
+        "nothing was sent while it was open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_probe_that_ends_before_any_request_gives_its_slot_back() {
+    let app = TestApp::start_with(|s| {
+        s.breaker.failures_to_open = 3;
+        s.breaker.open_for = Duration::from_millis(500);
     })
     .await;
-    let dead = app.dead_letters().await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].reason, "invalid_subscription");
+    let mut subs = Vec::new();
+    for n in 0..4 {
+        let id = app.register_device(&format!("u-{n}")).await;
+        let sub = herald::shared::subscriptions::Store::new(app.db.clone())
+            .get(&id)
+            .await
+            .expect("read")
+            .expect("stored")
+            .expect("readable");
+        subs.push(sub);
+    }
+    let event = |title: &str| {
+        let input: herald::shared::event::EventInput = serde_json::from_value(
+            json!({"topic": "t.a", "user": "u-0", "notification": {"title": title}}),
+        )
+        .expect("input");
+        input
+            .validate(app.settings.events.defaults(), chrono::Utc::now())
+            .expect("valid")
+    };
+    app.sink.add_faults("*", vec![Fault::status(503); 3]);
+    for sub in &subs[..3] {
+        assert!(!app.pusher.push(sub, &event("x"), 60).await.not_sent);
+    }
+    let held = app.pusher.push(&subs[3], &event("x"), 60).await;
+    assert!(held.not_sent, "the breaker is open: {held:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The probe: a subscription whose keys cannot make a message ends before any request.
+    let mut broken = subs[0].clone();
+    broken.p256dh = "BBBB".into();
+    let probe = app.pusher.push(&broken, &event("probe"), 60).await;
+    assert!(
+        !probe.not_sent
+            && matches!(
+                probe.outcome,
+                herald::deliver::push::Outcome::DeadLetter { .. }
+            ),
+        "the probe was let through and failed on herald's side: {probe:?}"
+    );
+    let next = app
+        .pusher
+        .push(&subs[3], &event("after the probe"), 60)
+        .await;
+    assert_eq!(
+        next.outcome,
+        herald::deliver::push::Outcome::Delivered,
+        "the probe's slot came back, so the next push probes, succeeds and closes the breaker: {next:?}"
+    );
+    assert!(app.pusher.state().open_breakers.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

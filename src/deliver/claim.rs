@@ -4,12 +4,15 @@
 //! this processor until it is settled, so that two processors (a reclaimer and
 //! a slow worker, a replay copy next to its pending original) never push one
 //! device at the same time. Heartbeats keep the entry's idle time low and
-//! extend its lease and lock while it runs, on a connection of their own.
+//! extend its lease, its key's lock and the claims of its devices not settled
+//! yet while it runs, on a connection of their own: a claim lasts as long as its
+//! push, however long it waits for a slot, and lapses a lease after a crash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use redis::Script;
 
 use super::ordering::Order;
@@ -37,6 +40,8 @@ pub(super) struct EntryCtx<'a> {
     pub order: Option<Order>,
     /// Who holds the device claims and the key's lock: `<consumer>/<entry id>`.
     pub holder: String,
+    /// Devices claimed and not settled yet: their claims are extended by heartbeats.
+    pub claimed: Mutex<HashSet<String>>,
 }
 
 impl<'a> EntryCtx<'a> {
@@ -53,6 +58,7 @@ impl<'a> EntryCtx<'a> {
             lease: keys.lease(partition, &entry.id),
             order: Order::of(keys, partition, event, fields),
             holder: format!("{}/{}", worker.consumer, entry.id),
+            claimed: Mutex::default(),
             entry,
             fields,
             event,
@@ -81,6 +87,27 @@ pub(super) enum Verdict {
     Superseded { by: String },
     /// As stored (`inspect`): '' for nothing yet.
     State(String),
+}
+
+/// Stops the heartbeats' extension of a device's claim once it is settled (dropped).
+pub(super) struct Settling<'c> {
+    claimed: &'c Mutex<HashSet<String>>,
+    device: &'c str,
+}
+
+impl<'c> Settling<'c> {
+    pub fn new(ctx: &'c EntryCtx<'_>, device: &'c str) -> Settling<'c> {
+        Settling {
+            claimed: &ctx.claimed,
+            device,
+        }
+    }
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        self.claimed.lock().remove(self.device);
+    }
 }
 
 /// What the first claim of an entry found.
@@ -121,7 +148,7 @@ impl Worker {
             .arg(self.policy.lease().as_millis() as u64)
             .arg(if first { "1" } else { "0" })
             .arg(&ctx.holder)
-            .arg(self.device_claim.as_millis() as u64)
+            .arg(self.policy.lease().as_millis() as u64)
             .arg(self.policy.markers_ttl().as_secs().max(1))
             .arg(ctx.order.as_ref().map_or("", |o| o.point.as_str()))
             .arg(self.register_ttl.as_secs().max(1))
@@ -163,6 +190,14 @@ impl Worker {
             verdicts.len(),
             devices.len()
         );
+        // From now until each is settled, heartbeats keep these claims alive.
+        let mut claimed = ctx.claimed.lock();
+        for (device, verdict) in devices.iter().zip(&verdicts) {
+            if matches!(verdict, Verdict::Claimed { .. }) {
+                claimed.insert(device.to_string());
+            }
+        }
+        drop(claimed);
         Ok(Begun::Ok(verdicts))
     }
 
@@ -195,24 +230,30 @@ impl Worker {
         }
     }
 
-    /// Resets the entry's idle time and extends its lease and key lock while it is
-    /// still ours (see `refresh.lua`).
+    /// Resets the entry's idle time and extends its lease, its key's lock and its
+    /// devices' claims while it is still ours (see `refresh.lua`).
     pub(super) async fn heartbeat(&self, ctx: &EntryCtx<'_>) {
         let (lock, holder) = ctx.lock();
+        let devices: Vec<String> = ctx.claimed.lock().iter().cloned().collect();
         let refreshed: anyhow::Result<i64> = async {
             let mut conn = self.db.side_conn().await?;
-            Ok(script(&REFRESH, include_str!("refresh.lua"))
+            let mut invocation = script(&REFRESH, include_str!("refresh.lua")).prepare_invoke();
+            invocation
                 .key(&ctx.entry.stream)
                 .key(&ctx.lease)
                 .key(lock)
+                .key(&ctx.outcomes)
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg(&ctx.entry.id)
                 .arg(self.policy.lease().as_millis() as u64)
                 .arg(if self.noack { "1" } else { "0" })
                 .arg(holder)
-                .invoke_async(&mut conn)
-                .await?)
+                .arg(&ctx.holder);
+            for device in &devices {
+                invocation.arg(device);
+            }
+            Ok(invocation.invoke_async(&mut conn).await?)
         }
         .await;
         match refreshed {

@@ -16,7 +16,7 @@ use futures::future::Either;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
-use super::claim::{Begun, EntryCtx, Verdict, CHUNK};
+use super::claim::{Begun, EntryCtx, Settling, Verdict, CHUNK};
 use super::entry::panic_message;
 use super::push::{Outcome, PushReport};
 use super::route::Target;
@@ -104,6 +104,8 @@ impl Worker {
     }
 
     async fn device(&self, ctx: &EntryCtx<'_>, target: &Target, verdict: Verdict) -> DeviceOutcome {
+        // However this ends, the device's claim is no longer extended afterwards.
+        let _settling = Settling::new(ctx, target.id());
         let previous = match verdict {
             Verdict::Claimed { previous } => previous,
             Verdict::Done(state) => return DeviceOutcome::Settled(settled_kind(&state)),
@@ -164,6 +166,7 @@ impl Worker {
             tracing::info!(subscription = %sub.id, ttl = ctx.event.ttl, "the event's TTL is over; not sent");
             self.settle_device(ctx, &sub.id, Mode::Mark, "expired")
                 .await;
+            self.unorder(ctx, &sub.id).await;
             return DeviceOutcome::Settled("expired");
         };
         let report = {

@@ -114,9 +114,6 @@ pub struct Worker {
     fanout_width: usize,
     /// What becomes of a topic event that matches no subscription.
     unroutable: Unroutable,
-    /// How long a device's claim lasts: longer than any one push can take (a wait
-    /// for its service's slot, the request, and a lease to record its outcome).
-    device_claim: Duration,
     /// How long a key's ordering register outlives its last event.
     register_ttl: Duration,
     /// How often the push services' state is reported to Redis (for `herald stats`).
@@ -146,12 +143,6 @@ impl Worker {
                 alerts,
                 policy.markers_ttl(),
             ),
-            device_claim: settings
-                .push
-                .connect_timeout
-                .saturating_mul(2)
-                .saturating_add(settings.push.request_timeout)
-                .saturating_add(policy.lease()),
             register_ttl: policy.markers_ttl().max(settings.events.dedup_window),
             policy,
             group: settings.worker.group.clone(),

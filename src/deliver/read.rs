@@ -1,10 +1,17 @@
 //! Reading entries: `XREADGROUP … BLOCK` on a connection of its own per
-//! partition. At start, and after a read failed (a read lost with its
-//! connection may have taken entries), this consumer's own pending entries
-//! come first: listed with `XPENDING`; the ones still in progress in this
-//! process are left alone, and the others are taken back with `XCLAIM`, which
-//! counts the attempt about to be made. (Re-reading them all with
-//! `XREADGROUP … 0` would count attempts for entries nobody pushes again.)
+//! partition. At start, and after a read failed, this consumer's own pending
+//! entries come first, listed with `XPENDING` and taken back with `XCLAIM`:
+//!
+//! - one still in progress in this process, or waiting for its retry (its last
+//!   attempt left a hint), is left alone: the reclaimer retries it on time;
+//! - at start, any other (a crash cut its attempt short) is taken back, and the
+//!   attempt about to be made counts;
+//! - after a read failed, any other was taken by the read that was lost with
+//!   its connection and never attempted: taken back without counting
+//!   (`RETRYCOUNT`), since its read counted already.
+//!
+//! (Re-reading them all with `XREADGROUP … 0` would count attempts for entries
+//! nobody pushes, and retry waiting ones early.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -52,6 +59,7 @@ impl Worker {
         // This consumer's own pending entries are taken first, after the id of the
         // last one taken (so none is taken twice); `None` once they are all taken.
         let mut own_pending_after: Option<String> = Some("-".into());
+        let mut recovery = Recovery::Start;
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
             // Read only when a slot is free, and no more than are free now. The slots
@@ -62,7 +70,7 @@ impl Worker {
             };
             let count = (1 + self.entry_permits.available_permits()).min(self.batch_size);
             let read = match &own_pending_after {
-                Some(after) => match self.own_pending(&stream, after, count).await {
+                Some(after) => match self.own_pending(&stream, after, count, recovery).await {
                     Ok((entries, next)) => {
                         own_pending_after = next;
                         Ok(entries)
@@ -104,6 +112,7 @@ impl Worker {
                         conn = None;
                         // A read lost with the connection may have taken entries: look at our own first.
                         own_pending_after = Some("-".into());
+                        recovery = Recovery::LostRead;
                     }
                     backoff(failures, &shutdown).await;
                     continue;
@@ -152,14 +161,15 @@ impl Worker {
     }
 
     /// This consumer's own pending entries after `after` (an `XPENDING` range
-    /// start), up to `count` listed, the ones not in progress here claimed back
-    /// for an attempt (deleted ones come back without fields: a tombstone); and
-    /// where the listing goes on, unless it reached the end.
+    /// start), up to `count` listed: the ones neither in progress here nor waiting
+    /// for a retry, taken back for an attempt (deleted ones come back without
+    /// fields: a tombstone); and where the listing goes on, unless it reached the end.
     async fn own_pending(
         &self,
         stream: &str,
         after: &str,
         count: usize,
+        recovery: Recovery,
     ) -> anyhow::Result<(Vec<Entry>, Option<String>)> {
         if self.noack {
             return Ok((Vec::new(), None));
@@ -185,15 +195,41 @@ impl Worker {
                 .map(|(id, _, _, deliveries)| (id, deliveries))
                 .collect()
         };
-        let mut entries = Vec::with_capacity(idle.len());
+        // A hint written at the entry's current delivery count: its retry is the reclaimer's.
+        let partition = self.db.keys.partition_of(stream).unwrap_or(0);
+        let mut waiting = Vec::with_capacity(idle.len());
         if !idle.is_empty() {
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(self.db.keys.retry_at(partition));
+            for (id, _) in &idle {
+                hmget.arg(id);
+            }
+            let hints: Vec<Option<String>> = hmget.query_async(&mut conn).await?;
+            waiting = idle
+                .iter()
+                .zip(hints)
+                .map(|((_, deliveries), hint)| {
+                    hint.and_then(|h| h.split(' ').nth(2).map(str::to_string))
+                        .and_then(|d| d.parse::<u64>().ok())
+                        == Some(*deliveries)
+                })
+                .collect();
+        }
+        let take: Vec<(String, u64)> = idle
+            .into_iter()
+            .zip(waiting)
+            .filter(|(_, waiting)| !waiting)
+            .map(|(row, _)| row)
+            .collect();
+        let mut entries = Vec::with_capacity(take.len());
+        if !take.is_empty() {
             let mut claim = redis::cmd("XCLAIM");
             claim
                 .arg(stream)
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg(0);
-            for (id, _) in &idle {
+            for (id, _) in &take {
                 claim.arg(id);
             }
             let reply: Value = claim.query_async(&mut conn).await?;
@@ -201,24 +237,68 @@ impl Worker {
                 .into_iter()
                 .map(|e| (e.id.clone(), e))
                 .collect();
-            for (id, deliveries) in idle {
-                let entry = claimed.remove(&id).unwrap_or(Entry {
-                    stream: stream.to_string(),
-                    id,
-                    // Not claimed: deleted or trimmed while pending (Redis drops it from the
-                    // pending list as it tries): a tombstone records it.
-                    fields: None,
-                    deliveries,
-                });
+            let mut keep_count = redis::pipe();
+            for (id, deliveries) in take {
+                let entry = match claimed.remove(&id) {
+                    Some(entry) => entry,
+                    None => {
+                        // Not claimed: deleted or trimmed while pending (Redis drops it from
+                        // the pending list as it tries), or acknowledged meanwhile.
+                        let exists: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+                            .arg(stream)
+                            .arg(&id)
+                            .arg(&id)
+                            .query_async(&mut conn)
+                            .await?;
+                        if !exists.is_empty() {
+                            continue;
+                        }
+                        Entry {
+                            stream: stream.to_string(),
+                            id,
+                            fields: None,
+                            deliveries,
+                        }
+                    }
+                };
+                let deliveries = match recovery {
+                    Recovery::Start => deliveries + 1,
+                    Recovery::LostRead => {
+                        // Its read counted already; the claim must not count again.
+                        keep_count
+                            .cmd("XCLAIM")
+                            .arg(stream)
+                            .arg(&self.group)
+                            .arg(&self.consumer)
+                            .arg(0)
+                            .arg(&entry.id)
+                            .arg("RETRYCOUNT")
+                            .arg(deliveries)
+                            .arg("JUSTID")
+                            .ignore();
+                        deliveries
+                    }
+                };
                 entries.push(Entry {
-                    deliveries: deliveries + 1,
+                    deliveries,
                     ..entry
                 });
             }
+            keep_count.query_async::<()>(&mut conn).await?;
         }
         entries.sort_by(|a, b| compare_ids(&a.id, &b.id));
         Ok((entries, full.then(|| format!("({last}"))))
     }
+}
+
+/// Why this consumer's own pending entries are being taken back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// The process (re)started: an attempt cut short by its end counted already,
+    /// and the one about to be made counts too.
+    Start,
+    /// A read failed: what it delivered was lost with its connection, never attempted.
+    LostRead,
 }
 
 /// Waits a little longer after each consecutive failure (100 ms doubling to 5 s), or until shutdown.

@@ -1,16 +1,19 @@
 -- Heartbeat of an entry in progress: reset its idle time (XCLAIM ... JUSTID,
--- which leaves the delivery count alone) and extend its lease and its key's
--- lock, but only while it is still this consumer's: never take it back from
--- one that claimed it.
+-- which leaves the delivery count alone), extend its lease, its key's lock and
+-- the claims of its devices not settled yet, but only while it is still this
+-- consumer's: never take anything back from one that claimed it.
 -- KEYS[1] the stream
 -- KEYS[2] the entry's lease
 -- KEYS[3] the ordering key's lock (KEYS[2] again when the event is not ordered)
+-- KEYS[4] the event's outcomes hash (device states)
 -- ARGV[1] consumer group
 -- ARGV[2] this consumer
 -- ARGV[3] the entry id
--- ARGV[4] life of the lease and of the lock, ms
+-- ARGV[4] life of the lease, the lock and the claims, ms
 -- ARGV[5] '1' when entries are read with NOACK (never pending)
 -- ARGV[6] the lock's holder, '' when the event is not ordered
+-- ARGV[7] the device claims' holder ('<consumer>/<entry id>')
+-- ARGV[8..] subscription ids of devices claimed and not settled yet
 -- Returns 1 when refreshed, 0 when the entry is no longer this consumer's.
 if ARGV[5] ~= '1' then
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
@@ -24,5 +27,16 @@ if redis.call('GET', KEYS[2]) == ARGV[2] then
 end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+if #ARGV >= 8 then
+  local t = redis.call('TIME')
+  local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
+  local mine = 'pushing ' .. ARGV[7] .. ' '
+  for i = 8, #ARGV do
+    local state = redis.call('HGET', KEYS[4], ARGV[i])
+    if state and string.sub(state, 1, #mine) == mine then
+      redis.call('HSET', KEYS[4], ARGV[i], mine .. until_ms)
+    end
+  end
 end
 return 1

@@ -78,9 +78,9 @@ pub(super) struct Attempt {
 pub(super) enum Mode {
     /// A settled state, always written.
     Mark,
-    /// The last failure, unless the device was settled meanwhile.
+    /// The last failure, while the device is still claimed by this processor.
     Fail,
-    /// Nothing was sent: the previous state goes back.
+    /// Nothing was sent: the previous state goes back (same condition).
     Unclaim,
 }
 
@@ -165,7 +165,8 @@ impl Worker {
         ctx: &EntryCtx<'_>,
         why: &DeadLetter,
     ) -> anyhow::Result<String> {
-        self.dead_letters
+        let id = self
+            .dead_letters
             .write(
                 &ctx.entry.stream,
                 &ctx.entry.id,
@@ -174,7 +175,21 @@ impl Worker {
                 why,
                 false,
             )
-            .await
+            .await?;
+        if let Some(sub) = &why.subscription {
+            self.unorder(ctx, sub).await;
+        }
+        Ok(id)
+    }
+
+    /// The event ended for a device without reaching it: it no longer supersedes
+    /// older events of its key there.
+    pub(super) async fn unorder(&self, ctx: &EntryCtx<'_>, sub: &str) {
+        if let Some(order) = &ctx.order {
+            if let Err(e) = order.forget(&self.db, sub).await {
+                tracing::warn!(subscription = %sub, error = %format!("{e:#}"), "cannot clear the key's register for the device; an older event of the key may be skipped for it");
+            }
+        }
     }
 
     pub(super) async fn dead_letter_entry(&self, entry: &Entry, why: DeadLetter) -> EntryOutcome {

@@ -5,10 +5,11 @@
 //! service's answers in that window. One device's failures, however many, only
 //! concern that device (see [`super::pacing`]).
 //!
-//! While open, nothing is sent there: pushes come back "not sent, retry after
-//! the breaker closes" without a request. When the time is up one push goes
-//! through (half-open); its success closes the breaker, its failure opens it
-//! again. The probe's slot is given back on every way out of a push (an
+//! While open (`breaker.open_for`: no one device's `Retry-After` decides for
+//! the whole service), nothing is sent there: pushes come back "not sent, retry
+//! after the breaker closes" without a request. When the time is up one push
+//! goes through (half-open); its success closes the breaker, its failure opens
+//! it again, except a `429`, which is about that one device. The probe's slot is given back on every way out of a push (an
 //! [`Admission`] dropped without an answer), so a breaker always closes again
 //! once the service answers well.
 //!
@@ -46,11 +47,11 @@ struct State {
 pub enum Signal<'a> {
     /// The service works (any answer that says nothing against its health is this too).
     Healthy,
-    /// A connect error, timeout, 5xx, 429 or 401/403 for this subscription; `wait`
-    /// is the service's own `Retry-After`, already bounded.
+    /// A connect error, timeout, 5xx, 429 or 401/403 for this subscription;
+    /// `throttled` for a 429 (or WNS's 406): about that device first.
     Failure {
         subscription: &'a str,
-        wait: Option<Duration>,
+        throttled: bool,
     },
 }
 
@@ -146,6 +147,13 @@ impl Breakers {
         if probe {
             state.probing = false;
         }
+        // A probe refused with one device's 429 says the service answers: it closes.
+        let signal = match signal {
+            Signal::Failure {
+                throttled: true, ..
+            } if probe => Signal::Healthy,
+            other => other,
+        };
         self.count(state, matches!(signal, Signal::Healthy), now);
         match signal {
             Signal::Healthy => {
@@ -159,7 +167,7 @@ impl Breakers {
                     );
                 }
             }
-            Signal::Failure { subscription, wait } => {
+            Signal::Failure { subscription, .. } => {
                 let window = self.settings.window;
                 state.failures.push_back((now, hash(subscription)));
                 while state
@@ -173,10 +181,9 @@ impl Breakers {
                 while state.failures.len() > need.saturating_mul(4).max(16) {
                     state.failures.pop_front();
                 }
-                let open_for = wait.unwrap_or(self.settings.open_for);
                 // A failed probe opens it again; otherwise only enough evidence opens it.
                 if probe || (state.open_until.is_none() && self.service_failing(state)) {
-                    self.open_state(origin, state, open_for, now);
+                    self.open_state(origin, state, self.settings.open_for, now);
                 }
             }
         }
@@ -250,7 +257,7 @@ mod tests {
     fn fail<'a>(sub: &'a str) -> Signal<'a> {
         Signal::Failure {
             subscription: sub,
-            wait: None,
+            throttled: false,
         }
     }
 
@@ -299,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_probe_opens_again_for_the_services_own_wait() {
+    fn a_failed_probe_opens_again_but_one_devices_429_does_not() {
         let b = breakers();
         let t0 = Instant::now();
         for s in ["a", "b", "c"] {
@@ -311,12 +318,26 @@ mod tests {
             P,
             Signal::Failure {
                 subscription: "a",
-                wait: Some(Duration::from_secs(120)),
+                throttled: true,
             },
             true,
             later,
         );
-        assert_eq!(b.admit(P, later).err(), Some(Duration::from_secs(120)));
+        assert!(
+            b.admit(P, later).is_ok(),
+            "one device's 429 is no verdict on the service"
+        );
+        for s in ["a", "b", "c"] {
+            b.record(P, fail(s), false, later);
+        }
+        let again = later + Duration::from_secs(30);
+        let _probe = b.admit(P, again).expect("the probe");
+        b.record(P, fail("d"), true, again);
+        assert_eq!(
+            b.admit(P, again).err(),
+            Some(Duration::from_secs(30)),
+            "a probe's 503 opens it again, for breaker.open_for"
+        );
     }
 
     #[test]
@@ -347,18 +368,14 @@ mod tests {
 
     #[test]
     fn the_longest_wait_cannot_overflow() {
-        let b = breakers();
+        let b = Breakers::new(BreakerSettings {
+            failures_to_open: 3,
+            window: Duration::from_secs(10),
+            open_for: Duration::MAX,
+        });
         let t0 = Instant::now();
         for s in ["a", "b", "c"] {
-            b.record(
-                P,
-                Signal::Failure {
-                    subscription: s,
-                    wait: Some(Duration::MAX),
-                },
-                false,
-                t0,
-            );
+            b.record(P, fail(s), false, t0);
         }
         assert!(
             b.admit(P, t0).is_err(),

@@ -246,23 +246,20 @@ impl Pusher {
                 tracing::info!(%origin, status = ?report.status, "push service refused the VAPID token; signing a new one and trying once more");
                 continue;
             }
-            let signal = match (&report.outcome, report.status) {
-                (Outcome::Retry { .. }, _)
-                | (
-                    Outcome::DeadLetter {
-                        reason: "push_unauthorized",
-                    },
-                    _,
-                ) => breaker::Signal::Failure {
+            // 429 (and WNS's 406, which classify makes a retry) is about this device first.
+            let throttled = matches!(report.status, Some(429 | 406))
+                && matches!(report.outcome, Outcome::Retry { .. });
+            let signal = match &report.outcome {
+                Outcome::Retry { .. }
+                | Outcome::DeadLetter {
+                    reason: "push_unauthorized",
+                } => breaker::Signal::Failure {
                     subscription: &sub.id,
-                    wait,
+                    throttled,
                 },
                 _ => breaker::Signal::Healthy,
             };
             admission.record(signal);
-            // 429 (and WNS's 406, which classify makes a retry) is about this device first.
-            let throttled = matches!(report.status, Some(429 | 406))
-                && matches!(report.outcome, Outcome::Retry { .. });
             if throttled {
                 self.pacing.slow_down(&sub.id, wait, Instant::now());
             }

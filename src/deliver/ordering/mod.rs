@@ -9,7 +9,8 @@
 //!
 //! - the key's **register**, a hash of subscription → the newest event of the
 //!   key claimed for that device, compared and set as each device is claimed
-//!   (`claim.lua`);
+//!   (`claim.lua`), and forgotten again when that event ends for the device
+//!   without reaching it (dead-lettered, expired: `forget.lua`);
 //! - the key's **lock**, so that the events of one key are processed one at a
 //!   time across workers (an older push can never land after a newer one). It
 //!   lives as long as its entry's lease: heartbeats extend both. An event that
@@ -17,8 +18,12 @@
 //!
 //! A forced replay pushes history again on purpose: it is not ordered.
 
+use std::sync::OnceLock;
+
+use redis::Script;
 use sha2::{Digest, Sha256};
 
+use crate::shared::db::{script, Db};
 use crate::shared::event::{hex_lower, Event};
 use crate::shared::keys::Keys;
 use crate::shared::stream::REPLAY_RUN;
@@ -50,6 +55,23 @@ impl Order {
             register: keys.order(partition, &digest),
             point: format!("{} {}", event.due_at().timestamp_millis().max(0), event.id),
         })
+    }
+}
+
+static FORGET: OnceLock<Script> = OnceLock::new();
+
+impl Order {
+    /// The event ended for `subscription` without reaching it: unless a newer
+    /// event took its place meanwhile, the device's register forgets it.
+    pub async fn forget(&self, db: &Db, subscription: &str) -> anyhow::Result<()> {
+        let mut conn = db.conn().await?;
+        let _: i64 = script(&FORGET, include_str!("forget.lua"))
+            .key(&self.register)
+            .arg(subscription)
+            .arg(&self.point)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
     }
 }
 
