@@ -587,9 +587,11 @@ async fn a_newer_update_that_never_reached_a_device_does_not_supersede_an_older_
     app.run_roles();
     app.publish(update("u-1", "car-1", &ago(1_000), "newer, refused"))
         .await;
-    eventually("the newer one is dead-lettered", Duration::from_secs(5), || {
-        app.pending() == 0 && app.attempts_at(&device).len() == 1
-    })
+    eventually(
+        "the newer one is dead-lettered",
+        Duration::from_secs(5),
+        || app.pending() == 0 && app.attempts_at(&device).len() == 1,
+    )
     .await;
     let older = app
         .publish(update("u-1", "car-1", &ago(5_000), "older, arriving late"))

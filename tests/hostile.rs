@@ -118,7 +118,7 @@ async fn an_error_body_that_never_ends_or_trickles_is_cut_short() {
     eventually(
         "the bad device is dead-lettered",
         Duration::from_secs(30),
-        || app.pending() == 0,
+        || app.attempts_at(&bad).len() == 2 && app.pending() == 0,
     )
     .await;
     let dead = app.dead_letters().await;
@@ -532,6 +532,12 @@ async fn retries_end_at_retry_max_age_with_the_last_status_and_no_second_push() 
         .add_faults(&throttled, vec![Fault::retry_after(429, "1"); 200]);
     app.run_roles();
     app.publish_to("u-1", "x").await;
+    eventually(
+        "the first push was throttled",
+        Duration::from_secs(5),
+        || !app.attempts_at(&throttled).is_empty(),
+    )
+    .await;
     eventually(
         "the entry ends at retry.max_age",
         Duration::from_secs(15),

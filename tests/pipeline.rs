@@ -252,7 +252,10 @@ async fn a_worker_restarted_under_the_same_name_first_finishes_its_own_pending_e
     }
     assert_eq!(app.pending(), 5);
 
-    // The same consumer name (a restart with worker.consumer set) reads its pending list first.
+    // The same consumer name (a restart with worker.consumer set) takes back its own
+    // pending entries first, once they are due (their backoff here is 100 ms); no
+    // reclaimer runs in this test.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let worker = app.run_worker();
     eventually(
         "the pending entries to be delivered",

@@ -29,6 +29,8 @@ mod read;
 pub mod route;
 mod settle;
 
+pub use settle::Hint;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,12 +2,14 @@
 //! partition. At start, and after a read failed, this consumer's own pending
 //! entries come first, listed with `XPENDING` and taken back with `XCLAIM`:
 //!
-//! - one still in progress in this process, or waiting for its retry (its last
-//!   attempt left a hint), is left alone: the reclaimer retries it on time;
-//! - at start, any other (a crash cut its attempt short) is taken back, and the
-//!   attempt about to be made counts;
-//! - after a read failed, any other was taken by the read that was lost with
-//!   its connection and never attempted: taken back without counting
+//! - one still in progress in this process is left alone;
+//! - one whose last attempt left a retry hint is taken back only when it is
+//!   due (its backoff and hint, as the reclaimer judges), at start; otherwise
+//!   the reclaimer retries it on time;
+//! - at start, one without a hint (a crash cut its attempt short) is taken
+//!   back at once, and the attempt about to be made counts;
+//! - after a read failed, one without a hint was taken by the read that was
+//!   lost with its connection and never attempted: taken back without counting
 //!   (`RETRYCOUNT`), since its read counted already.
 //!
 //! (Re-reading them all with `XREADGROUP … 0` would count attempts for entries
@@ -22,6 +24,7 @@ use redis::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::settle::Hint;
 use super::{BatchOutcome, Worker};
 use crate::shared::stream::{compare_ids, is_nogroup, parse_entries, parse_entry_list, Entry};
 
@@ -188,38 +191,35 @@ impl Worker {
             return Ok((Vec::new(), None));
         };
         let (last, full) = (last.clone(), rows.len() == count);
-        let idle: Vec<(String, u64)> = {
+        let idle: Vec<(String, u64, u64)> = {
             let in_flight = self.in_flight.lock();
             rows.into_iter()
                 .filter(|(id, ..)| !in_flight.contains(id))
-                .map(|(id, _, _, deliveries)| (id, deliveries))
+                .map(|(id, _, idle_ms, deliveries)| (id, idle_ms, deliveries))
                 .collect()
         };
-        // A hint written at the entry's current delivery count: its retry is the reclaimer's.
         let partition = self.db.keys.partition_of(stream).unwrap_or(0);
-        let mut waiting = Vec::with_capacity(idle.len());
-        if !idle.is_empty() {
-            let mut hmget = redis::cmd("HMGET");
-            hmget.arg(self.db.keys.retry_at(partition));
-            for (id, _) in &idle {
-                hmget.arg(id);
-            }
-            let hints: Vec<Option<String>> = hmget.query_async(&mut conn).await?;
-            waiting = idle
-                .iter()
-                .zip(hints)
-                .map(|((_, deliveries), hint)| {
-                    hint.and_then(|h| h.split(' ').nth(2).map(str::to_string))
-                        .and_then(|d| d.parse::<u64>().ok())
-                        == Some(*deliveries)
-                })
-                .collect();
-        }
-        let take: Vec<(String, u64)> = idle
+        let listed: Vec<(&str, u64)> = idle.iter().map(|(id, _, d)| (id.as_str(), *d)).collect();
+        let hints = Hint::read(&mut conn, &self.db.keys.retry_at(partition), &listed).await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        // (id, its delivery count, whether this attempt counts)
+        let take: Vec<(String, u64, bool)> = idle
             .into_iter()
-            .zip(waiting)
-            .filter(|(_, waiting)| !waiting)
-            .map(|(row, _)| row)
+            .zip(hints)
+            .filter_map(|((id, idle_ms, deliveries), hint)| match (hint, recovery) {
+                (None, Recovery::Start) => Some((id, deliveries, true)),
+                (None, Recovery::LostRead) => Some((id, deliveries, false)),
+                (Some(_), Recovery::LostRead) => None,
+                (Some(hint), Recovery::Start) => self
+                    .policy
+                    .is_due(
+                        Duration::from_millis(idle_ms),
+                        deliveries,
+                        crate::shared::retry::seed_for(&id),
+                        hint.wait_left(now_ms),
+                    )
+                    .then_some((id, deliveries, hint.counted)),
+            })
             .collect();
         let mut entries = Vec::with_capacity(take.len());
         if !take.is_empty() {
@@ -229,7 +229,7 @@ impl Worker {
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg(0);
-            for (id, _) in &take {
+            for (id, ..) in &take {
                 claim.arg(id);
             }
             let reply: Value = claim.query_async(&mut conn).await?;
@@ -238,7 +238,7 @@ impl Worker {
                 .map(|e| (e.id.clone(), e))
                 .collect();
             let mut keep_count = redis::pipe();
-            for (id, deliveries) in take {
+            for (id, deliveries, counts) in take {
                 let entry = match claimed.remove(&id) {
                     Some(entry) => entry,
                     None => {
@@ -261,30 +261,31 @@ impl Worker {
                         }
                     }
                 };
-                let deliveries = match recovery {
-                    Recovery::Start => deliveries + 1,
-                    Recovery::LostRead => {
-                        // Its read counted already; the claim must not count again.
-                        keep_count
-                            .cmd("XCLAIM")
-                            .arg(stream)
-                            .arg(&self.group)
-                            .arg(&self.consumer)
-                            .arg(0)
-                            .arg(&entry.id)
-                            .arg("RETRYCOUNT")
-                            .arg(deliveries)
-                            .arg("JUSTID")
-                            .ignore();
-                        deliveries
-                    }
+                let deliveries = if counts {
+                    deliveries + 1
+                } else {
+                    // Its read (or its last attempt, which sent nothing) counted already.
+                    keep_count
+                        .cmd("XCLAIM")
+                        .arg(stream)
+                        .arg(&self.group)
+                        .arg(&self.consumer)
+                        .arg(0)
+                        .arg(&entry.id)
+                        .arg("RETRYCOUNT")
+                        .arg(deliveries)
+                        .arg("JUSTID")
+                        .ignore();
+                    deliveries
                 };
                 entries.push(Entry {
                     deliveries,
                     ..entry
                 });
             }
-            keep_count.query_async::<()>(&mut conn).await?;
+            if keep_count.cmd_iter().next().is_some() {
+                keep_count.query_async::<()>(&mut conn).await?;
+            }
         }
         entries.sort_by(|a, b| compare_ids(&a.id, &b.id));
         Ok((entries, full.then(|| format!("({last}"))))

@@ -371,9 +371,7 @@ impl Worker {
         }
     }
 
-    /// `{P:pN}:retry-at`: `<not before, unix ms> <counted|held> <deliveries>`. The
-    /// delivery count ties the hint to this attempt: a later attempt that writes no
-    /// hint of its own leaves a stale one, which the reclaimer then ignores.
+    /// `{P:pN}:retry-at`: see [`Hint`].
     async fn write_hint(&self, entry: &Entry, partition: u32, wait: Duration, counted: bool) {
         let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         let until = chrono::Utc::now()
@@ -478,6 +476,54 @@ impl Worker {
                 reason: format!("processed, but XACK failed: {e:#}"),
             },
         }
+    }
+}
+
+/// The retry hint an attempt leaves for a pending entry, in `{P:pN}:retry-at`:
+/// `<not before, unix ms> <counted|held> <deliveries>`. The delivery count ties
+/// the hint to the attempt that wrote it: once the entry was delivered again, a
+/// hint left from before is stale and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint {
+    pub until_ms: i64,
+    /// The attempt sent something (a retry of it counts); `held` otherwise.
+    pub counted: bool,
+}
+
+impl Hint {
+    /// How long the entry must still wait at `now_ms`.
+    pub fn wait_left(&self, now_ms: i64) -> Duration {
+        Duration::from_millis(u64::try_from(self.until_ms.saturating_sub(now_ms)).unwrap_or(0))
+    }
+
+    /// The current hint of each `(stream id, delivery count)` listed, from the
+    /// partition's `retry-at` hash (`key`).
+    pub async fn read(
+        conn: &mut deadpool_redis::Connection,
+        key: &str,
+        entries: &[(&str, u64)],
+    ) -> anyhow::Result<Vec<Option<Hint>>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(key);
+        for (id, _) in entries {
+            cmd.arg(*id);
+        }
+        let values: Vec<Option<String>> = cmd.query_async(conn).await?;
+        Ok(entries
+            .iter()
+            .zip(values)
+            .map(|((_, deliveries), value)| {
+                let text = value?;
+                let mut parts = text.split(' ');
+                let until_ms = parts.next()?.parse::<i64>().ok()?;
+                let counted = parts.next()? == "counted";
+                let written_at = parts.next()?.parse::<u64>().ok()?;
+                (written_at == *deliveries).then_some(Hint { until_ms, counted })
+            })
+            .collect())
     }
 }
 

@@ -21,7 +21,7 @@ use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::deliver::{EntryOutcome, Worker};
+use crate::deliver::{EntryOutcome, Hint, Worker};
 use crate::recover::retention::Retention;
 use crate::shared::config::Settings;
 use crate::shared::retry::seed_for;
@@ -53,12 +53,6 @@ struct Due<'a> {
     /// Its last attempt sent nothing: the claim keeps the delivery count.
     uncounted: bool,
     min_idle: Duration,
-}
-
-/// The retry hint of an entry's last attempt: not before when, and whether it counted.
-struct Hint {
-    until_ms: i64,
-    uncounted: bool,
 }
 
 /// The reclaimer. `run` it, or step it with [`Reclaimer::scan`].
@@ -229,7 +223,12 @@ impl Reclaimer {
             let full = page.len() == self.scan_batch;
             scanned += page.len();
 
-            let hints = self.hints(partition, &page).await?;
+            let listed: Vec<(&str, u64)> =
+                page.iter().map(|p| (p.id.as_str(), p.deliveries)).collect();
+            let hints = {
+                let mut conn = db.conn().await?;
+                Hint::read(&mut conn, &db.keys.retry_at(partition), &listed).await?
+            };
             let now = chrono::Utc::now();
             let mut due: Vec<Due> = Vec::new();
             for (p, hint) in page.iter().zip(hints) {
@@ -242,10 +241,9 @@ impl Reclaimer {
                     });
                     continue;
                 }
-                let (until_ms, uncounted) = hint.map_or((0, false), |h| (h.until_ms, h.uncounted));
-                let wait_left = Duration::from_millis(
-                    u64::try_from(until_ms.saturating_sub(now.timestamp_millis())).unwrap_or(0),
-                );
+                let uncounted = hint.is_some_and(|h| !h.counted);
+                let wait_left =
+                    hint.map_or(Duration::ZERO, |h| h.wait_left(now.timestamp_millis()));
                 let seed = seed_for(&p.id);
                 if policy.is_due(p.idle, p.deliveries, seed, wait_left) {
                     let min_idle = policy.backoff(p.deliveries, seed);
@@ -321,34 +319,6 @@ impl Reclaimer {
                 id,
                 idle: Duration::from_millis(idle_ms),
                 deliveries,
-            })
-            .collect())
-    }
-
-    /// The retry hint of each entry's last attempt, when it is still the latest:
-    /// a hint written at another delivery count than the entry's now is stale.
-    async fn hints(&self, partition: u32, page: &[Pending]) -> anyhow::Result<Vec<Option<Hint>>> {
-        let db = self.worker.db();
-        let mut conn = db.conn().await?;
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(db.keys.retry_at(partition));
-        for p in page {
-            cmd.arg(&p.id);
-        }
-        let values: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
-        Ok(page
-            .iter()
-            .zip(values)
-            .map(|(p, v)| {
-                let text = v?;
-                let mut parts = text.split(' ');
-                let until_ms = parts.next()?.parse::<i64>().ok()?;
-                let uncounted = parts.next()? == "held";
-                let written_at = parts.next()?.parse::<u64>().ok()?;
-                (written_at == p.deliveries).then_some(Hint {
-                    until_ms,
-                    uncounted,
-                })
             })
             .collect())
     }
