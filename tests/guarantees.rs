@@ -603,3 +603,48 @@ async fn a_newer_update_that_never_reached_a_device_does_not_supersede_an_older_
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_ttl_is_over_is_not_replayed_and_its_dead_letter_stays() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-1").await;
+    app.sink.add_faults(&device, vec![Fault::status(400)]);
+    app.run_roles();
+    app.publish(
+        json!({"topic": "t.a", "user": "u-1", "ttl": 1, "notification": {"title": "short-lived"}}),
+    )
+    .await;
+    eventually("dead-lettered", Duration::from_secs(5), || {
+        app.attempts_at(&device).len() == 1 && app.pending() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let refused = app
+        .worker
+        .dead_letters()
+        .replay(&dead[0])
+        .await
+        .expect_err("nothing left to deliver")
+        .to_string();
+    assert!(
+        refused.contains("TTL") && refused.contains("purge"),
+        "{refused}"
+    );
+    assert_eq!(app.dead_letters().await.len(), 1, "the dead letter is kept");
+    let summary = Replayer::new(app.db.clone())
+        .run(
+            &Plan {
+                from: Bound::parse("1h", false).expect("bound"),
+                to: None,
+                topic: None,
+                force: true,
+            },
+            |_| {},
+        )
+        .await
+        .expect("replay");
+    assert_eq!((summary.replayed, summary.skipped_expired), (0, 1));
+    assert_eq!(app.stream_len(), 1, "no copy was added");
+}

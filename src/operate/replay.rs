@@ -68,6 +68,8 @@ pub struct Summary {
     pub skipped_topic: u64,
     /// Copies of earlier replays in the range, not replayed again.
     pub skipped_copies: u64,
+    /// Events whose TTL is over (counted from when they were due): nothing left to deliver.
+    pub skipped_expired: u64,
     /// The run id forced copies carry (`--force` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -78,11 +80,18 @@ enum Choice {
     Replay,
     OtherTopic,
     Copy,
+    /// Its TTL is over: every push of it would be settled as expired.
+    Expired,
 }
 
 fn choose(fields: &HashMap<String, String>, topic: Option<&PatternTrie>) -> Choice {
     if fields.contains_key(REPLAY_OF) {
         return Choice::Copy;
+    }
+    if crate::shared::event::Event::from_fields(fields)
+        .is_ok_and(|e| e.ttl_left(chrono::Utc::now()).is_none())
+    {
+        return Choice::Expired;
     }
     if let Some(trie) = topic {
         let mut hits = std::collections::HashSet::new();
@@ -207,6 +216,7 @@ impl Replayer {
                 match choose(fields, trie.as_ref()) {
                     Choice::Copy => summary_ref.skipped_copies += 1,
                     Choice::OtherTopic => summary_ref.skipped_topic += 1,
+                    Choice::Expired => summary_ref.skipped_expired += 1,
                     Choice::Replay => {
                         let mut cmd = redis::cmd("XADD");
                         cmd.arg(&stream).arg("*");
@@ -305,8 +315,8 @@ pub async fn run_cli(
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "replayed {} event(s); skipped {} of other topics and {} copies of earlier replays",
-            summary.replayed, summary.skipped_topic, summary.skipped_copies
+            "replayed {} event(s); skipped {} of other topics, {} copies of earlier replays and {} whose TTL is over",
+            summary.replayed, summary.skipped_topic, summary.skipped_copies, summary.skipped_expired
         );
         match &summary.run {
             Some(run) => println!("--force: every device gets them again (replay run {run})"),

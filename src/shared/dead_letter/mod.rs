@@ -279,6 +279,19 @@ impl DeadLetters {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Its TTL counts from when it was due, as for any retry: once it is over there is
+        // nothing left to deliver, and the dead letter stays (rather than vanish quietly).
+        if let Ok(event) = crate::shared::event::Event::from_fields(&fields) {
+            if event.ttl_left(Utc::now()).is_none() {
+                anyhow::bail!(
+                    "dead letter {}: the event's TTL ({} s from {}) is over, so a push service would drop it; nothing replayed (publish it again with a new id, or purge it with `herald dlq purge {} --yes`)",
+                    dead.id,
+                    event.ttl,
+                    format_time(event.due_at()),
+                    dead.id
+                );
+            }
+        }
         let outcomes = keys.entry_outcomes(dead.partition, event_id, &fields);
         let mut conn = self.db.conn().await?;
         let id: String = script(&REPLAY, include_str!("replay.lua"))
