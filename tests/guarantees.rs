@@ -380,15 +380,16 @@ async fn read_errors_while_a_push_is_in_flight_use_up_no_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_does_not_push_history_older_than_the_markers_cover() {
-    let app = TestApp::start_with(|s| s.retry.max_age = Duration::from_millis(1_000)).await;
+    // Markers live 2 × 3 s: the worker below has 6 s to start and create its group.
+    let app = TestApp::start_with(|s| s.retry.max_age = Duration::from_secs(3)).await;
     let device = app.register_device("u-1").await;
     let old = app.publish_to("u-1", "old").await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
     let recent = app.publish_to("u-1", "recent").await;
     // A renamed group: a new group on a stream that already holds entries.
     let env = [
         ("HERALD_WORKER__GROUP", "renamed"),
-        ("HERALD_RETRY__MAX_AGE", "1s"),
+        ("HERALD_RETRY__MAX_AGE", "3s"),
     ];
     let _worker = spawn_role_with(&app, &["worker"], "w", &env);
     wait_started(&app, "w").await;

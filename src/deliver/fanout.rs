@@ -118,6 +118,7 @@ impl Worker {
                         "another processor is pushing this device right now".into(),
                     ),
                     previous: None,
+                    elsewhere: true,
                 })
             }
             Verdict::State(problem) => {
@@ -125,6 +126,7 @@ impl Worker {
                     sub: target.id().to_string(),
                     report: PushReport::not_sent(self.policy.heartbeat(), problem),
                     previous: None,
+                    elsewhere: false,
                 })
             }
         };
@@ -143,6 +145,7 @@ impl Worker {
                         sub: bad.id.clone(),
                         report: PushReport::unsent(format!("cannot dead-letter: {e:#}")),
                         previous,
+                        elsewhere: false,
                     }),
                 }
             }
@@ -206,6 +209,7 @@ impl Worker {
                         sub: sub.id.clone(),
                         report,
                         previous,
+                        elsewhere: false,
                     });
                 }
                 tracing::info!(subscription = %sub.id, status = ?report.status, "subscription gone; deleted");
@@ -225,6 +229,7 @@ impl Worker {
                         sub: sub.id.clone(),
                         report: PushReport::unsent(format!("cannot dead-letter: {e:#}")),
                         previous,
+                        elsewhere: false,
                     }),
                 };
             }
@@ -236,6 +241,7 @@ impl Worker {
                     sub: sub.id.clone(),
                     report,
                     previous,
+                    elsewhere: false,
                 });
             }
         };

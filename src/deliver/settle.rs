@@ -64,6 +64,8 @@ pub(super) struct Failure {
     pub report: PushReport,
     /// The state of its previous failed attempt (`failed <status> <error>`), if any.
     pub previous: Option<String>,
+    /// Another processor is pushing it right now: its answer settles it.
+    pub elsewhere: bool,
 }
 
 /// What one attempt at every device came to.
@@ -228,8 +230,9 @@ impl Worker {
         if exhausted || expired {
             let mut still_failing = 0;
             for failure in &failures {
-                // Used-up attempts concern the devices that were tried; age concerns them all.
-                if !expired && failure.report.not_sent {
+                // Used-up attempts concern the devices that were tried; age concerns them
+                // all, but for one another processor is pushing right now.
+                if failure.elsewhere || (!expired && failure.report.not_sent) {
                     still_failing += 1;
                     continue;
                 }
@@ -298,6 +301,7 @@ impl Worker {
                     sub: target.id().to_string(),
                     report: PushReport::unsent(String::new()),
                     previous: (word == "failed").then_some(state),
+                    elsewhere: false,
                 };
                 let mut why = last_failure(ctx, &failure, reason);
                 if why.last_error.as_deref().is_none_or(str::is_empty) {

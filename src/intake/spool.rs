@@ -281,12 +281,13 @@ impl Spool {
                 return Ok(moved);
             }
             let path = self.dir.join("events.log");
-            let (batch, next) = tokio::task::spawn_blocking({
-                let dir = self.dir.clone();
-                move || read_batch(&dir, &path, start, end)
-            })
-            .await
-            .context("spool reader panicked")??;
+            let Batch {
+                events: batch,
+                unreadable,
+                next,
+            } = tokio::task::spawn_blocking(move || read_batch(&path, start, end))
+                .await
+                .context("spool reader panicked")??;
             let outcomes = publisher.publish(&batch).await?;
             for (ready, outcome) in batch.iter().zip(outcomes) {
                 if let PublishOutcome::Conflict { id, stream_id } = outcome {
@@ -294,11 +295,18 @@ impl Spool {
                     tracing::error!(event_id = %id, original_stream_id = %stream_id, fields = ?ready.fields, "a spooled event's id was published meanwhile with other content; it was not added");
                 }
             }
+            // Only once the readable ones are in Redis: a failed publish repeats the step,
+            // and must not count the unreadable ones twice.
             let spool = self.clone();
             let done = batch.len() as u64;
-            tokio::task::spawn_blocking(move || spool.advance(next, done))
-                .await
-                .context("spool task panicked")??;
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                for (offset, why, bytes) in unreadable {
+                    quarantine(&spool.dir, offset, &why, &bytes)?;
+                }
+                Ok(spool.advance(next, done)?)
+            })
+            .await
+            .context("spool task panicked")??;
             moved += done;
         }
     }
@@ -429,33 +437,43 @@ impl Records {
     }
 }
 
-/// Up to `DRAIN_BATCH` events from `start`, and where the next batch starts.
-/// What cannot be read on the way goes to the quarantine. Blocking.
-fn read_batch(dir: &Path, path: &Path, start: u64, end: u64) -> anyhow::Result<(Vec<Ready>, u64)> {
+/// What cannot be read, on its way to the quarantine: offset, why, bytes.
+type Unreadable = (u64, String, Vec<u8>);
+
+/// One drain step: up to `DRAIN_BATCH` events from `start`, what could not be read
+/// on the way, and where the next step starts. Blocking.
+struct Batch {
+    events: Vec<Ready>,
+    unreadable: Vec<Unreadable>,
+    next: u64,
+}
+
+fn read_batch(path: &Path, start: u64, end: u64) -> anyhow::Result<Batch> {
     let mut reader = Records::new(File::open(path)?, start, end)?;
-    let mut batch = Vec::new();
-    while batch.len() < DRAIN_BATCH {
+    let (mut events, mut unreadable) = (Vec::new(), Vec::new());
+    while events.len() < DRAIN_BATCH {
         let Some(piece) = reader.next_piece()? else {
             break;
         };
         match piece {
             Piece::Record { start, payload, .. } => match serde_json::from_slice::<Ready>(&payload)
             {
-                Ok(ready) => batch.push(ready),
-                Err(e) => quarantine(
-                    dir,
-                    start,
-                    &format!("a record that does not parse: {e}"),
-                    &payload,
-                )?,
+                Ok(ready) => events.push(ready),
+                Err(e) => {
+                    unreadable.push((start, format!("a record that does not parse: {e}"), payload))
+                }
             },
             Piece::Garbage { start, end } => {
                 let bytes = read_range(path, start, end)?;
-                quarantine(dir, start, "damaged bytes between records", &bytes)?;
+                unreadable.push((start, "damaged bytes between records".into(), bytes));
             }
         }
     }
-    Ok((batch, reader.pos))
+    Ok(Batch {
+        events,
+        unreadable,
+        next: reader.pos,
+    })
 }
 
 /// Keeps what could not be read, fsync'd, counted and logged.
@@ -559,18 +577,22 @@ fn migrate_v1(dir: &Path) -> anyhow::Result<()> {
             &data[pos..],
         )?;
     }
+    // A crash at any step leaves records to drain again (harmless: publishing is
+    // idempotent), never skipped: the old offset is reset before the new file takes
+    // the old one's place, and an offset of 0 reads a new file from its first record.
     let temporary = dir.join("events.log.migrating");
     let mut file = File::create(&temporary)?;
     file.write_all(&out)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
     let mut offset = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join("events.offset"))?;
-    write_offset(&mut offset, FILE_HEADER.len() as u64)?;
+    write_offset(&mut offset, 0)?;
+    std::fs::rename(&temporary, &path)?;
     File::open(dir)?.sync_all()?;
+    write_offset(&mut offset, FILE_HEADER.len() as u64)?;
     tracing::info!(records = kept, "rewrote the spool in its current layout");
     Ok(())
 }
@@ -664,8 +686,15 @@ mod tests {
         let mut all = Vec::new();
         let mut at = start;
         loop {
-            let (batch, next) = read_batch(dir, &path, at, end).expect("read");
-            all.extend(batch);
+            let Batch {
+                events,
+                unreadable,
+                next,
+            } = read_batch(&path, at, end).expect("read");
+            for (offset, why, bytes) in unreadable {
+                quarantine(dir, offset, &why, &bytes).expect("quarantine");
+            }
+            all.extend(events);
             if next >= end || next == at {
                 return all;
             }

@@ -177,6 +177,7 @@ impl DeadLetters {
         inv.key(keys.dead_letters(partition))
             .key(keys.tombstone(partition, stream_id))
             .key(stream)
+            .key(keys.retry_at(partition))
             .arg(&self.group)
             .arg(stream_id)
             .arg(self.outcomes_ttl.as_secs().max(1));
