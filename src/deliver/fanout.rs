@@ -32,7 +32,10 @@ enum Work<'t> {
 }
 
 enum DeviceOutcome {
+    /// Settled by this attempt.
     Settled(&'static str),
+    /// Settled already, by an earlier attempt or another processor.
+    Done(String),
     Superseded(String),
     Failed(Failure),
 }
@@ -78,6 +81,7 @@ impl Worker {
                     claimed.extend(chunk.iter().zip(verdicts));
                 }
                 Some(Work::Device(DeviceOutcome::Settled(state))) => attempt.tally.count(state),
+                Some(Work::Device(DeviceOutcome::Done(state))) => attempt.tally.count(&state),
                 Some(Work::Device(DeviceOutcome::Superseded(by))) => {
                     attempt.tally.superseded += 1;
                     attempt.tally.superseded_by.get_or_insert(by);
@@ -108,7 +112,7 @@ impl Worker {
         let _settling = Settling::new(ctx, target.id());
         let previous = match verdict {
             Verdict::Claimed { previous } => previous,
-            Verdict::Done(state) => return DeviceOutcome::Settled(settled_kind(&state)),
+            Verdict::Done(state) => return DeviceOutcome::Done(state),
             Verdict::Superseded { by } => return DeviceOutcome::Superseded(by),
             Verdict::Busy => {
                 return DeviceOutcome::Failed(Failure {
@@ -248,16 +252,5 @@ impl Worker {
         // Right after the push service's answer, so that no retry pushes this device again.
         self.settle_device(ctx, &sub.id, Mode::Mark, state).await;
         DeviceOutcome::Settled(state)
-    }
-}
-
-/// The kind of a settled state (`done <state>` from a claim).
-fn settled_kind(state: &str) -> &'static str {
-    match state {
-        "delivered" => "delivered",
-        "gone" => "gone",
-        "superseded" => "superseded",
-        "expired" => "expired",
-        _ => "dead",
     }
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 use redis::Script;
 
 use super::claim::{Begun, EntryCtx, Verdict, CHUNK};
-
 use super::holding::Held;
 use super::push::{Outcome, PushReport};
 use super::route::Target;
