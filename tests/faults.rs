@@ -10,7 +10,9 @@ mod helpers;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use helpers::{ago, eventually, kill9, spawn_role, terminate, wait_started, Proc, TestApp};
+use helpers::{
+    ago, eventually, kill9, spawn_role, spawn_role_with, terminate, wait_started, Proc, TestApp,
+};
 use serde_json::json;
 
 /// What the producer side was told and what the devices saw.
@@ -256,6 +258,64 @@ async fn a_worker_stopped_past_the_reclaim_idle_time_does_not_push_twice() {
     let duplicates: usize = deliveries(&app).values().map(|n| n - 1).sum();
     assert_eq!(duplicates, 0, "no device pushed twice");
     stop(&app, "sleepy", &mut w).await;
+    stop(&app, "rescuer", &mut reclaimer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_half_way_through_a_fan_out_pushes_no_device_twice() {
+    let app = TestApp::start_durable().await;
+    let first = app.register_device("u-1").await;
+    let second = app.register_device("u-1").await;
+    // The first push is answered late; the worker pushes one device at a time, so
+    // the second waits, claimed, while the first is in flight.
+    app.sink.add_faults(
+        "*",
+        vec![herald::operate::sink::Fault::status(201).delayed(2_500)],
+    );
+    let mut w = spawn_role_with(
+        &app,
+        &["worker"],
+        "frozen",
+        &[("HERALD_WORKER__CONCURRENCY", "1")],
+    );
+    wait_started(&app, "frozen").await;
+    let mut reclaimer = spawn_role(&app, &["reclaimer"], "rescuer");
+    wait_started(&app, "rescuer").await;
+    let event = app.publish_to("u-1", "x").await;
+    let key = app.db.keys.outcomes(0, &event);
+    eventually(
+        "the worker claimed both devices",
+        Duration::from_secs(5),
+        || {
+            let states: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query(&mut app.redis.conn())
+                .expect("HGETALL");
+            states.len() == 2 && states.values().all(|v| v.starts_with("pushing frozen"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Frozen far longer than a lease (1 s): the reclaimer takes the entry over meanwhile.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(w.id() as i32, libc::SIGSTOP) };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    unsafe { libc::kill(w.id() as i32, libc::SIGCONT) };
+    eventually("both devices have it", Duration::from_secs(30), || {
+        app.delivered_to(&first).len() + app.attempts_at(&second).len() >= 2 && app.pending() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        (
+            app.attempts_at(&first).len(),
+            app.attempts_at(&second).len()
+        ),
+        (1, 1),
+        "each device pushed once; the frozen worker's logs:\n{}",
+        helpers::logs(&app, "frozen")
+    );
+    stop(&app, "frozen", &mut w).await;
     stop(&app, "rescuer", &mut reclaimer).await;
 }
 

@@ -684,3 +684,86 @@ async fn one_hostile_device_among_two_hundred_healthy_ones_on_the_same_service()
         "no healthy device was pushed twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_push_service_leaves_the_other_services_their_slots() {
+    let app = TestApp::start_with(|s| {
+        s.worker.concurrency = 4;
+        s.push.service_share = 0.5;
+        // Pushes wait long for the hanging service's slots, and its requests time out late.
+        s.push.connect_timeout = Duration::from_secs(10);
+        s.push.request_timeout = Duration::from_secs(6);
+    })
+    .await;
+    // Another push service, on another origin, that answers well.
+    let other = herald::operate::sink::Sink::bind(herald::operate::sink::SinkOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        fast: false,
+        record: None,
+    })
+    .await
+    .expect("a second push service");
+    let healthy = other.handle();
+    tokio::spawn(other.run(app.shutdown.clone()));
+    let mut hanging_devices = Vec::new();
+    for n in 0..6 {
+        let id = app.register_device(&format!("u-hang-{n}")).await;
+        app.sink
+            .add_faults(&id, vec![Fault::misbehaving(504, Misbehaviour::Hang)]);
+        hanging_devices.push(id);
+    }
+    let mut healthy_devices = Vec::new();
+    for n in 0..3 {
+        let (id, subscription) = healthy.new_subscription();
+        let (status, body) = app
+            .post(
+                "/v1/subscriptions",
+                &json!({"user": format!("u-ok-{n}"), "subscription": subscription}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        healthy_devices.push(id);
+    }
+    app.run_roles();
+    for n in 0..6 {
+        app.publish_to(&format!("u-hang-{n}"), "into the void")
+            .await;
+    }
+    eventually(
+        "the hanging service holds its share",
+        Duration::from_secs(5),
+        || app.sink.arrivals().len() == 2,
+    )
+    .await;
+    let hung_at = chrono::Utc::now();
+    for n in 0..3 {
+        app.publish_to(&format!("u-ok-{n}"), "fine").await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while healthy.delivered().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the healthy service gets its pushes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = healthy
+        .delivered()
+        .iter()
+        .map(|a| a.at.clone())
+        .max()
+        .expect("arrivals");
+    let waited = chrono::DateTime::parse_from_rfc3339(&last)
+        .expect("time")
+        .with_timezone(&chrono::Utc)
+        - hung_at;
+    assert!(
+        waited < chrono::Duration::seconds(3),
+        "the healthy service's pushes flowed while the other hung (the hung requests time out after 6 s; they waited {waited})"
+    );
+    assert_eq!(
+        app.sink.arrivals().len(),
+        2,
+        "the hanging service still holds only its share"
+    );
+}

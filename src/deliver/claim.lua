@@ -24,7 +24,7 @@
 -- ARGV[5] life of the entry's lease and of the key's lock, ms (heartbeats extend both)
 -- ARGV[6] '1' on the first call for the entry
 -- ARGV[7] the holder of device claims and of the key's lock ('<consumer>/<entry id>')
--- ARGV[8] life of a device claim, ms
+-- ARGV[8] life of a device claim, ms (a whole push and a lease; heartbeats extend it)
 -- ARGV[9] life of the outcomes hash, s
 -- ARGV[10] the event's place in the order of its key ('<due ms> <event id>'), '' when not ordered
 -- ARGV[11] life of the register, s
@@ -32,7 +32,7 @@
 --         key's lock is not taken either: nothing will be pushed)
 -- ARGV[13..] subscription ids
 -- Returns {status, per device...}. status: 'ok'; 'taken' (another consumer has
--- the entry or works on it); 'busy' (another event of the key is in progress;
+-- the entry or works on it, or, on a later call, its lease lapsed); 'busy' (another event of the key is in progress;
 -- nothing was changed). Per device: 'claimed', or 'claimed <previous state>'
 -- after a failed attempt; 'done <state>'; 'busy'; 'superseded <due ms> <event id>';
 -- with 'inspect', the state as stored ('' for none).
@@ -60,6 +60,9 @@ if ARGV[6] == '1' then
   redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
   -- Markers outlive the last attempt of their entry by their whole life.
   redis.call('EXPIRE', KEYS[2], ARGV[9])
+elseif redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  -- A later chunk: only while the entry's lease is still this consumer's.
+  return {'taken'}
 end
 local settled = {delivered = true, gone = true, dead = true, superseded = true, expired = true}
 local mine_ms, mine_id

@@ -5,12 +5,16 @@
 //! a slow worker, a replay copy next to its pending original) never push one
 //! device at the same time. Heartbeats keep the entry's idle time low and
 //! extend its lease, its key's lock and the claims of its devices not settled
-//! yet while it runs, on a connection of their own: a claim lasts as long as its
-//! push, however long it waits for a slot, and lapses a lease after a crash.
+//! yet while it runs, on a connection of their own. A device's claim lasts a
+//! whole push and a lease past the last heartbeat, so it covers a push waiting
+//! for a slot however long, and a request sent just before this process froze.
+//! A processor whose heartbeats stopped landing (paused, cut off from Redis) or
+//! that lost its entry sends nothing more: see [`EntryCtx::may_send`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::Script;
@@ -42,6 +46,12 @@ pub(super) struct EntryCtx<'a> {
     pub holder: String,
     /// Devices claimed and not settled yet: their claims are extended by heartbeats.
     pub claimed: Mutex<HashSet<String>>,
+    /// When the entry's claim or last heartbeat landed.
+    last_beat: Mutex<Instant>,
+    /// Another consumer took the entry over.
+    lost: AtomicBool,
+    /// How long without a landed heartbeat this processor may still send.
+    send_window: Duration,
 }
 
 impl<'a> EntryCtx<'a> {
@@ -57,13 +67,33 @@ impl<'a> EntryCtx<'a> {
             outcomes: keys.entry_outcomes(partition, &event.id, fields),
             lease: keys.lease(partition, &entry.id),
             order: Order::of(keys, partition, event, fields),
-            holder: format!("{}/{}", worker.consumer, entry.id),
+            holder: format!("{}#{:08x}/{}", worker.consumer, worker.nonce, entry.id),
             claimed: Mutex::default(),
+            last_beat: Mutex::new(Instant::now()),
+            lost: AtomicBool::new(false),
+            send_window: worker.policy.lease(),
             entry,
             fields,
             event,
             partition,
         }
+    }
+
+    /// Whether this processor may still send a push for the entry: it still owns
+    /// it, and its last heartbeat landed within a lease (so its claims, a lease
+    /// longer than a whole push, cover the push about to be sent).
+    pub fn may_send(&self) -> bool {
+        !self.lost() && self.last_beat.lock().elapsed() < self.send_window
+    }
+
+    /// Another consumer took the entry over: this processor sends nothing more
+    /// and does not acknowledge it.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    fn beat_landed(&self) {
+        *self.last_beat.lock() = Instant::now();
     }
 
     fn lock(&self) -> (&str, &str) {
@@ -148,7 +178,7 @@ impl Worker {
             .arg(self.policy.lease().as_millis() as u64)
             .arg(if first { "1" } else { "0" })
             .arg(&ctx.holder)
-            .arg(self.policy.lease().as_millis() as u64)
+            .arg(self.claim_life.as_millis() as u64)
             .arg(self.policy.markers_ttl().as_secs().max(1))
             .arg(ctx.order.as_ref().map_or("", |o| o.point.as_str()))
             .arg(self.register_ttl.as_secs().max(1))
@@ -160,8 +190,15 @@ impl Worker {
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
         let mut items = reply.into_iter();
         match items.next().as_deref() {
-            Some("ok") => {}
-            Some("taken") => return Ok(Begun::Taken),
+            Some("ok") => {
+                if first {
+                    ctx.beat_landed();
+                }
+            }
+            Some("taken") => {
+                ctx.lost.store(true, Ordering::Relaxed);
+                return Ok(Begun::Taken);
+            }
             Some("busy") => return Ok(Begun::KeyBusy(items.next().unwrap_or_default())),
             other => anyhow::bail!("claim script answered {other:?}"),
         }
@@ -235,7 +272,7 @@ impl Worker {
     pub(super) async fn heartbeat(&self, ctx: &EntryCtx<'_>) {
         let (lock, holder) = ctx.lock();
         let devices: Vec<String> = ctx.claimed.lock().iter().cloned().collect();
-        let refreshed: anyhow::Result<i64> = async {
+        let call = async {
             let mut conn = self.db.side_conn().await?;
             let mut invocation = script(&REFRESH, include_str!("refresh.lua")).prepare_invoke();
             invocation
@@ -249,17 +286,23 @@ impl Worker {
                 .arg(self.policy.lease().as_millis() as u64)
                 .arg(if self.noack { "1" } else { "0" })
                 .arg(holder)
-                .arg(&ctx.holder);
+                .arg(&ctx.holder)
+                .arg(self.claim_life.as_millis() as u64);
             for device in &devices {
                 invocation.arg(device);
             }
-            Ok(invocation.invoke_async(&mut conn).await?)
-        }
-        .await;
+            anyhow::Ok(invocation.invoke_async::<i64>(&mut conn).await?)
+        };
+        // A heartbeat that does not land within one interval is as good as lost: the
+        // next one comes one interval later, still within the lease (four intervals).
+        let refreshed = tokio::time::timeout(self.policy.heartbeat(), call)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within a heartbeat")));
         match refreshed {
-            Ok(1) => {}
+            Ok(1) => ctx.beat_landed(),
             Ok(_) => {
-                tracing::warn!(stream_id = %ctx.entry.id, "another consumer took this entry over while it was in progress")
+                ctx.lost.store(true, Ordering::Relaxed);
+                tracing::warn!(stream_id = %ctx.entry.id, "another consumer took this entry over while it was in progress; sending nothing more")
             }
             Err(e) => {
                 tracing::debug!(stream_id = %ctx.entry.id, error = %format!("{e:#}"), "heartbeat failed")

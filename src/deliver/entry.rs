@@ -138,12 +138,13 @@ impl Worker {
 
     /// Route, claim, push, settle, release.
     async fn deliver(&self, ctx: &EntryCtx<'_>) -> EntryOutcome {
+        let give_up = self.give_up_reason(ctx);
         let targets = match self.router.targets(ctx.event).await {
             Ok(targets) => targets,
             Err(e) => {
-                return EntryOutcome::Pending {
-                    reason: format!("cannot read subscriptions: {e:#}"),
-                }
+                return self
+                    .cannot_go_on(ctx, give_up, format!("cannot read subscriptions: {e:#}"))
+                    .await
             }
         };
         // A dead-letter replay of one device's share goes to that device only.
@@ -154,7 +155,6 @@ impl Worker {
         if devices.is_empty() {
             return self.no_target(ctx).await;
         }
-        let give_up = self.give_up_reason(ctx);
         let first: Vec<&str> = devices.iter().take(CHUNK).map(Target::id).collect();
         let begun = match self.begin(ctx, &first, give_up.is_some()).await {
             Ok(Some(Begun::Ok(verdicts))) => verdicts,
@@ -165,20 +165,48 @@ impl Worker {
                     .await
             }
             Err(e) => {
-                return EntryOutcome::Pending {
-                    reason: format!("cannot claim the entry: {e:#}"),
-                }
+                return self
+                    .cannot_go_on(ctx, give_up, format!("cannot claim the entry: {e:#}"))
+                    .await
             }
         };
         let outcome = match give_up {
             Some(reason) => self.give_up(ctx, &devices, begun, reason).await,
             None => {
-                let fanned = self.fan_out(ctx, &devices, begun).await;
-                self.settle_entry(ctx, fanned).await
+                let attempt = self.fan_out(ctx, &devices, begun).await;
+                if ctx.lost() {
+                    // Another consumer has the entry now: it settles and acknowledges it.
+                    EntryOutcome::TakenOver
+                } else {
+                    self.settle_entry(ctx, attempt).await
+                }
             }
         };
         self.release(ctx).await;
         outcome
+    }
+
+    /// Something on herald's side failed before any push (Redis, a stored key of the
+    /// wrong type): retry without counting an attempt, or, once the entry is past
+    /// its limits, dead-letter it whole with the error, so that even this ends.
+    async fn cannot_go_on(
+        &self,
+        ctx: &EntryCtx<'_>,
+        give_up: Option<&'static str>,
+        error: String,
+    ) -> EntryOutcome {
+        match give_up {
+            Some(reason) => {
+                let why = DeadLetter {
+                    reason: reason.into(),
+                    last_error: Some(error),
+                    attempts: ctx.entry.deliveries,
+                    ..DeadLetter::default()
+                };
+                self.dead_letter_entry(ctx.entry, why).await
+            }
+            None => self.not_attempted(ctx, &error).await,
+        }
     }
 
     /// Nobody to push to: hold a direct event for its user, dead-letter an

@@ -87,7 +87,7 @@ impl Worker {
                     attempt.tally.superseded_by.get_or_insert(by);
                 }
                 Some(Work::Device(DeviceOutcome::Failed(failure))) => {
-                    attempt.failures.push(failure)
+                    attempt.failures.push(failure.kept())
                 }
                 None => return attempt,
             }
@@ -177,12 +177,8 @@ impl Worker {
             return DeviceOutcome::Settled("expired");
         };
         let report = {
-            let _permit = self
-                .push_permits
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            match AssertUnwindSafe(self.pusher.push(sub, ctx.event, ttl))
+            let may_send = || ctx.may_send();
+            match AssertUnwindSafe(self.pusher.push_checked(sub, ctx.event, ttl, &may_send))
                 .catch_unwind()
                 .await
             {

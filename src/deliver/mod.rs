@@ -118,10 +118,14 @@ pub struct Worker {
     unroutable: Unroutable,
     /// How long a key's ordering register outlives its last event.
     register_ttl: Duration,
+    /// How long a device's claim lasts past the last heartbeat: a whole push (a
+    /// wait for its service's slot, the request) and a lease more, so a push
+    /// already sent stays covered even if this process freezes right after.
+    claim_life: Duration,
+    /// Tells this process's claims from another's with the same consumer name.
+    nonce: u32,
     /// How often the push services' state is reported to Redis (for `herald stats`).
     report_every: Duration,
-    /// Pushes in flight, across all entries of this process.
-    push_permits: Arc<Semaphore>,
     /// Entries in flight: bounds memory when pushes are slow.
     entry_permits: Arc<Semaphore>,
     /// Ids of the entries in progress in this process.
@@ -146,6 +150,13 @@ impl Worker {
                 policy.markers_ttl(),
             ),
             register_ttl: policy.markers_ttl().max(settings.events.dedup_window),
+            claim_life: settings
+                .push
+                .connect_timeout
+                .saturating_mul(2)
+                .saturating_add(settings.push.request_timeout)
+                .saturating_add(policy.lease()),
+            nonce: rand::random(),
             policy,
             group: settings.worker.group.clone(),
             consumer: settings.consumer_name(),
@@ -157,7 +168,6 @@ impl Worker {
             unroutable: settings.routing.unroutable,
             report_every: settings.admin.sample_interval,
             grace: settings.worker.shutdown_grace,
-            push_permits: Arc::new(Semaphore::new(concurrency)),
             entry_permits: Arc::new(Semaphore::new(concurrency.max(settings.worker.batch_size))),
             in_flight: Arc::default(),
             db,

@@ -149,13 +149,7 @@ impl Worker {
         }
         let status = report.status.map_or("-".to_string(), |s| s.to_string());
         let mut error: String = report.error.as_deref().unwrap_or("no detail").to_string();
-        if error.len() > FAILURE_TEXT {
-            let cut = (0..=FAILURE_TEXT)
-                .rev()
-                .find(|i| error.is_char_boundary(*i))
-                .unwrap_or(0);
-            error.truncate(cut);
-        }
+        shorten(&mut error);
         let state = format!("failed {status} {error}");
         self.settle_device(ctx, sub, Mode::Fail, &state).await;
     }
@@ -527,6 +521,31 @@ impl Hint {
                 (written_at == *deliveries).then_some(Hint { until_ms, counted })
             })
             .collect())
+    }
+}
+
+/// Cuts a push service's error text to `FAILURE_TEXT` bytes (at a character boundary).
+fn shorten(text: &mut String) {
+    if text.len() > FAILURE_TEXT {
+        let cut = (0..=FAILURE_TEXT)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(cut);
+    }
+}
+
+impl Failure {
+    /// The failure as an attempt keeps it until it settles: texts cut short, so a
+    /// fan-out to many failing devices holds a bounded amount per device.
+    pub(super) fn kept(mut self) -> Failure {
+        if let Some(error) = self.report.error.as_mut() {
+            shorten(error);
+        }
+        if let Some(previous) = self.previous.as_mut() {
+            shorten(previous);
+        }
+        self
     }
 }
 

@@ -11,7 +11,9 @@
 //!   never occur in JSON (they are not UTF-8), so a reader that meets a
 //!   damaged record finds the next whole one after it: one bad record never
 //!   hides the ones behind it.
-//! - `events.offset`: how far the drain got (8 bytes).
+//! - `drain.offset`: how far the drain got (8 bytes). (The first layout, without
+//!   a header, kept its offset in `events.offset`; such a spool is rewritten in
+//!   this layout at the API's start.)
 //! - `quarantine.log`: what could not be read (a torn tail, a damaged or
 //!   unparsable record), one JSON line each with its bytes in base64; kept,
 //!   counted (`herald_spool_quarantined_total`, `herald stats`) and logged at
@@ -45,6 +47,10 @@ const MAGIC: [u8; 4] = [0xf5, 0x0b, 0x5e, 0xa1];
 const RECORD_HEADER: usize = 12;
 /// A record claiming to be longer is damaged (an event is at most a few KiB).
 const MAX_RECORD: usize = 4 << 20;
+/// How far the drain got, for the current layout.
+const OFFSET: &str = "drain.offset";
+/// The same for a spool of the first layout.
+const V1_OFFSET: &str = "events.offset";
 /// Records per drain round trip.
 const DRAIN_BATCH: usize = 500;
 
@@ -73,10 +79,10 @@ impl Depth {
     pub fn read(dir: &Path) -> anyhow::Result<Depth> {
         let mut file = File::open(dir.join("events.log")).context("cannot open the spool")?;
         let bytes = file.metadata()?.len();
-        let drained = read_offset(&dir.join("events.offset")).unwrap_or(0);
         let mut records = 0;
         let mut head = [0u8; 8];
         let current = file.read_exact(&mut head).is_ok() && &head == FILE_HEADER;
+        let drained = read_offset(&dir.join(if current { OFFSET } else { V1_OFFSET })).unwrap_or(0);
         if !current && bytes > 0 {
             // The first layout, not rewritten yet (the API does that at its next start).
             let data = std::fs::read(dir.join("events.log"))?;
@@ -159,10 +165,10 @@ impl Spool {
             .truncate(false)
             .read(true)
             .write(true)
-            .open(dir.join("events.offset"))
+            .open(dir.join(OFFSET))
             .context("cannot open the spool offset file")?;
         let on_disk = file.metadata()?.len();
-        let drained = read_offset(&dir.join("events.offset"))
+        let drained = read_offset(&dir.join(OFFSET))
             .unwrap_or(0)
             .clamp(FILE_HEADER.len() as u64, on_disk);
         // One pass: count what waits, and find where the last whole record ends.
@@ -556,7 +562,7 @@ fn migrate_v1(dir: &Path) -> anyhow::Result<()> {
     if data.is_empty() || data.starts_with(FILE_HEADER) {
         return Ok(());
     }
-    let drained = read_offset(&dir.join("events.offset")).unwrap_or(0) as usize;
+    let drained = read_offset(&dir.join(V1_OFFSET)).unwrap_or(0) as usize;
     let mut out = FILE_HEADER.to_vec();
     let (records, pos) = v1_records(&data);
     let mut kept = 0;
@@ -577,22 +583,17 @@ fn migrate_v1(dir: &Path) -> anyhow::Result<()> {
             &data[pos..],
         )?;
     }
-    // A crash at any step leaves records to drain again (harmless: publishing is
-    // idempotent), never skipped: the old offset is reset before the new file takes
-    // the old one's place, and an offset of 0 reads a new file from its first record.
+    // The new file holds only what was not drained and starts its own offset file
+    // afresh; the rename is the one step that switches layouts, so a crash before it
+    // migrates again from the old offset, and after it reads the new file whole.
     let temporary = dir.join("events.log.migrating");
     let mut file = File::create(&temporary)?;
     file.write_all(&out)?;
     file.sync_all()?;
-    let mut offset = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("events.offset"))?;
-    write_offset(&mut offset, 0)?;
+    let _ = std::fs::remove_file(dir.join(OFFSET));
     std::fs::rename(&temporary, &path)?;
     File::open(dir)?.sync_all()?;
-    write_offset(&mut offset, FILE_HEADER.len() as u64)?;
+    let _ = std::fs::remove_file(dir.join(V1_OFFSET));
     tracing::info!(records = kept, "rewrote the spool in its current layout");
     Ok(())
 }
@@ -680,7 +681,7 @@ mod tests {
     fn waiting(dir: &Path) -> Vec<Ready> {
         let path = dir.join("events.log");
         let end = std::fs::metadata(&path).expect("spool file").len();
-        let start = read_offset(&dir.join("events.offset"))
+        let start = read_offset(&dir.join(OFFSET))
             .unwrap_or(0)
             .max(FILE_HEADER.len() as u64);
         let mut all = Vec::new();
@@ -810,7 +811,7 @@ mod tests {
             data.extend_from_slice(&json);
             if n == 1 {
                 std::fs::write(
-                    dir.path().join("events.offset"),
+                    dir.path().join(V1_OFFSET),
                     (data.len() as u64).to_be_bytes(),
                 )
                 .expect("offset");

@@ -76,10 +76,11 @@ impl RetryPolicy {
     }
 
     /// How long a lease (an entry's, or a key's lock) lasts without a heartbeat:
-    /// several heartbeats, at least a second.
+    /// four heartbeats (one may time out, taking a heartbeat, and the next still
+    /// lands in time), at least a second.
     pub fn lease(&self) -> Duration {
         self.heartbeat()
-            .saturating_mul(3)
+            .saturating_mul(4)
             .max(Duration::from_secs(1))
     }
 }

@@ -94,6 +94,9 @@ pub struct PushState {
 /// Sends pushes. One per process; cheap to share behind an `Arc`.
 pub struct Pusher {
     client: reqwest::Client,
+    /// Pushes in flight in this process (`worker.concurrency`), taken after the
+    /// service's own slot: pushes waiting for a full service hold none of these.
+    in_flight: tokio::sync::Semaphore,
     breakers: breaker::Breakers,
     pacing: pacing::Pacing,
     signer: Signer,
@@ -126,6 +129,7 @@ impl Pusher {
             .context("cannot build the HTTP client for push services")?;
         Ok(Pusher {
             client,
+            in_flight: tokio::sync::Semaphore::new(settings.worker.concurrency.max(1)),
             breakers: breaker::Breakers::new(settings.breaker.clone()),
             pacing: pacing::Pacing::new(
                 settings.worker.concurrency,
@@ -170,8 +174,20 @@ impl Pusher {
     /// Pushes `event` to `sub` with a `TTL` of `ttl` seconds and says what came of it.
     /// Never panics on bad input from outside.
     pub async fn push(&self, sub: &Subscription, event: &Event, ttl: u32) -> PushReport {
+        self.push_checked(sub, event, ttl, &|| true).await
+    }
+
+    /// [`Pusher::push`], asking `may_send` right before the request goes out (after
+    /// any wait for a slot): when it says no, nothing is sent.
+    pub async fn push_checked(
+        &self,
+        sub: &Subscription,
+        event: &Event,
+        ttl: u32,
+        may_send: &(dyn Fn() -> bool + Sync),
+    ) -> PushReport {
         let service = crate::shared::metrics::service_class_of(&sub.endpoint);
-        let report = self.push_inner(sub, event, ttl, service).await;
+        let report = self.push_inner(sub, event, ttl, service, may_send).await;
         let outcome = match report.outcome {
             Outcome::Delivered => "delivered",
             Outcome::Gone => "gone",
@@ -189,6 +205,7 @@ impl Pusher {
         event: &Event,
         ttl: u32,
         service: &'static str,
+        may_send: &(dyn Fn() -> bool + Sync),
     ) -> PushReport {
         if let Some(hook) = &self.hook {
             hook(sub);
@@ -225,6 +242,11 @@ impl Pusher {
                 ),
             );
         };
+        let _in_flight = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let info = SubscriptionInfo::new(
             sub.endpoint.as_str(),
             sub.p256dh.as_str(),
@@ -236,6 +258,13 @@ impl Pusher {
                 Ok(message) => message,
                 Err(report) => return report,
             };
+            // Right before the request: after any wait, is the push still this processor's?
+            if !may_send() {
+                return PushReport::not_sent(
+                    Duration::ZERO,
+                    "this processor no longer holds the entry, or its heartbeats stopped landing (paused, cut off from Redis): not sent".into(),
+                );
+            }
             let (report, wait) = self.send(&url, &origin, message, service).await;
             // A refused token is ours (expired, or the service's clock): sign a new one, try once more.
             let refused = matches!(report.status, Some(401 | 403))

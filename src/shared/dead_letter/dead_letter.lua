@@ -12,7 +12,10 @@
 -- Returns the dead letter's id.
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 6))
 if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[4], 'dead')
+  -- A device the push service accepted meanwhile (another processor) stays delivered.
+  if redis.call('HGET', KEYS[3], ARGV[4]) ~= 'delivered' then
+    redis.call('HSET', KEYS[3], ARGV[4], 'dead')
+  end
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
 if ARGV[3] == 'ack' then

@@ -29,7 +29,10 @@ if subscription ~= '' then
   -- One device's share: only that device is tried again, whatever the others' states.
   table.insert(original, ARGV[2])
   table.insert(original, subscription)
-  redis.call('HDEL', KEYS[3], subscription)
+  -- A device that got the event meanwhile keeps its state: the copy skips it.
+  if redis.call('HGET', KEYS[3], subscription) ~= 'delivered' then
+    redis.call('HDEL', KEYS[3], subscription)
+  end
 else
   -- The whole entry died: its dead devices are tried again; the ones that got it keep their state.
   local outcomes = redis.call('HGETALL', KEYS[3])
