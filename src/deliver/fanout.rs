@@ -126,12 +126,11 @@ impl Worker {
                 })
             }
             Verdict::State(problem) => {
-                return DeviceOutcome::Failed(Failure {
-                    sub: target.id().to_string(),
-                    report: PushReport::not_sent(self.policy.heartbeat(), problem),
-                    previous: None,
-                    elsewhere: false,
-                })
+                return DeviceOutcome::Failed(Failure::new(
+                    target.id(),
+                    PushReport::not_sent(self.policy.heartbeat(), problem),
+                    None,
+                ))
             }
         };
         match target {
@@ -145,12 +144,11 @@ impl Worker {
                 };
                 match self.dead_letter_device(ctx, &why).await {
                     Ok(_) => DeviceOutcome::Settled("dead"),
-                    Err(e) => DeviceOutcome::Failed(Failure {
-                        sub: bad.id.clone(),
-                        report: PushReport::unsent(format!("cannot dead-letter: {e:#}")),
+                    Err(e) => DeviceOutcome::Failed(Failure::new(
+                        &bad.id,
+                        PushReport::unsent(format!("cannot dead-letter: {e:#}")),
                         previous,
-                        elsewhere: false,
-                    }),
+                    )),
                 }
             }
             Target::Device(sub) => self.push_device(ctx, sub, previous).await,
@@ -205,12 +203,7 @@ impl Worker {
                     ));
                     self.fail_device(ctx, &sub.id, &report, previous.as_deref())
                         .await;
-                    return DeviceOutcome::Failed(Failure {
-                        sub: sub.id.clone(),
-                        report,
-                        previous,
-                        elsewhere: false,
-                    });
+                    return DeviceOutcome::Failed(Failure::new(&sub.id, report, previous));
                 }
                 tracing::info!(subscription = %sub.id, status = ?report.status, "subscription gone; deleted");
                 "gone"
@@ -225,24 +218,18 @@ impl Worker {
                 };
                 return match self.dead_letter_device(ctx, &why).await {
                     Ok(_) => DeviceOutcome::Settled("dead"),
-                    Err(e) => DeviceOutcome::Failed(Failure {
-                        sub: sub.id.clone(),
-                        report: PushReport::unsent(format!("cannot dead-letter: {e:#}")),
+                    Err(e) => DeviceOutcome::Failed(Failure::new(
+                        &sub.id,
+                        PushReport::unsent(format!("cannot dead-letter: {e:#}")),
                         previous,
-                        elsewhere: false,
-                    }),
+                    )),
                 };
             }
             Outcome::Retry { .. } => {
                 tracing::warn!(subscription = %sub.id, status = ?report.status, not_sent = report.not_sent, error = report.error.as_deref().unwrap_or(""), "push not delivered");
                 self.fail_device(ctx, &sub.id, &report, previous.as_deref())
                     .await;
-                return DeviceOutcome::Failed(Failure {
-                    sub: sub.id.clone(),
-                    report,
-                    previous,
-                    elsewhere: false,
-                });
+                return DeviceOutcome::Failed(Failure::new(&sub.id, report, previous));
             }
         };
         // Right after the push service's answer, so that no retry pushes this device again.

@@ -26,7 +26,9 @@ use tokio_util::task::TaskTracker;
 
 use super::settle::Hint;
 use super::{BatchOutcome, Worker};
-use crate::shared::stream::{compare_ids, is_nogroup, parse_entries, parse_entry_list, Entry};
+use crate::shared::stream::{
+    compare_ids, entry_exists, is_nogroup, parse_entries, parse_entry_list, Entry,
+};
 
 impl Worker {
     /// Reads and fully processes one batch of new entries from one partition
@@ -244,13 +246,7 @@ impl Worker {
                     None => {
                         // Not claimed: deleted or trimmed while pending (Redis drops it from
                         // the pending list as it tries), or acknowledged meanwhile.
-                        let exists: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-                            .arg(stream)
-                            .arg(&id)
-                            .arg(&id)
-                            .query_async(&mut conn)
-                            .await?;
-                        if !exists.is_empty() {
+                        if entry_exists(&mut conn, stream, &id).await? {
                             continue;
                         }
                         Entry {

@@ -536,6 +536,16 @@ fn shorten(text: &mut String) {
 }
 
 impl Failure {
+    /// A device that failed at this processor (not one another is pushing).
+    pub(super) fn new(sub: &str, report: PushReport, previous: Option<String>) -> Failure {
+        Failure {
+            sub: sub.to_string(),
+            report,
+            previous,
+            elsewhere: false,
+        }
+    }
+
     /// The failure as an attempt keeps it until it settles: texts cut short, so a
     /// fan-out to many failing devices holds a bounded amount per device.
     pub(super) fn kept(mut self) -> Failure {

@@ -75,6 +75,21 @@ pub fn is_id(text: &str) -> bool {
         && seq.is_none_or(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// Whether the entry `id` is still in `stream` (an `XRANGE` of that one id).
+pub async fn entry_exists(
+    conn: &mut deadpool_redis::Connection,
+    stream: &str,
+    id: &str,
+) -> anyhow::Result<bool> {
+    let found: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(id)
+        .arg(id)
+        .query_async(conn)
+        .await?;
+    Ok(!found.is_empty())
+}
+
 /// Whether an error is Redis's `NOGROUP` (the consumer group or the stream is missing).
 pub fn is_nogroup(e: &anyhow::Error) -> bool {
     e.downcast_ref::<redis::RedisError>()

@@ -12,7 +12,6 @@
 //! Several reclaimers may run at once: `XCLAIM` with a minimum idle time lets
 //! only the first claim an entry (claiming resets its idle time).
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use crate::recover::retention::Retention;
 use crate::shared::config::Settings;
 use crate::shared::retry::seed_for;
 use crate::shared::stream::{
-    id_time, info_number, info_text, is_nogroup, parse_entry_list, Entry, Info,
+    entry_exists, id_time, info_number, info_text, is_nogroup, parse_entry_list, Entry, Info,
 };
 
 /// What one scan of one partition did.
@@ -371,13 +370,7 @@ impl Reclaimer {
         // Not claimed: another reclaimer was first, or the entry no longer exists
         // (Redis 7 drops deleted entries from the pending list as it claims them).
         for (index, id) in unanswered {
-            let exists: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-                .arg(stream)
-                .arg(&id)
-                .arg(&id)
-                .query_async(&mut conn)
-                .await?;
-            if exists.is_empty() {
+            if !entry_exists(&mut conn, stream, &id).await? {
                 claims[index] = Claim::Deleted;
             }
         }
