@@ -17,6 +17,22 @@ fn update(user: &str, key: &str, at: &str, title: &str) -> serde_json::Value {
     json!({"topic": "parking.lot-7.exit", "user": user, "key": key, "publish_at": at, "notification": {"title": title}})
 }
 
+/// `herald replay --from 1h` (with `--force` when `force`), as the command runs it.
+async fn replay_last_hour(app: &TestApp, force: bool) -> herald::operate::replay::Summary {
+    Replayer::new(app.db.clone())
+        .run(
+            &Plan {
+                from: Bound::parse("1h", false).expect("bound"),
+                to: None,
+                topic: None,
+                force,
+            },
+            |_| {},
+        )
+        .await
+        .expect("replay")
+}
+
 /// Deliveries per event id to one device.
 fn per_event(app: &TestApp, device: &str) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
@@ -229,18 +245,7 @@ async fn a_dead_letter_of_a_forced_replay_is_replayed_under_its_runs_markers() {
     .await;
     // The forced copy is refused by the device: a dead letter of the run.
     app.sink.add_faults(&device, vec![Fault::status(400)]);
-    Replayer::new(app.db.clone())
-        .run(
-            &Plan {
-                from: Bound::parse("1h", false).expect("bound"),
-                to: None,
-                topic: None,
-                force: true,
-            },
-            |_| {},
-        )
-        .await
-        .expect("replay");
+    replay_last_hour(&app, true).await;
     eventually(
         "the forced copy is dead-lettered",
         Duration::from_secs(5),
@@ -487,18 +492,7 @@ async fn a_replay_copy_next_to_its_pending_original_never_pushes_a_device_twice(
     app.run_roles();
     app.publish_to("u-1", "x").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let summary = Replayer::new(app.db.clone())
-        .run(
-            &Plan {
-                from: Bound::parse("1h", false).expect("bound"),
-                to: None,
-                topic: None,
-                force: false,
-            },
-            |_| {},
-        )
-        .await
-        .expect("replay");
+    let summary = replay_last_hour(&app, false).await;
     assert_eq!(summary.replayed, 1);
     eventually("both entries settled", Duration::from_secs(15), || {
         app.pending() == 0 && app.stream_len() == 2
@@ -651,18 +645,7 @@ async fn an_event_whose_ttl_is_over_is_not_replayed_and_its_dead_letter_stays() 
         "{refused}"
     );
     assert_eq!(app.dead_letters().await.len(), 1, "the dead letter is kept");
-    let summary = Replayer::new(app.db.clone())
-        .run(
-            &Plan {
-                from: Bound::parse("1h", false).expect("bound"),
-                to: None,
-                topic: None,
-                force: true,
-            },
-            |_| {},
-        )
-        .await
-        .expect("replay");
+    let summary = replay_last_hour(&app, true).await;
     assert_eq!((summary.replayed, summary.skipped_expired), (0, 1));
     assert_eq!(app.stream_len(), 1, "no copy was added");
 }
