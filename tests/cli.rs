@@ -75,10 +75,10 @@ fn a_bad_value_fails_naming_the_key_and_its_source() {
     assert!(err.to_lowercase().contains("worker.block"), "{err}");
     assert!(err.contains("HERALD_"), "{err}");
 
-    let (ok, _, err) = herald(&["config", "check"], &[("HERALD_REDIS__POOL_SIZE", "0")]);
+    let (ok, _, err) = herald(&["config", "check"], &[("HERALD_REDIS__CONNECTIONS", "0")]);
     assert!(!ok);
     assert!(
-        err.contains("redis.pool_size") && err.contains("HERALD_"),
+        err.contains("redis.connections") && err.contains("HERALD_"),
         "{err}"
     );
 

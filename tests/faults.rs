@@ -421,3 +421,31 @@ async fn sigterm_under_load_leaves_nothing_pending_and_pushes_nothing_twice() {
     settle_and_check(&app, &ledger, 0, Duration::from_secs(30)).await;
     stop(&app, "w2", &mut next).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_connection_that_stops_answering_is_replaced() {
+    let app = TestApp::start_with(|s| {
+        s.redis.connections = 1;
+        s.redis.command_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // The one shared connection stops answering for longer than a command may
+    // take (a BLPOP: Redis reads nothing more from a blocked client), as a
+    // connection to a server behind a dead route would.
+    let stuck: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+        .arg("herald-test:nothing")
+        .arg(4)
+        .query_async(&mut app.db.conn())
+        .await;
+    let error = stuck.expect_err("the BLPOP outlasts redis.command_timeout");
+    assert!(error.is_timeout(), "{error}");
+    // The old connection stays blocked for three more seconds, more than a
+    // command's timeout: this command is answered only because it went out on
+    // a new connection.
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut app.db.conn())
+        .await
+        .expect("the next command goes out on a fresh connection");
+    assert_eq!(pong, "PONG");
+    app.publish_to("u-1", "still flowing").await;
+}

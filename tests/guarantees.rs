@@ -507,10 +507,10 @@ async fn a_replay_copy_next_to_its_pending_original_never_pushes_a_device_twice(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_keep_a_slow_entry_when_every_pooled_connection_is_busy() {
+async fn heartbeats_keep_a_slow_entry_while_every_connection_they_had_is_held_up() {
     // One attempt: a reclaimer taking the entry for abandoned would use it up.
     let app = TestApp::start_with(|s| {
-        s.redis.pool_size = 3;
+        s.redis.connections = 1;
         s.retry.max_deliveries = 1;
     })
     .await;
@@ -528,19 +528,36 @@ async fn heartbeats_keep_a_slow_entry_when_every_pooled_connection_is_busy() {
     wait_started(&app, "reclaimer-host").await;
     app.publish_to("u-1", "x").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Ordinary traffic takes every pooled connection for longer than a lease.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(app.db.conn().await.expect("a pooled connection"));
-    }
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    drop(held);
+    // Something slow on the one shared connection, and on the heartbeats' own,
+    // holds up every command queued behind it for longer than a lease (here a
+    // BLPOP: Redis reads nothing more from a blocked client until it returns).
+    // The heartbeats' connection is replaced at its first timeout.
+    let mut side = app.db.side_conn();
+    let side_blocked = tokio::spawn(async move {
+        redis::cmd("BLPOP")
+            .arg("herald-test:nothing")
+            .arg(2.5)
+            .query_async::<Option<(String, String)>>(&mut side)
+            .await
+    });
+    let blocked: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+        .arg("herald-test:nothing")
+        .arg(2.5)
+        .query_async(&mut app.db.conn())
+        .await;
+    assert_eq!(blocked.expect("BLPOP answers at its timeout"), None);
+    let side_error = side_blocked
+        .await
+        .expect("the task ran")
+        .expect_err("the heartbeats' connection times out within a heartbeat");
+    assert!(side_error.is_timeout(), "{side_error}");
     eventually("settled", Duration::from_secs(15), || app.pending() == 0).await;
-    assert_eq!(
-        app.attempts_at(&device).len(),
-        1,
-        "the entry was never taken for abandoned: one push"
+    let reclaimer = helpers::logs(&app, "reclaimer-host");
+    assert!(
+        !reclaimer.contains("reclaimed pending entries"),
+        "the lease never lapsed, so the reclaimer never took the entry: {reclaimer}"
     );
+    assert_eq!(app.attempts_at(&device).len(), 1, "one push");
     assert!(
         app.dead_letters().await.is_empty(),
         "no attempt was used up by a takeover"

@@ -186,7 +186,7 @@ impl Worker {
         for device in devices {
             invocation.arg(*device);
         }
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
         let mut items = reply.into_iter();
         match items.next().as_deref() {
@@ -273,7 +273,7 @@ impl Worker {
         let (lock, holder) = ctx.lock();
         let devices: Vec<String> = ctx.claimed.lock().iter().cloned().collect();
         let call = async {
-            let mut conn = self.db.side_conn().await?;
+            let mut conn = self.db.side_conn();
             let mut invocation = script(&REFRESH, include_str!("refresh.lua")).prepare_invoke();
             invocation
                 .key(&ctx.entry.stream)
@@ -315,7 +315,7 @@ impl Worker {
     pub(super) async fn release(&self, ctx: &EntryCtx<'_>) {
         let (lock, holder) = ctx.lock();
         let released: anyhow::Result<i64> = async {
-            let mut conn = self.db.conn().await?;
+            let mut conn = self.db.conn();
             Ok(script(&RELEASE, include_str!("release.lua"))
                 .key(&ctx.lease)
                 .key(lock)

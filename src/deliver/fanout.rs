@@ -52,8 +52,8 @@ impl Worker {
         let (head, rest) = devices.split_at(first.len().min(devices.len()));
         let mut claimed: VecDeque<(&Target, Verdict)> = head.iter().zip(first).collect();
         let mut chunks = rest.chunks(CHUNK);
-        // Claims and pushes run side by side in one set: every future that holds a
-        // Redis connection keeps being polled, so the pool cannot run dry.
+        // Claims and pushes run side by side in one set: the next chunk is claimed
+        // while the claimed devices are being pushed.
         let mut running = FuturesUnordered::new();
         let mut claiming = false;
         let mut attempt = Attempt::default();

@@ -280,7 +280,7 @@ impl Worker {
                 "waiting_subscriptions": state.waiting_subscriptions,
             });
             let written: anyhow::Result<()> = async {
-                let mut conn = self.db.conn().await?;
+                let mut conn = self.db.conn();
                 redis::cmd("HSET")
                     .arg(&key)
                     .arg(&self.consumer)
@@ -299,21 +299,17 @@ impl Worker {
                 _ = tokio::time::sleep(self.report_every) => {}
             }
         }
-        if let Ok(mut conn) = self.db.conn().await {
-            let _: redis::RedisResult<()> = redis::cmd("HDEL")
-                .arg(&key)
-                .arg(&self.consumer)
-                .query_async(&mut conn)
-                .await;
-        }
+        let _: redis::RedisResult<()> = redis::cmd("HDEL")
+            .arg(&key)
+            .arg(&self.consumer)
+            .query_async(&mut self.db.conn())
+            .await;
     }
 
     /// Removes the reports of workers that stopped reporting ten intervals ago
     /// (killed, not stopped), so `herald stats` does not show them for ever.
     async fn forget_stale_reports(&self, key: &str) {
-        let Ok(mut conn) = self.db.conn().await else {
-            return;
-        };
+        let mut conn = self.db.conn();
         let Ok(reports) = redis::cmd("HGETALL")
             .arg(key)
             .query_async::<std::collections::HashMap<String, String>>(&mut conn)

@@ -179,7 +179,7 @@ impl Worker {
         if self.noack {
             return Ok((Vec::new(), None));
         }
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(stream)
             .arg(&self.group)

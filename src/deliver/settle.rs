@@ -116,7 +116,7 @@ impl Worker {
         mode: Mode,
         state: &str,
     ) -> anyhow::Result<()> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let _: i64 = script(&SETTLE, include_str!("settle.lua"))
             .key(&ctx.outcomes)
             .arg(sub)
@@ -380,7 +380,7 @@ impl Worker {
             entry.deliveries
         );
         let written: anyhow::Result<()> = async {
-            let mut conn = self.db.conn().await?;
+            let mut conn = self.db.conn();
             redis::cmd("HSET")
                 .arg(self.db.keys.retry_at(partition))
                 .arg(&entry.id)
@@ -450,7 +450,7 @@ impl Worker {
     pub(super) async fn ack(&self, entry: &Entry, done: EntryOutcome) -> EntryOutcome {
         let partition = self.db.keys.partition_of(&entry.stream).unwrap_or(0);
         let acked: anyhow::Result<()> = async {
-            let mut conn = self.db.conn().await?;
+            let mut conn = self.db.conn();
             redis::pipe()
                 .cmd("XACK")
                 .arg(&entry.stream)
@@ -496,7 +496,7 @@ impl Hint {
     /// The current hint of each `(stream id, delivery count)` listed, from the
     /// partition's `retry-at` hash (`key`).
     pub async fn read(
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut crate::shared::db::Conn,
         key: &str,
         entries: &[(&str, u64)],
     ) -> anyhow::Result<Vec<Option<Hint>>> {

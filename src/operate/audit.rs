@@ -204,7 +204,7 @@ impl Audit {
         sink: &mut Sink,
     ) -> anyhow::Result<usize> {
         let stream = self.db.keys.stream(partition);
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let reply: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.group)

@@ -128,7 +128,7 @@ impl Replayer {
     }
 
     async fn page(&self, stream: &str, start: &str, end: &str) -> anyhow::Result<Page> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         Ok(redis::cmd("XRANGE")
             .arg(stream)
             .arg(start)
@@ -152,7 +152,7 @@ impl Replayer {
             let end = match &plan.to {
                 Some(to) => to.as_str().to_string(),
                 None => {
-                    let mut conn = self.db.conn().await?;
+                    let mut conn = self.db.conn();
                     let newest: Page = redis::cmd("XREVRANGE")
                         .arg(&stream)
                         .arg("+")
@@ -239,7 +239,7 @@ impl Replayer {
             let db = db.clone();
             async move {
                 if added > 0 {
-                    let mut conn = db.conn().await?;
+                    let mut conn = db.conn();
                     pipe.query_async::<()>(&mut conn).await?;
                 }
                 Ok(())

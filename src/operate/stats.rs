@@ -80,7 +80,7 @@ pub async fn collect(
     group_filter: Option<&str>,
     spool_dir: Option<&Path>,
 ) -> anyhow::Result<Stats> {
-    let mut conn = db.conn().await?;
+    let mut conn = db.conn();
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let mut streams = Vec::new();
     for partition in 0..db.keys.partitions() {
@@ -216,7 +216,7 @@ pub async fn collect(
     })
 }
 
-async fn exists(conn: &mut deadpool_redis::Connection, key: &str) -> anyhow::Result<bool> {
+async fn exists(conn: &mut crate::shared::db::Conn, key: &str) -> anyhow::Result<bool> {
     let n: u64 = redis::cmd("EXISTS").arg(key).query_async(conn).await?;
     Ok(n == 1)
 }

@@ -80,7 +80,7 @@ impl Retention {
             cuts.push(format!("{}-0", now.saturating_sub(max_age_ms)));
         }
         if max_len > 0 {
-            let mut conn = self.db.conn().await?;
+            let mut conn = self.db.conn();
             let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
                 .arg(key)
                 .arg("+")
@@ -101,7 +101,7 @@ impl Retention {
     /// The oldest id some group still needs: its oldest pending entry, or the
     /// first it has not read. `None` when the stream has no group (nothing is safe).
     async fn floor(&self, stream: &str) -> anyhow::Result<Option<String>> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let groups: Vec<Info> = match redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(stream)
@@ -141,7 +141,7 @@ impl Retention {
     }
 
     async fn xtrim(&self, key: &str, minid: &str) -> anyhow::Result<u64> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         Ok(redis::cmd("XTRIM")
             .arg(key)
             .arg("MINID")

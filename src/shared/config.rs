@@ -292,11 +292,14 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Number of event streams; an event's partition is chosen by a hash of its `key` (or id).
     pub partitions: u32,
-    /// Connections in the pool used for everything except blocking reads.
-    pub pool_size: usize,
+    /// Multiplexed connections shared by every ordinary command of a process (not
+    /// blocking reads, not heartbeats: those have their own); many commands are in
+    /// flight on each at once.
+    pub connections: usize,
     /// Port of the embedded redis-server; 0 picks a free one.
     pub embedded_port: u16,
-    /// Timeout for one pooled command (blocking reads have their own connection).
+    /// Timeout for one command (blocking reads wait this long beyond their block);
+    /// a connection whose command timed out is replaced by a new one.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
     /// Refuse to start when Redis's settings can lose accepted events (no AOF, or eviction).
@@ -432,7 +435,7 @@ impl Default for RedisSettings {
             url: Secret::default(),
             key_prefix: "herald".into(),
             partitions: 1,
-            pool_size: 16,
+            connections: 4,
             embedded_port: 0,
             command_timeout: Duration::from_secs(5),
             require_durable: false,
@@ -615,7 +618,12 @@ impl Settings {
         figment = figment.merge(Env::prefixed("HERALD_").split("__"));
         let mut settings: Settings = figment.extract().map_err(|e| {
             // figment's message names the key and the file or variable it came from.
-            anyhow::anyhow!("invalid configuration: {e}")
+            let renamed = if e.to_string().contains("pool_size") {
+                "; redis.pool_size is now redis.connections (shared multiplexed connections, default 4)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("invalid configuration: {e}{renamed}")
         })?;
         settings.apply(overrides);
         settings.validate().map_err(|e| {
@@ -678,7 +686,7 @@ impl Settings {
             ensure_name("worker.consumer", &self.worker.consumer)?;
         }
         ensure_range("redis.partitions", self.redis.partitions as u64, 1, 1024)?;
-        ensure_range("redis.pool_size", self.redis.pool_size as u64, 1, 10_000)?;
+        ensure_range("redis.connections", self.redis.connections as u64, 1, 256)?;
         ensure_range(
             "api.max_body_bytes",
             self.api.max_body_bytes as u64,

@@ -1,35 +1,240 @@
-//! Redis connections: a pool for ordinary commands, dedicated connections for
-//! blocking reads (whose response timeout must outlast their `BLOCK`), and one
-//! connection of its own for heartbeats, which ordinary traffic cannot starve.
-//! Also the creation of consumer groups.
+//! Redis connections: a few shared multiplexed connections for ordinary
+//! commands (every command goes straight out, nothing is checked on the way),
+//! dedicated connections for blocking reads (whose response timeout must outlast
+//! their `BLOCK`), and one multiplexed connection of its own for heartbeats, which
+//! ordinary traffic cannot hold up. Also the creation of consumer groups.
+//!
+//! A dropped connection reconnects on its next command (redis-rs's
+//! `ConnectionManager`, one connection attempt each time). Nothing is checked on
+//! the way of a busy connection: when one dies, the commands in flight on it, or
+//! sent before its death is noticed, fail and are not sent again (they may have
+//! run), and their callers retry as after any Redis error. A shared connection
+//! that answered nothing for 200 ms gets one `PING` before its next command (the
+//! commands that arrive meanwhile wait for that one), so a server restarted
+//! while it was idle costs no failed command. A connection whose command timed
+//! out (a server gone silent behind a dead route, a black-holed failover) is
+//! replaced by a fresh one at once: a silent socket would otherwise time out
+//! every command until the kernel gives up on it, many minutes later.
+//!
+//! How long one command can take when Redis is unreachable: at most about twice
+//! `redis.command_timeout` (a check, then the command); a refused connection
+//! fails at once.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
-use tokio::sync::OnceCell;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::shared::config::Settings;
 use crate::shared::keys::Keys;
+use crate::shared::retry::RetryPolicy;
 
 /// Handles to one Redis deployment, shared by every role in a process.
 #[derive(Clone)]
 pub struct Db {
-    pub pool: Pool,
     pub keys: Keys,
     client: redis::Client,
     command_timeout: Duration,
-    /// Heartbeats' own connection (auto-reconnecting, multiplexed), made on first use.
-    side: std::sync::Arc<OnceCell<ConnectionManager>>,
+    /// The ordinary connections, handed out in turn.
+    shared: Arc<[Arc<Slot>]>,
+    next: Arc<AtomicUsize>,
+    /// Heartbeats' own connection.
+    side: Arc<Slot>,
+}
+
+/// One of the shared connections, as a command sees it: cheap to clone, used by
+/// many tasks at once.
+#[derive(Clone)]
+pub struct Conn {
+    manager: ConnectionManager,
+    generation: u64,
+    slot: Arc<Slot>,
+}
+
+/// Where one multiplexed connection lives, so a silent one can be replaced.
+struct Slot {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    current: Mutex<(u64, ConnectionManager)>,
+    /// Check the connection before a command when it has answered nothing for
+    /// this long; `None` never checks.
+    check_after_idle: Option<Duration>,
+    /// When the connection last answered, or was last checked, in ms since `born`.
+    fresh_ms: AtomicU64,
+    /// One check at a time: the commands that arrive meanwhile wait for it.
+    checking: tokio::sync::Mutex<()>,
+    born: Instant,
+}
+
+/// A shared connection that answered nothing for this long gets a `PING` before
+/// its next command: a server restarted meanwhile has closed it, and the command
+/// would fail on the dead socket. Busy connections are never checked.
+const CHECK_AFTER_IDLE: Duration = Duration::from_millis(200);
+
+impl Slot {
+    fn new(
+        client: &redis::Client,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        check_after_idle: Option<Duration>,
+    ) -> anyhow::Result<Slot> {
+        // One connection attempt per reconnection, no pauses: how long a command
+        // can wait is bounded by the timeouts alone.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(0);
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .context("cannot set up a Redis connection")?;
+        Ok(Slot {
+            client: client.clone(),
+            config,
+            current: Mutex::new((0, manager)),
+            check_after_idle,
+            fresh_ms: AtomicU64::new(0),
+            checking: tokio::sync::Mutex::new(()),
+            born: Instant::now(),
+        })
+    }
+
+    fn conn(self: &Arc<Slot>) -> Conn {
+        let (generation, manager) = self.current();
+        Conn {
+            manager,
+            generation,
+            slot: self.clone(),
+        }
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the connection of `generation` after one of its commands timed
+    /// out; commands already sent on it finish (or time out) on their own.
+    fn replace(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.0 != generation {
+            return; // another timeout on it did this already
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(manager) => {
+                tracing::warn!("a Redis command timed out; opening a new connection in case this one went silent");
+                *current = (generation + 1, manager);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot set up a replacement Redis connection"),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn mark_fresh(&self) {
+        self.fresh_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn is_fresh(&self, idle: Duration) -> bool {
+        let since = self
+            .now_ms()
+            .saturating_sub(self.fresh_ms.load(Ordering::Relaxed));
+        u128::from(since) < idle.as_millis()
+    }
+}
+
+impl Conn {
+    /// Before a command on a connection idle for a while: one `PING`, so a dead
+    /// connection is reconnected (the manager does, on the failed `PING`) before
+    /// the command goes out. When the check shows Redis unreachable (refused, or
+    /// no answer within `redis.command_timeout`), its error is the command's, and
+    /// the command is not sent.
+    async fn check_if_idle(&mut self) -> redis::RedisResult<()> {
+        let Some(idle) = self.slot.check_after_idle else {
+            return Ok(());
+        };
+        if self.slot.is_fresh(idle) {
+            return Ok(());
+        }
+        let slot = self.slot.clone();
+        let _one_check = slot.checking.lock().await;
+        (self.generation, self.manager) = self.slot.current();
+        if self.slot.is_fresh(idle) {
+            return Ok(()); // checked by a command that came first
+        }
+        let mut checked = self.ping().await;
+        if matches!(&checked, Err(e) if e.is_io_error() && !e.is_timeout()) {
+            // A dead socket, or a reconnection that failed while Redis was away:
+            // the manager has begun a new one; the second `PING` waits for it.
+            checked = self.ping().await;
+        }
+        // Checked, well or not: the commands that waited go out without another check.
+        self.slot.mark_fresh();
+        checked
+    }
+
+    async fn ping(&mut self) -> redis::RedisResult<()> {
+        let result = self.manager.send_packed_command(&redis::cmd("PING")).await;
+        self.observe(&result);
+        (self.generation, self.manager) = self.slot.current();
+        result.map(drop)
+    }
+
+    /// After a command: an answer (even an error reply) shows the connection
+    /// alive; a timeout replaces it.
+    fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        match result {
+            Err(e) if e.is_timeout() => self.slot.replace(self.generation),
+            Err(e) if e.is_io_error() => {}
+            _ => self.slot.mark_fresh(),
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            self.check_if_idle().await?;
+            let result = self.manager.send_packed_command(cmd).await;
+            self.observe(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            self.check_if_idle().await?;
+            let result = self
+                .manager
+                .send_packed_commands(pipeline, offset, count)
+                .await;
+            self.observe(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.manager.get_db()
+    }
 }
 
 impl Db {
     /// Creates a consumer group on every event stream where it is missing, starting
     /// at `start`: a stream id (`0` for everything), or `$` for new entries only.
     pub async fn ensure_group(&self, group: &str, start: &str) -> anyhow::Result<()> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn();
         for stream in self.keys.streams() {
             let created: redis::RedisResult<String> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -48,19 +253,11 @@ impl Db {
         Ok(())
     }
 
-    /// A connection of its own for heartbeats: a slow pool (every connection busy
-    /// with marker writes under load) must not let an entry's lease lapse.
-    pub async fn side_conn(&self) -> anyhow::Result<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(Some(self.command_timeout))
-            .set_number_of_retries(1);
-        let conn = self
-            .side
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .context("cannot open the heartbeat connection to Redis")?;
-        Ok(conn.clone())
+    /// Heartbeats' connection of its own: however many commands queue on the
+    /// shared connections under load, a heartbeat is not behind them, so an
+    /// entry's lease does not lapse because the worker is busy.
+    pub fn side_conn(&self) -> Conn {
+        self.side.conn()
     }
 
     /// Connects to `redis.url` (which must be set by now) and checks the server answers.
@@ -72,26 +269,22 @@ impl Db {
         );
         let client = redis::Client::open(url).context("redis.url is not a valid Redis URL")?;
         let timeout = settings.redis.command_timeout;
-        let manager = Manager::new_with_config(
-            url,
-            AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout)),
-        )
-        .context("redis.url is not a valid Redis URL")?;
-        let pool = Pool::builder(manager)
-            .max_size(settings.redis.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .build()
-            .context("cannot build the Redis connection pool")?;
+        let shared = (0..settings.redis.connections)
+            .map(|_| Slot::new(&client, timeout, timeout, Some(CHECK_AFTER_IDLE)).map(Arc::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // A heartbeat's answer is due within its interval (after that it is
+        // abandoned, see `deliver::claim`), so its connection times out sooner
+        // and a silent one is replaced before the next heartbeat. No idle check:
+        // a heartbeat that fails on a dead socket reconnects it for the next.
+        let heartbeat = RetryPolicy::from_settings(&settings.retry).heartbeat();
+        let side = Slot::new(&client, timeout, (heartbeat * 3 / 4).min(timeout), None)?;
         let db = Db {
-            pool,
             keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
+            side: Arc::new(side),
             client,
             command_timeout: timeout,
-            side: Default::default(),
+            shared: shared.into(),
+            next: Default::default(),
         };
         db.ping()
             .await
@@ -99,12 +292,11 @@ impl Db {
         Ok(db)
     }
 
-    /// A pooled connection for ordinary (non-blocking) commands.
-    pub async fn conn(&self) -> anyhow::Result<deadpool_redis::Connection> {
-        self.pool
-            .get()
-            .await
-            .context("no Redis connection available from the pool")
+    /// A shared connection for ordinary (non-blocking) commands; the shared
+    /// connections are handed out in turn.
+    pub fn conn(&self) -> Conn {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.shared[turn % self.shared.len()].conn()
     }
 
     /// A connection of its own for `XREADGROUP ... BLOCK`: its response timeout
@@ -122,7 +314,7 @@ impl Db {
     /// Reads Redis's persistence and eviction settings and says what they risk.
     /// With `require`, a setting that can lose accepted events refuses the start.
     pub async fn check_durability(&self, require: bool) -> anyhow::Result<Durability> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn();
         let get = |name: &'static str| {
             let mut cmd = redis::cmd("CONFIG");
             cmd.arg("GET").arg(name);
@@ -160,9 +352,11 @@ impl Db {
         Ok(durability)
     }
 
+    /// Checks every shared connection answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        let mut conn = self.conn().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        for slot in self.shared.iter() {
+            let _: String = redis::cmd("PING").query_async(&mut slot.conn()).await?;
+        }
         Ok(())
     }
 }

@@ -77,7 +77,7 @@ pub fn is_id(text: &str) -> bool {
 
 /// Whether the entry `id` is still in `stream` (an `XRANGE` of that one id).
 pub async fn entry_exists(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut crate::shared::db::Conn,
     stream: &str,
     id: &str,
 ) -> anyhow::Result<bool> {

@@ -68,7 +68,7 @@ impl Holding {
             .flat_map(|(k, v)| [k, v])
             .collect();
         let record = json!({"user": user, "fields": fields}).to_string();
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let answer: String = script(&HOLD, include_str!("hold.lua"))
             .key(keys.held(partition, user))
             .key(keys.held_events(partition))
@@ -90,7 +90,7 @@ impl Holding {
 
     /// Whether the user has a subscription now.
     pub async fn user_subscribed(&self, user: &str) -> anyhow::Result<bool> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let n: u64 = redis::cmd("SCARD")
             .arg(self.db.keys.user_subscriptions(user))
             .query_async(&mut conn)
@@ -106,7 +106,7 @@ impl Holding {
     /// Drops and counts the held events whose TTL is over; returns how many.
     pub async fn sweep(&self) -> anyhow::Result<u64> {
         let keys = &self.db.keys;
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let mut expired = 0;
         for partition in 0..keys.partitions() {
             loop {
@@ -132,7 +132,7 @@ impl Holding {
 /// Returns (moved, expired).
 pub async fn release(db: &Db, user: &str) -> anyhow::Result<(u64, u64)> {
     let keys = &db.keys;
-    let mut conn = db.conn().await?;
+    let mut conn = db.conn();
     let (mut moved, mut expired) = (0, 0);
     for partition in 0..keys.partitions() {
         let (m, e): (u64, u64) = script(&RELEASE, include_str!("release.lua"))

@@ -64,7 +64,7 @@ impl Order {
     /// The event ended for `subscription` without reaching it: unless a newer
     /// event took its place meanwhile, the device's register forgets it.
     pub async fn forget(&self, db: &Db, subscription: &str) -> anyhow::Result<()> {
-        let mut conn = db.conn().await?;
+        let mut conn = db.conn();
         let _: i64 = script(&FORGET, include_str!("forget.lua"))
             .key(&self.register)
             .arg(subscription)

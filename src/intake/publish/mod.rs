@@ -89,7 +89,7 @@ impl Publisher {
         }
         let keys = &self.db.keys;
         let window_ms = self.dedup_window.as_millis().max(1) as u64;
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; batch.len()];
 
         let split: Vec<usize> = (0..batch.len())
@@ -191,7 +191,7 @@ impl Publisher {
 /// a restart or SCRIPT FLUSH) Redis refuses `EVALSHA` before running anything: load
 /// the script once and go again.
 async fn run(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut crate::shared::db::Conn,
     script: &Script,
     invocations: &[redis::ScriptInvocation<'_>],
 ) -> anyhow::Result<Vec<(String, String)>> {

@@ -225,7 +225,7 @@ impl Reclaimer {
             let listed: Vec<(&str, u64)> =
                 page.iter().map(|p| (p.id.as_str(), p.deliveries)).collect();
             let hints = {
-                let mut conn = db.conn().await?;
+                let mut conn = db.conn();
                 Hint::read(&mut conn, &db.keys.retry_at(partition), &listed).await?
             };
             let now = chrono::Utc::now();
@@ -301,7 +301,7 @@ impl Reclaimer {
     async fn pending_page(&self, stream: &str, start: &str) -> anyhow::Result<Vec<Pending>> {
         let db = self.worker.db();
         let base = self.worker.policy().base_delay;
-        let mut conn = db.conn().await?;
+        let mut conn = db.conn();
         let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(stream)
             .arg(self.worker.group())
@@ -332,7 +332,7 @@ impl Reclaimer {
         for d in due {
             cmd.arg(db.keys.lease(partition, &d.pending.id));
         }
-        let mut conn = db.conn().await?;
+        let mut conn = db.conn();
         let holders: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
         Ok(holders.into_iter().map(|h| h.is_some()).collect())
     }
@@ -352,7 +352,7 @@ impl Reclaimer {
                 pipe.arg("RETRYCOUNT").arg(d.pending.deliveries);
             }
         }
-        let mut conn = db.conn().await?;
+        let mut conn = db.conn();
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut claims = Vec::with_capacity(due.len());
         let mut unanswered = Vec::new();
@@ -380,7 +380,7 @@ impl Reclaimer {
     /// Removes consumers idle past `reclaimer.consumer_idle_timeout` with nothing pending.
     pub async fn remove_idle_consumers(&self) -> anyhow::Result<Vec<String>> {
         let db = self.worker.db();
-        let mut conn = db.conn().await?;
+        let mut conn = db.conn();
         let mut removed = Vec::new();
         let min_idle = self.consumer_idle_timeout.as_millis() as u64;
         for stream in db.keys.streams() {

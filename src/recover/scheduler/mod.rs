@@ -31,7 +31,7 @@ impl Scheduler {
     /// Moves every due event of every partition; returns how many moved.
     pub async fn move_due(&self) -> anyhow::Result<u64> {
         let keys = &self.db.keys;
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let mut moved = 0;
         for partition in 0..keys.partitions() {
             loop {
@@ -53,7 +53,7 @@ impl Scheduler {
 
     /// Events waiting for their `deliver_at`, over all partitions.
     pub async fn scheduled(db: &Db) -> anyhow::Result<u64> {
-        let mut conn = db.conn().await?;
+        let mut conn = db.conn();
         let mut pipe = redis::pipe();
         for partition in 0..db.keys.partitions() {
             pipe.zcard(db.keys.scheduled(partition));

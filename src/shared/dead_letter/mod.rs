@@ -136,7 +136,7 @@ impl DeadLetters {
         for (k, v) in metadata(stream, stream_id, consumer, why) {
             inv.arg(k).arg(v);
         }
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let id: String = inv.invoke_async(&mut conn).await?;
         tracing::error!(
             reason = %why.reason,
@@ -184,7 +184,7 @@ impl DeadLetters {
         for (k, v) in metadata(stream, stream_id, consumer, &why) {
             inv.arg(k).arg(v);
         }
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let id: Option<String> = inv.invoke_async(&mut conn).await?;
         if let Some(id) = &id {
             tracing::error!(reason = "deleted_while_pending", stream, stream_id, dead_letter_id = %id, "dead-lettered");
@@ -201,7 +201,7 @@ impl DeadLetters {
         limit: usize,
     ) -> anyhow::Result<Vec<DeadLetterEntry>> {
         let mut out = Vec::new();
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         for partition in 0..self.db.keys.partitions() {
             let key = self.db.keys.dead_letters(partition);
             let mut start = "-".to_string();
@@ -236,7 +236,7 @@ impl DeadLetters {
 
     /// One dead letter by id (searched in every partition).
     pub async fn show(&self, id: &str) -> anyhow::Result<Option<DeadLetterEntry>> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         for partition in 0..self.db.keys.partitions() {
             let found: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
                 .arg(self.db.keys.dead_letters(partition))
@@ -294,7 +294,7 @@ impl DeadLetters {
             }
         }
         let outcomes = keys.entry_outcomes(dead.partition, event_id, &fields);
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let id: String = script(&REPLAY, include_str!("replay.lua"))
             .key(keys.dead_letters(dead.partition))
             .key(&source)
@@ -309,7 +309,7 @@ impl DeadLetters {
 
     /// Deletes dead letters for good. Returns how many were deleted.
     pub async fn purge(&self, dead: &[DeadLetterEntry]) -> anyhow::Result<u64> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let mut deleted = 0;
         for e in dead {
             let n: u64 = redis::cmd("XDEL")

@@ -368,7 +368,7 @@ impl Store {
     pub async fn put(&self, sub: &Subscription) -> anyhow::Result<Stored> {
         let keys = &self.db.keys;
         let sub_key = keys.subscription(&sub.id);
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         for _ in 0..ATTEMPTS {
             let previous: Option<String> = redis::cmd("HGET")
                 .arg(&sub_key)
@@ -413,7 +413,7 @@ impl Store {
     pub async fn delete(&self, id: &str) -> anyhow::Result<bool> {
         let keys = &self.db.keys;
         let sub_key = keys.subscription(id);
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         for _ in 0..ATTEMPTS {
             let user: Option<String> = redis::cmd("HGET")
                 .arg(&sub_key)
@@ -446,7 +446,7 @@ impl Store {
 
     /// The version counter, bumped by every change of any subscription.
     pub async fn version(&self) -> anyhow::Result<i64> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let v: Option<i64> = redis::cmd("GET")
             .arg(self.db.keys.subscriptions_version())
             .query_async(&mut conn)
@@ -456,7 +456,7 @@ impl Store {
 
     /// Every subscription, and the ones that cannot be read back.
     pub async fn all(&self) -> anyhow::Result<(Vec<Subscription>, Vec<Unreadable>)> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.db.keys.all_subscriptions())
             .query_async(&mut conn)
@@ -486,7 +486,7 @@ impl Store {
         &self,
         user: &str,
     ) -> anyhow::Result<Vec<Result<Subscription, Unreadable>>> {
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.db.keys.user_subscriptions(user))
             .query_async(&mut conn)
@@ -505,7 +505,7 @@ impl Store {
         for id in ids {
             pipe.cmd("HGETALL").arg(self.db.keys.subscription(id));
         }
-        let mut conn = self.db.conn().await?;
+        let mut conn = self.db.conn();
         let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         Ok(ids
             .iter()
