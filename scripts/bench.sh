@@ -7,7 +7,9 @@
 #   scripts/bench.sh [EVENTS] [DEVICES_PER_USER]     (defaults: 20000 1)
 #   BENCH_HERALD_BIN=/tmp/herald-old scripts/bench.sh      (another build, same setup)
 #
-# Prints the publish rate and the delivery rate (pushes accepted per second).
+# Prints the publish rate, the delivery rate (pushes accepted per second), the
+# CPU each process used, and Redis's work per event: the commands it ran
+# (`INFO commandstats`, reset before the publish) and their share, per command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-20000}
@@ -57,6 +59,7 @@ done
 expected=$((EVENTS * DEVICES))
 echo "events: $EVENTS, devices: $DEVICES, pushes expected: $expected, cores: $(nproc)"
 c_herald=$(cpu "$herald_pid"); c_sink=$(cpu "$sink_pid"); c_redis=$(cpu "$redis_pid")
+redis-cli -p "$rport" config resetstat >/dev/null
 start=$(date +%s.%N)
 "$BIN" publish --redis-url "redis://127.0.0.1:$rport" --user bench --topic bench.run --title "bench" --count "$EVENTS" 2>/dev/null
 while :; do
@@ -68,12 +71,21 @@ done
 end=$(date +%s.%N)
 c_herald=$(( $(cpu "$herald_pid") - c_herald )); c_sink=$(( $(cpu "$sink_pid") - c_sink )); c_redis=$(( $(cpu "$redis_pid") - c_redis ))
 pending=$(redis-cli -p "$rport" xpending '{herald:p0}:events' herald | head -1)
-python3 - "$start" "$end" "$expected" "$pending" "$c_herald" "$c_sink" "$c_redis" "$(getconf CLK_TCK)" <<'PY'
-import sys
+commandstats=$(redis-cli -p "$rport" info commandstats | tr -d '\r')
+python3 - "$start" "$end" "$expected" "$pending" "$c_herald" "$c_sink" "$c_redis" "$(getconf CLK_TCK)" "$EVENTS" "$commandstats" <<'PY'
+import re, sys
 start, end, n, pending = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 herald, sink, redis, tck = (int(x) for x in sys.argv[5:9])
+events, stats = int(sys.argv[9]), sys.argv[10]
 secs = end - start
 print(f"delivered {n} pushes in {secs:.2f}s: {n/secs:.0f} pushes/s end to end; pending after: {pending}")
 print(f"CPU seconds: herald {herald/tck:.2f} ({herald/tck/n*1e6:.0f} us/push, {n/(herald/tck):.0f} pushes per herald CPU-second), "
       f"sink {sink/tck:.2f}, redis {redis/tck:.2f}")
+# cmdstat_<name>:calls=N,usec=U,... (the publish and the counting of arrivals included)
+calls = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"cmdstat_(\S+?):calls=(\d+),usec=(\d+)", stats)}
+total = sum(c for c, _ in calls.values())
+usec = sum(u for _, u in calls.values())
+top = sorted(calls.items(), key=lambda kv: -kv[1][0])[:8]
+print(f"redis commands: {total/events:.1f} per event, {usec/events:.1f} us of command time per event; "
+      + ", ".join(f"{name} {c/events:.2f}" for name, (c, _) in top))
 PY
