@@ -58,8 +58,6 @@ if ARGV[6] == '1' then
     redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[5])
   end
   redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
-  -- Markers outlive the last attempt of their entry by their whole life.
-  redis.call('EXPIRE', KEYS[2], ARGV[9])
 elseif redis.call('GET', KEYS[3]) ~= ARGV[2] then
   -- A later chunk: only while the entry's lease is still this consumer's.
   return {'taken'}
@@ -118,7 +116,8 @@ for i = 13, #ARGV do
     end
   end
 end
-if wrote then
+-- Markers outlive the last attempt of their entry by their whole life.
+if wrote or ARGV[6] == '1' then
   redis.call('EXPIRE', KEYS[2], ARGV[9])
 end
 if registered then

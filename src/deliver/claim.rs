@@ -12,7 +12,7 @@
 //! that lost its entry sends nothing more: see [`EntryCtx::may_send`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,6 @@ use crate::shared::stream::Entry;
 
 static CLAIM: OnceLock<Script> = OnceLock::new();
 static REFRESH: OnceLock<Script> = OnceLock::new();
-static RELEASE: OnceLock<Script> = OnceLock::new();
 
 /// Devices claimed per round trip.
 pub(super) const CHUNK: usize = 64;
@@ -52,6 +51,15 @@ pub(super) struct EntryCtx<'a> {
     lost: AtomicBool,
     /// How long without a landed heartbeat this processor may still send.
     send_window: Duration,
+    /// Settled states not written yet (`(subscription, state)`): written in
+    /// batches while the fan-out goes on, the last ones with the entry's end.
+    pub marks: Mutex<Vec<(String, &'static str)>>,
+    /// One batch of states written at a time; the others gather meanwhile.
+    pub writing_marks: tokio::sync::Mutex<()>,
+    /// Devices of the fan-out not done yet.
+    pub remaining: AtomicUsize,
+    /// The entry's lease and key lock were released (with its acknowledgement).
+    pub released: AtomicBool,
 }
 
 impl<'a> EntryCtx<'a> {
@@ -72,6 +80,10 @@ impl<'a> EntryCtx<'a> {
             last_beat: Mutex::new(Instant::now()),
             lost: AtomicBool::new(false),
             send_window: worker.policy.lease(),
+            marks: Mutex::default(),
+            writing_marks: tokio::sync::Mutex::default(),
+            remaining: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
             entry,
             fields,
             event,
@@ -96,7 +108,7 @@ impl<'a> EntryCtx<'a> {
         *self.last_beat.lock() = Instant::now();
     }
 
-    fn lock(&self) -> (&str, &str) {
+    pub fn lock(&self) -> (&str, &str) {
         match &self.order {
             Some(order) => (order.lock.as_str(), self.holder.as_str()),
             None => (self.lease.as_str(), ""),
@@ -307,26 +319,6 @@ impl Worker {
             Err(e) => {
                 tracing::debug!(stream_id = %ctx.entry.id, error = %format!("{e:#}"), "heartbeat failed")
             }
-        }
-    }
-
-    /// Releases the entry's lease and its key's lock, so that the next event of the
-    /// key, or a retry, need not wait for them to expire.
-    pub(super) async fn release(&self, ctx: &EntryCtx<'_>) {
-        let (lock, holder) = ctx.lock();
-        let released: anyhow::Result<i64> = async {
-            let mut conn = self.db.conn();
-            Ok(script(&RELEASE, include_str!("release.lua"))
-                .key(&ctx.lease)
-                .key(lock)
-                .arg(&self.consumer)
-                .arg(holder)
-                .invoke_async(&mut conn)
-                .await?)
-        }
-        .await;
-        if let Err(e) = released {
-            tracing::debug!(stream_id = %ctx.entry.id, error = %format!("{e:#}"), "cannot release the lease; it expires by itself");
         }
     }
 }

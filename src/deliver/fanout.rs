@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::future::Either;
@@ -57,6 +58,7 @@ impl Worker {
         let mut running = FuturesUnordered::new();
         let mut claiming = false;
         let mut attempt = Attempt::default();
+        ctx.remaining.store(devices.len(), Ordering::Relaxed);
         loop {
             while running.len() < self.fanout_width + 1 {
                 let Some((target, verdict)) = claimed.pop_front() else {
@@ -75,7 +77,11 @@ impl Worker {
                     }));
                 }
             }
-            match running.next().await {
+            let done = running.next().await;
+            if matches!(done, Some(Work::Device(_))) {
+                ctx.remaining.fetch_sub(1, Ordering::Relaxed);
+            }
+            match done {
                 Some(Work::Claimed(chunk, verdicts)) => {
                     claiming = false;
                     claimed.extend(chunk.iter().zip(verdicts));
@@ -232,8 +238,8 @@ impl Worker {
                 return DeviceOutcome::Failed(Failure::new(&sub.id, report, previous));
             }
         };
-        // Right after the push service's answer, so that no retry pushes this device again.
-        self.settle_device(ctx, &sub.id, Mode::Mark, state).await;
+        // Soon after the push service's answer, so that no retry pushes this device again.
+        self.mark(ctx, &sub.id, state).await;
         DeviceOutcome::Settled(state)
     }
 }

@@ -17,7 +17,8 @@
 //! 5. [`fanout`]: a push to each claimed device ([`push`]: encryption, VAPID,
 //!    the answer classified, a breaker and pacing per push service).
 //! 6. [`settle`]: each device's state, dead letters, the retry's not-before
-//!    time, and the acknowledgement.
+//!    time, and the acknowledgement (with the last states and the release of
+//!    the lease, in one round trip).
 
 mod claim;
 mod entry;

@@ -1,26 +1,58 @@
--- Settles one device's state for an event, after its push (or its not-push).
+-- Settles devices' states for an event, after their pushes (or not-pushes), in
+-- one round trip. With 'release', also releases the entry's lease and its key's
+-- lock, each only if it is still this process's (the end of an attempt); with
+-- 'finish', also acknowledges the entry and forgets its retry hint first (the
+-- end of an entry whose every device is settled).
 -- KEYS[1] the event's outcomes hash
--- ARGV[1] the subscription id
--- ARGV[2] 'mark': a settled state, always written (the push service's answer is
---         the truth); 'fail': the last failure, written only while the device is
---         still claimed by this holder (never over another processor's claim or
---         a settled state); 'unclaim': nothing was sent, the previous state goes
---         back, also only while the claim is this holder's
--- ARGV[3] the state to write ('' with 'unclaim': none before)
--- ARGV[4] life of the hash, s
--- ARGV[5] the claim's holder ('<consumer>/<entry id>')
--- Returns 1 when written, 0 when left alone.
-local state = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[2] ~= 'mark' then
-  local mine = 'pushing ' .. ARGV[5] .. ' '
-  if not state or string.sub(state, 1, #mine) ~= mine then
-    return 0
+-- KEYS[2] the stream
+-- KEYS[3] the partition's retry hints (retry-at)
+-- KEYS[4] the entry's lease
+-- KEYS[5] the ordering key's lock (KEYS[4] again when the event is not ordered)
+-- ARGV[1] life of the outcomes hash, s
+-- ARGV[2] the device claims' holder ('<consumer>#<process>/<entry id>')
+-- ARGV[3] 'finish', 'release', or '' (states only)
+-- ARGV[4] consumer group
+-- ARGV[5] the entry id
+-- ARGV[6] this consumer
+-- ARGV[7] the lock's holder, '' when the event is not ordered
+-- ARGV[8..] triples: mode, subscription id, state. Modes: 'mark': a settled
+--         state, always written (the push service's answer is the truth);
+--         'fail': the last failure, written only while the device is still
+--         claimed by this holder (never over another processor's claim or a
+--         settled state); 'unclaim': nothing was sent, the previous state goes
+--         back ('' for none), also only while the claim is this holder's.
+-- Returns the number of states written.
+local written = 0
+local mine = 'pushing ' .. ARGV[2] .. ' '
+for i = 8, #ARGV, 3 do
+  local mode, sub, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local ours = true
+  if mode ~= 'mark' then
+    local current = redis.call('HGET', KEYS[1], sub)
+    ours = current and string.sub(current, 1, #mine) == mine
   end
-  if ARGV[3] == '' then
-    redis.call('HDEL', KEYS[1], ARGV[1])
-    return 1
+  if ours then
+    if state == '' then
+      redis.call('HDEL', KEYS[1], sub)
+    else
+      redis.call('HSET', KEYS[1], sub, state)
+    end
+    written = written + 1
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
+if written > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+if ARGV[3] == 'finish' then
+  redis.call('XACK', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('HDEL', KEYS[3], ARGV[5])
+end
+if ARGV[3] ~= '' then
+  if redis.call('GET', KEYS[4]) == ARGV[6] then
+    redis.call('DEL', KEYS[4])
+  end
+  if ARGV[7] ~= '' and redis.call('GET', KEYS[5]) == ARGV[7] then
+    redis.call('DEL', KEYS[5])
+  end
+end
+return written

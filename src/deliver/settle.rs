@@ -2,6 +2,12 @@
 //! a held event, the acknowledgement, and for an entry left pending its retry
 //! hint (`{P:pN}:retry-at`: not before when, and whether the attempt counted).
 //!
+//! Round trips: the states of devices settled during a fan-out are written in
+//! batches (one write in flight, the others gather behind it); the last ones
+//! go with the acknowledgement and the release of the entry's lease and key
+//! lock, in one round trip. So a single-device event costs one round trip
+//! after its push.
+//!
 //! An entry is acknowledged once every device is settled. A device still
 //! failing is dead-lettered, with its last status, once the entry used up
 //! `retry.max_deliveries` attempts (reason `max_deliveries`, or `panic` when
@@ -10,6 +16,7 @@
 //! out a `429`, a busy key or device, a full service) does not count.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -85,10 +92,19 @@ pub(super) enum Mode {
     Unclaim,
 }
 
+/// What else one settling round trip does (see `settle.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// The states only.
+    Nothing,
+    /// The end of an attempt: the entry's lease and key lock are released.
+    Release,
+    /// The end of the entry: acknowledged, its retry hint forgotten, released.
+    Finish,
+}
+
 impl Worker {
-    /// Writes a device's state; a settled one is retried while Redis is unreachable
-    /// (up to `MARKER_PATIENCE`): the device has the event, and a state lost to a
-    /// Redis blip would mean a second push on the retry.
+    /// Writes a device's state (see [`Worker::settle_states`]).
     pub(super) async fn settle_device(
         &self,
         ctx: &EntryCtx<'_>,
@@ -96,14 +112,30 @@ impl Worker {
         mode: Mode,
         state: &str,
     ) {
+        if let Err(e) = self
+            .settle_states(ctx, &[(mode, sub, state)], End::Nothing)
+            .await
+        {
+            tracing::warn!(subscription = %sub, error = %format!("{e:#}"), "cannot record the device's state; its claim expires by itself");
+        }
+    }
+
+    /// Writes devices' states, and what `end` says, in one round trip. Settled
+    /// states are retried while Redis is unreachable (up to `MARKER_PATIENCE`):
+    /// those devices have the event, and a state lost to a Redis blip would mean
+    /// a second push on the retry. Everything in it may be written twice.
+    pub(super) async fn settle_states(
+        &self,
+        ctx: &EntryCtx<'_>,
+        states: &[(Mode, &str, &str)],
+        end: End,
+    ) -> anyhow::Result<()> {
+        let patient = states.iter().any(|(mode, _, _)| *mode == Mode::Mark);
         let deadline = std::time::Instant::now() + MARKER_PATIENCE;
         loop {
-            match self.settle_once(ctx, sub, mode, state).await {
-                Ok(()) => return,
-                Err(e) if mode != Mode::Mark || std::time::Instant::now() >= deadline => {
-                    tracing::warn!(subscription = %sub, error = %format!("{e:#}"), "cannot record the device's state; its claim expires by itself");
-                    return;
-                }
+            match self.settle_once(ctx, states, end).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !patient || std::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -112,25 +144,108 @@ impl Worker {
     async fn settle_once(
         &self,
         ctx: &EntryCtx<'_>,
-        sub: &str,
-        mode: Mode,
-        state: &str,
+        states: &[(Mode, &str, &str)],
+        end: End,
     ) -> anyhow::Result<()> {
-        let mut conn = self.db.conn();
-        let _: i64 = script(&SETTLE, include_str!("settle.lua"))
+        let (lock, lock_holder) = ctx.lock();
+        let mut invocation = script(&SETTLE, include_str!("settle.lua")).prepare_invoke();
+        invocation
             .key(&ctx.outcomes)
-            .arg(sub)
-            .arg(match mode {
-                Mode::Mark => "mark",
-                Mode::Fail => "fail",
-                Mode::Unclaim => "unclaim",
-            })
-            .arg(state)
+            .key(&ctx.entry.stream)
+            .key(self.db.keys.retry_at(ctx.partition))
+            .key(&ctx.lease)
+            .key(lock)
             .arg(self.policy.markers_ttl().as_secs().max(1))
             .arg(&ctx.holder)
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(match end {
+                End::Nothing => "",
+                End::Release => "release",
+                End::Finish => "finish",
+            })
+            .arg(&self.group)
+            .arg(&ctx.entry.id)
+            .arg(&self.consumer)
+            .arg(lock_holder);
+        for (mode, sub, state) in states {
+            invocation
+                .arg(match mode {
+                    Mode::Mark => "mark",
+                    Mode::Fail => "fail",
+                    Mode::Unclaim => "unclaim",
+                })
+                .arg(*sub)
+                .arg(*state);
+        }
+        let mut conn = self.db.conn();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(())
+    }
+
+    /// A device got the event (or is gone): its state is written in a batch
+    /// with others settled meanwhile while the fan-out goes on (one write at a
+    /// time, the others gather behind it); the last device's goes with the
+    /// entry's end (its acknowledgement), in the same round trip.
+    pub(super) async fn mark(&self, ctx: &EntryCtx<'_>, sub: &str, state: &'static str) {
+        ctx.marks.lock().push((sub.to_string(), state));
+        if ctx.remaining.load(Ordering::Relaxed) <= 1 {
+            return;
+        }
+        let Ok(_writing) = ctx.writing_marks.try_lock() else {
+            return;
+        };
+        loop {
+            let batch = std::mem::take(&mut *ctx.marks.lock());
+            if batch.is_empty() {
+                return;
+            }
+            if let Err(e) = self
+                .settle_states(ctx, &settled(&batch), End::Nothing)
+                .await
+            {
+                tracing::warn!(devices = batch.len(), error = %format!("{e:#}"), "cannot record the devices' states; their claims expire by themselves");
+            }
+        }
+    }
+
+    /// The states not written yet, taken for the entry's end.
+    fn unwritten_marks(ctx: &EntryCtx<'_>) -> Vec<(String, &'static str)> {
+        std::mem::take(&mut *ctx.marks.lock())
+    }
+
+    /// Acknowledges the entry, with the states not written yet, forgets its
+    /// retry hint and releases its lease and key lock: one round trip.
+    pub(super) async fn finish(&self, ctx: &EntryCtx<'_>, done: EntryOutcome) -> EntryOutcome {
+        let marks = Self::unwritten_marks(ctx);
+        match self.settle_states(ctx, &settled(&marks), End::Finish).await {
+            Ok(()) => {
+                ctx.released.store(true, Ordering::Relaxed);
+                done
+            }
+            Err(e) => {
+                // Put back: the release at the end of the attempt tries them again.
+                ctx.marks.lock().extend(marks);
+                // Not acknowledged means processed again; the states keep devices from a second push.
+                EntryOutcome::Pending {
+                    reason: format!("processed, but XACK failed: {e:#}"),
+                }
+            }
+        }
+    }
+
+    /// The end of an attempt that did not finish the entry: writes the states
+    /// not written yet and releases the entry's lease and its key's lock, so
+    /// that the next event of the key, or a retry, need not wait for them to expire.
+    pub(super) async fn release(&self, ctx: &EntryCtx<'_>) {
+        if ctx.released.load(Ordering::Relaxed) {
+            return;
+        }
+        let marks = Self::unwritten_marks(ctx);
+        if let Err(e) = self
+            .settle_states(ctx, &settled(&marks), End::Release)
+            .await
+        {
+            tracing::warn!(stream_id = %ctx.entry.id, devices = marks.len(), error = %format!("{e:#}"), "cannot record the last states or release the lease; they expire by themselves");
+        }
     }
 
     /// Records a failed attempt at a device (`failed <status> <error>`), or, when
@@ -210,7 +325,7 @@ impl Worker {
             failures,
         } = attempt;
         if failures.is_empty() {
-            return self.ack(ctx.entry, acked(tally)).await;
+            return self.finish(ctx, acked(tally)).await;
         }
         let sent_any = failures.iter().any(|f| !f.report.not_sent);
         let exhausted =
@@ -243,7 +358,7 @@ impl Worker {
                 }
             }
             if still_failing == 0 {
-                return self.ack(ctx.entry, acked(tally)).await;
+                return self.finish(ctx, acked(tally)).await;
             }
         }
         self.pending(ctx, &failures).await
@@ -321,7 +436,7 @@ impl Worker {
                 ),
             };
         }
-        self.ack(ctx.entry, acked(tally)).await
+        self.finish(ctx, acked(tally)).await
     }
 
     /// Leaves the entry pending: records when it may be retried, and whether this
@@ -522,6 +637,14 @@ impl Hint {
             })
             .collect())
     }
+}
+
+/// Settled states to write, as `settle.lua` takes them.
+fn settled<'m>(marks: &'m [(String, &'static str)]) -> Vec<(Mode, &'m str, &'m str)> {
+    marks
+        .iter()
+        .map(|(sub, state)| (Mode::Mark, sub.as_str(), *state))
+        .collect()
 }
 
 /// Cuts a push service's error text to `FAILURE_TEXT` bytes (at a character boundary).

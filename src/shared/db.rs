@@ -16,6 +16,10 @@
 //! replaced by a fresh one at once: a silent socket would otherwise time out
 //! every command until the kernel gives up on it, many minutes later.
 //!
+//! Not a pool: deadpool-redis, which the design card names, sends `UNWATCH` and
+//! `PING` on every checkout with no way to turn that off (deadpool-rs/deadpool
+//! issue 307); that was 10 of 21 Redis commands per event (BENCHMARKS.md).
+//!
 //! How long one command can take when Redis is unreachable: at most about twice
 //! `redis.command_timeout` (a check, then the command); a refused connection
 //! fails at once.
