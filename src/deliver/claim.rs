@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use redis::Script;
 
 use super::ordering::Order;
+use super::push::Notice;
 use super::Worker;
 use crate::shared::db::script;
 use crate::shared::event::Event;
@@ -36,6 +37,8 @@ pub(super) struct EntryCtx<'a> {
     pub entry: &'a Entry,
     pub fields: &'a HashMap<String, String>,
     pub event: &'a Event,
+    /// What every device of the event gets, made once.
+    pub notice: Notice,
     pub partition: u32,
     /// The event's per-device states (a forced replay copy's own, under its run).
     pub outcomes: String,
@@ -84,6 +87,7 @@ impl<'a> EntryCtx<'a> {
             writing_marks: tokio::sync::Mutex::default(),
             remaining: AtomicUsize::new(0),
             released: AtomicBool::new(false),
+            notice: Notice::of(event),
             entry,
             fields,
             event,

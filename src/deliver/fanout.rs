@@ -182,7 +182,7 @@ impl Worker {
         };
         let report = {
             let may_send = || ctx.may_send();
-            match AssertUnwindSafe(self.pusher.push_checked(sub, ctx.event, ttl, &may_send))
+            match AssertUnwindSafe(self.pusher.push_checked(sub, &ctx.notice, ttl, &may_send))
                 .catch_unwind()
                 .await
             {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -90,11 +91,20 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Signed tokens by origin, with their `exp` (unix seconds).
+/// A signed token, and the `Authorization` header that carries it.
+#[derive(Clone)]
+struct Token {
+    signature: VapidSignature,
+    header: Arc<str>,
+    /// Unix seconds.
+    exp: u64,
+}
+
+/// Signed tokens by origin.
 pub struct Signer {
     key: VapidKey,
     subject: String,
-    cache: Mutex<HashMap<String, (VapidSignature, u64)>>,
+    cache: Mutex<HashMap<String, Token>>,
 }
 
 /// Seconds since 1970 by the wall clock (0 for a clock set before it).
@@ -120,40 +130,47 @@ impl Signer {
     /// The token for `origin` (`aud`), from the cache while its `exp` is more than
     /// an hour ahead of the wall clock (a suspended machine or a clock step does not
     /// leave an expired token in use).
-    pub fn signature(
-        &self,
-        origin: &str,
-        subscription: &SubscriptionInfo,
-    ) -> anyhow::Result<VapidSignature> {
-        self.signature_at(origin, subscription, unix_now())
+    pub fn signature(&self, origin: &str) -> anyhow::Result<VapidSignature> {
+        Ok(self.token_at(origin, unix_now())?.signature)
     }
 
-    fn signature_at(
-        &self,
-        origin: &str,
-        subscription: &SubscriptionInfo,
-        now: u64,
-    ) -> anyhow::Result<VapidSignature> {
-        if let Some((sig, exp)) = self.cache.lock().get(origin) {
-            if now.saturating_add(REFRESH_MARGIN.as_secs()) < *exp {
-                return Ok(sig.clone());
+    /// The `Authorization` header for a push to `origin`: `vapid t=<token>, k=<key>`.
+    pub fn authorization(&self, origin: &str) -> anyhow::Result<Arc<str>> {
+        Ok(self.token_at(origin, unix_now())?.header)
+    }
+
+    fn token_at(&self, origin: &str, now: u64) -> anyhow::Result<Token> {
+        if let Some(token) = self.cache.lock().get(origin) {
+            if now.saturating_add(REFRESH_MARGIN.as_secs()) < token.exp {
+                return Ok(token.clone());
             }
         }
         let exp = now.saturating_add(TOKEN_LIFETIME.as_secs());
-        let mut builder = self.key.builder.clone().add_sub_info(subscription);
+        let audience = SubscriptionInfo::new(origin, "", "");
+        let mut builder = self.key.builder.clone().add_sub_info(&audience);
         // Set aud ourselves: web-push's default drops a non-default port.
         builder.add_claim("aud", origin);
         builder.add_claim("sub", self.subject.as_str());
         builder.add_claim("exp", exp);
-        let sig = builder
+        let signature = builder
             .build()
             .map_err(|e| anyhow::anyhow!("cannot sign a VAPID token: {e}"))?;
+        let header = format!(
+            "vapid t={}, k={}",
+            signature.auth_t,
+            URL_SAFE_NO_PAD.encode(&signature.auth_k)
+        );
+        let token = Token {
+            signature,
+            header: header.into(),
+            exp,
+        };
         let mut cache = self.cache.lock();
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(origin.to_string(), (sig.clone(), exp));
-        Ok(sig)
+        cache.insert(origin.to_string(), token.clone());
+        Ok(token)
     }
 
     /// Drops the cached token of `origin`: the push service refused it.
@@ -226,10 +243,9 @@ mod tests {
     fn signatures_are_cached_per_origin() {
         let (key, _) = VapidKey::generate();
         let signer = Signer::new(key, "mailto:ops@example.org".into());
-        let sub = SubscriptionInfo::new("http://127.0.0.1:1/push/a", "x", "y");
-        let a = signer.signature("http://127.0.0.1:1", &sub).expect("signs");
-        let b = signer.signature("http://127.0.0.1:1", &sub).expect("signs");
-        let c = signer.signature("http://127.0.0.1:2", &sub).expect("signs");
+        let a = signer.signature("http://127.0.0.1:1").expect("signs");
+        let b = signer.signature("http://127.0.0.1:1").expect("signs");
+        let c = signer.signature("http://127.0.0.1:2").expect("signs");
         assert_eq!(a, b);
         assert_ne!(a.auth_t, c.auth_t);
     }
@@ -238,25 +254,24 @@ mod tests {
     fn a_token_near_its_exp_by_the_wall_clock_is_signed_again() {
         let (key, _) = VapidKey::generate();
         let signer = Signer::new(key, "mailto:ops@example.org".into());
-        let sub = SubscriptionInfo::new("http://127.0.0.1:1/push/a", "x", "y");
         let origin = "http://127.0.0.1:1";
         let t0 = unix_now();
-        let first = signer.signature_at(origin, &sub, t0).expect("signs");
+        let first = signer.token_at(origin, t0).expect("signs").signature;
         let cached = signer
-            .signature_at(origin, &sub, t0 + 10 * 3600)
-            .expect("signs");
+            .token_at(origin, t0 + 10 * 3600)
+            .expect("signs")
+            .signature;
         assert_eq!(first, cached, "ten hours on, still more than an hour left");
         let renewed = signer
-            .signature_at(origin, &sub, t0 + 11 * 3600 + 1)
-            .expect("signs");
+            .token_at(origin, t0 + 11 * 3600 + 1)
+            .expect("signs")
+            .signature;
         assert_ne!(first, renewed, "less than an hour left: a new token");
         signer.forget(origin);
         assert!(
             signer.cache.lock().get(origin).is_none(),
             "a refused token is not used again"
         );
-        let _ = signer
-            .signature_at(origin, &sub, u64::MAX)
-            .expect("no overflow");
+        let _ = signer.token_at(origin, u64::MAX).expect("no overflow");
     }
 }
