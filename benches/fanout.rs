@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse()?,
         fast: true,
         record: None,
+        tls: false,
     })
     .await?;
     let handle = sink.handle();

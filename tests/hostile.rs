@@ -700,6 +700,7 @@ async fn a_hanging_push_service_leaves_the_other_services_their_slots() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         fast: false,
         record: None,
+        tls: false,
     })
     .await
     .expect("a second push service");

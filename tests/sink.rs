@@ -15,10 +15,15 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 async fn sink(fast: bool) -> (SinkHandle, CancellationToken) {
+    sink_with(fast, false).await
+}
+
+async fn sink_with(fast: bool, tls: bool) -> (SinkHandle, CancellationToken) {
     let sink = Sink::bind(SinkOptions {
         listen: "127.0.0.1:0".parse().expect("addr"),
         fast,
         record: None,
+        tls,
     })
     .await
     .expect("bind");
@@ -29,10 +34,72 @@ async fn sink(fast: bool) -> (SinkHandle, CancellationToken) {
 }
 
 fn pusher() -> Pusher {
+    pusher_trusting(None).expect("pusher")
+}
+
+fn pusher_trusting(extra_ca_file: Option<&std::path::Path>) -> anyhow::Result<Pusher> {
     let mut settings = Settings::default();
     settings.push.allow_insecure_endpoints = true;
     settings.push.vapid_subject = "mailto:tests@herald.invalid".into();
-    Pusher::new(&settings, VapidKey::generate().0).expect("pusher")
+    if let Some(path) = extra_ca_file {
+        settings.push.extra_ca_file = path.to_path_buf();
+    }
+    Pusher::new(&settings, VapidKey::generate().0)
+}
+
+#[tokio::test]
+async fn over_tls_a_push_goes_by_http2_to_a_service_trusted_through_extra_ca_file() {
+    let (sink, _stop) = sink_with(false, true).await;
+    assert!(
+        sink.base_url().starts_with("https://"),
+        "{}",
+        sink.base_url()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("sink-ca.pem");
+    std::fs::write(&ca, sink.ca_pem().expect("a TLS sink has an authority")).expect("write");
+    let sub = subscription(&sink);
+
+    // Not trusted: the handshake fails, the push is a retry and nothing arrives.
+    let untrusted = pusher().push(&sub, &event("untrusted"), 60).await;
+    assert!(
+        matches!(untrusted.outcome, Outcome::Retry { .. }),
+        "{untrusted:?}"
+    );
+    assert!(sink.delivered().is_empty());
+
+    // Trusted: verified, decrypted, and over HTTP/2 (ALPN).
+    let pusher = pusher_trusting(Some(&ca)).expect("pusher");
+    for i in 0..3 {
+        let report = pusher.push(&sub, &event(&format!("n{i}")), 60).await;
+        assert_eq!(report.outcome, Outcome::Delivered, "{:?}", report.error);
+    }
+    let arrivals = sink.delivered();
+    assert_eq!(arrivals.len(), 3);
+    assert!(
+        arrivals.iter().all(|a| a.http == "HTTP/2.0"),
+        "{arrivals:?}"
+    );
+    assert_eq!(
+        arrivals[0].plaintext.as_ref().expect("decrypted")["title"],
+        "n0"
+    );
+}
+
+#[test]
+fn an_unreadable_extra_ca_file_stops_the_pusher_saying_which_setting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("nope.pem");
+    let err = pusher_trusting(Some(&missing)).err().expect("refused");
+    assert!(format!("{err:#}").contains("push.extra_ca_file"), "{err:#}");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").expect("write");
+    let err = pusher_trusting(Some(&not_pem)).err().expect("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("push.extra_ca_file") && text.contains("not.pem"),
+        "{text}"
+    );
 }
 
 fn subscription(sink: &SinkHandle) -> Subscription {

@@ -392,6 +392,9 @@ pub struct PushSettings {
     /// The share of `worker.concurrency` that pushes to one push service (origin) may
     /// take at once, so a slow or hanging service cannot hold every slot.
     pub service_share: f64,
+    /// PEM file of certificate authorities trusted besides the built-in ones (a
+    /// TLS-inspecting proxy's, a test push service's); empty: none.
+    pub extra_ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -480,6 +483,7 @@ impl Default for PushSettings {
             request_timeout: Duration::from_secs(15),
             max_retry_after: Duration::from_secs(3600),
             service_share: 0.5,
+            extra_ca_file: PathBuf::new(),
         }
     }
 }

@@ -241,6 +241,7 @@ impl TestApp {
             listen: "127.0.0.1:0".parse().expect("addr"),
             fast: fast_sink,
             record: None,
+            tls: false,
         })
         .await
         .expect("bind the sink");

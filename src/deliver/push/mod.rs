@@ -126,6 +126,9 @@ impl Pusher {
             // A public name that resolves to a private address is refused at connect time too.
             builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
         }
+        for ca in extra_authorities(&push.extra_ca_file)? {
+            builder = builder.add_root_certificate(ca);
+        }
         let client = builder
             .build()
             .context("cannot build the HTTP client for push services")?;
@@ -441,6 +444,28 @@ async fn read_some(mut response: reqwest::Response, cap: usize) -> String {
 pub fn topic_for_key(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     URL_SAFE_NO_PAD.encode(&digest[..24])
+}
+
+/// The certificate authorities of `push.extra_ca_file` (none when it is empty).
+fn extra_authorities(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    if path.as_os_str().is_empty() {
+        return Ok(Vec::new());
+    }
+    let pem = std::fs::read(path)
+        .with_context(|| format!("push.extra_ca_file: cannot read {}", path.display()))?;
+    let authorities = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        anyhow::anyhow!(
+            "push.extra_ca_file: {} is not a PEM bundle of certificates: {e}",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        !authorities.is_empty(),
+        "push.extra_ca_file: {} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
+        path.display()
+    );
+    tracing::info!(path = %path.display(), authorities = authorities.len(), "trusting extra certificate authorities for push services");
+    Ok(authorities)
 }
 
 /// What is pushed to every device of one event, made once per event.

@@ -62,33 +62,92 @@ pub type Resets = Arc<Mutex<HashSet<SocketAddr>>>;
 pub struct SinkListener {
     pub inner: TcpListener,
     pub resets: Resets,
+    /// Serve HTTPS: each connection's handshake, within `HANDSHAKE_TIMEOUT`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+/// How long a client may take over its TLS handshake before the sink drops it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Listener for SinkListener {
-    type Io = ResettableStream;
+    type Io = SinkStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.inner.accept().await {
-                Ok((stream, peer)) => {
-                    let io = ResettableStream {
-                        inner: stream,
-                        peer,
-                        resets: self.resets.clone(),
-                    };
-                    return (io, peer);
-                }
+            let (stream, peer) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::debug!(error = %e, "sink: accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 }
+            };
+            let io = ResettableStream {
+                inner: stream,
+                peer,
+                resets: self.resets.clone(),
+            };
+            let Some(acceptor) = &self.tls else {
+                return (SinkStream::Plain(io), peer);
+            };
+            // One handshake at a time is plenty for a test sink (clients keep their connections).
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => return (SinkStream::Tls(Box::new(tls)), peer),
+                Ok(Err(e)) => tracing::debug!(error = %e, "sink: TLS handshake failed"),
+                Err(_) => tracing::debug!("sink: TLS handshake timed out"),
             }
         }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.inner.local_addr()
+    }
+}
+
+/// A connection to the sink, plain or TLS.
+pub enum SinkStream {
+    Plain(ResettableStream),
+    Tls(Box<tokio_rustls::server::TlsStream<ResettableStream>>),
+}
+
+impl AsyncRead for SinkStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SinkStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SinkStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SinkStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SinkStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            SinkStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SinkStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            SinkStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SinkStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SinkStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

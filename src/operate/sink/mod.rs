@@ -13,6 +13,7 @@
 
 pub mod crypto;
 mod hostile;
+mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -45,6 +46,9 @@ pub struct SinkOptions {
     pub fast: bool,
     /// Write every arrival as a JSON line here.
     pub record: Option<Box<SinkRecord>>,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with a certificate authority made at
+    /// start ([`SinkHandle::ca_pem`]): a push service's real transport.
+    pub tls: bool,
 }
 
 /// Where arrivals are written.
@@ -141,6 +145,9 @@ pub struct Arrival {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub at: String,
+    /// The request's HTTP version (`HTTP/1.1`, `HTTP/2.0`).
+    #[serde(default)]
+    pub http: String,
 }
 
 /// The Web Push request headers worth recording.
@@ -158,6 +165,8 @@ pub struct BTreeHeaders {
 
 struct SinkState {
     base_url: String,
+    /// The certificate authority a client must trust, when serving HTTPS.
+    ca_pem: Option<String>,
     fast: bool,
     /// Every push waits this long (ms) before it is handled: a slow push service.
     delay_ms: std::sync::atomic::AtomicU64,
@@ -197,6 +206,11 @@ impl SinkHandle {
     /// The origin push requests must be addressed to (the VAPID `aud`).
     pub fn base_url(&self) -> &str {
         &self.state.base_url
+    }
+
+    /// The certificate authority (PEM) to trust, when the sink serves HTTPS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.state.ca_pem.as_deref()
     }
 
     /// A new subscription, as a browser would make it; returns herald's id for it
@@ -304,14 +318,19 @@ impl Sink {
             )),
         };
         let resets = Resets::default();
+        let tls = options.tls.then(tls::SinkTls::generate).transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
         Ok(Sink {
             listener: SinkListener {
                 inner: listener,
                 resets: resets.clone(),
+                tls: tls.map(|t| t.acceptor),
             },
             handle: SinkHandle {
                 state: Arc::new(SinkState {
-                    base_url: format!("http://{addr}"),
+                    base_url: format!("{scheme}://{addr}"),
+                    ca_pem,
                     fast: options.fast,
                     delay_ms: std::sync::atomic::AtomicU64::new(0),
                     subs: Mutex::new(HashMap::new()),
@@ -350,6 +369,7 @@ async fn receive(
     State(sink): State<SinkHandle>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(path_id): Path<String>,
+    version: axum::http::Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -375,6 +395,7 @@ async fn receive(
         )),
     };
     let mut arrival = Arrival {
+        http: format!("{version:?}"),
         subscription: id.clone(),
         event_id: None,
         plaintext: None,
@@ -587,6 +608,12 @@ pub struct SinkArgs {
     /// Skip VAPID checks and decryption (for benchmarks).
     #[arg(long)]
     pub fast: bool,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with a certificate authority made at start.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: write the certificate authority (PEM) here, for herald's push.extra_ca_file.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub tls_ca_out: Option<std::path::PathBuf>,
     /// Append arrivals as JSON lines to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<std::path::PathBuf>,
@@ -620,9 +647,18 @@ pub async fn run_cli(args: SinkArgs, shutdown: CancellationToken) -> anyhow::Res
         listen: args.sink_listen,
         fast: args.fast,
         record: Some(Box::new(record)),
+        tls: args.tls,
     })
     .await?;
     let handle = sink.handle();
+    if let (Some(path), Some(pem)) = (&args.tls_ca_out, handle.ca_pem()) {
+        std::fs::write(path, pem)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        eprintln!(
+            "the sink's certificate authority is in {} (push.extra_ca_file)",
+            path.display()
+        );
+    }
     let mut faults = Vec::new();
     for spec in &args.fail {
         faults.push(Fault::parse(spec)?);
