@@ -1,25 +1,43 @@
 #!/usr/bin/env bash
-# End-to-end throughput: `herald publish` → Redis stream (AOF everysec) →
-# `herald up` (API + worker: route, encrypt, VAPID, HTTP POST, XACK) → the sink
-# in fast mode (it counts arrivals without decrypting, so the CPU measured is
-# herald's). Everything runs on this machine, on loopback.
+# herald's benchmark, one command, everything on this machine:
 #
-#   scripts/bench.sh [EVENTS] [DEVICES_PER_USER]     (defaults: 20000 1)
-#   BENCH_HERALD_BIN=/tmp/herald-old scripts/bench.sh      (another build, same setup)
+#   scripts/bench.sh [EVENTS]          (default 10000)
 #
-# Prints the publish rate, the delivery rate (pushes accepted per second), the
-# CPU each process used, and Redis's work per event: the commands it ran
-# (`INFO commandstats`, reset before the publish) and their share, per command.
+# 1. The crypto ceiling: Web Push messages built per second on every core
+#    (`cargo bench --bench crypto`), the most any pipeline could push here.
+# 2. End to end: a Redis of its own (AOF, fsync every second), `herald api` to
+#    register devices, the sink (`herald sink --fast`: it counts arrivals
+#    without decrypting, so the CPU measured is herald's) over HTTPS and HTTP/2
+#    with a certificate authority it makes (herald trusts it through
+#    push.extra_ca_file). EVENTS events are queued with `herald publish`, then
+#    1 or 2 `herald worker` processes drain them, for 1 and for 10 devices per
+#    event. Per run: deliveries/s, herald CPU per push, Redis CPU and Redis
+#    commands per event (`INFO commandstats`, reset after the publish).
+# 3. The peer: the same events queued in BullMQ 5 and drained by one Node
+#    worker sending with `web-push` 3.6 (concurrency 50), to the same sink over
+#    the same transport (Node speaks HTTP/1.1 there), from the same Redis.
+#    Installed from npm into target/bench-peer the first time.
+#
+# BENCH_TRANSPORT=http    plain http instead of HTTPS (figures shown beside, never instead)
+# BENCH_PEER=0            skip the peer
+# BENCH_HERALD_BIN=PATH   measure another build of herald (e.g. an older commit's) the same way
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EVENTS=${1:-20000}
-DEVICES=${2:-1}
+repo=$(pwd)
+EVENTS=${1:-10000}
+TRANSPORT=${BENCH_TRANSPORT:-https}
+PEER=${BENCH_PEER:-1}
 
-# BENCH_HERALD_BIN=/path/to/herald measures another build (e.g. an older commit's) against the same setup.
+for tool in redis-server redis-cli jq curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (scripts/test.sh installs redis-server; apt-get install jq curl python3)" >&2; exit 1; }
+done
 if [ -z "${BENCH_HERALD_BIN:-}" ]; then
   cargo build --release --quiet
 fi
 BIN=$(realpath "${BENCH_HERALD_BIN:-target/release/herald}")
+ceiling_line=$(cargo bench --quiet --bench crypto 2>/dev/null | tee /dev/stderr | grep '^crypto ceiling')
+ceiling=$(echo "$ceiling_line" | awk '{print $3}')
+
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -29,12 +47,13 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+alive() { kill -0 "$1" 2>/dev/null || { echo "bench: $2 exited; its log:" >&2; tail -5 "$3" >&2; exit 1; }; }
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system ticks of a process
 rport=$(free_port); aport=$(free_port); sport=$(free_port)
+redis_url="redis://127.0.0.1:$rport"
 # Default settings whatever config.toml the checkout has (an older build may not know its keys).
 cd "$work"
-alive() { kill -0 "$1" 2>/dev/null || { echo "bench: $2 exited; its log:" >&2; tail -5 "$3" >&2; exit 1; }; }
-
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system ticks of a process
+export HERALD_ADMIN__ENABLED=false HERALD_PUSH__ALLOW_INSECURE_ENDPOINTS=true
 
 redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" --appendonly yes --appendfsync everysec \
   --maxmemory-policy noeviction --save "" --daemonize no --logfile "$work/redis.log" &
@@ -42,50 +61,144 @@ pids+=($!)
 redis_pid=$!
 until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.05; done
 
-"$BIN" up --redis-url "redis://127.0.0.1:$rport" --listen "127.0.0.1:$aport" --data-dir "$work" \
-  --allow-insecure-endpoints --log-format json >/dev/null 2>"$work/herald.log" &
-pids+=($!)
-herald_pid=$!
-until curl -sf "http://127.0.0.1:$aport/readyz" >/dev/null; do alive "$herald_pid" "herald up" "$work/herald.log"; sleep 0.05; done
-
-"$BIN" sink --fast --sink-listen "127.0.0.1:$sport" --out /dev/null \
-  --register "$DEVICES" --user bench --api "http://127.0.0.1:$aport" 2>"$work/sink.log" &
+tls_args=()
+if [ "$TRANSPORT" = https ]; then
+  tls_args=(--tls --tls-ca-out "$work/ca.pem")
+  export HERALD_PUSH__EXTRA_CA_FILE="$work/ca.pem" NODE_EXTRA_CA_CERTS="$work/ca.pem"
+fi
+"$BIN" sink --fast "${tls_args[@]}" --sink-listen "127.0.0.1:$sport" --out /dev/null 2>"$work/sink.log" &
 pids+=($!)
 sink_pid=$!
-until [ "$(curl -s "http://127.0.0.1:$aport/v1/subscriptions?user=bench" | jq '.subscriptions | length')" = "$DEVICES" ]; do
-  sleep 0.05
+until curl -sf "http://127.0.0.1:$sport/admin/count" >/dev/null 2>&1 || curl -skf "https://127.0.0.1:$sport/admin/count" >/dev/null 2>&1; do
+  alive "$sink_pid" "herald sink" "$work/sink.log"; sleep 0.05
+done
+sink_admin="$TRANSPORT://127.0.0.1:$sport/admin"
+delivered() { curl -sk "$sink_admin/count" | jq .delivered; }
+
+"$BIN" vapid generate --out "$work/vapid_private_key" >/dev/null
+"$BIN" api --redis-url "$redis_url" --listen "127.0.0.1:$aport" --data-dir "$work" --log-format json >/dev/null 2>"$work/api.log" &
+pids+=($!)
+api_pid=$!
+until curl -sf "http://127.0.0.1:$aport/readyz" >/dev/null; do alive "$api_pid" "herald api" "$work/api.log"; sleep 0.05; done
+
+# Devices made by the sink as a browser would, registered with herald for a user,
+# and kept for the peer: {"<user>": [subscription, ...]}.
+echo '{}' >"$work/subscriptions.json"
+register() {
+  local user=$1 n=$2
+  curl -sk -X POST "$sink_admin/subscriptions?count=$n" | jq -c '.subscriptions[].subscription' | while read -r sub; do
+    curl -sf -X POST "http://127.0.0.1:$aport/v1/subscriptions" -H 'content-type: application/json' \
+      -d "{\"user\":\"$user\",\"subscription\":$sub}" >/dev/null
+    jq --arg u "$user" --argjson s "$sub" '.[$u] += [$s]' "$work/subscriptions.json" >"$work/s.tmp" && mv "$work/s.tmp" "$work/subscriptions.json"
+  done
+}
+register one 1
+register ten 10
+
+results="$work/results.jsonl"
+# measure NAME DEVICES PUSHES COMMAND...: starts the drainers, waits for PUSHES more deliveries.
+measure() {
+  local name=$1 devices=$2 pushes=$3; shift 3
+  local before c_redis start end cpu_sum=0 target
+  before=$(delivered); target=$((before + pushes))
+  redis-cli -p "$rport" config resetstat >/dev/null
+  c_redis=$(cpu "$redis_pid")
+  start=$(date +%s.%N)
+  local drainers=()
+  "$@"
+  drainers=("${started[@]}")
+  while [ "$(delivered)" -lt "$target" ]; do
+    for p in "${drainers[@]}"; do kill -0 "$p" 2>/dev/null || { echo "bench: a drainer of $name exited; see $work/*.log" >&2; tail -5 "$work"/*.log >&2; exit 1; }; done
+    sleep 0.02
+  done
+  end=$(date +%s.%N)
+  for p in "${drainers[@]}"; do
+    if [ -r "/proc/$p/stat" ]; then cpu_sum=$((cpu_sum + $(cpu "$p"))); fi
+  done
+  c_redis=$(( $(cpu "$redis_pid") - c_redis ))
+  for p in "${drainers[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${drainers[@]}"; do wait "$p" 2>/dev/null || true; done
+  local stats
+  stats=$(redis-cli -p "$rport" info commandstats | tr -d '\r')
+  python3 - "$name" "$devices" "$pushes" "$start" "$end" "$cpu_sum" "$c_redis" "$(getconf CLK_TCK)" "$stats" >>"$results" <<'PY'
+import json, re, sys
+name, devices, pushes, start, end, cpu, redis_cpu, tck, stats = sys.argv[1:]
+pushes, devices, tck = int(pushes), int(devices), int(tck)
+events = pushes // devices
+secs = float(end) - float(start)
+calls = {m[0]: int(m[1]) for m in re.findall(r"cmdstat_(\S+?):calls=(\d+),", stats)}
+top = sorted(calls.items(), key=lambda kv: -kv[1])
+print(json.dumps({
+    "name": name, "devices": devices, "pushes": pushes, "secs": secs,
+    "rate": pushes / secs,
+    "cpu_us_per_push": int(cpu) / tck / pushes * 1e6,
+    "redis_cpu_us_per_event": int(redis_cpu) / tck / events * 1e6,
+    "commands_per_event": sum(calls.values()) / events,
+    "commands": ", ".join(f"{k} {v / events:.2f}" for k, v in top if v / events >= 0.01),
+}))
+PY
+  tail -1 "$results" | jq -r '"\(.name): \(.pushes) pushes in \(.secs|.*100|round/100) s, \(.rate|round) pushes/s, \(.cpu_us_per_push|round) us CPU per push, Redis \(.redis_cpu_us_per_event|round) us CPU and \(.commands_per_event|.*10|round/10) commands per event"' >&2
+}
+
+herald_workers() {   # herald_workers N: starts N `herald worker` processes
+  started=()
+  for i in $(seq 1 "$1"); do
+    "$BIN" worker --redis-url "$redis_url" --data-dir "$work" --log-format json >/dev/null 2>"$work/worker-$i.log" &
+    started+=($!)
+  done
+}
+for devices in 1 10; do
+  user=$([ "$devices" = 1 ] && echo one || echo ten)
+  for workers in 1 2; do
+    "$BIN" publish --redis-url "$redis_url" --user "$user" --topic bench.run --title bench --count "$EVENTS" >/dev/null 2>&1
+    measure "herald, $workers worker process(es), $devices device(s) per event" "$devices" $((EVENTS * devices)) herald_workers "$workers"
+  done
 done
 
-expected=$((EVENTS * DEVICES))
-echo "events: $EVENTS, devices: $DEVICES, pushes expected: $expected, cores: $(nproc)"
-c_herald=$(cpu "$herald_pid"); c_sink=$(cpu "$sink_pid"); c_redis=$(cpu "$redis_pid")
-redis-cli -p "$rport" config resetstat >/dev/null
-start=$(date +%s.%N)
-"$BIN" publish --redis-url "redis://127.0.0.1:$rport" --user bench --topic bench.run --title "bench" --count "$EVENTS" 2>/dev/null
-while :; do
-  alive "$herald_pid" "herald up" "$work/herald.log"
-  got=$(curl -s "http://127.0.0.1:$sport/admin/count" | jq .delivered)
-  [ "$got" -ge "$expected" ] && break
-  sleep 0.02
-done
-end=$(date +%s.%N)
-c_herald=$(( $(cpu "$herald_pid") - c_herald )); c_sink=$(( $(cpu "$sink_pid") - c_sink )); c_redis=$(( $(cpu "$redis_pid") - c_redis ))
-pending=$(redis-cli -p "$rport" xpending '{herald:p0}:events' herald | head -1)
-commandstats=$(redis-cli -p "$rport" info commandstats | tr -d '\r')
-python3 - "$start" "$end" "$expected" "$pending" "$c_herald" "$c_sink" "$c_redis" "$(getconf CLK_TCK)" "$EVENTS" "$commandstats" <<'PY'
-import re, sys
-start, end, n, pending = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-herald, sink, redis, tck = (int(x) for x in sys.argv[5:9])
-events, stats = int(sys.argv[9]), sys.argv[10]
-secs = end - start
-print(f"delivered {n} pushes in {secs:.2f}s: {n/secs:.0f} pushes/s end to end; pending after: {pending}")
-print(f"CPU seconds: herald {herald/tck:.2f} ({herald/tck/n*1e6:.0f} us/push, {n/(herald/tck):.0f} pushes per herald CPU-second), "
-      f"sink {sink/tck:.2f}, redis {redis/tck:.2f}")
-# cmdstat_<name>:calls=N,usec=U,... (the publish and the counting of arrivals included)
-calls = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"cmdstat_(\S+?):calls=(\d+),usec=(\d+)", stats)}
-total = sum(c for c, _ in calls.values())
-usec = sum(u for _, u in calls.values())
-top = sorted(calls.items(), key=lambda kv: -kv[1][0])[:8]
-print(f"redis commands: {total/events:.1f} per event, {usec/events:.1f} us of command time per event; "
-      + ", ".join(f"{name} {c/events:.2f}" for name, (c, _) in top))
+if [ "$PEER" = 1 ]; then
+  peer_dir="$repo/target/bench-peer"
+  if [ ! -d "$peer_dir/node_modules/bullmq" ] || [ ! -d "$peer_dir/node_modules/web-push" ]; then
+    command -v npm >/dev/null || { echo "bench: the peer needs node and npm (apt-get install nodejs npm), or BENCH_PEER=0" >&2; exit 1; }
+    mkdir -p "$peer_dir"
+    echo "bench: installing bullmq@5 and web-push@3.6 from npm into $peer_dir" >&2
+    (cd "$peer_dir" && npm install --silent --no-audit --no-fund bullmq@5 web-push@3.6 >/dev/null)
+  fi
+  cp "$repo/scripts/bench/peer.mjs" "$peer_dir/peer.mjs"
+  peer_worker() {
+    started=()
+    node "$peer_dir/peer.mjs" work "$redis_url" "$work/subscriptions.json" >"$work/peer.log" 2>&1 &
+    started+=($!)
+  }
+  for devices in 1 10; do
+    user=$([ "$devices" = 1 ] && echo one || echo ten)
+    node "$peer_dir/peer.mjs" enqueue "$redis_url" "$EVENTS" "$user"
+    measure "peer (BullMQ + web-push), $devices device(s) per event" "$devices" $((EVENTS * devices)) peer_worker
+  done
+fi
+
+python3 - "$results" "$ceiling" "$TRANSPORT" "$EVENTS" "$(nproc)" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+ceiling, transport, events, cores = float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+print()
+print(f"{events} events queued per run, {transport}, {cores} cores; crypto ceiling {ceiling:,.0f} messages/s")
+print()
+print("| run | deliveries/s | of the crypto ceiling | CPU per push | Redis CPU per event | Redis commands per event |")
+print("| --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    print(f"| {r['name']} | {r['rate']:,.0f} | {r['rate'] / ceiling:.0%} | {r['cpu_us_per_push']:,.0f} µs "
+          f"| {r['redis_cpu_us_per_event']:,.0f} µs | {r['commands_per_event']:.1f} |")
+peer = {r["devices"]: r for r in rows if r["name"].startswith("peer")}
+if peer:
+    print()
+    print("herald (1 worker process) against the peer, same events, same sink, same Redis:")
+    for r in rows:
+        p = peer.get(r["devices"])
+        if r["name"].startswith("herald, 1 ") and p:
+            print(f"- {r['devices']} device(s) per event: {r['rate'] / p['rate']:.1f}x the deliveries/s, "
+                  f"{r['cpu_us_per_push'] / p['cpu_us_per_push']:.2f} of the CPU per push")
+print()
+print("Redis commands per event, by command:")
+for r in rows:
+    print(f"- {r['name']}: {r['commands']}")
 PY
