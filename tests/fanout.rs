@@ -1,7 +1,8 @@
 //! One event to 10,000 devices, with the worker process SIGKILLed half-way:
 //! the fan-out resumes (reclaimed), the sent-markers keep every device that
 //! had it from a second push, none is missed, and an event published behind
-//! the fan-out is not starved by it.
+//! the fan-out is not starved by it. And the states of any number of devices
+//! are written in one call.
 
 mod helpers;
 
@@ -128,4 +129,66 @@ async fn a_fan_out_to_10000_devices_survives_a_killed_worker_without_a_second_pu
         &twice[..twice.len().min(5)]
     );
     assert_eq!(seen.len(), DEVICES + 1);
+}
+
+/// `settle.lua` writes the states of any number of devices in one call (Lua
+/// unpacks at most about 8,000 values at once; a fan-out's pushes answered
+/// while one write is in flight all go in the next).
+#[test]
+fn the_states_of_ten_thousand_devices_are_written_in_one_call() {
+    let redis = helpers::TestRedis::start();
+    let mut conn = redis.conn();
+    let outcomes = "{t:p0}:outcomes:e1";
+    let holder = "w#00000001/1-0";
+    let claim = |i: usize| format!("d{i}");
+    // Claimed by this holder, so that the conditional modes apply too.
+    let mut claimed = redis::cmd("HSET");
+    claimed.arg(outcomes);
+    for i in 0..10_000 {
+        claimed
+            .arg(claim(i))
+            .arg(format!("pushing {holder} 99999999999999"));
+    }
+    let _: () = claimed.query(&mut conn).expect("claims");
+    let script = redis::Script::new(include_str!("../src/deliver/settle.lua"));
+    let mut call = script.prepare_invoke();
+    for key in [
+        outcomes,
+        "{t:p0}:events",
+        "{t:p0}:retry-at",
+        "{t:p0}:lease:1-0",
+        "{t:p0}:lease:1-0",
+    ] {
+        call.key(key);
+    }
+    call.arg(60)
+        .arg(holder)
+        .arg("")
+        .arg("g")
+        .arg("1-0")
+        .arg("w")
+        .arg("");
+    for i in 0..10_000 {
+        let (mode, state) = match i % 3 {
+            0 => ("mark", "delivered"),
+            1 => ("fail", "failed 503 unavailable"),
+            _ => ("unclaim", ""),
+        };
+        call.arg(mode).arg(claim(i)).arg(state);
+    }
+    let written: i64 = call.invoke(&mut conn).expect("one call");
+    assert_eq!(written, 10_000);
+    let states: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(outcomes)
+        .query(&mut conn)
+        .expect("states");
+    assert_eq!(states.len(), 6_667, "the unclaimed ones are gone");
+    assert_eq!(states["d0"], "delivered");
+    assert_eq!(states["d1"], "failed 503 unavailable");
+    assert!(!states.contains_key("d2"));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(outcomes)
+        .query(&mut conn)
+        .expect("ttl");
+    assert!(ttl > 0 && ttl <= 60, "{ttl}");
 }

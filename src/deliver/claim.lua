@@ -69,10 +69,25 @@ if ordered then
   mine_ms = tonumber(mine_ms)
 end
 local reply = {'ok'}
-local wrote, registered = false, false
+-- One read and one write of each hash per chunk, however many devices.
+local subs = {}
 for i = 13, #ARGV do
-  local sub = ARGV[i]
-  local state = redis.call('HGET', KEYS[2], sub)
+  subs[#subs + 1] = ARGV[i]
+end
+if #subs == 0 then
+  if ARGV[6] == '1' then
+    redis.call('EXPIRE', KEYS[2], ARGV[9])
+  end
+  return reply
+end
+local states = redis.call('HMGET', KEYS[2], unpack(subs))
+local currents = {}
+if ordered and ARGV[12] ~= 'inspect' then
+  currents = redis.call('HMGET', KEYS[5], unpack(subs))
+end
+local writes, registers = {}, {}
+for i, sub in ipairs(subs) do
+  local state = states[i]
   local word = state and string.match(state, '^(%S+)') or ''
   if ARGV[12] == 'inspect' then
     reply[#reply + 1] = state or ''
@@ -86,7 +101,7 @@ for i = 13, #ARGV do
     end
     local newer = false
     if not busy and ordered then
-      local current = redis.call('HGET', KEYS[5], sub)
+      local current = currents[i]
       if current then
         local ms, id = string.match(current, '^(%d+) (.*)$')
         ms = tonumber(ms)
@@ -98,16 +113,16 @@ for i = 13, #ARGV do
     if busy then
       reply[#reply + 1] = 'busy'
     elseif newer then
-      redis.call('HSET', KEYS[2], sub, 'superseded')
-      wrote = true
+      writes[#writes + 1] = sub
+      writes[#writes + 1] = 'superseded'
       reply[#reply + 1] = 'superseded ' .. newer
     else
       if ordered then
-        redis.call('HSET', KEYS[5], sub, ARGV[10])
-        registered = true
+        registers[#registers + 1] = sub
+        registers[#registers + 1] = ARGV[10]
       end
-      redis.call('HSET', KEYS[2], sub, 'pushing ' .. ARGV[7] .. ' ' .. (now + tonumber(ARGV[8])))
-      wrote = true
+      writes[#writes + 1] = sub
+      writes[#writes + 1] = 'pushing ' .. ARGV[7] .. ' ' .. (now + tonumber(ARGV[8]))
       if word == 'failed' then
         reply[#reply + 1] = 'claimed ' .. state
       else
@@ -116,11 +131,16 @@ for i = 13, #ARGV do
     end
   end
 end
+local wrote = #writes > 0
+if wrote then
+  redis.call('HSET', KEYS[2], unpack(writes))
+end
+if #registers > 0 then
+  redis.call('HSET', KEYS[5], unpack(registers))
+  redis.call('EXPIRE', KEYS[5], ARGV[11])
+end
 -- Markers outlive the last attempt of their entry by their whole life.
 if wrote or ARGV[6] == '1' then
   redis.call('EXPIRE', KEYS[2], ARGV[9])
-end
-if registered then
-  redis.call('EXPIRE', KEYS[5], ARGV[11])
 end
 return reply

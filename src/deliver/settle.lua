@@ -22,24 +22,56 @@
 --         settled state); 'unclaim': nothing was sent, the previous state goes
 --         back ('' for none), also only while the claim is this holder's.
 -- Returns the number of states written.
+-- One read (of the states that are conditional) and one write per call, in
+-- slices: Lua unpacks at most about 8,000 values at once.
+local SLICE = 1000 -- even: HSET field-value pairs never split
+local function in_slices(command, key, values)
+  local out = {}
+  for first = 1, #values, SLICE do
+    local got = redis.call(command, key, unpack(values, first, math.min(first + SLICE - 1, #values)))
+    if type(got) == 'table' then
+      for _, v in ipairs(got) do
+        out[#out + 1] = v
+      end
+    end
+  end
+  return out
+end
 local written = 0
 local mine = 'pushing ' .. ARGV[2] .. ' '
+local conditional = {}
+for i = 8, #ARGV, 3 do
+  if ARGV[i] ~= 'mark' then
+    conditional[#conditional + 1] = ARGV[i + 1]
+  end
+end
+local current = {}
+if #conditional > 0 then
+  local values = in_slices('HMGET', KEYS[1], conditional)
+  for i, sub in ipairs(conditional) do
+    current[sub] = values[i]
+  end
+end
+local sets, dels = {}, {}
 for i = 8, #ARGV, 3 do
   local mode, sub, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local ours = true
   if mode ~= 'mark' then
-    local current = redis.call('HGET', KEYS[1], sub)
-    ours = current and string.sub(current, 1, #mine) == mine
+    local now = current[sub]
+    ours = now and string.sub(now, 1, #mine) == mine
   end
   if ours then
     if state == '' then
-      redis.call('HDEL', KEYS[1], sub)
+      dels[#dels + 1] = sub
     else
-      redis.call('HSET', KEYS[1], sub, state)
+      sets[#sets + 1] = sub
+      sets[#sets + 1] = state
     end
     written = written + 1
   end
 end
+in_slices('HSET', KEYS[1], sets)
+in_slices('HDEL', KEYS[1], dels)
 if written > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
