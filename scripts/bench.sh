@@ -17,6 +17,10 @@
 #    worker sending with `web-push` 3.6 (concurrency 50), to the same sink over
 #    the same transport (Node speaks HTTP/1.1 there), from the same Redis.
 #    Installed from npm into target/bench-peer the first time.
+# 4. Latency, publish to push accepted, p50/p99/p999 at a steady 1,000 events/s
+#    (BENCH_LATENCY_RATE, BENCH_LATENCY_SECONDS), and the worker's memory.
+# 5. One event to 100,000 devices: the worker's peak memory (`cargo bench --bench
+#    fanout`; BENCH_FANOUT=0 skips it).
 #
 # BENCH_TRANSPORT=http    plain http instead of HTTPS (figures shown beside, never instead)
 # BENCH_PEER=0            skip the peer
@@ -49,6 +53,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 alive() { kill -0 "$1" 2>/dev/null || { echo "bench: $2 exited; its log:" >&2; tail -5 "$3" >&2; exit 1; }; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system ticks of a process
+peak_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }   # peak resident memory
 rport=$(free_port); aport=$(free_port); sport=$(free_port)
 redis_url="redis://127.0.0.1:$rport"
 # Default settings whatever config.toml the checkout has (an older build may not know its keys).
@@ -112,17 +117,19 @@ measure() {
     sleep 0.02
   done
   end=$(date +%s.%N)
+  local rss_max=0
   for p in "${drainers[@]}"; do
     if [ -r "/proc/$p/stat" ]; then cpu_sum=$((cpu_sum + $(cpu "$p"))); fi
+    local hwm; hwm=$(peak_kb "$p"); [ "$hwm" -gt "$rss_max" ] && rss_max=$hwm
   done
   c_redis=$(( $(cpu "$redis_pid") - c_redis ))
   for p in "${drainers[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${drainers[@]}"; do wait "$p" 2>/dev/null || true; done
   local stats
   stats=$(redis-cli -p "$rport" info commandstats | tr -d '\r')
-  python3 - "$name" "$devices" "$pushes" "$start" "$end" "$cpu_sum" "$c_redis" "$(getconf CLK_TCK)" "$stats" >>"$results" <<'PY'
+  python3 - "$name" "$devices" "$pushes" "$start" "$end" "$cpu_sum" "$c_redis" "$(getconf CLK_TCK)" "$stats" "$rss_max" >>"$results" <<'PY'
 import json, re, sys
-name, devices, pushes, start, end, cpu, redis_cpu, tck, stats = sys.argv[1:]
+name, devices, pushes, start, end, cpu, redis_cpu, tck, stats, rss_kb = sys.argv[1:]
 pushes, devices, tck = int(pushes), int(devices), int(tck)
 events = pushes // devices
 secs = float(end) - float(start)
@@ -134,6 +141,7 @@ print(json.dumps({
     "cpu_us_per_push": int(cpu) / tck / pushes * 1e6,
     "redis_cpu_us_per_event": int(redis_cpu) / tck / events * 1e6,
     "commands_per_event": sum(calls.values()) / events,
+    "peak_rss_mb": int(rss_kb) / 1024,
     "commands": ", ".join(f"{k} {v / events:.2f}" for k, v in top if v / events >= 0.01),
 }))
 PY
@@ -176,18 +184,69 @@ if [ "$PEER" = 1 ]; then
   done
 fi
 
-python3 - "$results" "$ceiling" "$TRANSPORT" "$EVENTS" "$(nproc)" <<'PY'
+# Latency: publish -> push accepted at a steady rate, one worker, a sink that
+# decrypts (the event id is a UUIDv7: its first 48 bits are the publish time,
+# in ms; the sink stamps each arrival, in ms).
+lport=$(free_port)
+lat_tls=()
+if [ "$TRANSPORT" = https ]; then lat_tls=(--tls --tls-ca-out "$work/ca-latency.pem"); fi
+"$BIN" sink "${lat_tls[@]}" --sink-listen "127.0.0.1:$lport" --out "$work/latency.jsonl" 2>"$work/sink-latency.log" &
+pids+=($!)
+until curl -skf "$TRANSPORT://127.0.0.1:$lport/admin/count" >/dev/null 2>&1; do alive "$!" "herald sink (latency)" "$work/sink-latency.log"; sleep 0.05; done
+if [ "$TRANSPORT" = https ]; then
+  cat "$work/ca.pem" "$work/ca-latency.pem" >"$work/cas.pem"
+  export HERALD_PUSH__EXTRA_CA_FILE="$work/cas.pem"
+fi
+sink_admin="$TRANSPORT://127.0.0.1:$lport/admin" register lat 1
+LAT_RATE=${BENCH_LATENCY_RATE:-1000}
+LAT_EVENTS=$((LAT_RATE * ${BENCH_LATENCY_SECONDS:-20}))
+herald_workers 1
+lat_worker=${started[0]}
+sleep 1
+"$BIN" publish --redis-url "$redis_url" --user lat --topic bench.latency --title latency --count "$LAT_EVENTS" --rate "$LAT_RATE" --batch 1 >/dev/null 2>&1
+until [ "$(curl -sk "$TRANSPORT://127.0.0.1:$lport/admin/count" | jq .delivered)" -ge "$LAT_EVENTS" ]; do alive "$lat_worker" "herald worker" "$work/worker-1.log"; sleep 0.05; done
+lat_rss_now=$(awk '/^VmRSS:/ {print $2}' "/proc/$lat_worker/status")
+lat_rss_peak=$(peak_kb "$lat_worker")
+kill "$lat_worker"; wait "$lat_worker" 2>/dev/null || true
+latency_line=$(python3 - "$work/latency.jsonl" "$LAT_RATE" "$LAT_EVENTS" "$lat_rss_now" "$lat_rss_peak" <<'PY'
+import json, sys
+from datetime import datetime
+path, rate, n, rss, peak = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+waits = []
+for line in open(path):
+    a = json.loads(line)
+    if a.get("status") != 201 or not a.get("event_id"):
+        continue
+    sent_ms = int(a["event_id"].replace("-", "")[:12], 16)
+    at = datetime.fromisoformat(a["at"].replace("Z", "+00:00"))
+    waits.append(at.timestamp() * 1000 - sent_ms)
+waits.sort()
+q = lambda p: waits[min(len(waits) - 1, int(p * len(waits)))]
+print(f"latency at {rate} events/s ({len(waits)} of {n} events, one worker, ms resolution): "
+      f"p50 {q(0.5):.0f} ms, p99 {q(0.99):.0f} ms, p999 {q(0.999):.0f} ms, max {waits[-1]:.0f} ms; "
+      f"worker RSS {rss / 1024:.0f} MB at the end, {peak / 1024:.0f} MB peak")
+PY
+)
+echo "$latency_line" >&2
+
+fanout_line=""
+if [ "${BENCH_FANOUT:-1}" = 1 ]; then
+  fanout_line=$(cd "$repo" && cargo bench --quiet --bench fanout 2>/dev/null | grep '^one event to')
+  echo "$fanout_line" >&2
+fi
+
+python3 - "$results" "$ceiling" "$TRANSPORT" "$EVENTS" "$(nproc)" "$latency_line" "$fanout_line" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ceiling, transport, events, cores = float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 print()
 print(f"{events} events queued per run, {transport}, {cores} cores; crypto ceiling {ceiling:,.0f} messages/s")
 print()
-print("| run | deliveries/s | of the crypto ceiling | CPU per push | Redis CPU per event | Redis commands per event |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| run | deliveries/s | of the crypto ceiling | CPU per push | Redis CPU per event | Redis commands per event | peak RSS of a drainer |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     print(f"| {r['name']} | {r['rate']:,.0f} | {r['rate'] / ceiling:.0%} | {r['cpu_us_per_push']:,.0f} µs "
-          f"| {r['redis_cpu_us_per_event']:,.0f} µs | {r['commands_per_event']:.1f} |")
+          f"| {r['redis_cpu_us_per_event']:,.0f} µs | {r['commands_per_event']:.1f} | {r['peak_rss_mb']:.0f} MB |")
 peer = {r["devices"]: r for r in rows if r["name"].startswith("peer")}
 if peer:
     print()
@@ -197,6 +256,10 @@ if peer:
         if r["name"].startswith("herald, 1 ") and p:
             print(f"- {r['devices']} device(s) per event: {r['rate'] / p['rate']:.1f}x the deliveries/s, "
                   f"{r['cpu_us_per_push'] / p['cpu_us_per_push']:.2f} of the CPU per push")
+print()
+print(sys.argv[6])
+if sys.argv[7]:
+    print(sys.argv[7])
 print()
 print("Redis commands per event, by command:")
 for r in rows:
