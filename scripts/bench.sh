@@ -19,7 +19,10 @@
 #    Installed from npm into target/bench-peer the first time.
 # 4. Latency, publish to push accepted, p50/p99/p999 at a steady 1,000 events/s
 #    (BENCH_LATENCY_RATE, BENCH_LATENCY_SECONDS), and the worker's memory.
-# 5. One event to 100,000 devices: the worker's peak memory (`cargo bench --bench
+# 5. Ingest: events/s through `herald api` with single-event POSTs (64
+#    keep-alive clients) and with batches of 100, beside the XADD ceiling of
+#    the same Redis (`cargo bench --bench ingest`).
+# 6. One event to 100,000 devices: the worker's peak memory (`cargo bench --bench
 #    fanout`; BENCH_FANOUT=0 skips it).
 #
 # BENCH_TRANSPORT=http    plain http instead of HTTPS (figures shown beside, never instead)
@@ -229,13 +232,17 @@ PY
 )
 echo "$latency_line" >&2
 
+# Ingest through the API (no worker running), beside the XADD ceiling of the same Redis.
+ingest_line=$(cd "$repo" && INGEST_API="http://127.0.0.1:$aport" INGEST_REDIS="$redis_url" cargo bench --quiet --bench ingest 2>/dev/null | grep '^ingest:')
+echo "$ingest_line" >&2
+
 fanout_line=""
 if [ "${BENCH_FANOUT:-1}" = 1 ]; then
   fanout_line=$(cd "$repo" && cargo bench --quiet --bench fanout 2>/dev/null | grep '^one event to')
   echo "$fanout_line" >&2
 fi
 
-python3 - "$results" "$ceiling" "$TRANSPORT" "$EVENTS" "$(nproc)" "$latency_line" "$fanout_line" <<'PY'
+python3 - "$results" "$ceiling" "$TRANSPORT" "$EVENTS" "$(nproc)" "$latency_line" "$fanout_line" "$ingest_line" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ceiling, transport, events, cores = float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
@@ -260,6 +267,7 @@ print()
 print(sys.argv[6])
 if sys.argv[7]:
     print(sys.argv[7])
+print(sys.argv[8])
 print()
 print("Redis commands per event, by command:")
 for r in rows:
