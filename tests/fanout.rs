@@ -192,3 +192,65 @@ fn the_states_of_ten_thousand_devices_are_written_in_one_call() {
         .expect("ttl");
     assert!(ttl > 0 && ttl <= 60, "{ttl}");
 }
+
+/// `settle.lua` applies its triples as if one after the other: a failure
+/// written after a device's settled state in the same call does not overwrite
+/// it (the claim is no longer this holder's), and each device ends with its
+/// last value.
+#[test]
+fn the_states_of_one_call_apply_in_order() {
+    let redis = helpers::TestRedis::start();
+    let mut conn = redis.conn();
+    let outcomes = "{t:p0}:outcomes:e2";
+    let holder = "w#00000001/1-0";
+    let claim = format!("pushing {holder} 99999999999999");
+    let _: () = redis::cmd("HSET")
+        .arg(outcomes)
+        .arg("a")
+        .arg(&claim)
+        .arg("b")
+        .arg(&claim)
+        .query(&mut conn)
+        .expect("claims");
+    let script = redis::Script::new(include_str!("../src/deliver/settle.lua"));
+    let mut call = script.prepare_invoke();
+    for key in [
+        outcomes,
+        "{t:p0}:events",
+        "{t:p0}:retry-at",
+        "{t:p0}:lease:1-0",
+        "{t:p0}:lease:1-0",
+    ] {
+        call.key(key);
+    }
+    call.arg(60)
+        .arg(holder)
+        .arg("")
+        .arg("g")
+        .arg("1-0")
+        .arg("w")
+        .arg("");
+    for (mode, sub, state) in [
+        ("mark", "a", "delivered"),
+        ("fail", "a", "failed 503 late"),
+        ("fail", "b", "failed 503 first"),
+        ("unclaim", "b", ""),
+    ] {
+        call.arg(mode).arg(sub).arg(state);
+    }
+    let written: i64 = call.invoke(&mut conn).expect("one call");
+    assert_eq!(
+        written, 2,
+        "a's mark and b's failure; the rest found no claim of theirs"
+    );
+    let states: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(outcomes)
+        .query(&mut conn)
+        .expect("states");
+    assert_eq!(states.get("a").map(String::as_str), Some("delivered"));
+    assert_eq!(
+        states.get("b").map(String::as_str),
+        Some("failed 503 first"),
+        "the unclaim came after b's failure replaced the claim"
+    );
+}

@@ -86,6 +86,31 @@ async fn over_tls_a_push_goes_by_http2_to_a_service_trusted_through_extra_ca_fil
     );
 }
 
+#[tokio::test]
+async fn a_client_that_never_finishes_its_tls_handshake_holds_up_no_other() {
+    let (sink, _stop) = sink_with(false, true).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("sink-ca.pem");
+    std::fs::write(&ca, sink.ca_pem().expect("authority")).expect("write");
+    let sub = subscription(&sink);
+    // A connection that says nothing: its handshake waits for the sink's own timeout.
+    let address = sink.base_url().trim_start_matches("https://").to_string();
+    let _silent = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connects");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shorter than the sink's handshake timeout: a push held up behind the silent one fails.
+    let mut settings = Settings::default();
+    settings.push.allow_insecure_endpoints = true;
+    settings.push.vapid_subject = "mailto:tests@herald.invalid".into();
+    settings.push.extra_ca_file = ca;
+    settings.push.connect_timeout = Duration::from_secs(3);
+    settings.push.request_timeout = Duration::from_secs(3);
+    let pusher = Pusher::new(&settings, VapidKey::generate().0).expect("pusher");
+    let report = pusher.push(&sub, &event("past the silent one"), 60).await;
+    assert_eq!(report.outcome, Outcome::Delivered, "{:?}", report.error);
+}
+
 #[test]
 fn an_unreadable_extra_ca_file_stops_the_pusher_saying_which_setting() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -52,7 +52,9 @@ if #conditional > 0 then
     current[sub] = values[i]
   end
 end
-local sets, dels = {}, {}
+-- As if one after the other: a later triple of a device sees what an earlier
+-- one wrote; each device's last value is what gets written.
+local last, order = {}, {}
 for i = 8, #ARGV, 3 do
   local mode, sub, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local ours = true
@@ -61,13 +63,21 @@ for i = 8, #ARGV, 3 do
     ours = now and string.sub(now, 1, #mine) == mine
   end
   if ours then
-    if state == '' then
-      dels[#dels + 1] = sub
-    else
-      sets[#sets + 1] = sub
-      sets[#sets + 1] = state
+    if last[sub] == nil then
+      order[#order + 1] = sub
     end
+    last[sub] = state
+    current[sub] = state ~= '' and state or false
     written = written + 1
+  end
+end
+local sets, dels = {}, {}
+for _, sub in ipairs(order) do
+  if last[sub] == '' then
+    dels[#dels + 1] = sub
+  else
+    sets[#sets + 1] = sub
+    sets[#sets + 1] = last[sub]
   end
 end
 in_slices('HSET', KEYS[1], sets)

@@ -190,19 +190,32 @@ impl Worker {
         if ctx.remaining.load(Ordering::Relaxed) <= 1 {
             return;
         }
+        self.write_marks(ctx).await;
+    }
+
+    /// Writes the states gathered so far, one batch at a time, until none is
+    /// left. A batch leaves `ctx.marks` only once written: if this is cut
+    /// short (a panic elsewhere in the fan-out) or fails, the entry's end
+    /// writes it.
+    pub(super) async fn write_marks(&self, ctx: &EntryCtx<'_>) {
         let Ok(_writing) = ctx.writing_marks.try_lock() else {
             return;
         };
         loop {
-            let batch = std::mem::take(&mut *ctx.marks.lock());
+            let batch = ctx.marks.lock().clone();
             if batch.is_empty() {
                 return;
             }
-            if let Err(e) = self
+            match self
                 .settle_states(ctx, &settled(&batch), End::Nothing)
                 .await
             {
-                tracing::warn!(devices = batch.len(), error = %format!("{e:#}"), "cannot record the devices' states; their claims expire by themselves");
+                // Only this writer removes, and others only append.
+                Ok(()) => drop(ctx.marks.lock().drain(..batch.len())),
+                Err(e) => {
+                    tracing::warn!(devices = batch.len(), error = %format!("{e:#}"), "cannot record the devices' states yet; the end of the entry tries again");
+                    return;
+                }
             }
         }
     }
@@ -213,7 +226,10 @@ impl Worker {
     }
 
     /// Acknowledges the entry, with the states not written yet, forgets its
-    /// retry hint and releases its lease and key lock: one round trip.
+    /// retry hint and releases its lease and key lock: one round trip. When
+    /// that fails (Redis refusing writes when out of memory, say), a plain
+    /// `XACK` still ends the entry, as it did before states and ack shared a
+    /// script; the release at the end of the attempt tries the states again.
     pub(super) async fn finish(&self, ctx: &EntryCtx<'_>, done: EntryOutcome) -> EntryOutcome {
         let marks = Self::unwritten_marks(ctx);
         match self.settle_states(ctx, &settled(&marks), End::Finish).await {
@@ -222,11 +238,15 @@ impl Worker {
                 done
             }
             Err(e) => {
-                // Put back: the release at the end of the attempt tries them again.
                 ctx.marks.lock().extend(marks);
-                // Not acknowledged means processed again; the states keep devices from a second push.
-                EntryOutcome::Pending {
-                    reason: format!("processed, but XACK failed: {e:#}"),
+                tracing::warn!(stream_id = %ctx.entry.id, error = %format!("{e:#}"), "cannot write the last device states with the acknowledgement; acknowledging alone");
+                match self.ack(ctx.entry, done).await {
+                    EntryOutcome::Pending { reason } => EntryOutcome::Pending {
+                        reason: format!(
+                            "processed, but neither the last device states nor the acknowledgement could be written: {e:#}; {reason}"
+                        ),
+                    },
+                    acked => acked,
                 }
             }
         }
@@ -327,6 +347,9 @@ impl Worker {
         if failures.is_empty() {
             return self.finish(ctx, acked(tally)).await;
         }
+        // Dead letters and a retry hint come first: write the states of the
+        // devices that got the event now, not behind them.
+        self.write_marks(ctx).await;
         let sent_any = failures.iter().any(|f| !f.report.not_sent);
         let exhausted =
             sent_any && ctx.entry.deliveries > 0 && self.policy.exhausted(ctx.entry.deliveries);

@@ -393,7 +393,7 @@ pub struct PushSettings {
     /// take at once, so a slow or hanging service cannot hold every slot.
     pub service_share: f64,
     /// PEM file of certificate authorities trusted besides the built-in ones (a
-    /// TLS-inspecting proxy's, a test push service's); empty: none.
+    /// TLS-inspecting middlebox's, a test push service's); empty: none.
     pub extra_ca_file: PathBuf,
 }
 

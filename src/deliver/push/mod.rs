@@ -129,9 +129,16 @@ impl Pusher {
         for ca in extra_authorities(&push.extra_ca_file)? {
             builder = builder.add_root_certificate(ca);
         }
-        let client = builder
-            .build()
-            .context("cannot build the HTTP client for push services")?;
+        let client = builder.build().with_context(|| {
+            if push.extra_ca_file.as_os_str().is_empty() {
+                "cannot build the HTTP client for push services".to_string()
+            } else {
+                format!(
+                    "cannot build the HTTP client for push services: is push.extra_ca_file ({}) a PEM bundle of CA certificates?",
+                    push.extra_ca_file.display()
+                )
+            }
+        })?;
         Ok(Pusher {
             client,
             in_flight: tokio::sync::Semaphore::new(settings.worker.concurrency.max(1)),
@@ -323,8 +330,22 @@ impl Pusher {
         let auth = URL_SAFE_NO_PAD
             .decode(sub.auth.trim_end_matches('='))
             .map_err(|e| invalid(format!("auth is not base64url: {e}")))?;
-        let body = encrypt::encrypt(&ua_public, &auth, &notice.payload)
-            .map_err(|e| invalid(e.to_string()))?;
+        let body = encrypt::encrypt(&ua_public, &auth, &notice.payload).map_err(|e| match e {
+            encrypt::EncryptError::BadPublicKey | encrypt::EncryptError::BadAuthSecret(_) => {
+                invalid(e.to_string())
+            }
+            // Intake caps payloads well below one record; never expected.
+            encrypt::EncryptError::TooLarge(_) => PushReport::failed(
+                Outcome::DeadLetter {
+                    reason: "payload_too_large",
+                },
+                e.to_string(),
+            ),
+            // The system's random source: herald's side, and passing.
+            encrypt::EncryptError::Random => {
+                PushReport::failed(Outcome::Retry { after: None }, e.to_string())
+            }
+        })?;
         let authorization = self.signer.authorization(origin).map_err(|e| {
             PushReport::failed(
                 Outcome::DeadLetter {

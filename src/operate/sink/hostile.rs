@@ -62,40 +62,77 @@ pub type Resets = Arc<Mutex<HashSet<SocketAddr>>>;
 pub struct SinkListener {
     pub inner: TcpListener,
     pub resets: Resets,
-    /// Serve HTTPS: each connection's handshake, within `HANDSHAKE_TIMEOUT`.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Serve HTTPS: handshakes run in tasks of their own (a client that never
+    /// finishes one holds up nobody), and finished ones arrive here.
+    pub tls: Option<TlsHandshakes>,
 }
 
 /// How long a client may take over its TLS handshake before the sink drops it.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS connections whose handshake is done, in the order they finished.
+pub struct TlsHandshakes {
+    acceptor: tokio_rustls::TlsAcceptor,
+    done_tx: tokio::sync::mpsc::Sender<(SinkStream, SocketAddr)>,
+    done: tokio::sync::mpsc::Receiver<(SinkStream, SocketAddr)>,
+}
+
+impl TlsHandshakes {
+    pub fn new(acceptor: tokio_rustls::TlsAcceptor) -> TlsHandshakes {
+        let (done_tx, done) = tokio::sync::mpsc::channel(64);
+        TlsHandshakes {
+            acceptor,
+            done_tx,
+            done,
+        }
+    }
+}
+
+/// The next TCP connection, as one that can be told to reset.
+async fn accept_tcp(listener: &TcpListener, resets: &Resets) -> (ResettableStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let io = ResettableStream {
+                    inner: stream,
+                    peer,
+                    resets: resets.clone(),
+                };
+                return (io, peer);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "sink: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
 
 impl Listener for SinkListener {
     type Io = SinkStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let SinkListener { inner, resets, tls } = self;
+        let Some(tls) = tls else {
+            let (io, peer) = accept_tcp(inner, resets).await;
+            return (SinkStream::Plain(io), peer);
+        };
         loop {
-            let (stream, peer) = match self.inner.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!(error = %e, "sink: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+            let (acceptor, done_tx) = (tls.acceptor.clone(), tls.done_tx.clone());
+            tokio::select! {
+                Some(done) = tls.done.recv() => return done,
+                (io, peer) = accept_tcp(inner, resets) => {
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                            Ok(Ok(stream)) => {
+                                let _ = done_tx.send((SinkStream::Tls(Box::new(stream)), peer)).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "sink: TLS handshake failed"),
+                            Err(_) => tracing::debug!("sink: TLS handshake timed out"),
+                        }
+                    });
                 }
-            };
-            let io = ResettableStream {
-                inner: stream,
-                peer,
-                resets: self.resets.clone(),
-            };
-            let Some(acceptor) = &self.tls else {
-                return (SinkStream::Plain(io), peer);
-            };
-            // One handshake at a time is plenty for a test sink (clients keep their connections).
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
-                Ok(Ok(tls)) => return (SinkStream::Tls(Box::new(tls)), peer),
-                Ok(Err(e)) => tracing::debug!(error = %e, "sink: TLS handshake failed"),
-                Err(_) => tracing::debug!("sink: TLS handshake timed out"),
             }
         }
     }

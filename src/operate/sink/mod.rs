@@ -325,7 +325,7 @@ impl Sink {
             listener: SinkListener {
                 inner: listener,
                 resets: resets.clone(),
-                tls: tls.map(|t| t.acceptor),
+                tls: tls.map(|t| hostile::TlsHandshakes::new(t.acceptor)),
             },
             handle: SinkHandle {
                 state: Arc::new(SinkState {

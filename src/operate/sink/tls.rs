@@ -1,7 +1,7 @@
 //! The sink's HTTPS: a certificate authority made at start, and a certificate
 //! for `127.0.0.1` and `localhost` signed by it. herald trusts the authority
 //! through `push.extra_ca_file` (the sink writes it with `--tls-ca-out`), as
-//! it would a TLS-inspecting proxy's. ALPN offers HTTP/2 and HTTP/1.1.
+//! it would a TLS-inspecting middlebox's. ALPN offers HTTP/2 and HTTP/1.1.
 
 use std::sync::Arc;
 
