@@ -345,7 +345,21 @@ async fn without_redis_events_are_spooled_and_drained_into_the_stream_when_it_is
     assert_eq!(entries[0].1["id"], "evt-spooled-1", "in order, id kept");
     assert_eq!(entries[1].1["user"], "u-2");
     assert_eq!(entries[2].1["user"], "u-3");
-    // Back to normal: straight into the stream.
+    // Back to normal once the spool has recorded its drain (the entries land in
+    // the stream just before): while it holds events, new ones queue behind them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, metrics) = app.get("/metrics").await;
+        let text = metrics.as_str().unwrap_or_default().to_string();
+        if text.lines().any(|l| l == "herald_spool_depth_events 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool still holds events: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (status, body) = app.post("/v1/events", &event("u-4")).await;
     assert_eq!(status, 202);
     assert!(body["events"][0]["stream_id"].is_string(), "{body}");

@@ -77,26 +77,31 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn build(version: i64, all: Vec<Subscription>) -> Index {
+    pub fn build(version: i64, all: impl IntoIterator<Item = Subscription>) -> Index {
         let mut index = Index {
             version,
             ..Index::default()
         };
-        // Subscriptions with neither topics nor a header filter only take direct events.
-        for sub in all
-            .into_iter()
-            .filter(|s| !s.topics.is_empty() || s.headers.is_some())
-        {
-            let i = index.subscriptions.len() as u32;
-            for pattern in &sub.topics {
-                index.topics.insert(pattern, i);
-            }
-            if sub.topics.is_empty() && sub.headers.is_some() {
-                index.headers_only.push(i);
-            }
-            index.subscriptions.push(Arc::new(sub));
+        for sub in all {
+            index.add(sub);
         }
         index
+    }
+
+    /// Adds one subscription; one with neither topics nor a header filter only
+    /// takes direct events and is left out.
+    pub fn add(&mut self, sub: Subscription) {
+        if sub.topics.is_empty() && sub.headers.is_none() {
+            return;
+        }
+        let i = self.subscriptions.len() as u32;
+        for pattern in &sub.topics {
+            self.topics.insert(pattern, i);
+        }
+        if sub.topics.is_empty() {
+            self.headers_only.push(i);
+        }
+        self.subscriptions.push(Arc::new(sub));
     }
 
     /// The subscriptions a topic event goes to.
@@ -196,11 +201,15 @@ impl Router {
             Some(index) if index.version == version => index,
             _ => {
                 let started = Instant::now();
-                let (all, unreadable) = self.store.all().await?;
-                for bad in &unreadable {
-                    tracing::warn!(subscription = %bad.id, problem = %bad.problem, "unreadable subscription left out of topic routing");
-                }
-                let index = Arc::new(Index::build(version, all));
+                // Added as they are read, a chunk at a time: all of them are never held twice.
+                let mut index = Index::build(version, []);
+                self.store
+                    .for_each(|found| match found {
+                        Ok(sub) => index.add(sub),
+                        Err(bad) => tracing::warn!(subscription = %bad.id, problem = %bad.problem, "unreadable subscription left out of topic routing"),
+                    })
+                    .await?;
+                let index = Arc::new(index);
                 tracing::info!(
                     subscriptions = index.len(),
                     patterns = index.topics.len(),

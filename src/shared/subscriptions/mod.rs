@@ -454,26 +454,28 @@ impl Store {
         Ok(v.unwrap_or(0))
     }
 
-    /// Every subscription, and the ones that cannot be read back.
-    pub async fn all(&self) -> anyhow::Result<(Vec<Subscription>, Vec<Unreadable>)> {
+    /// Every subscription (or what is wrong with it), handed to `each` as it is
+    /// read, a thousand at a time: all of them are never held here at once.
+    pub async fn for_each(
+        &self,
+        mut each: impl FnMut(Result<Subscription, Unreadable>),
+    ) -> anyhow::Result<()> {
         let mut conn = self.db.conn();
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.db.keys.all_subscriptions())
             .query_async(&mut conn)
             .await?;
         ids.sort();
-        drop(conn);
-        let mut good = Vec::with_capacity(ids.len());
-        let mut bad = Vec::new();
-        for chunk in ids.chunks(1000) {
-            for found in self.fetch(chunk).await? {
-                match found {
-                    Ok(sub) => good.push(sub),
-                    Err(e) => bad.push(e),
-                }
+        let mut ids = ids.into_iter();
+        loop {
+            let chunk: Vec<String> = ids.by_ref().take(1000).collect();
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            for found in self.fetch(&chunk).await? {
+                each(found);
             }
         }
-        Ok((good, bad))
     }
 
     /// One subscription by id; `None` when there is none.
