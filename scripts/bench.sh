@@ -18,7 +18,9 @@
 #    the same transport (Node speaks HTTP/1.1 there), from the same Redis.
 #    Installed from npm into target/bench-peer the first time.
 # 4. Latency, publish to push accepted, p50/p99/p999 at a steady 1,000 events/s
-#    (BENCH_LATENCY_RATE, BENCH_LATENCY_SECONDS), and the worker's memory.
+#    for 20 s (BENCH_LATENCY_RATE, BENCH_LATENCY_SECONDS), and the worker's
+#    memory at the end: the long mode is BENCH_LATENCY_SECONDS=600 (or more),
+#    whose RSS at the end is the worker's steady state.
 # 5. Ingest: events/s through `herald api` with single-event POSTs (64
 #    keep-alive clients) and with batches of 100, beside the XADD ceiling of
 #    the same Redis (`cargo bench --bench ingest`).

@@ -71,9 +71,25 @@ pub fn install() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was installed already; /metrics shows herald's only if it is this one");
         }
         gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        // Histogram samples queue until they are folded into their buckets: at
+        // every scrape, and here, so that a process nobody scrapes (admin off,
+        // no Prometheus) does not keep every sample it ever recorded.
+        let upkeep = handle.clone();
+        let started = std::thread::Builder::new()
+            .name("herald-metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histogram samples are folded only when /metrics is scraped");
+        }
         handle
     })
 }
+
+/// How often histogram samples are folded into their buckets without a scrape.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The Prometheus text exposition of everything recorded so far.
 pub fn render() -> String {
