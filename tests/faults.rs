@@ -8,6 +8,7 @@
 mod helpers;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use helpers::{
@@ -448,4 +449,57 @@ async fn a_shared_connection_that_stops_answering_is_replaced() {
         .expect("the next command goes out on a fresh connection");
     assert_eq!(pong, "PONG");
     app.publish_to("u-1", "still flowing").await;
+}
+
+/// Redis refusing writes (out of memory under `noeviction`) between a push and
+/// the end of its entry: the script that writes the device's state with the
+/// acknowledgement is refused, and is not waited out as if Redis were away;
+/// a plain `XACK` (allowed when out of memory) still ends the entry, so it is
+/// not pushed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_pushed_while_redis_refuses_writes_is_still_acknowledged() {
+    let url: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (hook_url, hook_armed) = (url.clone(), armed.clone());
+    let app = TestApp::start_hooked(
+        |_| {},
+        Arc::new(move |_sub| {
+            if hook_armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let client =
+                    redis::Client::open(hook_url.get().expect("set").as_str()).expect("url");
+                let mut conn = client.get_connection().expect("connects");
+                let _: () = redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("maxmemory")
+                    .arg(1)
+                    .query(&mut conn)
+                    .expect("maxmemory");
+            }
+        }),
+    )
+    .await;
+    url.set(app.redis.url()).expect("once");
+    let device = app.register_device("u-1").await;
+    app.publish_to("u-1", "while memory runs out").await;
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _worker = app.run_worker();
+    eventually("the push arrives", Duration::from_secs(10), || {
+        app.delivered_to(&device).len() == 1
+    })
+    .await;
+    // Well within the 30 s a state write waits out an unreachable Redis.
+    eventually(
+        "acknowledged although its state could not be written",
+        Duration::from_secs(10),
+        || app.pending() == 0,
+    )
+    .await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut app.redis.conn())
+        .expect("maxmemory back");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.delivered_to(&device).len(), 1, "pushed once");
 }

@@ -121,7 +121,8 @@ impl Worker {
     }
 
     /// Writes devices' states, and what `end` says, in one round trip. Settled
-    /// states are retried while Redis is unreachable (up to `MARKER_PATIENCE`):
+    /// states are retried while Redis is unreachable (up to `MARKER_PATIENCE`;
+    /// a refusal, such as out of memory, is not waited out):
     /// those devices have the event, and a state lost to a Redis blip would mean
     /// a second push on the retry. Everything in it may be written twice.
     pub(super) async fn settle_states(
@@ -135,7 +136,9 @@ impl Worker {
         loop {
             match self.settle_once(ctx, states, end).await {
                 Ok(()) => return Ok(()),
-                Err(e) if !patient || std::time::Instant::now() >= deadline => return Err(e),
+                Err(e) if !patient || !unreachable(&e) || std::time::Instant::now() >= deadline => {
+                    return Err(e)
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -660,6 +663,28 @@ impl Hint {
             })
             .collect())
     }
+}
+
+/// Whether an error says Redis cannot be reached right now (or is failing
+/// over, or loading its data), rather than refusing what was asked (out of
+/// memory, a script error): only the first is worth waiting out.
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+        e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::BusyLoading
+                        | redis::ServerErrorKind::TryAgain
+                        | redis::ServerErrorKind::ClusterDown
+                        | redis::ServerErrorKind::MasterDown
+                        | redis::ServerErrorKind::ReadOnly
+                )
+            )
+    })
 }
 
 /// Settled states to write, as `settle.lua` takes them.
