@@ -131,6 +131,33 @@ async fn a_fan_out_to_10000_devices_survives_a_killed_worker_without_a_second_pu
     assert_eq!(seen.len(), DEVICES + 1);
 }
 
+/// A call of `settle.lua` that writes states only (no acknowledgement, no
+/// release), markers living 60 s; the triples are added by the caller.
+fn settle_call<'s>(
+    script: &'s redis::Script,
+    outcomes: &str,
+    holder: &str,
+) -> redis::ScriptInvocation<'s> {
+    let mut call = script.prepare_invoke();
+    for key in [
+        outcomes,
+        "{t:p0}:events",
+        "{t:p0}:retry-at",
+        "{t:p0}:lease:1-0",
+        "{t:p0}:lease:1-0",
+    ] {
+        call.key(key);
+    }
+    call.arg(60)
+        .arg(holder)
+        .arg("")
+        .arg("g")
+        .arg("1-0")
+        .arg("w")
+        .arg("");
+    call
+}
+
 /// `settle.lua` writes the states of any number of devices in one call (Lua
 /// unpacks at most about 8,000 values at once; a fan-out's pushes answered
 /// while one write is in flight all go in the next).
@@ -151,23 +178,7 @@ fn the_states_of_ten_thousand_devices_are_written_in_one_call() {
     }
     let _: () = claimed.query(&mut conn).expect("claims");
     let script = redis::Script::new(include_str!("../src/deliver/settle.lua"));
-    let mut call = script.prepare_invoke();
-    for key in [
-        outcomes,
-        "{t:p0}:events",
-        "{t:p0}:retry-at",
-        "{t:p0}:lease:1-0",
-        "{t:p0}:lease:1-0",
-    ] {
-        call.key(key);
-    }
-    call.arg(60)
-        .arg(holder)
-        .arg("")
-        .arg("g")
-        .arg("1-0")
-        .arg("w")
-        .arg("");
+    let mut call = settle_call(&script, outcomes, holder);
     for i in 0..10_000 {
         let (mode, state) = match i % 3 {
             0 => ("mark", "delivered"),
@@ -213,23 +224,7 @@ fn the_states_of_one_call_apply_in_order() {
         .query(&mut conn)
         .expect("claims");
     let script = redis::Script::new(include_str!("../src/deliver/settle.lua"));
-    let mut call = script.prepare_invoke();
-    for key in [
-        outcomes,
-        "{t:p0}:events",
-        "{t:p0}:retry-at",
-        "{t:p0}:lease:1-0",
-        "{t:p0}:lease:1-0",
-    ] {
-        call.key(key);
-    }
-    call.arg(60)
-        .arg(holder)
-        .arg("")
-        .arg("g")
-        .arg("1-0")
-        .arg("w")
-        .arg("");
+    let mut call = settle_call(&script, outcomes, holder);
     for (mode, sub, state) in [
         ("mark", "a", "delivered"),
         ("fail", "a", "failed 503 late"),

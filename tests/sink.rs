@@ -5,6 +5,8 @@ mod helpers;
 
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use herald::deliver::push::vapid::VapidKey;
 use herald::deliver::push::{Outcome, Pusher};
 use herald::operate::sink::{Fault, Sink, SinkHandle, SinkOptions};
@@ -38,12 +40,18 @@ fn pusher() -> Pusher {
 }
 
 fn pusher_trusting(extra_ca_file: Option<&std::path::Path>) -> anyhow::Result<Pusher> {
+    pusher_with(|s| {
+        if let Some(path) = extra_ca_file {
+            s.push.extra_ca_file = path.to_path_buf();
+        }
+    })
+}
+
+fn pusher_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Pusher> {
     let mut settings = Settings::default();
     settings.push.allow_insecure_endpoints = true;
     settings.push.vapid_subject = "mailto:tests@herald.invalid".into();
-    if let Some(path) = extra_ca_file {
-        settings.push.extra_ca_file = path.to_path_buf();
-    }
+    adjust(&mut settings);
     Pusher::new(&settings, VapidKey::generate().0)
 }
 
@@ -100,13 +108,12 @@ async fn a_client_that_never_finishes_its_tls_handshake_holds_up_no_other() {
         .expect("connects");
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Shorter than the sink's handshake timeout: a push held up behind the silent one fails.
-    let mut settings = Settings::default();
-    settings.push.allow_insecure_endpoints = true;
-    settings.push.vapid_subject = "mailto:tests@herald.invalid".into();
-    settings.push.extra_ca_file = ca;
-    settings.push.connect_timeout = Duration::from_secs(3);
-    settings.push.request_timeout = Duration::from_secs(3);
-    let pusher = Pusher::new(&settings, VapidKey::generate().0).expect("pusher");
+    let pusher = pusher_with(|s| {
+        s.push.extra_ca_file = ca;
+        s.push.connect_timeout = Duration::from_secs(3);
+        s.push.request_timeout = Duration::from_secs(3);
+    })
+    .expect("pusher");
     let report = pusher.push(&sub, &event("past the silent one"), 60).await;
     assert_eq!(report.outcome, Outcome::Delivered, "{:?}", report.error);
 }
@@ -302,4 +309,72 @@ async fn an_insecure_endpoint_is_refused_at_send_time_without_the_setting() {
         }
     );
     assert!(sink.arrivals().is_empty(), "nothing was sent");
+}
+
+/// Stored keys are not checked again when read back (edited by hand, written
+/// by another version): whatever they hold, the push is refused before anything
+/// is sent, as the subscription's fault, and the worker goes on.
+#[tokio::test]
+async fn stored_keys_of_any_shape_are_refused_before_sending() {
+    let (sink, _stop) = sink(false).await;
+    let good = subscription(&sink);
+    let mut off_curve = URL_SAFE_NO_PAD.decode(&good.p256dh).expect("base64url");
+    off_curve[64] ^= 1;
+    let cases = [
+        (
+            "p256dh not base64url",
+            "not base64!".to_string(),
+            good.auth.clone(),
+        ),
+        (
+            "p256dh off the curve",
+            URL_SAFE_NO_PAD.encode(&off_curve),
+            good.auth.clone(),
+        ),
+        (
+            "p256dh compressed",
+            URL_SAFE_NO_PAD.encode(&off_curve[..33]),
+            good.auth.clone(),
+        ),
+        (
+            "p256dh of a megabyte",
+            "A".repeat(1 << 20),
+            good.auth.clone(),
+        ),
+        ("p256dh empty", String::new(), good.auth.clone()),
+        (
+            "auth of 8 bytes",
+            good.p256dh.clone(),
+            URL_SAFE_NO_PAD.encode([7u8; 8]),
+        ),
+        (
+            "auth of a megabyte",
+            good.p256dh.clone(),
+            "A".repeat(1 << 20),
+        ),
+        ("auth not base64url", good.p256dh.clone(), "%%%".into()),
+    ];
+    let pusher = pusher();
+    for (what, p256dh, auth) in cases {
+        let sub = Subscription {
+            p256dh,
+            auth,
+            ..good.clone()
+        };
+        let report = pusher.push(&sub, &event(what), 60).await;
+        assert_eq!(
+            report.outcome,
+            Outcome::DeadLetter {
+                reason: "invalid_subscription"
+            },
+            "{what}: {report:?}"
+        );
+        assert!(
+            report.error.is_some_and(|e| e.len() < 300),
+            "{what}: a short error"
+        );
+    }
+    assert!(sink.arrivals().is_empty(), "nothing was sent");
+    let report = pusher.push(&good, &event("the good one"), 60).await;
+    assert_eq!(report.outcome, Outcome::Delivered, "{:?}", report.error);
 }

@@ -136,7 +136,11 @@ impl Worker {
         loop {
             match self.settle_once(ctx, states, end).await {
                 Ok(()) => return Ok(()),
-                Err(e) if !patient || !unreachable(&e) || std::time::Instant::now() >= deadline => {
+                Err(e)
+                    if !patient
+                        || !e.downcast_ref().is_some_and(crate::shared::db::unreachable)
+                        || std::time::Instant::now() >= deadline =>
+                {
                     return Err(e)
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -663,28 +667,6 @@ impl Hint {
             })
             .collect())
     }
-}
-
-/// Whether an error says Redis cannot be reached right now (or is failing
-/// over, or loading its data), rather than refusing what was asked (out of
-/// memory, a script error): only the first is worth waiting out.
-fn unreachable(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<redis::RedisError>().is_some_and(|e| {
-        e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || matches!(
-                e.kind(),
-                redis::ErrorKind::Server(
-                    redis::ServerErrorKind::BusyLoading
-                        | redis::ServerErrorKind::TryAgain
-                        | redis::ServerErrorKind::ClusterDown
-                        | redis::ServerErrorKind::MasterDown
-                        | redis::ServerErrorKind::ReadOnly
-                )
-            )
-    })
 }
 
 /// Settled states to write, as `settle.lua` takes them.

@@ -427,6 +427,26 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
+/// Whether an error says Redis cannot be reached right now (or is failing
+/// over, or loading its data), rather than refusing what was asked (out of
+/// memory, a script error): only the first is worth waiting out.
+pub fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::ClusterDown
+                    | redis::ServerErrorKind::MasterDown
+                    | redis::ServerErrorKind::ReadOnly
+            )
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::Durability;

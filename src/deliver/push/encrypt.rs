@@ -166,19 +166,11 @@ mod tests {
     /// of the example, the shared secret computed with RustCrypto's p256.
     #[test]
     fn the_rfc_8291_example_is_reproduced() {
-        let ua_private =
-            hex::decode("ab5757a70dd4a53e553a6bbf71ffefea2874ec07a6b379e3c48f895a02dc33de")
-                .expect("hex");
-        let as_private = b64("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw");
-        let auth = hex::decode("05305932a1c7eabe13b6cec9fda48882").expect("hex");
-        let expected = hex::decode(concat!(
-            "0c6bfaadad67958803092d454676f397000010004104fe33f4ab0dea71914db558",
-            "23f73b54948f41306d920732dbb9a59a53286482200e597a7b7bc260ba1c227998",
-            "580992e93973002f3012a28ae8f06bbb78e5ec0ff297de5b429bba7153d3a4ae0c",
-            "aa091fd425f3b4b5414add8ab37a19c1bbb05cf5cb5b2a2e0562d558635641ec52",
-            "812c6c8ff42e95ccb86be7cd"
-        ))
-        .expect("hex");
+        use crate::operate::sink::crypto::rfc8291;
+        let ua_private = hex::decode(rfc8291::UA_PRIVATE).expect("hex");
+        let as_private = b64(rfc8291::AS_PRIVATE_B64);
+        let auth = hex::decode(rfc8291::AUTH).expect("hex");
+        let expected = hex::decode(rfc8291::BODY).expect("hex");
         let ua = p256::SecretKey::from_slice(&ua_private).expect("scalar");
         let ua_public = ua.public_key().to_sec1_bytes();
         let sender = p256::SecretKey::from_slice(&as_private).expect("scalar");
