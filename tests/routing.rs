@@ -107,6 +107,100 @@ async fn a_new_subscription_is_routed_to_without_a_restart() {
     assert_eq!(receivers(&app, "after"), BTreeSet::from([reader]));
 }
 
+/// How many times this process's workers refreshed their routing index, `how`.
+fn refreshes(how: &str) -> u64 {
+    let metrics = herald::shared::metrics::render();
+    let line = format!("herald_routing_index_refreshes_total{{how=\"{how}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+async fn wait_for_refresh() {
+    tokio::time::sleep(herald::deliver::route::REFRESH_EVERY + Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn subscription_changes_update_the_index_without_reading_every_subscription() {
+    let app = TestApp::start().await;
+    let first = subscribe(&app, json!({"topics": ["news.*"]})).await;
+    let (moved, browser) = app.sink.new_subscription();
+    let (status, answer) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"subscription": browser, "topics": ["news.*"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    publish(
+        &app,
+        json!({"topic": "news.a", "notification": {"title": "a"}}),
+    )
+    .await;
+    app.step().await;
+    assert_eq!(
+        receivers(&app, "a"),
+        BTreeSet::from([first.clone(), moved.clone()])
+    );
+    assert_eq!((refreshes("rebuilt"), refreshes("updated")), (1, 0));
+
+    // A new one, one deleted, one whose interests change (registered again).
+    let added = subscribe(&app, json!({"topics": ["news.#"]})).await;
+    let url = format!("{}/v1/subscriptions/{first}", app.api_url);
+    assert_eq!(
+        app.http
+            .delete(&url)
+            .send()
+            .await
+            .expect("an answer")
+            .status(),
+        204
+    );
+    let (status, answer) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"subscription": browser, "topics": ["sports.*"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    wait_for_refresh().await;
+    publish(
+        &app,
+        json!({"topic": "news.b", "notification": {"title": "b"}}),
+    )
+    .await;
+    publish(
+        &app,
+        json!({"topic": "sports.b", "notification": {"title": "sports"}}),
+    )
+    .await;
+    app.step().await;
+    assert_eq!(receivers(&app, "b"), BTreeSet::from([added.clone()]));
+    assert_eq!(receivers(&app, "sports"), BTreeSet::from([moved]));
+    assert_eq!(
+        (refreshes("rebuilt"), refreshes("updated")),
+        (1, 1),
+        "the three changes were applied at once, and nothing was read in full again"
+    );
+
+    // A version moved with no change recorded (as a herald from before the
+    // changes stream does): the index cannot follow, so it reads everything.
+    let _: i64 = redis::cmd("INCR")
+        .arg(app.db.keys.subscriptions_version())
+        .query(&mut app.redis.conn())
+        .expect("INCR");
+    wait_for_refresh().await;
+    publish(
+        &app,
+        json!({"topic": "news.c", "notification": {"title": "c"}}),
+    )
+    .await;
+    app.step().await;
+    assert_eq!(receivers(&app, "c"), BTreeSet::from([added]));
+    assert_eq!((refreshes("rebuilt"), refreshes("updated")), (2, 1));
+}
+
 #[tokio::test]
 async fn unroutable_topic_events_are_dead_lettered_when_configured() {
     let app = TestApp::start_with(|s| s.routing.unroutable = Unroutable::DeadLetter).await;

@@ -24,9 +24,14 @@
 //! | `{P:subs}:user:<user>` | set | subscription ids of one user |
 //! | `{P:subs}:all` | set | every subscription id |
 //! | `{P:subs}:version` | string | incremented on every subscription change |
+//! | `{P:subs}:changes` | stream | one entry per change, `v` (the version it made) and `id` (the subscription): workers follow it to keep their routing index current (capped near [`SUBSCRIPTION_CHANGES_KEPT`] entries) |
 //! | `{P:ops}:push-state` | hash | worker consumer → JSON of its open breakers and subscriptions waiting out a `429`, refreshed every `admin.sample_interval` |
 //!
 //! `P` is `redis.key_prefix` (default `herald`).
+
+/// About how many subscription changes `{P:subs}:changes` keeps (`MAXLEN ~`): a
+/// worker further behind than this rebuilds its routing index from every subscription.
+pub const SUBSCRIPTION_CHANGES_KEPT: u32 = 10_000;
 
 /// The key names for one deployment (one `redis.key_prefix`).
 #[derive(Debug, Clone)]
@@ -167,6 +172,11 @@ impl Keys {
         format!("{{{}:subs}}:version", self.prefix)
     }
 
+    /// Every subscription change, in order; see [`SUBSCRIPTION_CHANGES_KEPT`].
+    pub fn subscription_changes(&self) -> String {
+        format!("{{{}:subs}}:changes", self.prefix)
+    }
+
     /// What each worker reports of its push services: open breakers, waiting subscriptions.
     pub fn push_state(&self) -> String {
         format!("{{{}:ops}}:push-state", self.prefix)
@@ -233,6 +243,7 @@ mod tests {
         assert_eq!(hash_tag(&keys.subscription("abc")), tag);
         assert_eq!(hash_tag(&keys.user_subscriptions("u-42")), tag);
         assert_eq!(hash_tag(&keys.subscriptions_version()), tag);
+        assert_eq!(hash_tag(&keys.subscription_changes()), tag);
     }
 
     #[test]

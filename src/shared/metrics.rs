@@ -19,6 +19,7 @@
 //! | `herald_breakers_open` | gauge | `service` | push-service origins whose breaker is open |
 //! | `herald_subscriptions_waiting` | gauge | | subscriptions this worker leaves alone after their `429` |
 //! | `herald_spool_quarantined_total` | counter | | spool records that could not be read, moved aside to `quarantine.log` |
+//! | `herald_routing_index_refreshes_total` | counter | `how` (`rebuilt` from every subscription, `updated` from the changes since) | a worker's topic-routing index catching up with subscription changes |
 //! | `herald_stream_length` | gauge | `partition` | `XLEN` of the event stream |
 //! | `herald_group_lag` | gauge | `partition`, `group` | entries the group has not read yet |
 //! | `herald_group_pending` | gauge | `partition`, `group` | entries read and not acknowledged |
@@ -195,6 +196,10 @@ pub fn breaker_closed(service: &'static str) {
 
 pub fn subscriptions_waiting(n: usize) {
     gauge!("herald_subscriptions_waiting").set(n as f64);
+}
+
+pub fn routing_index_refreshed(how: &'static str) {
+    counter!("herald_routing_index_refreshes_total", "how" => how).increment(1);
 }
 
 pub fn spool_quarantined() {

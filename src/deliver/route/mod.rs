@@ -7,19 +7,26 @@
 //!   fan-out to everyone) and whose header filter, if any, matches its headers.
 //!   A subscription with a header filter and no topics matches any topic.
 //!
-//! Topic routing uses an in-memory index of every subscription, rebuilt when
-//! the subscriptions' version counter moves (checked at most every
-//! [`REFRESH_EVERY`]), never a scan of Redis per event.
+//! Topic routing uses an in-memory index of every subscription, never a scan
+//! of Redis per event. When the subscriptions' version counter moves (checked
+//! at most every [`REFRESH_EVERY`]), the index follows the changes recorded
+//! since (`{P:subs}:changes`), reading again only the subscriptions changed; it
+//! is rebuilt from all of them at start and when it fell too far behind.
 
 pub mod trie;
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::shared::event::Event;
+use crate::shared::keys::SUBSCRIPTION_CHANGES_KEPT;
+use crate::shared::metrics;
 use crate::shared::subscriptions::{HeaderFilter, MatchMode, Store, Subscription, Unreadable};
 use trie::PatternTrie;
 
@@ -67,19 +74,31 @@ impl Target {
 }
 
 /// Every subscription with interests, indexed for matching.
-#[derive(Debug, Default)]
+///
+/// Kept current by [`Index::apply`] (one subscription re-read per change) and
+/// rebuilt from every subscription only when the changes cannot be followed.
+#[derive(Debug, Default, Clone)]
 pub struct Index {
+    /// The subscriptions' version this index reflects.
     version: i64,
-    subscriptions: Vec<Arc<Subscription>>,
+    /// The last change read (a stream entry id): the next are read after it.
+    cursor: String,
+    /// Subscriptions by slot; a removed one leaves `None` (the trie may still name its slot).
+    slots: Vec<Option<Arc<Subscription>>>,
+    /// Slot of each live subscription, found by its id.
+    by_id: HashTable<u32>,
+    removed: usize,
     topics: PatternTrie,
     /// Subscriptions with a header filter and no topics: they match any topic.
     headers_only: Vec<u32>,
+    hasher: RandomState,
 }
 
 impl Index {
     pub fn build(version: i64, all: impl IntoIterator<Item = Subscription>) -> Index {
         let mut index = Index {
             version,
+            cursor: "0-0".into(),
             ..Index::default()
         };
         for sub in all {
@@ -88,20 +107,60 @@ impl Index {
         index
     }
 
-    /// Adds one subscription; one with neither topics nor a header filter only
-    /// takes direct events and is left out.
+    /// Adds one subscription, replacing any with the same id; one with neither
+    /// topics nor a header filter only takes direct events and is left out.
     pub fn add(&mut self, sub: Subscription) {
+        self.remove(&sub.id);
         if sub.topics.is_empty() && sub.headers.is_none() {
             return;
         }
-        let i = self.subscriptions.len() as u32;
+        let i = self.slots.len() as u32;
         for pattern in &sub.topics {
             self.topics.insert(pattern, i);
         }
         if sub.topics.is_empty() {
             self.headers_only.push(i);
         }
-        self.subscriptions.push(Arc::new(sub));
+        let hash = self.hasher.hash_one(&sub.id);
+        let Index {
+            slots,
+            by_id,
+            hasher,
+            ..
+        } = self;
+        by_id.insert_unique(hash, i, |&slot| hash_of(hasher, slots, slot));
+        self.slots.push(Some(Arc::new(sub)));
+    }
+
+    /// Removes the subscription with this id, if it is indexed.
+    pub fn remove(&mut self, id: &str) {
+        let hash = self.hasher.hash_one(id);
+        let slots = &self.slots;
+        let found = self.by_id.find_entry(hash, |&slot| {
+            slots[slot as usize].as_ref().is_some_and(|s| s.id == id)
+        });
+        if let Ok(entry) = found {
+            let (slot, _) = entry.remove();
+            self.slots[slot as usize] = None;
+            self.removed += 1;
+        }
+        // Removed slots are compacted away once they outnumber the live ones.
+        if self.removed > 1024 && self.removed > self.len() {
+            let live: Vec<Subscription> = self
+                .slots
+                .drain(..)
+                .flatten()
+                .map(Arc::unwrap_or_clone)
+                .collect();
+            *self = Index {
+                version: self.version,
+                cursor: std::mem::take(&mut self.cursor),
+                ..Index::default()
+            };
+            for sub in live {
+                self.add(sub);
+            }
+        }
     }
 
     /// The subscriptions a topic event goes to.
@@ -112,19 +171,27 @@ impl Index {
         let mut ids: Vec<u32> = found.into_iter().collect();
         ids.sort_unstable();
         ids.into_iter()
-            .map(|i| &self.subscriptions[i as usize])
+            .filter_map(|i| self.slots[i as usize].as_ref())
             .filter(|s| s.headers.as_ref().is_none_or(|f| headers_match(f, headers)))
             .cloned()
             .collect()
     }
 
+    /// Subscriptions indexed.
     pub fn len(&self) -> usize {
-        self.subscriptions.len()
+        self.slots.len() - self.removed
     }
 
     pub fn is_empty(&self) -> bool {
-        self.subscriptions.is_empty()
+        self.len() == 0
     }
+}
+
+fn hash_of(hasher: &RandomState, slots: &[Option<Arc<Subscription>>], slot: u32) -> u64 {
+    let sub = slots[slot as usize]
+        .as_ref()
+        .expect("only live slots are in the id table");
+    hasher.hash_one(&sub.id)
 }
 
 /// `all`: every value must equal the event's header; `any`: at least one must.
@@ -185,7 +252,9 @@ impl Router {
             .map(|c| c.index.clone())
     }
 
-    /// The current index: the cached one while the version has not moved.
+    /// The current index: the cached one while the version has not moved,
+    /// brought up to date from the changes since when it has, rebuilt from
+    /// every subscription when those changes cannot be followed.
     pub async fn index(&self) -> anyhow::Result<Arc<Index>> {
         if let Some(index) = self.fresh() {
             return Ok(index);
@@ -199,25 +268,11 @@ impl Router {
         let cached = self.cache.lock().as_ref().map(|c| c.index.clone());
         let index = match cached {
             Some(index) if index.version == version => index,
-            _ => {
-                let started = Instant::now();
-                // Added as they are read, a chunk at a time: all of them are never held twice.
-                let mut index = Index::build(version, []);
-                self.store
-                    .for_each(|found| match found {
-                        Ok(sub) => index.add(sub),
-                        Err(bad) => tracing::warn!(subscription = %bad.id, problem = %bad.problem, "unreadable subscription left out of topic routing"),
-                    })
-                    .await?;
-                let index = Arc::new(index);
-                tracing::info!(
-                    subscriptions = index.len(),
-                    patterns = index.topics.len(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "routing index rebuilt"
-                );
-                index
-            }
+            Some(index) if index.version < version => match self.catch_up(&index, version).await? {
+                Some(updated) => updated,
+                None => self.rebuild().await?,
+            },
+            _ => self.rebuild().await?,
         };
         *self.cache.lock() = Some(Cached {
             index: index.clone(),
@@ -225,6 +280,79 @@ impl Router {
         });
         Ok(index)
     }
+
+    /// `index` with the changes after it applied, each subscription changed
+    /// read again; `None` when they do not follow on from it (trimmed away, or
+    /// a version bumped without a change recorded, as a herald from before this stream did).
+    async fn catch_up(&self, index: &Index, version: i64) -> anyhow::Result<Option<Arc<Index>>> {
+        let behind = (version - index.version) as usize;
+        if behind > SUBSCRIPTION_CHANGES_KEPT as usize {
+            return Ok(None);
+        }
+        let changes = self.store.changes_after(&index.cursor, behind).await?;
+        let follows = changes
+            .iter()
+            .zip(index.version + 1..)
+            .all(|(change, expected)| change.version == expected);
+        if !follows || changes.len() < behind {
+            return Ok(None);
+        }
+        let mut ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let found = self.store.fetch(&ids).await?;
+        let mut updated = index.clone();
+        for id in &ids {
+            updated.remove(id);
+        }
+        for found in found {
+            match found {
+                Ok(sub) => updated.add(sub),
+                Err(bad) => unreadable(&bad),
+            }
+        }
+        let last = changes
+            .last()
+            .expect("behind > 0: at least one change was read");
+        updated.version = last.version;
+        updated.cursor = last.entry.clone();
+        metrics::routing_index_refreshed("updated");
+        tracing::debug!(
+            changes = changes.len(),
+            subscriptions = updated.len(),
+            "routing index updated"
+        );
+        Ok(Some(Arc::new(updated)))
+    }
+
+    /// An index of every subscription, read a chunk at a time.
+    async fn rebuild(&self) -> anyhow::Result<Arc<Index>> {
+        let started = Instant::now();
+        // Changes made while the subscriptions are read are applied again after:
+        // applying one is reading that subscription again, so twice is harmless.
+        let (version, cursor) = self.store.snapshot().await?;
+        // Added as they are read, a chunk at a time: all of them are never held twice.
+        let mut index = Index::build(version, []);
+        index.cursor = cursor;
+        self.store
+            .for_each(|found| match found {
+                Ok(sub) => index.add(sub),
+                Err(bad) => unreadable(&bad),
+            })
+            .await?;
+        metrics::routing_index_refreshed("rebuilt");
+        tracing::info!(
+            subscriptions = index.len(),
+            patterns = index.topics.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "routing index rebuilt"
+        );
+        Ok(Arc::new(index))
+    }
+}
+
+fn unreadable(bad: &Unreadable) {
+    tracing::warn!(subscription = %bad.id, problem = %bad.problem, "unreadable subscription left out of topic routing");
 }
 
 #[cfg(test)]
@@ -304,5 +432,37 @@ mod tests {
             vec!["lot7", "everyone", "any-lot-7-or-9"]
         );
         assert_eq!(ids(&index, "billing.paid", &[]), vec!["everyone"]);
+    }
+
+    #[test]
+    fn subscriptions_are_replaced_and_removed_in_place_and_removed_slots_compacted() {
+        let mut index = Index::build(1, vec![sub("a", &["x.*"], None), sub("b", &["x.*"], None)]);
+        index.add(sub("a", &["y.*"], None));
+        assert_eq!(ids(&index, "x.1", &[]), vec!["b"]);
+        assert_eq!(ids(&index, "y.1", &[]), vec!["a"]);
+        index.add(sub("b", &[], None));
+        assert!(
+            ids(&index, "x.1", &[]).is_empty(),
+            "direct-only now: out of topic routing"
+        );
+        index.remove("a");
+        index.remove("never-there");
+        assert!(index.is_empty());
+
+        for round in 0..3 {
+            for i in 0..2000 {
+                index.add(sub(&format!("s{i}"), &["z.#"], None));
+            }
+            for i in 0..1990 {
+                index.remove(&format!("s{i}"));
+            }
+            assert_eq!(index.len(), 10, "round {round}");
+            assert_eq!(ids(&index, "z", &[]).len(), 10);
+        }
+        assert!(
+            index.slots.len() < 4000,
+            "removed slots were compacted away: {} slots for 10 subscriptions",
+            index.slots.len()
+        );
     }
 }

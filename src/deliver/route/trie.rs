@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Node {
     words: HashMap<String, Node>,
     star: Option<Box<Node>>,
@@ -14,7 +14,7 @@ struct Node {
 }
 
 /// Patterns and the values (subscription indexes) they stand for.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PatternTrie {
     root: Node,
     len: usize,

@@ -3,8 +3,10 @@
 -- KEYS[2] the set of every subscription id
 -- KEYS[3] the subscriptions version counter
 -- KEYS[4] its user's set, as the caller read it (KEYS[1] again when none)
+-- KEYS[5] the stream of subscription changes
 -- ARGV[1] subscription id
 -- ARGV[2] its user as the caller read it ('' for none)
+-- ARGV[3] about how many changes the stream keeps
 -- Returns 1 when deleted, 0 when there was none, -1 when the stored user
 -- changed since the caller read it (the caller reads again and retries).
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -20,5 +22,6 @@ redis.call('SREM', KEYS[2], ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('SREM', KEYS[4], ARGV[1])
 end
-redis.call('INCR', KEYS[3])
+local version = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'v', version, 'id', ARGV[1])
 return 1

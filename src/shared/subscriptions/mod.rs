@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::shared::db::Db;
 use crate::shared::endpoint;
 use crate::shared::event::{format_time, hex_lower, InvalidField};
+use crate::shared::keys::SUBSCRIPTION_CHANGES_KEPT;
 
 /// `POST /v1/subscriptions` body.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -344,6 +345,17 @@ pub struct Unreadable {
     pub problem: String,
 }
 
+/// One subscription change, as `{P:subs}:changes` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The change's stream entry id.
+    pub entry: String,
+    /// The version the change made.
+    pub version: i64,
+    /// The subscription changed (created, updated or deleted).
+    pub id: String,
+}
+
 /// Whether a put created a subscription or updated an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -390,9 +402,11 @@ impl Store {
                 .key(keys.subscriptions_version())
                 .key(user_key(&new_user))
                 .key(user_key(&previous))
+                .key(keys.subscription_changes())
                 .arg(&sub.id)
                 .arg(&new_user)
-                .arg(&previous);
+                .arg(&previous)
+                .arg(SUBSCRIPTION_CHANGES_KEPT);
             for (field, value) in sub.to_fields() {
                 inv.arg(field).arg(value);
             }
@@ -431,8 +445,10 @@ impl Store {
                 .key(keys.all_subscriptions())
                 .key(keys.subscriptions_version())
                 .key(user_key)
+                .key(keys.subscription_changes())
                 .arg(id)
                 .arg(&user)
+                .arg(SUBSCRIPTION_CHANGES_KEPT)
                 .invoke_async(&mut conn)
                 .await?;
             match answer {
@@ -452,6 +468,54 @@ impl Store {
             .query_async(&mut conn)
             .await?;
         Ok(v.unwrap_or(0))
+    }
+
+    /// The version and the last change, read together: where following the
+    /// changes starts for an index built from every subscription after this.
+    pub async fn snapshot(&self) -> anyhow::Result<(i64, String)> {
+        let keys = &self.db.keys;
+        let (version, last): (Option<i64>, Vec<(String, Vec<String>)>) = redis::pipe()
+            .atomic()
+            .cmd("GET")
+            .arg(keys.subscriptions_version())
+            .cmd("XREVRANGE")
+            .arg(keys.subscription_changes())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.db.conn())
+            .await?;
+        let cursor = last.into_iter().next().map(|(id, _)| id);
+        Ok((version.unwrap_or(0), cursor.unwrap_or_else(|| "0-0".into())))
+    }
+
+    /// Up to `count` changes after the change `cursor`, oldest first.
+    pub async fn changes_after(&self, cursor: &str, count: usize) -> anyhow::Result<Vec<Change>> {
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(self.db.keys.subscription_changes())
+            .arg(format!("({cursor}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.db.conn())
+            .await?;
+        entries
+            .into_iter()
+            .map(|(entry, fields)| {
+                let version = fields.get("v").and_then(|v| v.parse().ok());
+                match (version, fields.get("id")) {
+                    (Some(version), Some(id)) => Ok(Change {
+                        entry,
+                        version,
+                        id: id.clone(),
+                    }),
+                    _ => anyhow::bail!(
+                        "subscription change {entry} has no version or id: written by hand? {fields:?}"
+                    ),
+                }
+            })
+            .collect()
     }
 
     /// Every subscription (or what is wrong with it), handed to `each` as it is
@@ -499,7 +563,10 @@ impl Store {
     }
 
     /// The subscriptions with these ids, in one pipeline; ids deleted meanwhile are skipped.
-    async fn fetch(&self, ids: &[String]) -> anyhow::Result<Vec<Result<Subscription, Unreadable>>> {
+    pub async fn fetch(
+        &self,
+        ids: &[String],
+    ) -> anyhow::Result<Vec<Result<Subscription, Unreadable>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }

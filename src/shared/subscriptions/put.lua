@@ -4,10 +4,12 @@
 -- KEYS[3] the subscriptions version counter
 -- KEYS[4] the new user's set of subscription ids (KEYS[1] again when no user)
 -- KEYS[5] the previous user's set, as the caller read it (KEYS[1] again when none)
+-- KEYS[6] the stream of subscription changes
 -- ARGV[1] subscription id
 -- ARGV[2] new user ('' for none)
 -- ARGV[3] previous user as the caller read it ('' for none)
--- ARGV[4..] field/value pairs of the hash
+-- ARGV[4] about how many changes the stream keeps
+-- ARGV[5..] field/value pairs of the hash
 -- Returns 1 when created, 0 when updated, -1 when the stored user changed since
 -- the caller read it (the caller reads again and retries).
 local stored_user = redis.call('HGET', KEYS[1], 'user') or ''
@@ -20,7 +22,7 @@ if ARGV[3] ~= '' and ARGV[3] ~= ARGV[2] then
 end
 local created = redis.call('HGET', KEYS[1], 'created_at')
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 if created then
   redis.call('HSET', KEYS[1], 'created_at', created)
 end
@@ -28,7 +30,8 @@ if ARGV[2] ~= '' then
   redis.call('SADD', KEYS[4], ARGV[1])
 end
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('INCR', KEYS[3])
+local version = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'v', version, 'id', ARGV[1])
 if existed then
   return 0
 end
