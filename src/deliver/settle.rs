@@ -184,7 +184,17 @@ impl Worker {
                 .arg(*state);
         }
         let mut conn = self.db.conn();
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        if end == End::Nothing {
+            let _: i64 = invocation.invoke_async(&mut conn).await?;
+            return Ok(());
+        }
+        // No heartbeat in flight while the end goes out, and none after it;
+        // should the end fail, heartbeats go on keeping the entry while it is retried.
+        let mut ended = ctx.ended.lock().await;
+        *ended = true;
+        let result = invocation.invoke_async::<i64>(&mut conn).await;
+        *ended = result.is_ok();
+        result?;
         Ok(())
     }
 
