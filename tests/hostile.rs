@@ -202,7 +202,7 @@ async fn a_panic_while_pushing_to_one_device_fails_that_device_only() {
     let app = TestApp::start_hooked(
         |s| s.retry.max_deliveries = 2,
         Arc::new(move |sub| {
-            if *hook_target.lock() == sub.id {
+            if *hook_target.lock() == sub.id() {
                 panic!("a hostile subscription herald did not survive");
             }
         }),

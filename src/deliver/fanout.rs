@@ -20,11 +20,10 @@ use futures::{FutureExt, StreamExt};
 use super::claim::{Begun, EntryCtx, Settling, Verdict, CHUNK};
 use super::entry::panic_message;
 use super::push::{Outcome, PushReport};
-use super::route::Target;
+use super::route::{Device, Target};
 use super::settle::{Attempt, Failure, Mode};
 use super::Worker;
 use crate::shared::dead_letter::DeadLetter;
-use crate::shared::subscriptions::Subscription;
 
 /// What one of the fan-out's concurrent pieces of work came to.
 enum Work<'t> {
@@ -157,7 +156,7 @@ impl Worker {
                     )),
                 }
             }
-            Target::Device(sub) => self.push_device(ctx, sub, previous).await,
+            Target::Device(device) => self.push_device(ctx, device, previous).await,
         }
     }
 
@@ -165,31 +164,34 @@ impl Worker {
     async fn push_device(
         &self,
         ctx: &EntryCtx<'_>,
-        sub: &Arc<Subscription>,
+        device: &Arc<Device>,
         previous: Option<String>,
     ) -> DeviceOutcome {
         let Some(ttl) = ctx.event.ttl_left(chrono::Utc::now()) else {
             // The push service would have dropped it by now: not an error, not a dead letter.
             crate::shared::metrics::push(
                 "expired",
-                crate::shared::metrics::service_class_of(&sub.endpoint),
+                crate::shared::metrics::service_class_of(device.endpoint()),
             );
-            tracing::info!(subscription = %sub.id, ttl = ctx.event.ttl, "the event's TTL is over; not sent");
-            self.settle_device(ctx, &sub.id, Mode::Mark, "expired")
+            tracing::info!(subscription = %device.id(), ttl = ctx.event.ttl, "the event's TTL is over; not sent");
+            self.settle_device(ctx, device.id(), Mode::Mark, "expired")
                 .await;
-            self.unorder(ctx, &sub.id).await;
+            self.unorder(ctx, device.id()).await;
             return DeviceOutcome::Settled("expired");
         };
         let report = {
             let may_send = || ctx.may_send();
-            match AssertUnwindSafe(self.pusher.push_checked(sub, &ctx.notice, ttl, &may_send))
-                .catch_unwind()
-                .await
+            match AssertUnwindSafe(
+                self.pusher
+                    .push_checked(device, &ctx.notice, ttl, &may_send),
+            )
+            .catch_unwind()
+            .await
             {
                 Ok(report) => report,
                 Err(panic) => {
                     let message = panic_message(&*panic);
-                    tracing::error!(subscription = %sub.id, panic = %message, "pushing to this device panicked; it is retried");
+                    tracing::error!(subscription = %device.id(), panic = %message, "pushing to this device panicked; it is retried");
                     PushReport {
                         panicked: true,
                         ..PushReport::unsent(format!("pushing panicked: {message}"))
@@ -203,15 +205,15 @@ impl Worker {
                 "delivered"
             }
             Outcome::Gone => {
-                if let Err(e) = self.store.delete(&sub.id).await {
+                if let Err(e) = self.store.delete(device.id()).await {
                     let report = PushReport::unsent(format!(
                         "subscription is gone but could not be deleted: {e:#}"
                     ));
-                    self.fail_device(ctx, &sub.id, &report, previous.as_deref())
+                    self.fail_device(ctx, device.id(), &report, previous.as_deref())
                         .await;
-                    return DeviceOutcome::Failed(Failure::new(&sub.id, report, previous));
+                    return DeviceOutcome::Failed(Failure::new(device.id(), report, previous));
                 }
-                tracing::info!(subscription = %sub.id, status = ?report.status, "subscription gone; deleted");
+                tracing::info!(subscription = %device.id(), status = ?report.status, "subscription gone; deleted");
                 "gone"
             }
             Outcome::DeadLetter { reason } => {
@@ -220,26 +222,26 @@ impl Worker {
                     last_error: report.error.clone(),
                     last_status: report.status,
                     attempts: ctx.entry.deliveries,
-                    subscription: Some(sub.id.clone()),
+                    subscription: Some(device.id().to_string()),
                 };
                 return match self.dead_letter_device(ctx, &why).await {
                     Ok(_) => DeviceOutcome::Settled("dead"),
                     Err(e) => DeviceOutcome::Failed(Failure::new(
-                        &sub.id,
+                        device.id(),
                         PushReport::unsent(format!("cannot dead-letter: {e:#}")),
                         previous,
                     )),
                 };
             }
             Outcome::Retry { .. } => {
-                tracing::warn!(subscription = %sub.id, status = ?report.status, not_sent = report.not_sent, error = report.error.as_deref().unwrap_or(""), "push not delivered");
-                self.fail_device(ctx, &sub.id, &report, previous.as_deref())
+                tracing::warn!(subscription = %device.id(), status = ?report.status, not_sent = report.not_sent, error = report.error.as_deref().unwrap_or(""), "push not delivered");
+                self.fail_device(ctx, device.id(), &report, previous.as_deref())
                     .await;
-                return DeviceOutcome::Failed(Failure::new(&sub.id, report, previous));
+                return DeviceOutcome::Failed(Failure::new(device.id(), report, previous));
             }
         };
         // Soon after the push service's answer, so that no retry pushes this device again.
-        self.mark(ctx, &sub.id, state).await;
+        self.mark(ctx, device.id(), state).await;
         DeviceOutcome::Settled(state)
     }
 }

@@ -28,6 +28,7 @@ use base64::Engine;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
+use super::route::Device;
 use crate::shared::config::Settings;
 use crate::shared::endpoint;
 use crate::shared::event::Event;
@@ -82,7 +83,7 @@ impl PushReport {
 
 /// A function called before each push, with the target: for tests and fault
 /// drills (it may panic, to show that a panic is one device's failed attempt).
-pub type PushHook = Arc<dyn Fn(&Subscription) + Send + Sync>;
+pub type PushHook = Arc<dyn Fn(&Device) + Send + Sync>;
 
 /// What a worker can say about its push services now.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -186,7 +187,7 @@ impl Pusher {
     /// Pushes `event` to `sub` with a `TTL` of `ttl` seconds and says what came of it.
     /// Never panics on bad input from outside.
     pub async fn push(&self, sub: &Subscription, event: &Event, ttl: u32) -> PushReport {
-        self.push_checked(sub, &Notice::of(event), ttl, &|| true)
+        self.push_checked(&Device::new(sub), &Notice::of(event), ttl, &|| true)
             .await
     }
 
@@ -195,12 +196,12 @@ impl Pusher {
     /// nothing is sent.
     pub async fn push_checked(
         &self,
-        sub: &Subscription,
+        sub: &Device,
         notice: &Notice,
         ttl: u32,
         may_send: &(dyn Fn() -> bool + Sync),
     ) -> PushReport {
-        let service = crate::shared::metrics::service_class_of(&sub.endpoint);
+        let service = crate::shared::metrics::service_class_of(sub.endpoint());
         let report = self.push_inner(sub, notice, ttl, service, may_send).await;
         let outcome = match report.outcome {
             Outcome::Delivered => "delivered",
@@ -215,7 +216,7 @@ impl Pusher {
 
     async fn push_inner(
         &self,
-        sub: &Subscription,
+        sub: &Device,
         notice: &Notice,
         ttl: u32,
         service: &'static str,
@@ -224,7 +225,7 @@ impl Pusher {
         if let Some(hook) = &self.hook {
             hook(sub);
         }
-        let url = match endpoint::check(&sub.endpoint, self.allow_insecure) {
+        let url = match endpoint::check(sub.endpoint(), self.allow_insecure) {
             Ok(url) => url,
             Err(e) => {
                 return PushReport::failed(
@@ -236,7 +237,7 @@ impl Pusher {
             }
         };
         let origin = endpoint::origin(&url);
-        if let Some(wait) = self.pacing.waiting(&sub.id, Instant::now()) {
+        if let Some(wait) = self.pacing.waiting(sub.id(), Instant::now()) {
             return PushReport::not_sent(
                 wait,
                 format!("{origin} asked this subscription to slow down (429): not sent"),
@@ -294,14 +295,14 @@ impl Pusher {
                 | Outcome::DeadLetter {
                     reason: "push_unauthorized",
                 } => breaker::Signal::Failure {
-                    subscription: &sub.id,
+                    subscription: sub.id(),
                     throttled,
                 },
                 _ => breaker::Signal::Healthy,
             };
             admission.record(signal);
             if throttled {
-                self.pacing.slow_down(&sub.id, wait, Instant::now());
+                self.pacing.slow_down(sub.id(), wait, Instant::now());
             }
             return report;
         }
@@ -310,12 +311,7 @@ impl Pusher {
     /// Encrypts the payload for `sub` and finds the VAPID token of its origin
     /// (about 60 microseconds of CPU, on the async threads: with the earlier,
     /// slower encryption the blocking pool made no measurable difference).
-    fn build(
-        &self,
-        origin: &str,
-        sub: &Subscription,
-        notice: &Notice,
-    ) -> Result<Message, PushReport> {
+    fn build(&self, origin: &str, sub: &Device, notice: &Notice) -> Result<Message, PushReport> {
         let invalid = |problem: String| {
             PushReport::failed(
                 Outcome::DeadLetter {
@@ -324,13 +320,8 @@ impl Pusher {
                 format!("cannot build the message: {problem}"),
             )
         };
-        let ua_public = URL_SAFE_NO_PAD
-            .decode(sub.p256dh.trim_end_matches('='))
-            .map_err(|e| invalid(format!("p256dh is not base64url: {e}")))?;
-        let auth = URL_SAFE_NO_PAD
-            .decode(sub.auth.trim_end_matches('='))
-            .map_err(|e| invalid(format!("auth is not base64url: {e}")))?;
-        let body = encrypt::encrypt(&ua_public, &auth, &notice.payload).map_err(|e| match e {
+        let (ua_public, auth) = sub.keys().map_err(|problem| invalid(problem.to_string()))?;
+        let body = encrypt::encrypt(ua_public, auth, &notice.payload).map_err(|e| match e {
             encrypt::EncryptError::BadPublicKey | encrypt::EncryptError::BadAuthSecret(_) => {
                 invalid(e.to_string())
             }

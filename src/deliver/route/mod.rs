@@ -13,6 +13,7 @@
 //! since (`{P:subs}:changes`), reading again only the subscriptions changed; it
 //! is rebuilt from all of them at start and when it fell too far behind.
 
+pub mod device;
 pub mod trie;
 
 use std::collections::{BTreeMap, HashSet};
@@ -28,6 +29,7 @@ use crate::shared::event::Event;
 use crate::shared::keys::SUBSCRIPTION_CHANGES_KEPT;
 use crate::shared::metrics;
 use crate::shared::subscriptions::{HeaderFilter, MatchMode, Store, Subscription, Unreadable};
+pub use device::Device;
 use trie::PatternTrie;
 
 /// How often a worker asks Redis whether subscriptions changed.
@@ -37,19 +39,19 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug, Default)]
 pub struct Targets {
     /// Shared with the index: a fan-out to 100,000 devices does not copy them.
-    pub subscriptions: Vec<Arc<Subscription>>,
+    pub devices: Vec<Arc<Device>>,
     /// Stored subscriptions that cannot be read back, with what is wrong with each.
     pub unreadable: Vec<Unreadable>,
 }
 
 impl Targets {
     pub fn is_empty(&self) -> bool {
-        self.subscriptions.is_empty() && self.unreadable.is_empty()
+        self.devices.is_empty() && self.unreadable.is_empty()
     }
 
     /// Every device, readable or not, one after the other.
     pub fn into_devices(self) -> Vec<Target> {
-        let mut devices: Vec<Target> = self.subscriptions.into_iter().map(Target::Device).collect();
+        let mut devices: Vec<Target> = self.devices.into_iter().map(Target::Device).collect();
         devices.extend(self.unreadable.into_iter().map(Target::Unreadable));
         devices
     }
@@ -58,7 +60,7 @@ impl Targets {
 /// One device an event is meant for.
 #[derive(Debug, Clone)]
 pub enum Target {
-    Device(Arc<Subscription>),
+    Device(Arc<Device>),
     /// A stored subscription that cannot be read back (dead-lettered, never pushed).
     Unreadable(Unreadable),
 }
@@ -67,7 +69,7 @@ impl Target {
     /// The subscription id.
     pub fn id(&self) -> &str {
         match self {
-            Target::Device(sub) => &sub.id,
+            Target::Device(device) => device.id(),
             Target::Unreadable(bad) => &bad.id,
         }
     }
@@ -83,8 +85,8 @@ pub struct Index {
     version: i64,
     /// The last change read (a stream entry id): the next are read after it.
     cursor: String,
-    /// Subscriptions by slot; a removed one leaves `None` (the trie may still name its slot).
-    slots: Vec<Option<Arc<Subscription>>>,
+    /// Devices by slot; a removed one leaves `None` until the slots are compacted.
+    slots: Vec<Option<Arc<Device>>>,
     /// Slot of each live subscription, found by its id.
     by_id: HashTable<u32>,
     removed: usize,
@@ -121,15 +123,21 @@ impl Index {
         if sub.topics.is_empty() {
             self.headers_only.push(i);
         }
-        let hash = self.hasher.hash_one(&sub.id);
+        self.slots.push(Some(Arc::new(Device::new(&sub))));
+        self.index_id(i);
+    }
+
+    /// Makes slot `i` findable by its device's id.
+    fn index_id(&mut self, i: u32) {
         let Index {
             slots,
             by_id,
             hasher,
             ..
         } = self;
-        by_id.insert_unique(hash, i, |&slot| hash_of(hasher, slots, slot));
-        self.slots.push(Some(Arc::new(sub)));
+        by_id.insert_unique(hash_of(hasher, slots, i), i, |&slot| {
+            hash_of(hasher, slots, slot)
+        });
     }
 
     /// Removes the subscription with this id, if it is indexed.
@@ -137,34 +145,47 @@ impl Index {
         let hash = self.hasher.hash_one(id);
         let slots = &self.slots;
         let found = self.by_id.find_entry(hash, |&slot| {
-            slots[slot as usize].as_ref().is_some_and(|s| s.id == id)
+            slots[slot as usize].as_ref().is_some_and(|d| d.id() == id)
         });
         if let Ok(entry) = found {
             let (slot, _) = entry.remove();
             self.slots[slot as usize] = None;
             self.removed += 1;
         }
-        // Removed slots are compacted away once they outnumber the live ones.
         if self.removed > 1024 && self.removed > self.len() {
-            let live: Vec<Subscription> = self
-                .slots
-                .drain(..)
-                .flatten()
-                .map(Arc::unwrap_or_clone)
-                .collect();
-            *self = Index {
-                version: self.version,
-                cursor: std::mem::take(&mut self.cursor),
-                ..Index::default()
-            };
-            for sub in live {
-                self.add(sub);
-            }
+            self.compact();
         }
     }
 
-    /// The subscriptions a topic event goes to.
-    pub fn route(&self, topic: &str, headers: &BTreeMap<String, String>) -> Vec<Arc<Subscription>> {
+    /// Drops the removed slots, renumbering the live ones everywhere.
+    fn compact(&mut self) {
+        let mut renumbered = vec![None; self.slots.len()];
+        let mut live = Vec::with_capacity(self.len());
+        for (old, slot) in self.slots.drain(..).enumerate() {
+            if let Some(device) = slot {
+                renumbered[old] = Some(live.len() as u32);
+                live.push(Some(device));
+            }
+        }
+        self.slots = live;
+        self.removed = 0;
+        self.topics.renumber(|old| renumbered[old as usize]);
+        self.headers_only
+            .retain_mut(|i| match renumbered[*i as usize] {
+                Some(new) => {
+                    *i = new;
+                    true
+                }
+                None => false,
+            });
+        self.by_id.clear();
+        for i in 0..self.slots.len() as u32 {
+            self.index_id(i);
+        }
+    }
+
+    /// The devices a topic event goes to.
+    pub fn route(&self, topic: &str, headers: &BTreeMap<String, String>) -> Vec<Arc<Device>> {
         let mut found = HashSet::new();
         self.topics.matches(topic, &mut found);
         found.extend(&self.headers_only);
@@ -172,7 +193,7 @@ impl Index {
         ids.sort_unstable();
         ids.into_iter()
             .filter_map(|i| self.slots[i as usize].as_ref())
-            .filter(|s| s.headers.as_ref().is_none_or(|f| headers_match(f, headers)))
+            .filter(|d| d.headers().is_none_or(|f| headers_match(f, headers)))
             .cloned()
             .collect()
     }
@@ -187,11 +208,11 @@ impl Index {
     }
 }
 
-fn hash_of(hasher: &RandomState, slots: &[Option<Arc<Subscription>>], slot: u32) -> u64 {
-    let sub = slots[slot as usize]
+fn hash_of(hasher: &RandomState, slots: &[Option<Arc<Device>>], slot: u32) -> u64 {
+    let device = slots[slot as usize]
         .as_ref()
         .expect("only live slots are in the id table");
-    hasher.hash_one(&sub.id)
+    hasher.hash_one(device.id())
 }
 
 /// `all`: every value must equal the event's header; `any`: at least one must.
@@ -233,12 +254,12 @@ impl Router {
             Some(user) => {
                 for found in self.store.for_user(user).await? {
                     match found {
-                        Ok(sub) => targets.subscriptions.push(Arc::new(sub)),
+                        Ok(sub) => targets.devices.push(Arc::new(Device::new(&sub))),
                         Err(e) => targets.unreadable.push(e),
                     }
                 }
             }
-            None => targets.subscriptions = self.index().await?.route(&event.topic, &event.headers),
+            None => targets.devices = self.index().await?.route(&event.topic, &event.headers),
         }
         Ok(targets)
     }
@@ -390,7 +411,7 @@ mod tests {
         index
             .route(topic, &headers)
             .into_iter()
-            .map(|s| s.id.clone())
+            .map(|d| d.id().to_string())
             .collect()
     }
 

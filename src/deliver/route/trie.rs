@@ -43,6 +43,20 @@ impl PatternTrie {
         self.len == 0
     }
 
+    /// Maps every value through `to`, dropping those it maps to `None`.
+    pub fn renumber(&mut self, to: impl Fn(u32) -> Option<u32>) {
+        fn visit(node: &mut Node, to: &dyn Fn(u32) -> Option<u32>) -> usize {
+            node.values = node.values.iter().filter_map(|v| to(*v)).collect();
+            let children = node
+                .words
+                .values_mut()
+                .chain(node.star.as_deref_mut())
+                .chain(node.hash.as_deref_mut());
+            node.values.len() + children.map(|child| visit(child, to)).sum::<usize>()
+        }
+        self.len = visit(&mut self.root, &to);
+    }
+
     /// Adds to `out` the values of every pattern that matches `topic`.
     pub fn matches(&self, topic: &str, out: &mut HashSet<u32>) {
         let words: Vec<&str> = topic.split('.').collect();
