@@ -128,11 +128,9 @@ async fn main() -> anyhow::Result<()> {
     let event = input
         .validate(settings.events.defaults(), chrono::Utc::now())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let publisher = Publisher::new(db.clone(), settings.events.dedup_window);
+    let publisher = Publisher::new(db.clone(), &settings);
     let started = Instant::now();
-    publisher
-        .publish(&[Ready::new(&event, input.digest())])
-        .await?;
+    publisher.publish(&[Ready::new(&input, &event)]).await?;
     let mut peak_rss = 0;
     while handle.arrival_count() < devices {
         peak_rss = peak_rss.max(status_kb(worker.id(), "VmRSS:"));

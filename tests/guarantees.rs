@@ -19,7 +19,7 @@ fn update(user: &str, key: &str, at: &str, title: &str) -> serde_json::Value {
 
 /// `herald replay --from 1h` (with `--force` when `force`), as the command runs it.
 async fn replay_last_hour(app: &TestApp, force: bool) -> herald::operate::replay::Summary {
-    Replayer::new(app.db.clone())
+    Replayer::new(app.db.clone(), app.settings.events.defaults())
         .run(
             &Plan {
                 from: Bound::parse("1h", false).expect("bound"),
@@ -441,7 +441,7 @@ async fn a_damaged_spool_record_is_moved_aside_and_every_other_one_drains() {
                 )
                 .expect("input");
                 let event = input.validate(defaults, chrono::Utc::now()).expect("valid");
-                Ready::new(&event, input.digest())
+                Ready::new(&input, &event)
             })
             .collect();
         spool.append(&batch).expect("append");

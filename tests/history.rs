@@ -78,7 +78,14 @@ async fn the_audit_group_sees_every_event_the_workers_see() {
     let log = app.data.path().join("audit.jsonl");
     let stop = app.shutdown.child_token();
     let audit = tokio::spawn(
-        Audit::new(app.db.clone(), "herald-audit", "audit", log.clone()).run(stop.clone()),
+        Audit::new(
+            app.db.clone(),
+            "herald-audit",
+            "audit",
+            log.clone(),
+            app.settings.events.defaults(),
+        )
+        .run(stop.clone()),
     );
     let read_lines = || -> Vec<Value> {
         std::fs::read_to_string(&log)
@@ -148,7 +155,7 @@ async fn replay_skips_devices_that_have_an_event_unless_forced() {
     assert_eq!(app.sink.delivered().len(), 3);
     // A device registered after the events: a replay brings them to it, and only to it.
     let second = app.register_device("u-1").await;
-    let replayer = Replayer::new(app.db.clone());
+    let replayer = Replayer::new(app.db.clone(), app.settings.events.defaults());
 
     let summary = replayer
         .run(&plan(&a, Some(&b), None, false), |_| {})

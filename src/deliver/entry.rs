@@ -34,12 +34,12 @@ impl Worker {
                 },
             };
         };
-        let event = match Event::from_fields(fields) {
+        let event = match Event::from_fields(fields, self.event_defaults) {
             Ok(event) => event,
             Err(problem) => {
                 let why = DeadLetter {
                     reason: "undecodable".into(),
-                    last_error: Some(problem),
+                    last_error: Some(format!("field {:?} {}", problem.field, problem.message)),
                     attempts: entry.deliveries,
                     ..DeadLetter::default()
                 };

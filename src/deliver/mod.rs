@@ -99,6 +99,8 @@ impl BatchOutcome {
 #[derive(Clone)]
 pub struct Worker {
     db: Db,
+    /// How an entry's missing fields are filled in (README's entry contract).
+    event_defaults: crate::shared::event::EventDefaults,
     pusher: Arc<Pusher>,
     router: Router,
     store: Store,
@@ -149,7 +151,9 @@ impl Worker {
                 &settings.worker.group,
                 alerts,
                 policy.markers_ttl(),
+                settings.events.defaults(),
             ),
+            event_defaults: settings.events.defaults(),
             register_ttl: policy.markers_ttl().max(settings.events.dedup_window),
             claim_life: settings
                 .push

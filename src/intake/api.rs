@@ -125,7 +125,7 @@ impl Api {
         if settings.api.tokens.is_empty() && !settings.api.listen.ip().is_loopback() {
             tracing::warn!(listen = %settings.api.listen, "the API listens beyond loopback without api.tokens: anyone who reaches it can publish");
         }
-        let publisher = Publisher::new(db.clone(), settings.events.dedup_window);
+        let publisher = Publisher::new(db.clone(), settings);
         let spool = if settings.spool.enabled {
             Some(Arc::new(Spool::open(
                 &settings.spool_dir(),
@@ -361,7 +361,7 @@ async fn publish_events(
             };
             ApiError::invalid(field, e.message)
         })?;
-        ready.push(Ready::new(&event, input.digest()));
+        ready.push(Ready::new(&input, &event));
     }
     // A W3C trace context travels with the events of the request, to the worker's span.
     if let Some(trace) = headers
@@ -392,6 +392,7 @@ async fn publish_events(
         },
     };
     let mut conflicts = Vec::new();
+    let mut invalid = Vec::new();
     let results: Vec<Value> = outcomes
         .into_iter()
         .map(|o| match o {
@@ -410,8 +411,26 @@ async fn publish_events(
                 conflicts.push(id.clone());
                 json!({"id": id, "stream_id": stream_id, "error": "conflict"})
             }
+            // The API validates first, and the function's checks are never
+            // stricter; should one still refuse, the caller hears why.
+            PublishOutcome::Invalid { id, error } => {
+                crate::shared::metrics::event_rejected("invalid_field");
+                tracing::error!(event_id = %id, error = %error, "herald_publish refused an event the API had validated");
+                invalid.push(format!("{id} ({error})"));
+                json!({"id": id, "error": "invalid_field", "message": error})
+            }
         })
         .collect();
+    if !invalid.is_empty() {
+        let body = json!({
+            "error": {
+                "code": "invalid_field",
+                "message": format!("refused by herald_publish: {}; the other events were accepted", invalid.join(", ")),
+            },
+            "events": results,
+        });
+        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
     if conflicts.is_empty() {
         return Ok((StatusCode::ACCEPTED, Json(json!({ "events": results }))).into_response());
     }

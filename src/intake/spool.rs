@@ -296,9 +296,16 @@ impl Spool {
                 .context("spool reader panicked")??;
             let outcomes = publisher.publish(&batch).await?;
             for (ready, outcome) in batch.iter().zip(outcomes) {
-                if let PublishOutcome::Conflict { id, stream_id } = outcome {
+                match outcome {
                     // Accepted while Redis was away; another event took the id meanwhile.
-                    tracing::error!(event_id = %id, original_stream_id = %stream_id, fields = ?ready.fields, "a spooled event's id was published meanwhile with other content; it was not added");
+                    PublishOutcome::Conflict { id, stream_id } => {
+                        tracing::error!(event_id = %id, original_stream_id = %stream_id, fields = ?ready.fields, "a spooled event's id was published meanwhile with other content; it was not added")
+                    }
+                    // Never expected (the API validated it); logged with its fields, not retried forever.
+                    PublishOutcome::Invalid { id, error } => {
+                        tracing::error!(event_id = %id, error = %error, fields = ?ready.fields, "herald_publish refused a spooled event; it was not added")
+                    }
+                    PublishOutcome::Accepted(_) => {}
                 }
             }
             // Only once the readable ones are in Redis: a failed publish repeats the step,
@@ -671,8 +678,6 @@ mod tests {
         Ready {
             id: format!("evt-{n}"),
             partition_key: format!("evt-{n}"),
-            digest: "d".into(),
-            deliver_at_ms: 0,
             fields: vec![("v".into(), "1".into()), ("id".into(), format!("evt-{n}"))],
         }
     }

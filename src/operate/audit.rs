@@ -81,11 +81,12 @@ pub struct Audit {
     group: String,
     consumer: String,
     out: PathBuf,
+    defaults: crate::shared::event::EventDefaults,
 }
 
 /// One entry as an audit line: the event as the API took it, or, when the
 /// entry cannot be read as an event, its raw fields and why.
-pub fn line(entry: &Entry) -> Value {
+pub fn line(entry: &Entry, defaults: crate::shared::event::EventDefaults) -> Value {
     let mut line = json!({"stream": entry.stream, "stream_id": entry.id});
     if let Some(original) = entry
         .fields
@@ -101,7 +102,11 @@ pub fn line(entry: &Entry) -> Value {
     {
         line["traceparent"] = json!(trace);
     }
-    match entry.fields.as_ref().map(Event::from_fields) {
+    match entry
+        .fields
+        .as_ref()
+        .map(|f| Event::from_fields(f, defaults))
+    {
         Some(Ok(e)) => {
             line["event"] = json!({
                 "id": e.id,
@@ -117,7 +122,7 @@ pub fn line(entry: &Entry) -> Value {
             });
         }
         Some(Err(problem)) => {
-            line["error"] = json!(problem);
+            line["error"] = json!(problem.to_string());
             let fields: std::collections::BTreeMap<_, _> = entry.fields.iter().flatten().collect();
             line["fields"] = json!(fields);
         }
@@ -127,9 +132,16 @@ pub fn line(entry: &Entry) -> Value {
 }
 
 impl Audit {
-    pub fn new(db: Db, group: &str, consumer: &str, out: PathBuf) -> Audit {
+    pub fn new(
+        db: Db,
+        group: &str,
+        consumer: &str,
+        out: PathBuf,
+        defaults: crate::shared::event::EventDefaults,
+    ) -> Audit {
         Audit {
             db,
+            defaults,
             group: group.to_string(),
             consumer: consumer.to_string(),
             out,
@@ -228,7 +240,7 @@ impl Audit {
         }
         let mut lines = Vec::new();
         for entry in &entries {
-            serde_json::to_writer(&mut lines, &line(entry))?;
+            serde_json::to_writer(&mut lines, &line(entry, self.defaults))?;
             lines.push(b'\n');
         }
         // A short blocking write: this process does nothing else meanwhile.

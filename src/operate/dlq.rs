@@ -215,7 +215,13 @@ pub enum DlqCommand {
 pub async fn run(settings: Settings, command: DlqCommand) -> anyhow::Result<()> {
     let db = Db::connect(&settings).await?;
     let horizon = RetryPolicy::from_settings(&settings.retry).markers_ttl();
-    let dl = DeadLetters::new(db, &settings.worker.group, Default::default(), horizon);
+    let dl = DeadLetters::new(
+        db,
+        &settings.worker.group,
+        Default::default(),
+        horizon,
+        settings.events.defaults(),
+    );
     match command {
         DlqCommand::List {
             filter,

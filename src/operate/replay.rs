@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::deliver::route::trie::PatternTrie;
 use crate::shared::db::Db;
+use crate::shared::event::EventDefaults;
 use crate::shared::stream::{REPLAY_OF, REPLAY_RUN};
 
 /// Entries read per `XRANGE` page, and copies added per pipeline.
@@ -84,11 +85,15 @@ enum Choice {
     Expired,
 }
 
-fn choose(fields: &HashMap<String, String>, topic: Option<&PatternTrie>) -> Choice {
+fn choose(
+    fields: &HashMap<String, String>,
+    topic: Option<&PatternTrie>,
+    defaults: EventDefaults,
+) -> Choice {
     if fields.contains_key(REPLAY_OF) {
         return Choice::Copy;
     }
-    if crate::shared::event::Event::from_fields(fields)
+    if crate::shared::event::Event::from_fields(fields, defaults)
         .is_ok_and(|e| e.ttl_left(chrono::Utc::now()).is_none())
     {
         return Choice::Expired;
@@ -109,11 +114,12 @@ type Page = Vec<(String, HashMap<String, String>)>;
 #[derive(Clone)]
 pub struct Replayer {
     db: Db,
+    defaults: EventDefaults,
 }
 
 impl Replayer {
-    pub fn new(db: Db) -> Replayer {
-        Replayer { db }
+    pub fn new(db: Db, defaults: EventDefaults) -> Replayer {
+        Replayer { db, defaults }
     }
 
     fn trie(plan: &Plan) -> anyhow::Result<Option<PatternTrie>> {
@@ -169,7 +175,11 @@ impl Replayer {
             };
             let mut start = plan.from.as_str().to_string();
             loop {
-                let page = self.page(&stream, &start, &end).await?;
+                let mut page = self.page(&stream, &start, &end).await?;
+                // Entries written with plain XADD keep their derived id in the copy.
+                for (id, fields) in &mut page {
+                    crate::shared::event::complete_entry(id, fields);
+                }
                 let full = page.len() == PAGE;
                 let last = page.last().map(|(id, _)| id.clone());
                 each(partition, page).await?;
@@ -189,7 +199,7 @@ impl Replayer {
         self.walk(plan, |_, page| {
             n += page
                 .iter()
-                .filter(|(_, f)| matches!(choose(f, trie.as_ref()), Choice::Replay))
+                .filter(|(_, f)| matches!(choose(f, trie.as_ref(), self.defaults), Choice::Replay))
                 .count() as u64;
             async { Ok(()) }
         })
@@ -206,6 +216,7 @@ impl Replayer {
             ..Summary::default()
         };
         let db = self.db.clone();
+        let defaults = self.defaults;
         let summary_ref = &mut summary;
         let progress_ref = &mut progress;
         self.walk(plan, |partition, page| {
@@ -213,7 +224,7 @@ impl Replayer {
             let stream = db.keys.stream(partition);
             let mut added = 0;
             for (id, fields) in &page {
-                match choose(fields, trie.as_ref()) {
+                match choose(fields, trie.as_ref(), defaults) {
                     Choice::Copy => summary_ref.skipped_copies += 1,
                     Choice::OtherTopic => summary_ref.skipped_topic += 1,
                     Choice::Expired => summary_ref.skipped_expired += 1,
@@ -287,7 +298,7 @@ pub async fn run_cli(
         force: args.force,
     };
     let db = Db::connect(&settings).await?;
-    let replayer = Replayer::new(db);
+    let replayer = Replayer::new(db, settings.events.defaults());
     let bar = if std::io::stderr().is_terminal() {
         let total = replayer.count(&plan).await?;
         let bar = indicatif::ProgressBar::new(total);

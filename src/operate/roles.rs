@@ -84,7 +84,8 @@ pub async fn audit(
     let admin = Admin::bind(&settings, "audit", db.clone(), roles.stop()).await?;
     roles.spawn(
         "audit",
-        crate::operate::audit::Audit::new(db, &group, &consumer, out).run(roles.stop()),
+        crate::operate::audit::Audit::new(db, &group, &consumer, out, settings.events.defaults())
+            .run(roles.stop()),
     );
     with_admin(admin, roles.wait()).await
 }
@@ -144,10 +145,13 @@ async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     roles.wait().await
 }
 
-/// Connects and checks that Redis keeps what it accepts (`redis.require_durable`).
+/// Connects, checks that Redis keeps what it accepts (`redis.require_durable`)
+/// and loads the publish functions, so producers can `FCALL herald_publish`
+/// as soon as any herald role runs.
 async fn connect(settings: &Settings) -> anyhow::Result<Db> {
     let db = Db::connect(settings).await?;
     db.check_durability(settings.redis.require_durable).await?;
+    crate::intake::publish::library::load(&db, settings).await?;
     Ok(db)
 }
 

@@ -234,6 +234,44 @@ impl EventInput {
         Ok(event)
     }
 
+    /// The stream entry's fields of this input, which validated as `event`:
+    /// what the producer gave (the defaults are the reader's), with the
+    /// event's id and its times written in one format.
+    pub fn to_fields(&self, event: &Event) -> Vec<(String, String)> {
+        let mut f: Vec<(String, String)> = Vec::with_capacity(8 + self.headers.len());
+        let mut put = |k: &str, v: &str| f.push((k.to_string(), v.to_string()));
+        put("id", &event.id);
+        put("topic", &self.topic);
+        let n = &self.notification;
+        for (name, value) in [
+            ("user", &self.user),
+            ("key", &self.key),
+            (
+                "publish_at",
+                &self
+                    .publish_at
+                    .as_ref()
+                    .map(|_| format_time(event.publish_at)),
+            ),
+            ("deliver_at", &event.deliver_at.map(format_time)),
+            ("ttl", &self.ttl.map(|t| t.to_string())),
+            ("urgency", &self.urgency.map(|u| u.as_str().to_string())),
+            ("title", &Some(n.title.clone())),
+            ("body", &n.body),
+            ("url", &n.url),
+            ("icon", &n.icon),
+            ("tag", &n.tag),
+        ] {
+            if let Some(value) = value {
+                put(name, value);
+            }
+        }
+        for (name, value) in &self.headers {
+            f.push((format!("h.{name}"), value.clone()));
+        }
+        f
+    }
+
     /// A digest of the content as the producer sent it (id aside), to tell a
     /// repeated publish from a conflicting one.
     pub fn digest(&self) -> String {
@@ -306,49 +344,53 @@ impl Event {
         f
     }
 
-    /// Reads a stream entry back. An error here makes the entry a poison message.
-    pub fn from_fields(fields: &HashMap<String, String>) -> Result<Event, String> {
+    /// Reads a stream entry back, as README's entry contract says: `topic` and
+    /// `title` are required; `v` absent is the current version; `ttl` absent is
+    /// `defaults.ttl`, `urgency` absent is normal; `id` and `publish_at` absent
+    /// were filled in when the entry was read (see [`complete_entry`]). Every
+    /// rule of the API applies. An error here makes the entry a poison message.
+    pub fn from_fields(
+        fields: &HashMap<String, String>,
+        defaults: EventDefaults,
+    ) -> Result<Event, InvalidField> {
         let get = |name: &str| fields.get(name).cloned();
-        let need = |name: &str| get(name).ok_or_else(|| format!("field {name:?} is missing"));
+        let need = |name: &str| get(name).ok_or_else(|| InvalidField::new(name, "is required"));
         match fields.get("v").map(String::as_str) {
-            Some(ENTRY_VERSION) => {}
+            None | Some(ENTRY_VERSION) => {}
             Some(other) => {
-                return Err(format!(
-                    "entry version {other:?} is not understood by this herald"
+                return Err(InvalidField::new(
+                    "v",
+                    format!("entry version {other:?} is not understood by this herald"),
                 ))
             }
-            None => return Err("field \"v\" is missing: not an entry written by herald".into()),
         }
-        let publish_at = DateTime::parse_from_rfc3339(&need("publish_at")?)
-            .map_err(|e| format!("publish_at: {e}"))?
-            .with_timezone(&Utc);
-        let deliver_at = match get("deliver_at") {
-            Some(t) => Some(
-                DateTime::parse_from_rfc3339(&t)
-                    .map_err(|e| format!("deliver_at: {e}"))?
-                    .with_timezone(&Utc),
-            ),
+        let ttl = match fields.get("ttl") {
+            Some(text) => Some(text.parse::<u32>().map_err(|_| {
+                InvalidField::new("ttl", format!("{text:?} is not a whole number of seconds"))
+            })?),
             None => None,
         };
-        let ttl = need("ttl")?
-            .parse::<u32>()
-            .map_err(|e| format!("ttl: {e}"))?;
-        let urgency_text = need("urgency")?;
-        let urgency = Urgency::parse(&urgency_text)
-            .ok_or_else(|| format!("urgency {urgency_text:?} is unknown"))?;
-        let headers = fields
-            .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("h.")
-                    .map(|name| (name.to_string(), v.clone()))
-            })
-            .collect();
-        Ok(Event {
-            id: need("id")?,
+        let urgency = match fields.get("urgency") {
+            Some(text) => Some(Urgency::parse(text).ok_or_else(|| {
+                InvalidField::new(
+                    "urgency",
+                    format!("{text:?} is not very-low, low, normal or high"),
+                )
+            })?),
+            None => None,
+        };
+        let input = EventInput {
+            id: Some(need("id")?),
             topic: need("topic")?,
             user: get("user"),
             key: get("key"),
-            headers,
+            headers: fields
+                .iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("h.")
+                        .map(|name| (name.to_string(), v.clone()))
+                })
+                .collect(),
             notification: Notification {
                 title: need("title")?,
                 body: get("body"),
@@ -356,11 +398,12 @@ impl Event {
                 icon: get("icon"),
                 tag: get("tag"),
             },
-            publish_at,
-            deliver_at,
+            publish_at: get("publish_at"),
+            deliver_at: get("deliver_at"),
             ttl,
             urgency,
-        })
+        };
+        input.validate(defaults, Utc::now())
     }
 
     /// The plaintext a device receives: small JSON its service worker shows.
@@ -385,6 +428,24 @@ impl Event {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         serde_json::to_vec(&compact).expect("json always serializes")
+    }
+}
+
+/// The prefix of the id an entry without `id` gets: `xadd-` and its stream id.
+pub const DERIVED_ID_PREFIX: &str = "xadd-";
+
+/// Fills in what an entry written with plain `XADD` may leave out and only its
+/// stream id can tell: `id` (`xadd-<stream id>`, the same on every read, so a
+/// retry of the entry is the same event) and `publish_at` (when it entered
+/// the stream). Done as entries are read, so dead letters and replays keep them.
+pub fn complete_entry(stream_id: &str, fields: &mut HashMap<String, String>) {
+    if !fields.contains_key("id") {
+        fields.insert("id".into(), format!("{DERIVED_ID_PREFIX}{stream_id}"));
+    }
+    if !fields.contains_key("publish_at") {
+        if let Some(at) = crate::shared::stream::id_time(stream_id) {
+            fields.insert("publish_at".into(), format_time(at));
+        }
     }
 }
 
@@ -487,7 +548,10 @@ mod tests {
         let event = sample().validate(DEFAULTS, Utc::now()).expect("valid");
         let fields: HashMap<String, String> = event.to_fields().into_iter().collect();
         assert_eq!(fields["h.lot"], "7");
-        assert_eq!(Event::from_fields(&fields).expect("decodes"), event);
+        assert_eq!(
+            Event::from_fields(&fields, DEFAULTS).expect("decodes"),
+            event
+        );
     }
 
     #[test]
@@ -575,9 +639,70 @@ mod tests {
         assert_eq!(event.ttl_left(at(1_000)), None);
     }
 
+    fn entry(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut fields: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        complete_entry("1796112000000-3", &mut fields);
+        fields
+    }
+
     #[test]
-    fn an_entry_without_a_version_is_refused() {
-        let fields: HashMap<String, String> = [("topic".to_string(), "x".to_string())].into();
-        assert!(Event::from_fields(&fields).is_err());
+    fn a_plain_xadd_entry_needs_only_topic_and_title() {
+        let event = Event::from_fields(
+            &entry(&[("topic", "parking.lot-1.entry"), ("title", "In")]),
+            DEFAULTS,
+        )
+        .expect("the minimal entry is an event");
+        assert_eq!(
+            event.id, "xadd-1796112000000-3",
+            "a stable id from the stream id"
+        );
+        assert_eq!(event.publish_at.timestamp_millis(), 1_796_112_000_000);
+        assert_eq!(
+            (event.ttl, event.urgency, event.user),
+            (3600, Urgency::Normal, None)
+        );
+        let given = entry(&[
+            ("v", "1"),
+            ("id", "e-1"),
+            ("topic", "a"),
+            ("title", "t"),
+            ("ttl", "60"),
+        ]);
+        let event = Event::from_fields(&given, DEFAULTS).expect("an event");
+        assert_eq!((event.id.as_str(), event.ttl), ("e-1", 60));
+    }
+
+    #[test]
+    fn an_entry_breaking_the_contract_names_the_field() {
+        for (pairs, field) in [
+            (&[("title", "t")][..], "topic"),
+            (&[("topic", "a")][..], "title"),
+            (&[("topic", "a"), ("title", "t"), ("v", "2")][..], "v"),
+            (&[("topic", "a"), ("title", "t"), ("ttl", "-1")][..], "ttl"),
+            (
+                &[("topic", "a"), ("title", "t"), ("ttl", "9999999999")][..],
+                "ttl",
+            ),
+            (
+                &[("topic", "a"), ("title", "t"), ("urgency", "now")][..],
+                "urgency",
+            ),
+            (&[("topic", "a b"), ("title", "t")][..], "topic"),
+            (
+                &[("topic", "a"), ("title", "t"), ("user", "u 1")][..],
+                "user",
+            ),
+            (
+                &[("topic", "a"), ("title", "t"), ("publish_at", "today")][..],
+                "publish_at",
+            ),
+            (&[("topic", "a"), ("title", "  ")][..], "notification.title"),
+        ] {
+            let problem = Event::from_fields(&entry(pairs), DEFAULTS).expect_err("refused");
+            assert_eq!(problem.field, field, "{pairs:?}: {problem}");
+        }
     }
 }

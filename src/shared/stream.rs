@@ -169,6 +169,7 @@ pub fn parse_entry_list(
                     // Non-UTF-8 text becomes U+FFFD and fails validation later, as poison.
                     map.insert(lossy(k), lossy(v));
                 }
+                crate::shared::event::complete_entry(&id, &mut map);
                 Some(map)
             }
             other => anyhow::bail!("unexpected fields of {stream} {id}: {other:?}"),

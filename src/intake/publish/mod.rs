@@ -1,16 +1,16 @@
-//! Putting validated events into their streams: one idempotent script per event
-//! (dedup record + `XADD`, atomic), a whole batch in one pipeline. An event's
-//! stream is its key's partition; its id's dedup record is also kept in the
-//! id's own partition (`reserve.lua`), so the same id published with another
-//! key is found and refused (`409`) rather than added twice.
+//! Putting validated events into their streams: one `FCALL herald_publish` per
+//! event (dedup record + `XADD`, atomic; see `library.lua`, which producers may
+//! call too), a whole batch in one pipeline. An event's stream is its key's
+//! partition; its id's dedup record is also kept in the id's own partition
+//! (`herald_reserve`), so the same id published with another key is found and
+//! refused (`409`) rather than added twice.
 
-use std::time::Duration;
+pub mod library;
 
-use redis::Script;
 use serde::Serialize;
 
 use crate::shared::db::Db;
-use crate::shared::event::Event;
+use crate::shared::event::{Event, EventInput};
 
 /// What became of one published event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,47 +36,52 @@ pub enum PublishOutcome {
         id: String,
         stream_id: String,
     },
+    /// `herald_publish` refused a field. Never expected from herald's own
+    /// callers, which validate first (the function's checks are never stricter).
+    Invalid {
+        id: String,
+        error: String,
+    },
 }
 
-/// An event ready to publish: validated and flattened into its stream fields,
-/// with the digest of its content. This is also what the spool keeps.
+/// An event ready to publish: validated, as the fields of its stream entry.
+/// This is also what the spool keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Ready {
     pub id: String,
     /// What chooses the partition: the event's `key`, or its id.
     pub partition_key: String,
-    pub digest: String,
-    /// `deliver_at` in unix milliseconds, 0 for none.
-    #[serde(default)]
-    pub deliver_at_ms: i64,
+    /// The fields as the producer gave them (defaults are the reader's, see
+    /// README's entry contract), times written in one format.
     pub fields: Vec<(String, String)>,
 }
 
 impl Ready {
-    pub fn new(event: &Event, digest: String) -> Ready {
+    /// `input`, which validated as `event` (whose id it takes, generated or given).
+    pub fn new(input: &EventInput, event: &Event) -> Ready {
         Ready {
             id: event.id.clone(),
             partition_key: event.key.clone().unwrap_or_else(|| event.id.clone()),
-            digest,
-            deliver_at_ms: event.deliver_at.map_or(0, |t| t.timestamp_millis().max(0)),
-            fields: event.to_fields(),
+            fields: input.to_fields(event),
         }
     }
 }
 
-/// Adds events to the streams. Cheap to clone.
+/// Adds events to the streams, through the `herald` Redis Function library. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
     db: Db,
-    dedup_window: Duration,
+    /// The function library's code, loaded again should Redis lose it.
+    library: std::sync::Arc<str>,
 }
 
-static PUBLISH: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-static RESERVE: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-
 impl Publisher {
-    pub fn new(db: Db, dedup_window: Duration) -> Publisher {
-        Publisher { db, dedup_window }
+    /// A publisher through the library with `settings` written in (see [`library::load`]).
+    pub fn new(db: Db, settings: &crate::shared::config::Settings) -> Publisher {
+        Publisher {
+            db,
+            library: library::code(settings).into(),
+        }
     }
 
     /// Publishes a batch; results are in the order given. One round trip when every
@@ -88,7 +93,6 @@ impl Publisher {
             return Ok(Vec::new());
         }
         let keys = &self.db.keys;
-        let window_ms = self.dedup_window.as_millis().max(1) as u64;
         let mut conn = self.db.conn();
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; batch.len()];
 
@@ -98,68 +102,70 @@ impl Publisher {
             })
             .collect();
         if !split.is_empty() {
-            let reserve = crate::shared::db::script(&RESERVE, include_str!("reserve.lua"));
-            let invocations: Vec<_> = split
-                .iter()
-                .map(|&i| {
-                    let ready = &batch[i];
-                    let mut inv = reserve.prepare_invoke();
-                    inv.key(keys.dedup(keys.partition_for(&ready.id), &ready.id))
-                        .arg(&ready.digest)
-                        .arg(window_ms)
-                        .arg(format!("p{}", keys.partition_for(&ready.partition_key)));
-                    inv
-                })
-                .collect();
-            let replies = run(&mut conn, reserve, &invocations).await?;
-            for (&i, (verdict, where_)) in split.iter().zip(replies) {
-                if verdict == "conflict" {
-                    outcomes[i] = Some(PublishOutcome::Conflict {
-                        id: batch[i].id.clone(),
-                        stream_id: where_,
-                    });
+            let mut pipe = redis::pipe();
+            for &i in &split {
+                let ready = &batch[i];
+                pipe.cmd("FCALL")
+                    .arg("herald_reserve")
+                    .arg(1)
+                    .arg(keys.dedup(keys.partition_for(&ready.id), &ready.id))
+                    .arg(format!("p{}", keys.partition_for(&ready.partition_key)));
+                for (field, value) in &ready.fields {
+                    pipe.arg(field).arg(value);
                 }
+            }
+            for (&i, reply) in split
+                .iter()
+                .zip(library::call(&self.db, &self.library, &mut conn, &pipe).await?)
+            {
+                let id = batch[i].id.clone();
+                outcomes[i] = match reply {
+                    Ok((verdict, where_)) if verdict == "conflict" => {
+                        Some(PublishOutcome::Conflict {
+                            id,
+                            stream_id: where_,
+                        })
+                    }
+                    Ok(_) => None,
+                    Err(e) => Some(library::refused(id, &e)?),
+                };
             }
         }
 
         let todo: Vec<usize> = (0..batch.len())
             .filter(|&i| outcomes[i].is_none())
             .collect();
-        let publish = crate::shared::db::script(&PUBLISH, include_str!("publish.lua"));
-        let invocations: Vec<_> = todo
+        let mut pipe = redis::pipe();
+        for &i in &todo {
+            let ready = &batch[i];
+            let partition = keys.partition_for(&ready.partition_key);
+            pipe.cmd("FCALL")
+                .arg("herald_publish")
+                .arg(4)
+                .arg(keys.stream(partition))
+                .arg(keys.dedup(partition, &ready.id))
+                .arg(keys.scheduled(partition))
+                .arg(keys.scheduled_events(partition));
+            for (field, value) in &ready.fields {
+                pipe.arg(field).arg(value);
+            }
+        }
+        for (&i, reply) in todo
             .iter()
-            .map(|&i| {
-                let ready = &batch[i];
-                let partition = keys.partition_for(&ready.partition_key);
-                let mut inv = publish.prepare_invoke();
-                inv.key(keys.stream(partition))
-                    .key(keys.dedup(partition, &ready.id))
-                    .key(keys.scheduled(partition))
-                    .key(keys.scheduled_events(partition))
-                    .arg(&ready.digest)
-                    .arg(window_ms)
-                    .arg(ready.deliver_at_ms)
-                    .arg(&ready.id);
-                for (field, value) in &ready.fields {
-                    inv.arg(field).arg(value);
-                }
-                inv
-            })
-            .collect();
-        let replies = run(&mut conn, publish, &invocations).await?;
-        for (&i, (outcome, stream_id)) in todo.iter().zip(replies) {
+            .zip(library::call(&self.db, &self.library, &mut conn, &pipe).await?)
+        {
             let id = batch[i].id.clone();
-            let scheduled = stream_id == "scheduled";
-            let stream_id = if scheduled { String::new() } else { stream_id };
-            outcomes[i] = Some(match outcome.as_str() {
-                "added" | "duplicate" | "scheduled" => PublishOutcome::Accepted(Published {
-                    id,
-                    stream_id,
-                    duplicate: outcome == "duplicate",
-                    scheduled,
-                }),
-                "conflict" => PublishOutcome::Conflict { id, stream_id },
-                other => anyhow::bail!("publish script answered {other:?}"),
+            outcomes[i] = Some(match reply {
+                Ok((stream_id, outcome)) => match outcome.as_str() {
+                    "added" | "duplicate" | "scheduled" => PublishOutcome::Accepted(Published {
+                        id,
+                        scheduled: stream_id.is_empty(),
+                        stream_id,
+                        duplicate: outcome == "duplicate",
+                    }),
+                    other => anyhow::bail!("herald_publish answered {other:?}"),
+                },
+                Err(e) => library::refused(id, &e)?,
             });
         }
 
@@ -184,31 +190,6 @@ impl Publisher {
             .into_iter()
             .map(|o| o.expect("every event has an outcome"))
             .collect())
-    }
-}
-
-/// Runs a pipeline of invocations of one script. On first use on a server (or after
-/// a restart or SCRIPT FLUSH) Redis refuses `EVALSHA` before running anything: load
-/// the script once and go again.
-async fn run(
-    conn: &mut crate::shared::db::Conn,
-    script: &Script,
-    invocations: &[redis::ScriptInvocation<'_>],
-) -> anyhow::Result<Vec<(String, String)>> {
-    if invocations.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for inv in invocations {
-        pipe.invoke_script(inv);
-    }
-    match pipe.query_async(conn).await {
-        Ok(replies) => Ok(replies),
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            script.load_async(conn).await?;
-            Ok(pipe.query_async(conn).await?)
-        }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -244,7 +225,8 @@ pub async fn run_cli(
     use crate::shared::event::{EventInput, Notification};
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     let db = Db::connect(&settings).await?;
-    let publisher = Publisher::new(db, settings.events.dedup_window);
+    library::load(&db, &settings).await?;
+    let publisher = Publisher::new(db, &settings);
     let defaults = settings.events.defaults();
     let per_batch = args.batch as f64;
     let interval =
@@ -277,7 +259,7 @@ pub async fn run_cli(
             let event = input
                 .validate(defaults, chrono::Utc::now())
                 .map_err(|e| anyhow::anyhow!("--{e}"))?;
-            batch.push(Ready::new(&event, input.digest()));
+            batch.push(Ready::new(&input, &event));
         }
         for outcome in publisher.publish(&batch).await? {
             if let (PublishOutcome::Accepted(p), 1) = (outcome, args.count) {

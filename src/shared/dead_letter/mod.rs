@@ -86,15 +86,24 @@ pub struct DeadLetters {
     alerts: Alerts,
     /// Lifetime of per-event outcome markers (beyond the retry horizon).
     outcomes_ttl: Duration,
+    /// How an entry's missing fields are filled in (its TTL).
+    defaults: crate::shared::event::EventDefaults,
 }
 
 impl DeadLetters {
-    pub fn new(db: Db, group: &str, alerts: Alerts, outcomes_ttl: Duration) -> DeadLetters {
+    pub fn new(
+        db: Db,
+        group: &str,
+        alerts: Alerts,
+        outcomes_ttl: Duration,
+        defaults: crate::shared::event::EventDefaults,
+    ) -> DeadLetters {
         DeadLetters {
             db,
             group: group.to_string(),
             alerts,
             outcomes_ttl,
+            defaults,
         }
     }
 
@@ -282,7 +291,7 @@ impl DeadLetters {
             .collect();
         // Its TTL counts from when it was due, as for any retry: once it is over there is
         // nothing left to deliver, and the dead letter stays (rather than vanish quietly).
-        if let Ok(event) = crate::shared::event::Event::from_fields(&fields) {
+        if let Ok(event) = crate::shared::event::Event::from_fields(&fields, self.defaults) {
             if event.ttl_left(Utc::now()).is_none() {
                 anyhow::bail!(
                     "dead letter {}: the event's TTL ({} s from {}) is over, so a push service would drop it; nothing replayed (publish it again with a new id, or purge it with `herald dlq purge {} --yes`)",

@@ -1,0 +1,275 @@
+#!lua name=herald
+-- herald's publish as Redis Functions (Redis 7+): the one implementation of
+-- publishing, used by herald's API, `herald publish` and the spool drain, and
+-- by any producer with `FCALL`. herald loads this library at start (FUNCTION
+-- LOAD REPLACE whenever the loaded code differs), with its settings written in
+-- below; README ("Publishing with XADD or FCALL") documents the contract.
+--
+--   FCALL herald_publish 1 <stream> field value [field value ...]
+--   FCALL herald_publish 4 <stream> <dedup record> <schedule> <scheduled events> field value ...
+--
+-- With one key, the others are named from the stream's hash tag (same slot).
+-- Fields are those of a stream entry: `topic` and `title` are required, `id`
+-- makes the publish idempotent within the dedup window (same content: the
+-- original entry's id again; other content: a CONFLICT error), `deliver_at`
+-- ahead of now puts the event in the schedule. Returns {stream id, outcome}:
+-- outcome 'added', 'duplicate' or 'scheduled' (stream id '' while scheduled).
+-- A field that breaks the contract is an error naming it: INVALID <field>: why.
+--
+--   FCALL herald_reserve 1 <dedup record in the id's partition> <partition> field value ...
+--
+-- The first half of a publish whose id and ordering key fall in different
+-- partitions (see README): returns {'reserved'|'seen'|'conflict', where}.
+
+local DEDUP_WINDOW_MS = __DEDUP_WINDOW_MS__
+local MAX_CLOCK_SKEW_MS = __MAX_CLOCK_SKEW_MS__
+local MAX_TTL = __MAX_TTL__
+local MAX_DELAY_MS = __MAX_DELAY_DAYS__ * 86400000
+local MAX_PAYLOAD_BYTES = __MAX_PAYLOAD_BYTES__
+local ENTRY_VERSION = '__ENTRY_VERSION__'
+
+local NOTIFICATION = { title = true, body = true, url = true, icon = true, tag = true }
+local KNOWN = {
+  v = true, id = true, topic = true, user = true, key = true, publish_at = true,
+  deliver_at = true, ttl = true, urgency = true, traceparent = true,
+}
+local URGENCIES = { ['very-low'] = true, low = true, normal = true, high = true }
+-- Left out of the content's digest: they differ between two sends of one event.
+local NOT_CONTENT = { id = true, v = true, traceparent = true }
+
+-- A refusal: raised as text (level 0: no position), answered as an error reply by `refusing`.
+local function invalid(field, why)
+  error('INVALID ' .. field .. ': ' .. why, 0)
+end
+
+local function identifier(field, value, max)
+  if #value == 0 or #value > max then
+    invalid(field, 'must be 1 to ' .. max .. ' characters')
+  end
+  if not string.match(value, '^[%w%-_%.:@]+$') then
+    invalid(field, "may only contain A-Z, a-z, 0-9, '-', '_', '.', ':' and '@'")
+  end
+end
+
+-- Days since 1970-01-01 of a civil date (proleptic Gregorian).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- An RFC 3339 time (2026-11-21T10:00:00Z, 2026-11-21T11:00:00.250+01:00) in unix ms.
+local function time_ms(field, text)
+  local y, mo, d, h, mi, s, frac, zone = string.match(text,
+    '^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$')
+  if not y then
+    invalid(field, 'expected RFC 3339 like 2026-11-21T10:00:00Z, got ' .. string.format('%q', string.sub(text, 1, 64)))
+  end
+  local offset = 0
+  if zone == 'Z' or zone == 'z' then
+    offset = 0
+  else
+    local sign, zh, zm = string.match(zone, '^([%+%-])(%d%d):(%d%d)$')
+    if not sign then
+      invalid(field, 'needs a time zone: Z or +HH:MM')
+    end
+    offset = (tonumber(zh) * 60 + tonumber(zm)) * 60000
+    if sign == '-' then offset = -offset end
+  end
+  mo, d, h, mi, s = tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(s)
+  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or s > 60 then
+    invalid(field, 'is not a valid date and time')
+  end
+  local ms = 0
+  if #frac > 1 then
+    ms = math.floor(tonumber('0' .. frac) * 1000)
+  end
+  return (days_from_civil(tonumber(y), mo, d) * 86400 + h * 3600 + mi * 60 + s) * 1000 + ms - offset
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The fields as a table, checked against the entry contract; the content's digest.
+local function check(argv, first)
+  if (#argv - first + 1) % 2 ~= 0 or #argv < first then
+    invalid('fields', 'expected field value pairs after the keys')
+  end
+  local f = {}
+  local names = {}
+  local payload = 120
+  for i = first, #argv, 2 do
+    local name, value = argv[i], argv[i + 1]
+    if f[name] then
+      invalid(name, 'is given twice')
+    end
+    if not (KNOWN[name] or NOTIFICATION[name] or string.sub(name, 1, 2) == 'h.') then
+      invalid(name, 'is not a field of an event (see README, "Publishing with XADD or FCALL")')
+    end
+    f[name] = value
+    names[#names + 1] = name
+    if NOTIFICATION[name] or name == 'id' or name == 'topic' then
+      payload = payload + #value + 12
+    end
+  end
+  if f.v and f.v ~= ENTRY_VERSION then
+    invalid('v', 'entry version ' .. string.format('%q', f.v) .. ' is not understood; leave it out, or write ' .. ENTRY_VERSION)
+  end
+  if f.id then identifier('id', f.id, 128) end
+  if not f.topic or #f.topic == 0 or #f.topic > 255 then
+    invalid('topic', 'is required: 1 to 255 characters')
+  end
+  for word in string.gmatch(f.topic .. '.', '([^%.]*)%.') do
+    if word == '' then invalid('topic', 'words between dots must not be empty') end
+    if not string.match(word, '^[%w%-_:]+$') then
+      invalid('topic', "words may only contain A-Z, a-z, 0-9, '-', '_' and ':'")
+    end
+  end
+  if f.user then identifier('user', f.user, 128) end
+  if f.key and (#f.key == 0 or #f.key > 256) then invalid('key', 'must be 1 to 256 bytes') end
+  if not f.title or not string.match(f.title, '%S') then
+    invalid('title', 'is required and must not be blank')
+  end
+  if f.ttl then
+    local ttl = string.match(f.ttl, '^%d+$') and tonumber(f.ttl)
+    if not ttl or ttl > MAX_TTL then
+      invalid('ttl', 'must be a whole number of seconds from 0 to ' .. MAX_TTL)
+    end
+  end
+  if f.urgency and not URGENCIES[f.urgency] then
+    invalid('urgency', 'must be very-low, low, normal or high')
+  end
+  local headers = 0
+  for name, value in pairs(f) do
+    if string.sub(name, 1, 2) == 'h.' then
+      headers = headers + 1
+      identifier(name, string.sub(name, 3), 64)
+      if #value > 256 then invalid(name, 'value must be at most 256 bytes') end
+    end
+  end
+  if headers > 32 then invalid('headers', 'at most 32 headers (h.<name> fields)') end
+  if payload > MAX_PAYLOAD_BYTES then
+    invalid('title', 'the notification (title, body, url, icon, tag) would not fit in one Web Push message of ' .. MAX_PAYLOAD_BYTES .. ' bytes')
+  end
+  local now = now_ms()
+  if f.publish_at and time_ms('publish_at', f.publish_at) > now + MAX_CLOCK_SKEW_MS then
+    invalid('publish_at', 'is ahead of the server clock by more than events.max_clock_skew')
+  end
+  local deliver_at = 0
+  if f.deliver_at then
+    deliver_at = time_ms('deliver_at', f.deliver_at)
+    if deliver_at > now + MAX_DELAY_MS then
+      invalid('deliver_at', 'must be at most ' .. (MAX_DELAY_MS / 86400000) .. ' days ahead')
+    end
+  end
+  table.sort(names)
+  local content = {}
+  for _, name in ipairs(names) do
+    if not NOT_CONTENT[name] then
+      content[#content + 1] = #name .. ':' .. name .. '=' .. #f[name] .. ':' .. f[name]
+    end
+  end
+  return f, redis.sha1hex(table.concat(content, '\n')), deliver_at, now
+end
+
+-- The stream entry: v and id first, then the fields as given.
+local function entry(argv, first, f)
+  local out = { 'v', ENTRY_VERSION }
+  if f.id then
+    out[#out + 1] = 'id'
+    out[#out + 1] = f.id
+  end
+  for i = first, #argv, 2 do
+    if argv[i] ~= 'v' and argv[i] ~= 'id' then
+      out[#out + 1] = argv[i]
+      out[#out + 1] = argv[i + 1]
+    end
+  end
+  return out
+end
+
+-- Runs `work`, answering a refusal (INVALID, CONFLICT) as a plain error reply.
+local function refusing(work)
+  return function(keys, argv)
+    local ok, result = pcall(work, keys, argv)
+    if ok then
+      return result
+    end
+    if type(result) == 'string' then
+      local refusal = string.match(result, '(INVALID .*)$') or string.match(result, '(CONFLICT .*)$')
+      if refusal then
+        return redis.error_reply(refusal)
+      end
+    end
+    error(result)
+  end
+end
+
+local function publish(keys, argv)
+  local stream = keys[1]
+  local dedup, schedule, scheduled_events = keys[2], keys[3], keys[4]
+  if #keys == 1 then
+    local tag = string.match(stream, '^(.*):events$')
+    if not tag then
+      invalid('stream', 'the one key must be a herald stream, like {herald:p0}:events')
+    end
+    schedule, scheduled_events = tag .. ':scheduled', tag .. ':scheduled-events'
+  elseif #keys ~= 4 then
+    invalid('keys', 'expected 1 key (the stream) or 4 (stream, dedup record, schedule, scheduled events)')
+  end
+  local f, digest, deliver_at, now = check(argv, 1)
+  if f.id then
+    if #keys == 1 then
+      dedup = string.match(stream, '^(.*):events$') .. ':dedup:' .. f.id
+    end
+    local seen = redis.call('GET', dedup)
+    if seen then
+      local was, where = string.match(seen, '^(%S+) (%S+)$')
+      if was == digest then
+        if where == 'scheduled' then return { '', 'duplicate' } end
+        return { where, 'duplicate' }
+      end
+      error('CONFLICT event id ' .. f.id .. ' was published before with other content (entry ' .. tostring(where) .. ')', 0)
+    end
+  end
+  local fields = entry(argv, 1, f)
+  if deliver_at > now then
+    if not f.id then
+      invalid('id', 'is required with a deliver_at ahead of now: the schedule keeps events by id')
+    end
+    redis.call('ZADD', schedule, deliver_at, f.id)
+    redis.call('HSET', scheduled_events, f.id, cjson.encode(fields))
+    redis.call('SET', dedup, digest .. ' scheduled', 'PX', DEDUP_WINDOW_MS)
+    return { '', 'scheduled' }
+  end
+  local id = redis.call('XADD', stream, '*', unpack(fields))
+  if f.id then
+    redis.call('SET', dedup, digest .. ' ' .. id, 'PX', DEDUP_WINDOW_MS)
+  end
+  return { id, 'added' }
+end
+
+local function reserve(keys, argv)
+  if #keys ~= 1 then
+    invalid('keys', "expected 1 key: the dedup record in the id's partition")
+  end
+  local f, digest = check(argv, 2)
+  if not f.id then invalid('id', 'is required to reserve it') end
+  local seen = redis.call('GET', keys[1])
+  if seen then
+    local was, where = string.match(seen, '^(%S+) (%S+)$')
+    if was == digest then return { 'seen', where } end
+    return { 'conflict', where }
+  end
+  redis.call('SET', keys[1], digest .. ' ' .. argv[1], 'PX', DEDUP_WINDOW_MS)
+  return { 'reserved', argv[1] }
+end
+
+redis.register_function('herald_publish', refusing(publish))
+redis.register_function('herald_reserve', refusing(reserve))
