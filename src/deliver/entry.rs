@@ -14,7 +14,7 @@ use super::route::Target;
 use super::{EntryOutcome, Worker};
 use crate::shared::config::Unroutable;
 use crate::shared::dead_letter::DeadLetter;
-use crate::shared::event::Event;
+use crate::shared::event::{Event, InvalidField};
 use crate::shared::stream::{Entry, REPLAY_ONLY};
 
 impl Worker {
@@ -34,7 +34,19 @@ impl Worker {
                 },
             };
         };
-        let event = match Event::from_fields(fields, self.event_defaults) {
+        let event = Event::from_fields(fields, self.event_defaults).and_then(|event| {
+            // The schedule hands events over once due; only a plain XADD holds one not due yet.
+            let skew = chrono::Duration::from_std(self.event_defaults.max_clock_skew)
+                .unwrap_or(chrono::Duration::MAX);
+            match event.deliver_at {
+                Some(at) if at > chrono::Utc::now() + skew => Err(InvalidField::new(
+                    "deliver_at",
+                    "is ahead of now: a plain XADD cannot schedule an event; publish it with FCALL herald_publish (or the API), which keeps it until it is due",
+                )),
+                _ => Ok(event),
+            }
+        });
+        let event = match event {
             Ok(event) => event,
             Err(problem) => {
                 let why = DeadLetter {

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use crate::shared::event::Event;
 use crate::shared::keys::SUBSCRIPTION_CHANGES_KEPT;
 use crate::shared::metrics;
-use crate::shared::subscriptions::{HeaderFilter, MatchMode, Store, Subscription, Unreadable};
+use crate::shared::subscriptions::{
+    HeaderFilter, MatchMode, Store, Subscription, Unreadable, NO_CHANGE_YET,
+};
 pub use device::Device;
 use trie::PatternTrie;
 
@@ -100,7 +102,7 @@ impl Index {
     pub fn build(version: i64, all: impl IntoIterator<Item = Subscription>) -> Index {
         let mut index = Index {
             version,
-            cursor: "0-0".into(),
+            cursor: NO_CHANGE_YET.into(),
             ..Index::default()
         };
         for sub in all {
@@ -285,10 +287,12 @@ impl Router {
         if let Some(index) = self.fresh() {
             return Ok(index);
         }
-        let version = self.store.version().await?;
+        // The version and the last change together: after a flush or a failover
+        // the version alone may come back to the same number with other contents.
+        let (version, last) = self.store.snapshot().await?;
         let cached = self.cache.lock().as_ref().map(|c| c.index.clone());
         let index = match cached {
-            Some(index) if index.version == version => index,
+            Some(index) if index.version == version && index.cursor == last => index,
             Some(index) if index.version < version => match self.catch_up(&index, version).await? {
                 Some(updated) => updated,
                 None => self.rebuild().await?,
@@ -303,14 +307,27 @@ impl Router {
     }
 
     /// `index` with the changes after it applied, each subscription changed
-    /// read again; `None` when they do not follow on from it (trimmed away, or
-    /// a version bumped without a change recorded, as a herald from before this stream did).
+    /// read again; `None` when they do not follow on from it: its last change
+    /// is no longer there as it was (trimmed, or lost in a failover), a version
+    /// was bumped without a change recorded (as a herald from before this
+    /// stream did, or a hand edit followed by `INCR`), or a change cannot be read.
     async fn catch_up(&self, index: &Index, version: i64) -> anyhow::Result<Option<Arc<Index>>> {
         let behind = (version - index.version) as usize;
         if behind > SUBSCRIPTION_CHANGES_KEPT as usize {
             return Ok(None);
         }
-        let changes = self.store.changes_after(&index.cursor, behind).await?;
+        // From the last change applied, included: it must still be there, with its version.
+        let Some(mut changes) = self.store.changes_from(&index.cursor, behind + 1).await? else {
+            return Ok(None);
+        };
+        if index.cursor != NO_CHANGE_YET {
+            match changes.first() {
+                Some(c) if c.entry == index.cursor && c.version == index.version => {
+                    changes.remove(0);
+                }
+                _ => return Ok(None),
+            }
+        }
         let follows = changes
             .iter()
             .zip(index.version + 1..)

@@ -345,6 +345,9 @@ pub struct Unreadable {
     pub problem: String,
 }
 
+/// Where following the changes starts when none was recorded yet (a stream id before any).
+pub const NO_CHANGE_YET: &str = "0-0";
+
 /// One subscription change, as `{P:subs}:changes` records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -460,16 +463,6 @@ impl Store {
         anyhow::bail!("subscription {id} changed owner concurrently {ATTEMPTS} times; try again")
     }
 
-    /// The version counter, bumped by every change of any subscription.
-    pub async fn version(&self) -> anyhow::Result<i64> {
-        let mut conn = self.db.conn();
-        let v: Option<i64> = redis::cmd("GET")
-            .arg(self.db.keys.subscriptions_version())
-            .query_async(&mut conn)
-            .await?;
-        Ok(v.unwrap_or(0))
-    }
-
     /// The version and the last change, read together: where following the
     /// changes starts for an index built from every subscription after this.
     pub async fn snapshot(&self) -> anyhow::Result<(i64, String)> {
@@ -487,35 +480,43 @@ impl Store {
             .query_async(&mut self.db.conn())
             .await?;
         let cursor = last.into_iter().next().map(|(id, _)| id);
-        Ok((version.unwrap_or(0), cursor.unwrap_or_else(|| "0-0".into())))
+        Ok((
+            version.unwrap_or(0),
+            cursor.unwrap_or_else(|| NO_CHANGE_YET.into()),
+        ))
     }
 
-    /// Up to `count` changes after the change `cursor`, oldest first.
-    pub async fn changes_after(&self, cursor: &str, count: usize) -> anyhow::Result<Vec<Change>> {
+    /// Up to `count` changes from the change `cursor` on (itself included),
+    /// oldest first; `None` when one of them is not a change herald wrote.
+    pub async fn changes_from(
+        &self,
+        cursor: &str,
+        count: usize,
+    ) -> anyhow::Result<Option<Vec<Change>>> {
         let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
             .arg(self.db.keys.subscription_changes())
-            .arg(format!("({cursor}"))
+            .arg(cursor)
             .arg("+")
             .arg("COUNT")
             .arg(count)
             .query_async(&mut self.db.conn())
             .await?;
-        entries
-            .into_iter()
-            .map(|(entry, fields)| {
-                let version = fields.get("v").and_then(|v| v.parse().ok());
-                match (version, fields.get("id")) {
-                    (Some(version), Some(id)) => Ok(Change {
-                        entry,
-                        version,
-                        id: id.clone(),
-                    }),
-                    _ => anyhow::bail!(
-                        "subscription change {entry} has no version or id: written by hand? {fields:?}"
-                    ),
+        let mut changes = Vec::with_capacity(entries.len());
+        for (entry, fields) in entries {
+            let version = fields.get("v").and_then(|v| v.parse().ok());
+            match (version, fields.get("id")) {
+                (Some(version), Some(id)) => changes.push(Change {
+                    entry,
+                    version,
+                    id: id.clone(),
+                }),
+                _ => {
+                    tracing::warn!(entry = %entry, fields = ?fields, "a subscription change without a version or an id (written by hand?); reading every subscription instead");
+                    return Ok(None);
                 }
-            })
-            .collect()
+            }
+        }
+        Ok(Some(changes))
     }
 
     /// Every subscription (or what is wrong with it), handed to `each` as it is
