@@ -154,7 +154,8 @@ fn settle_call<'s>(
         .arg("g")
         .arg("1-0")
         .arg("w")
-        .arg("");
+        .arg("")
+        .arg(1000);
     call
 }
 

@@ -46,13 +46,14 @@ if ARGV[6] == '1' then
       return {'taken'}
     end
   end
+  -- 'ended <holder>': an attempt released it (settle.lua); as good as free.
   local lessee = redis.call('GET', KEYS[3])
-  if lessee and lessee ~= ARGV[2] then
+  if lessee and lessee ~= ARGV[2] and string.sub(lessee, 1, 6) ~= 'ended ' then
     return {'taken'}
   end
   if ordered and ARGV[12] ~= 'inspect' then
     local lock = redis.call('GET', KEYS[4])
-    if lock and lock ~= ARGV[7] then
+    if lock and lock ~= ARGV[7] and string.sub(lock, 1, 6) ~= 'ended ' then
       return {'busy', lock}
     end
     redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[5])

@@ -63,11 +63,6 @@ pub(super) struct EntryCtx<'a> {
     pub remaining: AtomicUsize,
     /// The entry's lease and key lock were released (with its acknowledgement).
     pub released: AtomicBool,
-    /// True once the entry's end (release or acknowledgement) went out: no
-    /// heartbeat may follow it, or it would take the lease and the key's lock
-    /// again (a heartbeat still in flight on its own connection could land
-    /// after the release). Held by a heartbeat for its whole call, and by the end.
-    pub ended: tokio::sync::Mutex<bool>,
 }
 
 impl<'a> EntryCtx<'a> {
@@ -92,7 +87,6 @@ impl<'a> EntryCtx<'a> {
             writing_marks: tokio::sync::Mutex::default(),
             remaining: AtomicUsize::new(0),
             released: AtomicBool::new(false),
-            ended: tokio::sync::Mutex::new(false),
             notice: Notice::of(event),
             entry,
             fields,
@@ -292,10 +286,6 @@ impl Worker {
     /// Resets the entry's idle time and extends its lease, its key's lock and its
     /// devices' claims while it is still ours (see `refresh.lua`).
     pub(super) async fn heartbeat(&self, ctx: &EntryCtx<'_>) {
-        let ended = ctx.ended.lock().await;
-        if *ended {
-            return;
-        }
         let (lock, holder) = ctx.lock();
         let devices: Vec<String> = ctx.claimed.lock().iter().cloned().collect();
         let call = async {
@@ -326,6 +316,8 @@ impl Worker {
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within a heartbeat")));
         match refreshed {
             Ok(1) => ctx.beat_landed(),
+            // The attempt ended while this heartbeat was on its way.
+            Ok(2) => {}
             Ok(_) => {
                 ctx.lost.store(true, Ordering::Relaxed);
                 tracing::warn!(stream_id = %ctx.entry.id, "another consumer took this entry over while it was in progress; sending nothing more")

@@ -17,7 +17,12 @@
 -- ARGV[7] the device claims' holder ('<consumer>#<process>/<entry id>')
 -- ARGV[8] life of a device claim, ms
 -- ARGV[9..] subscription ids of devices claimed and not settled yet
--- Returns 1 when refreshed, 0 when the entry is no longer this consumer's.
+-- Returns 1 when refreshed, 0 when the entry is no longer this consumer's, 2
+-- when this attempt already ended (its release got here first: nothing to do).
+local lessee = redis.call('GET', KEYS[2])
+if lessee == 'ended ' .. ARGV[7] then
+  return 2
+end
 if ARGV[5] ~= '1' then
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
   if #pending == 0 or pending[1][2] ~= ARGV[2] then
@@ -25,14 +30,13 @@ if ARGV[5] ~= '1' then
   end
   redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 end
-local lessee = redis.call('GET', KEYS[2])
-if lessee and lessee ~= ARGV[2] then
+if lessee and lessee ~= ARGV[2] and string.sub(lessee, 1, 6) ~= 'ended ' then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 if ARGV[6] ~= '' then
   local lock = redis.call('GET', KEYS[3])
-  if not lock or lock == ARGV[6] then
+  if not lock or lock == ARGV[6] or string.sub(lock, 1, 6) == 'ended ' then
     redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[4])
   end
 end

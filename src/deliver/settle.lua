@@ -15,7 +15,8 @@
 -- ARGV[5] the entry id
 -- ARGV[6] this consumer
 -- ARGV[7] the lock's holder, '' when the event is not ordered
--- ARGV[8..] triples: mode, subscription id, state. Modes: 'mark': a settled
+-- ARGV[8] life of the release's marks, ms (see below)
+-- ARGV[9..] triples: mode, subscription id, state. Modes: 'mark': a settled
 --         state, always written (the push service's answer is the truth);
 --         'fail': the last failure, written only while the device is still
 --         claimed by this holder (never over another processor's claim or a
@@ -40,7 +41,7 @@ end
 local written = 0
 local mine = 'pushing ' .. ARGV[2] .. ' '
 local conditional = {}
-for i = 8, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   if ARGV[i] ~= 'mark' then
     conditional[#conditional + 1] = ARGV[i + 1]
   end
@@ -55,7 +56,7 @@ end
 -- As if one after the other: a later triple of a device sees what an earlier
 -- one wrote; each device's last value is what gets written.
 local last, order = {}, {}
-for i = 8, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   local mode, sub, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local ours = true
   if mode ~= 'mark' then
@@ -89,12 +90,17 @@ if ARGV[3] == 'finish' then
   redis.call('XACK', KEYS[2], ARGV[4], ARGV[5])
   redis.call('HDEL', KEYS[3], ARGV[5])
 end
+-- Released, not deleted: the lease and the lock are left as 'ended <holder>'
+-- for a while, which every reader takes for free, and which a heartbeat of
+-- this attempt still on its way (on a connection of its own) finds instead of
+-- a lapsed lease it would take again (see refresh.lua).
 if ARGV[3] ~= '' then
+  local ended = 'ended ' .. ARGV[2]
   if redis.call('GET', KEYS[4]) == ARGV[6] then
-    redis.call('DEL', KEYS[4])
+    redis.call('SET', KEYS[4], ended, 'PX', ARGV[8])
   end
   if ARGV[7] ~= '' and redis.call('GET', KEYS[5]) == ARGV[7] then
-    redis.call('DEL', KEYS[5])
+    redis.call('SET', KEYS[5], ended, 'PX', ARGV[8])
   end
 end
 return written

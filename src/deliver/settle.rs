@@ -172,7 +172,8 @@ impl Worker {
             .arg(&self.group)
             .arg(&ctx.entry.id)
             .arg(&self.consumer)
-            .arg(lock_holder);
+            .arg(lock_holder)
+            .arg(self.policy.lease().as_millis() as u64);
         for (mode, sub, state) in states {
             invocation
                 .arg(match mode {
@@ -184,17 +185,7 @@ impl Worker {
                 .arg(*state);
         }
         let mut conn = self.db.conn();
-        if end == End::Nothing {
-            let _: i64 = invocation.invoke_async(&mut conn).await?;
-            return Ok(());
-        }
-        // No heartbeat in flight while the end goes out, and none after it;
-        // should the end fail, heartbeats go on keeping the entry while it is retried.
-        let mut ended = ctx.ended.lock().await;
-        *ended = true;
-        let result = invocation.invoke_async::<i64>(&mut conn).await;
-        *ended = result.is_ok();
-        result?;
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(())
     }
 

@@ -334,7 +334,11 @@ impl Reclaimer {
         }
         let mut conn = db.conn();
         let holders: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
-        Ok(holders.into_iter().map(|h| h.is_some()).collect())
+        // 'ended <holder>' is a released lease (see settle.lua): free.
+        Ok(holders
+            .into_iter()
+            .map(|h| h.is_some_and(|h| !h.starts_with("ended ")))
+            .collect())
     }
 
     /// One `XCLAIM` per entry (each with its own minimum idle time), pipelined.
