@@ -26,6 +26,17 @@ if ! pkg-config --exists openssl 2>/dev/null; then
   need_root apt-get update -q
   need_root apt-get install -y -q libssl-dev pkg-config
 fi
+# The Python producer example runs in the tests, with redis-py from PyPI.
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "==> python3 not found: installing it with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  need_root apt-get update -q
+  need_root apt-get install -y -q python3 python3-pip
+fi
+if ! PYTHONPATH=target/pydeps python3 -c 'import redis' 2>/dev/null; then
+  echo "==> installing redis-py from PyPI into target/pydeps (for the Python producer example)"
+  python3 -m pip install --quiet --disable-pip-version-check --target target/pydeps 'redis>=5,<6'
+fi
 echo "==> $(redis-server --version)"
 
 echo "==> $(date +%T) cargo fmt --check"

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Longest Web Push TTL accepted, in seconds (28 days, what push services keep at most).
 pub const MAX_TTL: u32 = 28 * 24 * 3600;
@@ -136,8 +135,7 @@ pub struct EventDefaults {
 }
 
 impl EventInput {
-    /// Validates and fills defaults. The digest of the input as given (before
-    /// defaults) identifies its content for idempotent publishes.
+    /// Validates and fills defaults.
     pub fn validate(
         &self,
         defaults: EventDefaults,
@@ -270,16 +268,6 @@ impl EventInput {
             f.push((format!("h.{name}"), value.clone()));
         }
         f
-    }
-
-    /// A digest of the content as the producer sent it (id aside), to tell a
-    /// repeated publish from a conflicting one.
-    pub fn digest(&self) -> String {
-        let mut canonical = self.clone();
-        canonical.id = None;
-        let bytes = serde_json::to_vec(&canonical).expect("an event always serializes");
-        let hash = Sha256::digest(&bytes);
-        hex_lower(&hash[..16])
     }
 }
 
@@ -603,16 +591,6 @@ mod tests {
             let err = input.validate(DEFAULTS, Utc::now()).expect_err(field);
             assert_eq!(err.field, field, "{err}");
         }
-    }
-
-    #[test]
-    fn the_digest_ignores_the_id_but_not_the_content() {
-        let a = sample();
-        let mut b = sample();
-        b.id = Some("other".into());
-        assert_eq!(a.digest(), b.digest());
-        b.notification.body = Some("changed".into());
-        assert_ne!(a.digest(), b.digest());
     }
 
     #[test]

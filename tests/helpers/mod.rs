@@ -225,6 +225,10 @@ impl TestApp {
         let db = Db::connect(&settings)
             .await
             .expect("connect to the test redis");
+        // As every role does at start: producers may FCALL herald_publish.
+        herald::intake::publish::library::load(&db, &settings)
+            .await
+            .expect("load the function library");
         let key = VapidKey::load_or_create(&settings.vapid_key_path(), true).expect("vapid key");
         let mut pusher = Pusher::new(&settings, key.clone()).expect("pusher");
         if let Some(hook) = hook {
