@@ -10,9 +10,10 @@ use std::process::Command;
 use helpers::TestApp;
 use herald::deliver::EntryOutcome;
 
-/// The titles a device got, in order.
+/// The titles a device got, sorted (events without a key may arrive in any order).
 fn titles(app: &TestApp, device: &str) -> Vec<String> {
-    app.sink
+    let mut titles: Vec<String> = app
+        .sink
         .delivered()
         .into_iter()
         .filter(|a| a.subscription == device)
@@ -20,7 +21,9 @@ fn titles(app: &TestApp, device: &str) -> Vec<String> {
             a.plaintext
                 .map(|p| p["title"].as_str().unwrap_or_default().to_string())
         })
-        .collect()
+        .collect();
+    titles.sort();
+    titles
 }
 
 fn xadd(app: &TestApp, fields: &[(&str, &str)]) -> String {
@@ -279,6 +282,117 @@ async fn the_python_example_publishes_once_per_id_and_is_refused_clearly() {
     app.step().await;
     assert_eq!(
         titles(&app, &device),
-        vec!["Vehicle entered lot 2", "Lot 2 closes at 22:00"]
+        vec!["Lot 2 closes at 22:00", "Vehicle entered lot 2"]
     );
+}
+
+#[tokio::test]
+async fn a_value_that_is_not_utf8_is_dead_lettered_naming_its_field() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-1").await;
+    let _: String = redis::cmd("XADD")
+        .arg(app.stream())
+        .arg("*")
+        .arg("topic")
+        .arg("a.b")
+        .arg("user")
+        .arg("u-1")
+        .arg("title")
+        .arg(&b"caf\xe9"[..])
+        .query(&mut app.redis.conn())
+        .expect("XADD");
+    let batch = app.step().await;
+    assert!(
+        matches!(&batch.entries[0].1, EntryOutcome::DeadLettered { reason } if reason == "undecodable"),
+        "{batch:?}"
+    );
+    let dead = app.dead_letters().await.pop().expect("a dead letter");
+    assert!(
+        dead.fields["dlq.last_error"].starts_with("field \"title\" is not UTF-8"),
+        "{dead:?}"
+    );
+    assert!(titles(&app, &device).is_empty());
+}
+
+/// The largest title the API takes with this id and topic (its payload limit, exactly).
+async fn largest_title(app: &TestApp, unit: &str, round: usize) -> usize {
+    let (mut ok, mut too_big) = (1, 4000);
+    while too_big - ok > 1 {
+        let n = (ok + too_big) / 2;
+        let event = serde_json::json!({"id": format!("p{round}{n:04}"), "topic": "a.b", "user": "u-1",
+            "notification": {"title": unit.repeat(n)}});
+        let (status, _) = app.post("/v1/events", &event).await;
+        if status == 202 {
+            ok = n
+        } else {
+            too_big = n
+        }
+    }
+    ok
+}
+
+#[tokio::test]
+async fn the_function_takes_exactly_the_payloads_the_api_takes() {
+    let app = TestApp::start().await;
+    // ASCII, characters JSON escapes in two bytes, in six, and multi-byte UTF-8.
+    // Ids of one length throughout: the id is part of the payload.
+    for (round, unit) in ["x", "\"", "\u{1}", "é"].into_iter().enumerate() {
+        let n = largest_title(&app, unit, round).await;
+        let id = format!("f{round}{n:04}");
+        let title = unit.repeat(n);
+        let fits = [
+            ("id", id.as_str()),
+            ("topic", "a.b"),
+            ("user", "u-1"),
+            ("title", title.as_str()),
+        ];
+        assert_eq!(
+            fcall(&app, &fits).expect("fits").1,
+            "added",
+            "{unit:?} x {n}"
+        );
+        let title = unit.repeat(n + 1);
+        let over_id = format!("o{round}{n:04}");
+        let over = [
+            ("id", over_id.as_str()),
+            ("topic", "a.b"),
+            ("user", "u-1"),
+            ("title", title.as_str()),
+        ];
+        let refused = fcall(&app, &over).expect_err("one more is too big");
+        assert!(
+            refused
+                .detail()
+                .is_some_and(|d| d.starts_with("notification:")),
+            "{unit:?}: {refused}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_api_is_not_bound_by_limits_another_role_loaded() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-1").await;
+    // Another role, with a tighter clock skew and dedup window, loaded its version last.
+    let mut other = app.settings.clone();
+    other.events.max_clock_skew = std::time::Duration::from_secs(10);
+    other.events.dedup_window = std::time::Duration::from_millis(1);
+    herald::intake::publish::library::load(&app.db, &other)
+        .await
+        .expect("loaded");
+    let ahead =
+        herald::shared::event::format_time(chrono::Utc::now() + chrono::Duration::seconds(60));
+    let event = serde_json::json!({"id": "e-ahead", "topic": "a.b", "user": "u-1",
+        "publish_at": ahead, "notification": {"title": "a minute ahead"}});
+    let (status, body) = app.post("/v1/events", &event).await;
+    assert_eq!(status, 202, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (status, body) = app.post("/v1/events", &event).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body["events"][0]["duplicate"], true,
+        "the API's own dedup window: {body}"
+    );
+    app.step().await;
+    assert_eq!(titles(&app, &device), vec!["a minute ahead"]);
 }

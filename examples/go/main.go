@@ -2,7 +2,7 @@
 // FCALL herald_publish, idempotent by id, and a plain XADD.
 // README, "Publishing with XADD or FCALL", has every field and rule.
 //
-//	REDIS_URL=redis://127.0.0.1:6379 go run ./examples/go
+//	cd examples/go && go mod tidy && REDIS_URL=redis://127.0.0.1:6379 go run .
 package main
 
 import (

@@ -2,7 +2,10 @@
 // FCALL herald_publish, idempotent by id, and a plain XADD.
 // README, "Publishing with XADD or FCALL", has every field and rule.
 //
-//   java -cp jedis.jar:. Publish.java redis://127.0.0.1:6379
+//   java -cp "$(cat classpath.txt)" Publish.java redis://127.0.0.1:6379
+// where classpath.txt lists Jedis 5 and its dependencies (commons-pool2, gson,
+// slf4j-api, json), e.g. from `mvn dependency:build-classpath` of a project
+// depending on redis.clients:jedis:5.2.0.
 import java.nio.charset.StandardCharsets;
 import java.util.List;
 import java.util.Map;

@@ -42,7 +42,8 @@ class Herald:
             # The id's own partition remembers it too, so the same id with
             # another key is a conflict rather than a second event.
             record = f"{{{self.prefix}:p{home}}}:dedup:{event_id}"
-            verdict, where = self.r.fcall("herald_reserve", 1, record, f"p{target}", *args)
+            # 0: herald's configured dedup window.
+            verdict, where = self.r.fcall("herald_reserve", 1, record, f"p{target}", 0, *args)
             if verdict == "conflict":
                 raise redis.ResponseError(f"CONFLICT event id {event_id} was published before with other content ({where})")
         stream_id, outcome = self.r.fcall("herald_publish", 1, self.stream(target), *args)

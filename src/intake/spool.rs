@@ -295,15 +295,19 @@ impl Spool {
                 .await
                 .context("spool reader panicked")??;
             let outcomes = publisher.publish(&batch).await?;
+            let mut unreadable = unreadable;
             for (ready, outcome) in batch.iter().zip(outcomes) {
                 match outcome {
                     // Accepted while Redis was away; another event took the id meanwhile.
                     PublishOutcome::Conflict { id, stream_id } => {
                         tracing::error!(event_id = %id, original_stream_id = %stream_id, fields = ?ready.fields, "a spooled event's id was published meanwhile with other content; it was not added")
                     }
-                    // Never expected (the API validated it); logged with its fields, not retried forever.
+                    // Not expected (the API validated it with the same rules): kept
+                    // aside in quarantine.log with the reason, never dropped, not retried forever.
                     PublishOutcome::Invalid { id, error } => {
-                        tracing::error!(event_id = %id, error = %error, fields = ?ready.fields, "herald_publish refused a spooled event; it was not added")
+                        tracing::error!(event_id = %id, error = %error, fields = ?ready.fields, "herald_publish refused a spooled event; it is kept in quarantine.log");
+                        let bytes = serde_json::to_vec(ready).expect("a spooled event serializes");
+                        unreadable.push((0, format!("refused by herald_publish: {error}"), bytes));
                     }
                     PublishOutcome::Accepted(_) => {}
                 }
@@ -679,6 +683,7 @@ mod tests {
             id: format!("evt-{n}"),
             partition_key: format!("evt-{n}"),
             fields: vec![("v".into(), "1".into()), ("id".into(), format!("evt-{n}"))],
+            defaults: Vec::new(),
         }
     }
 

@@ -133,16 +133,22 @@ impl Replayer {
         Ok(Some(trie))
     }
 
+    /// One page of entries, read as the workers read them (any bytes; the
+    /// fields a plain XADD left out filled in, so a copy keeps its derived id).
     async fn page(&self, stream: &str, start: &str, end: &str) -> anyhow::Result<Page> {
         let mut conn = self.db.conn();
-        Ok(redis::cmd("XRANGE")
+        let reply: redis::Value = redis::cmd("XRANGE")
             .arg(stream)
             .arg(start)
             .arg(end)
             .arg("COUNT")
             .arg(PAGE)
             .query_async(&mut conn)
-            .await?)
+            .await?;
+        Ok(crate::shared::stream::parse_entry_list(stream, reply, 0)?
+            .into_iter()
+            .filter_map(|e| Some((e.id, e.fields?)))
+            .collect())
     }
 
     /// Walks the chosen range of every partition, page by page, calling `each` per page.
@@ -175,11 +181,7 @@ impl Replayer {
             };
             let mut start = plan.from.as_str().to_string();
             loop {
-                let mut page = self.page(&stream, &start, &end).await?;
-                // Entries written with plain XADD keep their derived id in the copy.
-                for (id, fields) in &mut page {
-                    crate::shared::event::complete_entry(id, fields);
-                }
+                let page = self.page(&stream, &start, &end).await?;
                 let full = page.len() == PAGE;
                 let last = page.last().map(|(id, _)| id.clone());
                 each(partition, page).await?;

@@ -3,8 +3,6 @@
 //! consumer group still needs (pending, or not yet read); and the dead-letter
 //! streams within their own limits. Run by the reclaimer.
 
-use std::collections::HashMap;
-
 use redis::Value;
 
 use crate::shared::config::RetentionSettings;
@@ -81,7 +79,8 @@ impl Retention {
         }
         if max_len > 0 {
             let mut conn = self.db.conn();
-            let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+            // Fields as raw values: only the ids matter, and a producer's XADD may hold any bytes.
+            let newest: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
                 .arg(key)
                 .arg("+")
                 .arg("-")

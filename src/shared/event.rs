@@ -343,6 +343,10 @@ impl Event {
     ) -> Result<Event, InvalidField> {
         let get = |name: &str| fields.get(name).cloned();
         let need = |name: &str| get(name).ok_or_else(|| InvalidField::new(name, "is required"));
+        if let Some(names) = fields.get(NOT_UTF8) {
+            let first = names.split(' ').next().unwrap_or_default();
+            return Err(InvalidField::new(first, "is not UTF-8 text"));
+        }
         match fields.get("v").map(String::as_str) {
             None | Some(ENTRY_VERSION) => {}
             Some(other) => {
@@ -418,6 +422,10 @@ impl Event {
         serde_json::to_vec(&compact).expect("json always serializes")
     }
 }
+
+/// The field a reader adds to an entry whose fields (named in it) are not
+/// UTF-8: such an entry is not an event.
+pub const NOT_UTF8: &str = "herald.not_utf8";
 
 /// The prefix of the id an entry without `id` gets: `xadd-` and its stream id.
 pub const DERIVED_ID_PREFIX: &str = "xadd-";

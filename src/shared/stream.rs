@@ -164,10 +164,20 @@ pub fn parse_entry_list(
             Value::Nil => None,
             Value::Array(flat) => {
                 let mut map = HashMap::with_capacity(flat.len() / 2);
+                let mut not_utf8 = Vec::new();
                 let mut it = flat.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    // Non-UTF-8 text becomes U+FFFD and fails validation later, as poison.
-                    map.insert(lossy(k), lossy(v));
+                    // Non-UTF-8 text is kept as U+FFFD, and its field named, so
+                    // that reading the entry as an event refuses it as poison.
+                    let (k, k_ok) = lossy(k);
+                    let (v, v_ok) = lossy(v);
+                    if !(k_ok && v_ok) {
+                        not_utf8.push(k.clone());
+                    }
+                    map.insert(k, v);
+                }
+                if !not_utf8.is_empty() {
+                    map.insert(crate::shared::event::NOT_UTF8.into(), not_utf8.join(" "));
                 }
                 crate::shared::event::complete_entry(&id, &mut map);
                 Some(map)
@@ -184,12 +194,16 @@ pub fn parse_entry_list(
     Ok(out)
 }
 
-fn lossy(v: Value) -> String {
+/// A value as text, and whether it was UTF-8.
+fn lossy(v: Value) -> (String, bool) {
     match v {
-        Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Value::SimpleString(s) => s,
-        Value::Int(i) => i.to_string(),
-        other => format!("{other:?}"),
+        Value::BulkString(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => (text, true),
+            Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), false),
+        },
+        Value::SimpleString(s) => (s, true),
+        Value::Int(i) => (i.to_string(), true),
+        other => (format!("{other:?}"), true),
     }
 }
 

@@ -6,9 +6,14 @@
 -- below; README ("Publishing with XADD or FCALL") documents the contract.
 --
 --   FCALL herald_publish 1 <stream> field value [field value ...]
---   FCALL herald_publish 4 <stream> <dedup record> <schedule> <scheduled events> field value ...
+--   FCALL herald_publish 4 <stream> <dedup record> <schedule> <scheduled events> \
+--         <dedup window ms> <n> <n default field value pairs> field value ...
 --
--- With one key, the others are named from the stream's hash tag (same slot).
+-- With one key, the others are named from the stream's hash tag (same slot),
+-- and the limits written in below apply. The four-key form is how herald
+-- calls it: with its own dedup window, and defaults it fills in (written to
+-- the entry, not part of the content); its caller checked the times against
+-- its own clock and settings, so those checks are left to it.
 -- Fields are those of a stream entry: `topic` and `title` are required, `id`
 -- makes the publish idempotent within the dedup window (same content: the
 -- original entry's id again; other content: a CONFLICT error), `deliver_at`
@@ -16,7 +21,7 @@
 -- outcome 'added', 'duplicate' or 'scheduled' (stream id '' while scheduled).
 -- A field that breaks the contract is an error naming it: INVALID <field>: why.
 --
---   FCALL herald_reserve 1 <dedup record in the id's partition> <partition> field value ...
+--   FCALL herald_reserve 1 <dedup record in the id's partition> <partition> <dedup window ms, 0: the one below> field value ...
 --
 -- The first half of a publish whose id and ordering key fall in different
 -- partitions (see README): returns {'reserved'|'seen'|'conflict', where}.
@@ -36,6 +41,10 @@ local KNOWN = {
 local URGENCIES = { ['very-low'] = true, low = true, normal = true, high = true }
 -- Left out of the content's digest: they differ between two sends of one event.
 local NOT_CONTENT = { id = true, v = true, traceparent = true }
+-- Fields of the payload a device receives (Event::payload), besides publish_at.
+local PAYLOAD = { id = true, topic = true, title = true, body = true, url = true, icon = true, tag = true }
+-- Control characters serde_json escapes in two bytes; the others take six.
+local SHORT_ESCAPE = { ['\b'] = true, ['\t'] = true, ['\n'] = true, ['\f'] = true, ['\r'] = true }
 
 -- A refusal: raised as text (level 0: no position), answered as an error reply by `refusing`.
 local function invalid(field, why)
@@ -66,6 +75,9 @@ end
 local function time_ms(field, text)
   local y, mo, d, h, mi, s, frac, zone = string.match(text,
     '^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$')
+  if frac == '.' then
+    invalid(field, 'a decimal point needs digits after it')
+  end
   if not y then
     invalid(field, 'expected RFC 3339 like 2026-11-21T10:00:00Z, got ' .. string.format('%q', string.sub(text, 1, 64)))
   end
@@ -74,14 +86,17 @@ local function time_ms(field, text)
     offset = 0
   else
     local sign, zh, zm = string.match(zone, '^([%+%-])(%d%d):(%d%d)$')
-    if not sign then
-      invalid(field, 'needs a time zone: Z or +HH:MM')
+    if not sign or tonumber(zh) > 23 or tonumber(zm) > 59 then
+      invalid(field, 'needs a time zone: Z or +HH:MM (at most 23:59)')
     end
     offset = (tonumber(zh) * 60 + tonumber(zm)) * 60000
     if sign == '-' then offset = -offset end
   end
   mo, d, h, mi, s = tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(s)
-  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or s > 60 then
+  local year = tonumber(y)
+  local leap = (year % 4 == 0 and year % 100 ~= 0) or year % 400 == 0
+  local days = ({ 31, leap and 29 or 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 })[mo]
+  if not days or d < 1 or d > days or h > 23 or mi > 59 or s > 60 then
     invalid(field, 'is not a valid date and time')
   end
   local ms = 0
@@ -91,19 +106,56 @@ local function time_ms(field, text)
   return (days_from_civil(tonumber(y), mo, d) * 86400 + h * 3600 + mi * 60 + s) * 1000 + ms - offset
 end
 
+-- Bytes of `s` as a JSON string, quotes included, as serde_json writes it.
+local function json_len(s)
+  local _, escaped = string.gsub(s, '["\\]', '')
+  local n = #s + 2 + escaped
+  for c in string.gmatch(s, '[%z\1-\31]') do
+    n = n + (SHORT_ESCAPE[c] and 1 or 5)
+  end
+  return n
+end
+
+-- The payload's size (Event::payload: the present fields and publish_at, 24
+-- characters); an absent id is counted as the shortest derived one.
+local function payload_len(f)
+  local n, members = 2, 0
+  for name in pairs(PAYLOAD) do
+    local value = f[name]
+    if name == 'id' and not value then
+      value = 'xadd-0000000000000-0'
+    end
+    if value then
+      n = n + json_len(name) + 1 + json_len(value)
+      members = members + 1
+    end
+  end
+  return n + json_len('publish_at') + 1 + 26 + members
+end
+
+-- Blank as Rust's trim() sees it: ASCII and the Unicode White_Space characters.
+local function blank(s)
+  s = string.gsub(s, '\194[\133\160]', '')
+  s = string.gsub(s, '\225\154\128', '')
+  s = string.gsub(s, '\226\128[\128-\138\168\169\175]', '')
+  s = string.gsub(s, '\226\129\159', '')
+  s = string.gsub(s, '\227\128\128', '')
+  return not string.match(s, '%S')
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The fields as a table, checked against the entry contract; the content's digest.
-local function check(argv, first)
+-- The fields as a table, checked against the entry contract; the content's
+-- digest. `clock`: also check the times against the server's clock.
+local function check(argv, first, clock)
   if (#argv - first + 1) % 2 ~= 0 or #argv < first then
     invalid('fields', 'expected field value pairs after the keys')
   end
   local f = {}
   local names = {}
-  local payload = 120
   for i = first, #argv, 2 do
     local name, value = argv[i], argv[i + 1]
     if f[name] then
@@ -114,9 +166,6 @@ local function check(argv, first)
     end
     f[name] = value
     names[#names + 1] = name
-    if NOTIFICATION[name] or name == 'id' or name == 'topic' then
-      payload = payload + #value + 12
-    end
   end
   if f.v and f.v ~= ENTRY_VERSION then
     invalid('v', 'entry version ' .. string.format('%q', f.v) .. ' is not understood; leave it out, or write ' .. ENTRY_VERSION)
@@ -133,11 +182,11 @@ local function check(argv, first)
   end
   if f.user then identifier('user', f.user, 128) end
   if f.key and (#f.key == 0 or #f.key > 256) then invalid('key', 'must be 1 to 256 bytes') end
-  if not f.title or not string.match(f.title, '%S') then
+  if not f.title or blank(f.title) then
     invalid('title', 'is required and must not be blank')
   end
   if f.ttl then
-    local ttl = string.match(f.ttl, '^%d+$') and tonumber(f.ttl)
+    local ttl = string.match(f.ttl, '^%+?%d+$') and tonumber(f.ttl)
     if not ttl or ttl > MAX_TTL then
       invalid('ttl', 'must be a whole number of seconds from 0 to ' .. MAX_TTL)
     end
@@ -154,17 +203,19 @@ local function check(argv, first)
     end
   end
   if headers > 32 then invalid('headers', 'at most 32 headers (h.<name> fields)') end
-  if payload > MAX_PAYLOAD_BYTES then
-    invalid('title', 'the notification (title, body, url, icon, tag) would not fit in one Web Push message of ' .. MAX_PAYLOAD_BYTES .. ' bytes')
+  local size = payload_len(f)
+  if size > MAX_PAYLOAD_BYTES then
+    invalid('notification', 'the push payload would be ' .. size .. ' bytes; at most ' .. MAX_PAYLOAD_BYTES .. ' fit in one Web Push message')
   end
   local now = now_ms()
-  if f.publish_at and time_ms('publish_at', f.publish_at) > now + MAX_CLOCK_SKEW_MS then
+  local publish_at = f.publish_at and time_ms('publish_at', f.publish_at)
+  if clock and publish_at and publish_at > now + MAX_CLOCK_SKEW_MS then
     invalid('publish_at', 'is ahead of the server clock by more than events.max_clock_skew')
   end
   local deliver_at = 0
   if f.deliver_at then
     deliver_at = time_ms('deliver_at', f.deliver_at)
-    if deliver_at > now + MAX_DELAY_MS then
+    if clock and deliver_at > now + MAX_DELAY_MS then
       invalid('deliver_at', 'must be at most ' .. (MAX_DELAY_MS / 86400000) .. ' days ahead')
     end
   end
@@ -178,8 +229,9 @@ local function check(argv, first)
   return f, redis.sha1hex(table.concat(content, '\n')), deliver_at, now
 end
 
--- The stream entry: v and id first, then the fields as given.
-local function entry(argv, first, f)
+-- The stream entry: v and id first, then the fields as given, then the
+-- defaults (name, value, name, value...) for fields not given.
+local function entry(argv, first, f, defaults)
   local out = { 'v', ENTRY_VERSION }
   if f.id then
     out[#out + 1] = 'id'
@@ -189,6 +241,12 @@ local function entry(argv, first, f)
     if argv[i] ~= 'v' and argv[i] ~= 'id' then
       out[#out + 1] = argv[i]
       out[#out + 1] = argv[i + 1]
+    end
+  end
+  for i = 1, #defaults, 2 do
+    if not f[defaults[i]] then
+      out[#out + 1] = defaults[i]
+      out[#out + 1] = defaults[i + 1]
     end
   end
   return out
@@ -214,6 +272,18 @@ end
 local function publish(keys, argv)
   local stream = keys[1]
   local dedup, schedule, scheduled_events = keys[2], keys[3], keys[4]
+  local window, first, defaults = DEDUP_WINDOW_MS, 1, {}
+  if #keys == 4 then
+    window = tonumber(argv[1])
+    local n = tonumber(argv[2])
+    if not window or window < 1 or not n or n < 0 then
+      invalid('arguments', 'the four-key form starts with the dedup window (ms) and the number of default pairs')
+    end
+    for i = 3, 2 + 2 * n do
+      defaults[#defaults + 1] = argv[i]
+    end
+    first = 3 + 2 * n
+  end
   if #keys == 1 then
     local tag = string.match(stream, '^(.*):events$')
     if not tag then
@@ -223,7 +293,7 @@ local function publish(keys, argv)
   elseif #keys ~= 4 then
     invalid('keys', 'expected 1 key (the stream) or 4 (stream, dedup record, schedule, scheduled events)')
   end
-  local f, digest, deliver_at, now = check(argv, 1)
+  local f, digest, deliver_at, now = check(argv, first, #keys == 1)
   if f.id then
     if #keys == 1 then
       dedup = string.match(stream, '^(.*):events$') .. ':dedup:' .. f.id
@@ -238,19 +308,19 @@ local function publish(keys, argv)
       error('CONFLICT event id ' .. f.id .. ' was published before with other content (entry ' .. tostring(where) .. ')', 0)
     end
   end
-  local fields = entry(argv, 1, f)
+  local fields = entry(argv, first, f, defaults)
   if deliver_at > now then
     if not f.id then
       invalid('id', 'is required with a deliver_at ahead of now: the schedule keeps events by id')
     end
     redis.call('ZADD', schedule, deliver_at, f.id)
     redis.call('HSET', scheduled_events, f.id, cjson.encode(fields))
-    redis.call('SET', dedup, digest .. ' scheduled', 'PX', DEDUP_WINDOW_MS)
+    redis.call('SET', dedup, digest .. ' scheduled', 'PX', window)
     return { '', 'scheduled' }
   end
   local id = redis.call('XADD', stream, '*', unpack(fields))
   if f.id then
-    redis.call('SET', dedup, digest .. ' ' .. id, 'PX', DEDUP_WINDOW_MS)
+    redis.call('SET', dedup, digest .. ' ' .. id, 'PX', window)
   end
   return { id, 'added' }
 end
@@ -259,7 +329,12 @@ local function reserve(keys, argv)
   if #keys ~= 1 then
     invalid('keys', "expected 1 key: the dedup record in the id's partition")
   end
-  local f, digest = check(argv, 2)
+  local window = tonumber(argv[2])
+  if not window or window < 0 then
+    invalid('arguments', 'expected the partition, then the dedup window in ms (0: the configured one), then the fields')
+  end
+  local f, digest = check(argv, 3, window == 0)
+  if window == 0 then window = DEDUP_WINDOW_MS end
   if not f.id then invalid('id', 'is required to reserve it') end
   local seen = redis.call('GET', keys[1])
   if seen then
@@ -267,7 +342,7 @@ local function reserve(keys, argv)
     if was == digest then return { 'seen', where } end
     return { 'conflict', where }
   end
-  redis.call('SET', keys[1], digest .. ' ' .. argv[1], 'PX', DEDUP_WINDOW_MS)
+  redis.call('SET', keys[1], digest .. ' ' .. argv[1], 'PX', window)
   return { 'reserved', argv[1] }
 end
 

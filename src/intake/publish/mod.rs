@@ -36,8 +36,9 @@ pub enum PublishOutcome {
         id: String,
         stream_id: String,
     },
-    /// `herald_publish` refused a field. Never expected from herald's own
-    /// callers, which validate first (the function's checks are never stricter).
+    /// `herald_publish` refused a field. Not expected from herald's own
+    /// callers, which validate first with the same rules (the function leaves
+    /// the checks of times against a clock to them).
     Invalid {
         id: String,
         error: String,
@@ -51,18 +52,32 @@ pub struct Ready {
     pub id: String,
     /// What chooses the partition: the event's `key`, or its id.
     pub partition_key: String,
-    /// The fields as the producer gave them (defaults are the reader's, see
-    /// README's entry contract), times written in one format.
+    /// The fields as the producer gave them (what the idempotent publish
+    /// compares), times written in one format.
     pub fields: Vec<(String, String)>,
+    /// What herald filled in for fields not given (`publish_at`, `ttl`,
+    /// `urgency`): written to the entry, not compared. Readers would fill them
+    /// the same way; they are written so that the entries read the same by
+    /// workers of the previous version during a rolling upgrade.
+    #[serde(default)]
+    pub defaults: Vec<(String, String)>,
 }
 
 impl Ready {
     /// `input`, which validated as `event` (whose id it takes, generated or given).
     pub fn new(input: &EventInput, event: &Event) -> Ready {
+        let fields = input.to_fields(event);
+        let defaults = event
+            .to_fields()
+            .into_iter()
+            .filter(|(name, _)| matches!(name.as_str(), "publish_at" | "ttl" | "urgency"))
+            .filter(|(name, _)| !fields.iter().any(|(given, _)| given == name))
+            .collect();
         Ready {
             id: event.id.clone(),
             partition_key: event.key.clone().unwrap_or_else(|| event.id.clone()),
-            fields: input.to_fields(event),
+            fields,
+            defaults,
         }
     }
 }
@@ -73,6 +88,9 @@ pub struct Publisher {
     db: Db,
     /// The function library's code, loaded again should Redis lose it.
     library: std::sync::Arc<str>,
+    /// `events.dedup_window` in ms, passed with each call: this process's
+    /// setting, whatever another role wrote into the loaded library.
+    window_ms: u64,
 }
 
 impl Publisher {
@@ -81,6 +99,7 @@ impl Publisher {
         Publisher {
             db,
             library: library::code(settings).into(),
+            window_ms: settings.events.dedup_window.as_millis().max(1) as u64,
         }
     }
 
@@ -109,7 +128,8 @@ impl Publisher {
                     .arg("herald_reserve")
                     .arg(1)
                     .arg(keys.dedup(keys.partition_for(&ready.id), &ready.id))
-                    .arg(format!("p{}", keys.partition_for(&ready.partition_key)));
+                    .arg(format!("p{}", keys.partition_for(&ready.partition_key)))
+                    .arg(self.window_ms);
                 for (field, value) in &ready.fields {
                     pipe.arg(field).arg(value);
                 }
@@ -145,8 +165,10 @@ impl Publisher {
                 .arg(keys.stream(partition))
                 .arg(keys.dedup(partition, &ready.id))
                 .arg(keys.scheduled(partition))
-                .arg(keys.scheduled_events(partition));
-            for (field, value) in &ready.fields {
+                .arg(keys.scheduled_events(partition))
+                .arg(self.window_ms)
+                .arg(ready.defaults.len());
+            for (field, value) in ready.defaults.iter().chain(&ready.fields) {
                 pipe.arg(field).arg(value);
             }
         }
