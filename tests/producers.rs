@@ -396,3 +396,64 @@ async fn the_api_is_not_bound_by_limits_another_role_loaded() {
     app.step().await;
     assert_eq!(titles(&app, &device), vec!["a minute ahead"]);
 }
+
+#[tokio::test]
+async fn the_api_and_a_producers_fcall_agree_on_what_is_the_same_event() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-1").await;
+    let event = serde_json::json!({"id": "e-same", "topic": "a.b", "user": "u-1", "key": "k-1",
+        "headers": {"lot": "7"}, "ttl": 60, "notification": {"title": "Entry", "body": "Lot 7"}});
+    let (status, body) = app.post("/v1/events", &event).await;
+    assert_eq!(status, 202, "{body}");
+    let first = body["events"][0]["stream_id"]
+        .as_str()
+        .expect("added")
+        .to_string();
+    let same = [
+        ("h.lot", "7"),
+        ("body", "Lot 7"),
+        ("title", "Entry"),
+        ("ttl", "60"),
+        ("key", "k-1"),
+        ("user", "u-1"),
+        ("topic", "a.b"),
+        ("id", "e-same"),
+    ];
+    let (stream_id, outcome) = fcall(&app, &same).expect("published");
+    assert_eq!(
+        (stream_id.as_str(), outcome.as_str()),
+        (first.as_str(), "duplicate")
+    );
+    let other = [
+        ("id", "e-same"),
+        ("topic", "a.b"),
+        ("user", "u-1"),
+        ("title", "Exit"),
+    ];
+    assert_eq!(
+        fcall(&app, &other).expect_err("other content").code(),
+        Some("CONFLICT")
+    );
+    // And the other way round: a producer first, then the API.
+    let (first, _) = fcall(
+        &app,
+        &[
+            ("id", "e-p"),
+            ("topic", "a.b"),
+            ("user", "u-1"),
+            ("title", "P"),
+        ],
+    )
+    .expect("published");
+    let (status, body) = app
+        .post(
+            "/v1/events",
+            &serde_json::json!({"id": "e-p", "topic": "a.b", "user": "u-1", "notification": {"title": "P"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["events"][0]["duplicate"], true, "{body}");
+    assert_eq!(body["events"][0]["stream_id"], first.as_str());
+    app.step().await;
+    assert_eq!(titles(&app, &device), vec!["Entry", "P"]);
+}

@@ -411,8 +411,8 @@ async fn publish_events(
                 conflicts.push(id.clone());
                 json!({"id": id, "stream_id": stream_id, "error": "conflict"})
             }
-            // The API validates first with the same rules (the function leaves
-            // the clock checks to it); should one still refuse, the caller hears why.
+            // The API checked the event itself (the function's four-key form
+            // does not check again); should one still be refused, the caller hears why.
             PublishOutcome::Invalid { id, error } => {
                 crate::shared::metrics::event_rejected("invalid_field");
                 tracing::error!(event_id = %id, error = %error, "herald_publish refused an event the API had validated");

@@ -7,13 +7,15 @@
 --
 --   FCALL herald_publish 1 <stream> field value [field value ...]
 --   FCALL herald_publish 4 <stream> <dedup record> <schedule> <scheduled events> \
---         <dedup window ms> <n> <n default field value pairs> field value ...
+--         <dedup window ms> <digest> <deliver_at ms> <n> <n default field value pairs> field value ...
 --
 -- With one key, the others are named from the stream's hash tag (same slot),
 -- and the limits written in below apply. The four-key form is how herald
--- calls it: with its own dedup window, and defaults it fills in (written to
--- the entry, not part of the content); its caller checked the times against
--- its own clock and settings, so those checks are left to it.
+-- calls it: its caller checked the fields by these same rules (and the times
+-- against its own clock and settings) and computed the digest the same way,
+-- so the function only deduplicates and writes, with the caller's dedup
+-- window and the defaults it filled in (written to the entry, not part of
+-- the content).
 -- Fields are those of a stream entry: `topic` and `title` are required, `id`
 -- makes the publish idempotent within the dedup window (same content: the
 -- original entry's id again; other content: a CONFLICT error), `deliver_at`
@@ -273,16 +275,22 @@ local function publish(keys, argv)
   local stream = keys[1]
   local dedup, schedule, scheduled_events = keys[2], keys[3], keys[4]
   local window, first, defaults = DEDUP_WINDOW_MS, 1, {}
+  local f, digest, deliver_at, now
   if #keys == 4 then
-    window = tonumber(argv[1])
-    local n = tonumber(argv[2])
-    if not window or window < 1 or not n or n < 0 then
-      invalid('arguments', 'the four-key form starts with the dedup window (ms) and the number of default pairs')
+    window, digest, deliver_at = tonumber(argv[1]), argv[2], tonumber(argv[3])
+    local n = tonumber(argv[4])
+    if not window or window < 1 or not deliver_at or not n or n < 0 or #argv < 4 + 2 * n then
+      invalid('arguments', 'the four-key form starts with the dedup window (ms), the digest, deliver_at (ms, 0 for none) and the number of default pairs')
     end
-    for i = 3, 2 + 2 * n do
+    for i = 5, 4 + 2 * n do
       defaults[#defaults + 1] = argv[i]
     end
-    first = 3 + 2 * n
+    first = 5 + 2 * n
+    f = {}
+    for i = first, #argv - 1, 2 do
+      f[argv[i]] = argv[i + 1]
+    end
+    now = deliver_at > 0 and now_ms() or 0
   end
   if #keys == 1 then
     local tag = string.match(stream, '^(.*):events$')
@@ -293,7 +301,9 @@ local function publish(keys, argv)
   elseif #keys ~= 4 then
     invalid('keys', 'expected 1 key (the stream) or 4 (stream, dedup record, schedule, scheduled events)')
   end
-  local f, digest, deliver_at, now = check(argv, first, #keys == 1)
+  if #keys == 1 then
+    f, digest, deliver_at, now = check(argv, first, true)
+  end
   if f.id then
     if #keys == 1 then
       dedup = string.match(stream, '^(.*):events$') .. ':dedup:' .. f.id

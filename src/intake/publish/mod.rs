@@ -36,9 +36,8 @@ pub enum PublishOutcome {
         id: String,
         stream_id: String,
     },
-    /// `herald_publish` refused a field. Not expected from herald's own
-    /// callers, which validate first with the same rules (the function leaves
-    /// the checks of times against a clock to them).
+    /// `herald_publish` refused the call. Not expected from herald's own
+    /// calls (the four-key form, whose fields herald checked itself).
     Invalid {
         id: String,
         error: String,
@@ -64,6 +63,34 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// The content's digest, as `herald_publish` computes it for a producer's
+    /// call (library.lua, `check`): SHA-1 over the fields but `id`, `v` and
+    /// `traceparent`, sorted by name, each `<len>:<name>=<len>:<value>`, one per line.
+    pub fn digest(&self) -> String {
+        let mut content: Vec<&(String, String)> = self
+            .fields
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "id" | "v" | "traceparent"))
+            .collect();
+        content.sort();
+        let text = content
+            .iter()
+            .map(|(name, value)| format!("{}:{name}={}:{value}", name.len(), value.len()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let hash = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
+        crate::shared::event::hex_lower(hash.as_ref())
+    }
+
+    /// `deliver_at` in unix ms, 0 when there is none.
+    pub fn deliver_at_ms(&self) -> i64 {
+        self.fields
+            .iter()
+            .find(|(name, _)| name == "deliver_at")
+            .and_then(|(_, at)| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map_or(0, |at| at.timestamp_millis().max(1))
+    }
+
     /// `input`, which validated as `event` (whose id it takes, generated or given).
     pub fn new(input: &EventInput, event: &Event) -> Ready {
         let fields = input.to_fields(event);
@@ -167,6 +194,8 @@ impl Publisher {
                 .arg(keys.scheduled(partition))
                 .arg(keys.scheduled_events(partition))
                 .arg(self.window_ms)
+                .arg(ready.digest())
+                .arg(ready.deliver_at_ms())
                 .arg(ready.defaults.len());
             for (field, value) in ready.defaults.iter().chain(&ready.fields) {
                 pipe.arg(field).arg(value);
