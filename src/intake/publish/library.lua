@@ -7,15 +7,14 @@
 --
 --   FCALL herald_publish 1 <stream> field value [field value ...]
 --   FCALL herald_publish 4 <stream> <dedup record> <schedule> <scheduled events> \
---         <dedup window ms> <digest> <deliver_at ms> <n> <n default field value pairs> field value ...
+--         <dedup window ms> <digest> <deliver_at ms> <id> field value ... (the whole entry)
 --
 -- With one key, the others are named from the stream's hash tag (same slot),
 -- and the limits written in below apply. The four-key form is how herald
 -- calls it: its caller checked the fields by these same rules (and the times
 -- against its own clock and settings) and computed the digest the same way,
--- so the function only deduplicates and writes, with the caller's dedup
--- window and the defaults it filled in (written to the entry, not part of
--- the content).
+-- so the function only deduplicates and writes the entry as given (with `v`,
+-- and the defaults the caller filled in), with the caller's dedup window.
 -- Fields are those of a stream entry: `topic` and `title` are required, `id`
 -- makes the publish idempotent within the dedup window (same content: the
 -- original entry's id again; other content: a CONFLICT error), `deliver_at`
@@ -231,9 +230,8 @@ local function check(argv, first, clock)
   return f, redis.sha1hex(table.concat(content, '\n')), deliver_at, now
 end
 
--- The stream entry: v and id first, then the fields as given, then the
--- defaults (name, value, name, value...) for fields not given.
-local function entry(argv, first, f, defaults)
+-- The stream entry of a producer's call: v and id first, then the fields as given.
+local function entry(argv, first, f)
   local out = { 'v', ENTRY_VERSION }
   if f.id then
     out[#out + 1] = 'id'
@@ -243,12 +241,6 @@ local function entry(argv, first, f, defaults)
     if argv[i] ~= 'v' and argv[i] ~= 'id' then
       out[#out + 1] = argv[i]
       out[#out + 1] = argv[i + 1]
-    end
-  end
-  for i = 1, #defaults, 2 do
-    if not f[defaults[i]] then
-      out[#out + 1] = defaults[i]
-      out[#out + 1] = defaults[i + 1]
     end
   end
   return out
@@ -274,22 +266,15 @@ end
 local function publish(keys, argv)
   local stream = keys[1]
   local dedup, schedule, scheduled_events = keys[2], keys[3], keys[4]
-  local window, first, defaults = DEDUP_WINDOW_MS, 1, {}
+  local window, fields = DEDUP_WINDOW_MS, nil
   local f, digest, deliver_at, now
   if #keys == 4 then
     window, digest, deliver_at = tonumber(argv[1]), argv[2], tonumber(argv[3])
-    local n = tonumber(argv[4])
-    if not window or window < 1 or not deliver_at or not n or n < 0 or #argv < 4 + 2 * n then
-      invalid('arguments', 'the four-key form starts with the dedup window (ms), the digest, deliver_at (ms, 0 for none) and the number of default pairs')
+    if not window or window < 1 or not deliver_at or #argv % 2 ~= 0 then
+      invalid('arguments', 'the four-key form starts with the dedup window (ms), the digest, deliver_at (ms, 0 for none) and the id, then the entry')
     end
-    for i = 5, 4 + 2 * n do
-      defaults[#defaults + 1] = argv[i]
-    end
-    first = 5 + 2 * n
-    f = {}
-    for i = first, #argv - 1, 2 do
-      f[argv[i]] = argv[i + 1]
-    end
+    f = { id = argv[4] }
+    fields = { unpack(argv, 5) }
     now = deliver_at > 0 and now_ms() or 0
   end
   if #keys == 1 then
@@ -302,7 +287,8 @@ local function publish(keys, argv)
     invalid('keys', 'expected 1 key (the stream) or 4 (stream, dedup record, schedule, scheduled events)')
   end
   if #keys == 1 then
-    f, digest, deliver_at, now = check(argv, first, true)
+    f, digest, deliver_at, now = check(argv, 1, true)
+    fields = entry(argv, 1, f)
   end
   if f.id then
     if #keys == 1 then
@@ -318,7 +304,6 @@ local function publish(keys, argv)
       error('CONFLICT event id ' .. f.id .. ' was published before with other content (entry ' .. tostring(where) .. ')', 0)
     end
   end
-  local fields = entry(argv, first, f, defaults)
   if deliver_at > now then
     if not f.id then
       invalid('id', 'is required with a deliver_at ahead of now: the schedule keeps events by id')

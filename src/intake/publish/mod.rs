@@ -196,8 +196,12 @@ impl Publisher {
                 .arg(self.window_ms)
                 .arg(ready.digest())
                 .arg(ready.deliver_at_ms())
-                .arg(ready.defaults.len());
-            for (field, value) in ready.defaults.iter().chain(&ready.fields) {
+                .arg(&ready.id);
+            // The whole entry: its version, the fields as given, the defaults.
+            if !ready.fields.iter().any(|(name, _)| name == "v") {
+                pipe.arg("v").arg(crate::shared::event::ENTRY_VERSION);
+            }
+            for (field, value) in ready.fields.iter().chain(&ready.defaults) {
                 pipe.arg(field).arg(value);
             }
         }
