@@ -11,8 +11,8 @@
 //! | `{P:pN}:outcomes:<event id>` | hash | subscription id → the device's state for one event: `delivered`, `gone`, `dead`, `superseded`, `expired` (settled), `pushing <holder> <until ms>` (claimed), `failed <status> <error>` (last attempt failed) (expires) |
 //! | `{P:pN}:retry-at` | hash | stream id → `<unix ms> <counted\|held> <deliveries>`: not before when a pending entry is retried, and whether its last attempt counted |
 //! | `{P:pN}:tombstone:<stream id>` | string | set once a deleted-while-pending entry got its tombstone (expires) |
-//! | `{P:pN}:lease:<stream id>` | string | the consumer processing that entry right now (expires; heartbeats extend it) |
-//! | `{P:pN}:order-lock:<key digest>` | string | the stream id of the event of that key being processed (expires; heartbeats extend it) |
+//! | `{P:pN}:lease:<stream id>` | string | the consumer processing that entry right now (expires; heartbeats extend it); `ended <holder>` for a lease's time once that attempt released it, which readers take for free |
+//! | `{P:pN}:order-lock:<key digest>` | string | the stream id of the event of that key being processed (expires; heartbeats extend it); `ended <holder>` (free) for a lease's time after its release |
 //! | `{P:pN}:order:<key digest>` | hash | subscription id → `<due ms> <event id>` of the newest event of that key claimed for the device (expires) |
 //! | `{P:pN}:scheduled` | sorted set | event id → unix ms of `deliver_at`, for events not due yet |
 //! | `{P:pN}:scheduled-events` | hash | event id → the entry's fields (JSON array), until it is due |
