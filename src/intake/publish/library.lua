@@ -149,6 +149,17 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Whether `a` sorts before `b` byte by byte (strcmp, whatever the locale).
+local function by_bytes(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
+end
+
 -- The fields as a table, checked against the entry contract; the content's
 -- digest. `clock`: also check the times against the server's clock.
 local function check(argv, first, clock)
@@ -220,7 +231,9 @@ local function check(argv, first, clock)
       invalid('deliver_at', 'must be at most ' .. (MAX_DELAY_MS / 86400000) .. ' days ahead')
     end
   end
-  table.sort(names)
+  -- By bytes, as herald's Rust side sorts: Lua's `<` on strings follows the
+  -- server's collation locale, which is not C on every machine.
+  table.sort(names, by_bytes)
   local content = {}
   for _, name in ipairs(names) do
     if not NOT_CONTENT[name] then
