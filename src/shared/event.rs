@@ -231,44 +231,6 @@ impl EventInput {
         }
         Ok(event)
     }
-
-    /// The stream entry's fields of this input, which validated as `event`:
-    /// what the producer gave (the defaults are the reader's), with the
-    /// event's id and its times written in one format.
-    pub fn to_fields(&self, event: &Event) -> Vec<(String, String)> {
-        let mut f: Vec<(String, String)> = Vec::with_capacity(8 + self.headers.len());
-        let mut put = |k: &str, v: &str| f.push((k.to_string(), v.to_string()));
-        put("id", &event.id);
-        put("topic", &self.topic);
-        let n = &self.notification;
-        for (name, value) in [
-            ("user", &self.user),
-            ("key", &self.key),
-            (
-                "publish_at",
-                &self
-                    .publish_at
-                    .as_ref()
-                    .map(|_| format_time(event.publish_at)),
-            ),
-            ("deliver_at", &event.deliver_at.map(format_time)),
-            ("ttl", &self.ttl.map(|t| t.to_string())),
-            ("urgency", &self.urgency.map(|u| u.as_str().to_string())),
-            ("title", &Some(n.title.clone())),
-            ("body", &n.body),
-            ("url", &n.url),
-            ("icon", &n.icon),
-            ("tag", &n.tag),
-        ] {
-            if let Some(value) = value {
-                put(name, value);
-            }
-        }
-        for (name, value) in &self.headers {
-            f.push((format!("h.{name}"), value.clone()));
-        }
-        f
-    }
 }
 
 impl Event {

@@ -93,13 +93,19 @@ impl Ready {
 
     /// `input`, which validated as `event` (whose id it takes, generated or given).
     pub fn new(input: &EventInput, event: &Event) -> Ready {
-        let fields = input.to_fields(event);
-        let defaults = event
+        // The event's fields, split into what the producer gave and what
+        // validation filled in; `v` is the function's to write.
+        let filled = |name: &str| match name {
+            "publish_at" => input.publish_at.is_none(),
+            "ttl" => input.ttl.is_none(),
+            "urgency" => input.urgency.is_none(),
+            _ => false,
+        };
+        let (defaults, fields) = event
             .to_fields()
             .into_iter()
-            .filter(|(name, _)| matches!(name.as_str(), "publish_at" | "ttl" | "urgency"))
-            .filter(|(name, _)| !fields.iter().any(|(given, _)| given == name))
-            .collect();
+            .filter(|(name, _)| name != "v")
+            .partition(|(name, _)| filled(name));
         Ready {
             id: event.id.clone(),
             partition_key: event.key.clone().unwrap_or_else(|| event.id.clone()),
