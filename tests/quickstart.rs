@@ -251,7 +251,7 @@ async fn herald_up_with_the_sink_delivers_a_first_event_and_stops_cleanly() {
         .expect("url")
         .get_connection()
         .expect("connect to the embedded redis");
-    let keys = herald::shared::keys::Keys::new("herald", 1);
+    let keys = herald::shared::keys::Keys::new("herald", 1, false);
     let len: u64 = redis::cmd("XLEN")
         .arg(keys.stream(0))
         .query(&mut conn)

@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::shared::db::Conn;
 use futures::future::join_all;
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,7 +60,7 @@ impl Worker {
         tracker: TaskTracker,
     ) {
         let stream = self.db.keys.stream(partition);
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn: Option<Conn> = None;
         // This consumer's own pending entries are taken first, after the id of the
         // last one taken (so none is taken twice); `None` once they are all taken.
         let mut own_pending_after: Option<String> = Some("-".into());
@@ -144,7 +144,7 @@ impl Worker {
     /// `XREADGROUP GROUP g c COUNT n BLOCK ms STREAMS stream >`: new entries, on their first delivery.
     async fn read_new(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         stream: &str,
         count: usize,
         block: Duration,

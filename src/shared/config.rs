@@ -288,6 +288,9 @@ impl Default for AlertSettings {
 pub struct RedisSettings {
     /// `redis://host:port/db`; empty means `herald up` starts its own redis-server.
     pub url: Secret,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`; one reachable is
+    /// enough): when set, herald speaks the cluster protocol and `url` must be empty.
+    pub cluster_nodes: Vec<Secret>,
     /// First part of every key herald writes, so several deployments (or tests) share one Redis.
     pub key_prefix: String,
     /// Number of event streams; an event's partition is chosen by a hash of its `key` (or id).
@@ -436,6 +439,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
             url: Secret::default(),
+            cluster_nodes: Vec::new(),
             key_prefix: "herald".into(),
             partitions: 1,
             connections: 4,
@@ -669,20 +673,20 @@ impl Settings {
     pub fn validate(&self) -> Result<(), Invalid> {
         let url = self.redis.url.expose();
         if !url.is_empty() {
-            let scheme_ok = url::Url::parse(url).is_ok_and(|u| {
-                matches!(
-                    u.scheme(),
-                    "redis" | "rediss" | "redis+unix" | "unix" | "valkey" | "valkeys"
-                )
-            });
-            let parsed = redis::Client::open(url);
-            if !scheme_ok || parsed.is_err() {
-                let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
-                return Err(Invalid::new(
-                    "redis.url",
-                    format!("is not a Redis URL{why}; expected redis://[:password@]host:port[/db]"),
-                ));
-            }
+            check_redis_url("redis.url", url, "redis://[:password@]host:port[/db]")?;
+        }
+        if !self.redis.cluster_nodes.is_empty() && !url.is_empty() {
+            return Err(Invalid::new(
+                "redis.cluster_nodes",
+                "is set together with redis.url: set one of them (cluster_nodes for a Redis Cluster, url for one Redis)",
+            ));
+        }
+        for node in &self.redis.cluster_nodes {
+            check_redis_url(
+                "redis.cluster_nodes",
+                node.expose(),
+                "redis://[:password@]host:port, one per seed node",
+            )?;
         }
         ensure_name("redis.key_prefix", &self.redis.key_prefix)?;
         ensure_name("worker.group", &self.worker.group)?;
@@ -858,6 +862,12 @@ impl Settings {
         if !shown.redis.url.is_empty() {
             shown.redis.url = Secret::new("[redacted]");
         }
+        shown.redis.cluster_nodes = shown
+            .redis
+            .cluster_nodes
+            .iter()
+            .map(|node| Secret::new(crate::shared::db::redacted_url(node.expose())))
+            .collect();
         if !shown.alerts.webhook_url.is_empty() {
             shown.alerts.webhook_url = Secret::new("[redacted]");
         }
@@ -870,6 +880,25 @@ impl Settings {
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
+}
+
+/// A Redis URL the client accepts, with a scheme herald knows.
+fn check_redis_url(key: &'static str, url: &str, expected: &str) -> Result<(), Invalid> {
+    let scheme_ok = url::Url::parse(url).is_ok_and(|u| {
+        matches!(
+            u.scheme(),
+            "redis" | "rediss" | "redis+unix" | "unix" | "valkey" | "valkeys"
+        )
+    });
+    let parsed = redis::Client::open(url);
+    if !scheme_ok || parsed.is_err() {
+        let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
+        return Err(Invalid::new(
+            key,
+            format!("is not a Redis URL{why}; expected {expected}"),
+        ));
+    }
+    Ok(())
 }
 
 fn ensure_name(key: &'static str, value: &str) -> Result<(), Invalid> {

@@ -23,6 +23,14 @@
 //! How long one command can take when Redis is unreachable: at most about twice
 //! `redis.command_timeout` (a check, then the command); a refused connection
 //! fails at once.
+//!
+//! **Redis Cluster** (`redis.cluster_nodes`): the same handles over redis-rs's
+//! cluster client, which learns the topology from any reachable node, sends
+//! each command to the master of its key's slot and follows `MOVED`/`ASK` and
+//! failovers. A pipeline whose commands fall in several slots is split into one
+//! pipeline per slot, sent at once, and its replies put back in order (a
+//! `MULTI` must stay in one slot). Every script's keys must share a slot; debug
+//! builds (every test) check each call.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,29 +40,57 @@ use anyhow::Context;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::shared::config::Settings;
-use crate::shared::keys::Keys;
+use crate::shared::keys::{slot_of, Keys};
 use crate::shared::retry::RetryPolicy;
 
 /// Handles to one Redis deployment, shared by every role in a process.
 #[derive(Clone)]
 pub struct Db {
     pub keys: Keys,
-    client: redis::Client,
+    backend: Backend,
     command_timeout: Duration,
-    /// The ordinary connections, handed out in turn.
-    shared: Arc<[Arc<Slot>]>,
     next: Arc<AtomicUsize>,
-    /// Heartbeats' own connection.
-    side: Arc<Slot>,
 }
 
-/// One of the shared connections, as a command sees it: cheap to clone, used by
-/// many tasks at once.
+/// One Redis (or a primary that a failover replaces behind one address), or a Redis Cluster.
 #[derive(Clone)]
-pub struct Conn {
+enum Backend {
+    Single {
+        client: redis::Client,
+        /// The ordinary connections, handed out in turn.
+        shared: Arc<[Arc<Slot>]>,
+        /// Heartbeats' own connection.
+        side: Arc<Slot>,
+    },
+    Cluster {
+        client: Box<ClusterClient>,
+        shared: Arc<[ClusterConnection]>,
+        side: ClusterConnection,
+    },
+}
+
+/// A connection as a command sees it: cheap to clone, used by many tasks at once.
+#[derive(Clone)]
+pub struct Conn(Link);
+
+#[derive(Clone)]
+enum Link {
+    /// One of the shared connections to a single Redis.
+    Managed(Managed),
+    /// A dedicated connection for blocking reads from a single Redis.
+    Direct(MultiplexedConnection),
+    /// Connections to every master of a cluster.
+    Cluster(ClusterConnection),
+}
+
+/// One of the shared connections to a single Redis.
+#[derive(Clone)]
+struct Managed {
     manager: ConnectionManager,
     generation: u64,
     slot: Arc<Slot>,
@@ -108,11 +144,11 @@ impl Slot {
 
     fn conn(self: &Arc<Slot>) -> Conn {
         let (generation, manager) = self.current();
-        Conn {
+        Conn(Link::Managed(Managed {
             manager,
             generation,
             slot: self.clone(),
-        }
+        }))
     }
 
     fn current(&self) -> (u64, ConnectionManager) {
@@ -154,7 +190,7 @@ impl Slot {
     }
 }
 
-impl Conn {
+impl Managed {
     /// Before a command on a connection idle for a while: one `PING`, so a dead
     /// connection is reconnected (the manager does, on the failed `PING`) before
     /// the command goes out. When the check shows Redis unreachable (refused, or
@@ -202,14 +238,41 @@ impl Conn {
     }
 }
 
+impl Managed {
+    async fn command(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        self.check_if_idle().await?;
+        let result = self.manager.send_packed_command(cmd).await;
+        self.observe(&result);
+        result
+    }
+
+    async fn commands(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        self.check_if_idle().await?;
+        let result = self
+            .manager
+            .send_packed_commands(pipeline, offset, count)
+            .await;
+        self.observe(&result);
+        result
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            self.check_if_idle().await?;
-            let result = self.manager.send_packed_command(cmd).await;
-            self.observe(&result);
-            result
-        })
+        #[cfg(debug_assertions)]
+        if let Err(e) = check_script_slot(cmd) {
+            return Box::pin(async move { Err(e) });
+        }
+        match &mut self.0 {
+            Link::Managed(managed) => Box::pin(managed.command(cmd)),
+            Link::Direct(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(conn) => conn.req_packed_command(cmd),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -218,19 +281,136 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            self.check_if_idle().await?;
-            let result = self
-                .manager
-                .send_packed_commands(pipeline, offset, count)
-                .await;
-            self.observe(&result);
-            result
-        })
+        #[cfg(debug_assertions)]
+        if let Some(e) = pipeline
+            .cmd_iter()
+            .find_map(|cmd| check_script_slot(cmd).err())
+        {
+            return Box::pin(async move { Err(e) });
+        }
+        match &mut self.0 {
+            Link::Managed(managed) => Box::pin(managed.commands(pipeline, offset, count)),
+            Link::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(conn) => Box::pin(cluster_pipeline(conn, pipeline, offset, count)),
+        }
     }
 
     fn get_db(&self) -> i64 {
-        self.manager.get_db()
+        match &self.0 {
+            Link::Managed(managed) => managed.manager.get_db(),
+            Link::Direct(conn) => conn.get_db(),
+            Link::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// A pipeline on a cluster: as one when its commands share a slot (or a
+/// `MULTI`, which must), otherwise one pipeline per slot, all sent at once,
+/// the replies put back in the order of the commands.
+async fn cluster_pipeline(
+    conn: &mut ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> redis::RedisResult<Vec<Value>> {
+    let mut groups: Vec<(Option<u16>, Vec<usize>)> = Vec::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        let slot = keys_of(cmd).first().map(|key| slot_of(key));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    if pipeline.is_transaction() || groups.len() <= 1 {
+        return conn.req_packed_commands(pipeline, offset, count).await;
+    }
+    let commands: Vec<&Cmd> = pipeline.cmd_iter().collect();
+    let sent = groups.iter().map(|(_, members)| {
+        let mut part = redis::pipe();
+        for &i in members {
+            part.add_command(commands[i].clone());
+        }
+        let mut conn = conn.clone();
+        async move { conn.req_packed_commands(&part, 0, part.len()).await }
+    });
+    let answers = futures::future::try_join_all(sent).await?;
+    let mut replies = vec![Value::Nil; commands.len()];
+    for ((_, members), values) in groups.iter().zip(answers) {
+        if values.len() != members.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a pipeline split by slot got a reply of the wrong length",
+            )));
+        }
+        for (&i, value) in members.iter().zip(values) {
+            replies[i] = value;
+        }
+    }
+    Ok(replies)
+}
+
+/// A script's or function's keys must share one slot (Redis Cluster refuses
+/// anything else): checked on every call in debug builds, so every test checks
+/// every script it runs, on one Redis as on a cluster.
+#[cfg(debug_assertions)]
+fn check_script_slot(cmd: &Cmd) -> redis::RedisResult<()> {
+    let name = cmd.args_iter().next().map(arg_bytes).unwrap_or_default();
+    let script = [&b"EVALSHA"[..], b"EVAL", b"FCALL", b"FCALL_RO"];
+    if !script.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+        return Ok(());
+    }
+    let keys = keys_of(cmd);
+    if keys
+        .windows(2)
+        .any(|pair| slot_of(pair[0]) != slot_of(pair[1]))
+    {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "a script was called with keys in different slots (Redis Cluster would refuse it)",
+        )));
+    }
+    Ok(())
+}
+
+fn arg_bytes(arg: redis::Arg<&[u8]>) -> &[u8] {
+    match arg {
+        redis::Arg::Simple(bytes) => bytes,
+        _ => &[],
+    }
+}
+
+/// The keys of the commands herald sends, as a cluster routes them: a
+/// script's declared keys, the streams of `XREADGROUP`, the key of `XGROUP` and
+/// `XINFO`, none for server commands, otherwise the first argument.
+fn keys_of(cmd: &Cmd) -> Vec<&[u8]> {
+    let args: Vec<&[u8]> = cmd.args_iter().map(arg_bytes).collect();
+    let Some(name) = args.first().map(|n| n.to_ascii_uppercase()) else {
+        return Vec::new();
+    };
+    match &name[..] {
+        b"EVALSHA" | b"EVAL" | b"FCALL" | b"FCALL_RO" | b"EVALSHA_RO" | b"EVAL_RO" => {
+            let count = args
+                .get(2)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            args.iter().skip(3).take(count).copied().collect()
+        }
+        b"XREADGROUP" | b"XREAD" => {
+            let streams = args.iter().position(|a| a.eq_ignore_ascii_case(b"STREAMS"));
+            match streams {
+                // Half of what follows are streams, half their ids.
+                Some(i) => {
+                    let rest = &args[i + 1..];
+                    rest[..rest.len() / 2].to_vec()
+                }
+                None => Vec::new(),
+            }
+        }
+        b"XGROUP" | b"XINFO" => args.get(2).copied().into_iter().collect(),
+        b"PING" | b"CONFIG" | b"FUNCTION" | b"SCRIPT" | b"INFO" | b"TIME" | b"CLUSTER"
+        | b"CLIENT" | b"WAIT" | b"DBSIZE" | b"MULTI" | b"EXEC" | b"COMMAND" => Vec::new(),
+        _ => args.get(1).copied().into_iter().collect(),
     }
 }
 
@@ -261,58 +441,170 @@ impl Db {
     /// shared connections under load, a heartbeat is not behind them, so an
     /// entry's lease does not lapse because the worker is busy.
     pub fn side_conn(&self) -> Conn {
-        self.side.conn()
+        match &self.backend {
+            Backend::Single { side, .. } => side.conn(),
+            Backend::Cluster { side, .. } => Conn(Link::Cluster(side.clone())),
+        }
     }
 
-    /// Connects to `redis.url` (which must be set by now) and checks the server answers.
+    /// Connects to `redis.cluster_nodes` when set, otherwise to `redis.url`
+    /// (which must be set by now), and checks the server answers.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
+        let timeout = settings.redis.command_timeout;
+        // A heartbeat's answer is due within its interval (after that it is
+        // abandoned, see `deliver::claim`), so its connection times out sooner
+        // and a silent one is replaced before the next heartbeat.
+        let heartbeat = RetryPolicy::from_settings(&settings.retry).heartbeat();
+        let side_timeout = (heartbeat * 3 / 4).min(timeout);
+        let cluster = !settings.redis.cluster_nodes.is_empty();
+        let backend = if cluster {
+            Self::cluster(settings, side_timeout).await?
+        } else {
+            Self::single(settings, side_timeout)?
+        };
+        let db = Db {
+            keys: Keys::new(
+                &settings.redis.key_prefix,
+                settings.redis.partitions,
+                cluster,
+            ),
+            backend,
+            command_timeout: timeout,
+            next: Default::default(),
+        };
+        let place = match cluster {
+            true => format!(
+                "the Redis Cluster of {}",
+                settings
+                    .redis
+                    .cluster_nodes
+                    .iter()
+                    .map(|n| redacted_url(n.expose()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            false => redacted_url(settings.redis.url.expose()),
+        };
+        db.ping()
+            .await
+            .with_context(|| format!("cannot reach Redis at {place}"))?;
+        Ok(db)
+    }
+
+    fn single(settings: &Settings, side_timeout: Duration) -> anyhow::Result<Backend> {
         let url = settings.redis.url.expose();
         anyhow::ensure!(
             !url.is_empty(),
-            "redis.url is empty: set it, or run `herald up` to start an embedded redis-server"
+            "redis.url is empty: set it (or redis.cluster_nodes), or run `herald up` to start an embedded redis-server"
         );
         let client = redis::Client::open(url).context("redis.url is not a valid Redis URL")?;
         let timeout = settings.redis.command_timeout;
         let shared = (0..settings.redis.connections)
             .map(|_| Slot::new(&client, timeout, timeout, Some(CHECK_AFTER_IDLE)).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        // A heartbeat's answer is due within its interval (after that it is
-        // abandoned, see `deliver::claim`), so its connection times out sooner
-        // and a silent one is replaced before the next heartbeat. No idle check:
-        // a heartbeat that fails on a dead socket reconnects it for the next.
-        let heartbeat = RetryPolicy::from_settings(&settings.retry).heartbeat();
-        let side = Slot::new(&client, timeout, (heartbeat * 3 / 4).min(timeout), None)?;
-        let db = Db {
-            keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
-            side: Arc::new(side),
+        // No idle check: a heartbeat that fails on a dead socket reconnects it for the next.
+        let side = Slot::new(&client, timeout, side_timeout, None)?;
+        Ok(Backend::Single {
             client,
-            command_timeout: timeout,
             shared: shared.into(),
-            next: Default::default(),
+            side: Arc::new(side),
+        })
+    }
+
+    /// The cluster client: it learns the topology from the first seed that
+    /// answers, and follows `MOVED`/`ASK` and failovers by itself. A command
+    /// retries a few times within `redis.command_timeout` (a redirection, a
+    /// master being replaced); after that its caller retries as after any
+    /// Redis error.
+    async fn cluster(settings: &Settings, side_timeout: Duration) -> anyhow::Result<Backend> {
+        let nodes: Vec<&str> = settings
+            .redis
+            .cluster_nodes
+            .iter()
+            .map(|n| n.expose())
+            .collect();
+        let timeout = settings.redis.command_timeout;
+        let client = ClusterClient::builder(nodes)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(6)
+            .min_retry_wait(50)
+            .max_retry_wait(1_000)
+            .build()
+            .context("redis.cluster_nodes holds an address that is not a Redis URL")?;
+        let config = |response: Duration| {
+            ClusterConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(response)
         };
-        db.ping()
+        let mut shared = Vec::new();
+        for _ in 0..settings.redis.connections {
+            shared.push(
+                client
+                    .get_async_connection_with_config(config(timeout))
+                    .await
+                    .context("cannot connect to the Redis Cluster (redis.cluster_nodes)")?,
+            );
+        }
+        let side = client
+            .get_async_connection_with_config(config(side_timeout))
             .await
-            .with_context(|| format!("cannot reach Redis at {}", redacted_url(url)))?;
-        Ok(db)
+            .context("cannot connect to the Redis Cluster (redis.cluster_nodes)")?;
+        Ok(Backend::Cluster {
+            client: Box::new(client),
+            shared: shared.into(),
+            side,
+        })
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
     }
 
     /// A shared connection for ordinary (non-blocking) commands; the shared
     /// connections are handed out in turn.
     pub fn conn(&self) -> Conn {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.shared[turn % self.shared.len()].conn()
+        match &self.backend {
+            Backend::Single { shared, .. } => shared[turn % shared.len()].conn(),
+            Backend::Cluster { shared, .. } => {
+                Conn(Link::Cluster(shared[turn % shared.len()].clone()))
+            }
+        }
     }
 
     /// A connection of its own for `XREADGROUP ... BLOCK`: its response timeout
     /// exceeds the block, so a quiet stream is never mistaken for a dead server.
-    pub async fn blocking_conn(&self, block: Duration) -> anyhow::Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(Some(block + self.command_timeout));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .context("cannot open a dedicated Redis connection for blocking reads")
+    pub async fn blocking_conn(&self, block: Duration) -> anyhow::Result<Conn> {
+        let timeout = self.command_timeout;
+        let link = match &self.backend {
+            Backend::Single { client, .. } => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(block + timeout));
+                Link::Direct(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .context("cannot open a dedicated Redis connection for blocking reads")?,
+                )
+            }
+            Backend::Cluster { client, .. } => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(block + timeout);
+                Link::Cluster(
+                    client
+                        .get_async_connection_with_config(config)
+                        .await
+                        .context(
+                            "cannot open dedicated Redis Cluster connections for blocking reads",
+                        )?,
+                )
+            }
+        };
+        Ok(Conn(link))
     }
 
     /// Reads Redis's persistence and eviction settings and says what they risk.
@@ -358,8 +650,20 @@ impl Db {
 
     /// Checks every shared connection answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        for slot in self.shared.iter() {
-            let _: String = redis::cmd("PING").query_async(&mut slot.conn()).await?;
+        match &self.backend {
+            Backend::Single { shared, .. } => {
+                for slot in shared.iter() {
+                    let _: String = redis::cmd("PING").query_async(&mut slot.conn()).await?;
+                }
+            }
+            Backend::Cluster { shared, .. } => {
+                for conn in shared.iter() {
+                    // Routed to every master: each must answer.
+                    let _: String = redis::cmd("PING")
+                        .query_async(&mut Conn(Link::Cluster(conn.clone())))
+                        .await?;
+                }
+            }
         }
         Ok(())
     }

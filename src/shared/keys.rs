@@ -27,7 +27,12 @@
 //! | `{P:subs}:changes` | stream | one entry per change, `v` (the version it made) and `id` (the subscription): workers follow it to keep their routing index current (capped near [`SUBSCRIPTION_CHANGES_KEPT`] entries) |
 //! | `{P:ops}:push-state` | hash | worker consumer → JSON of its open breakers and subscriptions waiting out a `429`, refreshed every `admin.sample_interval` |
 //!
-//! `P` is `redis.key_prefix` (default `herald`).
+//! `P` is `redis.key_prefix` (default `herald`). On a Redis Cluster with more
+//! than one partition, `pN` becomes `pN.S`: the smallest number `S` that puts
+//! partition N's hash tag in the N-th of `redis.partitions` equal ranges of
+//! the 16,384 slots, so the partitions spread evenly over masters that hold
+//! equal ranges (what `redis-cli --cluster create` makes). [`Keys::tag`] says
+//! which tag a partition has.
 
 /// About how many subscription changes `{P:subs}:changes` keeps (`MAXLEN ~`): a
 /// worker further behind than this rebuilds its routing index from every subscription.
@@ -38,13 +43,27 @@ pub const SUBSCRIPTION_CHANGES_KEPT: u32 = 10_000;
 pub struct Keys {
     prefix: String,
     partitions: u32,
+    /// Each partition's hash tag, without its braces.
+    tags: std::sync::Arc<[String]>,
 }
 
+/// Slots of a Redis Cluster.
+pub const SLOTS: u16 = 16_384;
+
 impl Keys {
-    pub fn new(prefix: &str, partitions: u32) -> Keys {
+    /// `spread`: choose the partitions' tags so they spread over a cluster's slots.
+    pub fn new(prefix: &str, partitions: u32, spread: bool) -> Keys {
+        let partitions = partitions.max(1);
+        let tags = (0..partitions)
+            .map(|p| match spread && partitions > 1 {
+                true => spread_tag(prefix, p, partitions),
+                false => format!("{prefix}:p{p}"),
+            })
+            .collect();
         Keys {
             prefix: prefix.to_string(),
-            partitions: partitions.max(1),
+            partitions,
+            tags,
         }
     }
 
@@ -52,9 +71,14 @@ impl Keys {
         self.partitions
     }
 
+    /// The hash tag of a partition's keys, braces included: `{herald:p0}`.
+    pub fn tag(&self, partition: u32) -> String {
+        format!("{{{}}}", self.tags[partition as usize])
+    }
+
     /// The stream of one partition.
     pub fn stream(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:events", self.prefix)
+        format!("{}:events", self.tag(partition))
     }
 
     /// Every partition's stream, in partition order.
@@ -64,17 +88,17 @@ impl Keys {
 
     /// The dedup record of an event id; same slot as the stream it guards.
     pub fn dedup(&self, partition: u32, event_id: &str) -> String {
-        format!("{{{}:p{partition}}}:dedup:{event_id}", self.prefix)
+        format!("{}:dedup:{event_id}", self.tag(partition))
     }
 
     /// The dead-letter stream of one partition; same slot as the stream.
     pub fn dead_letters(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:dlq", self.prefix)
+        format!("{}:dlq", self.tag(partition))
     }
 
     /// Per-subscription outcomes of one event: what stops a retry from pushing twice.
     pub fn outcomes(&self, partition: u32, event_id: &str) -> String {
-        format!("{{{}:p{partition}}}:outcomes:{event_id}", self.prefix)
+        format!("{}:outcomes:{event_id}", self.tag(partition))
     }
 
     /// The outcomes of the entry with these fields: its event's, or for a forced
@@ -93,57 +117,57 @@ impl Keys {
 
     /// Not-before times (`Retry-After`) of pending entries of one partition.
     pub fn retry_at(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:retry-at", self.prefix)
+        format!("{}:retry-at", self.tag(partition))
     }
 
     /// Marks that a deleted-while-pending entry was recorded, so it is recorded once.
     pub fn tombstone(&self, partition: u32, stream_id: &str) -> String {
-        format!("{{{}:p{partition}}}:tombstone:{stream_id}", self.prefix)
+        format!("{}:tombstone:{stream_id}", self.tag(partition))
     }
 
     /// Which entry of an ordering key is being processed right now.
     pub fn order_lock(&self, partition: u32, key_digest: &str) -> String {
-        format!("{{{}:p{partition}}}:order-lock:{key_digest}", self.prefix)
+        format!("{}:order-lock:{key_digest}", self.tag(partition))
     }
 
     /// Who is processing an entry right now; same slot as the stream.
     pub fn lease(&self, partition: u32, stream_id: &str) -> String {
-        format!("{{{}:p{partition}}}:lease:{stream_id}", self.prefix)
+        format!("{}:lease:{stream_id}", self.tag(partition))
     }
 
     /// The newest event of one ordering key (digested) claimed per device, in the key's partition.
     pub fn order(&self, partition: u32, key_digest: &str) -> String {
-        format!("{{{}:p{partition}}}:order:{key_digest}", self.prefix)
+        format!("{}:order:{key_digest}", self.tag(partition))
     }
 
     /// Events of one partition waiting for their `deliver_at`, scored by it.
     pub fn scheduled(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:scheduled", self.prefix)
+        format!("{}:scheduled", self.tag(partition))
     }
 
     /// The stream fields of the scheduled events of one partition.
     pub fn scheduled_events(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:scheduled-events", self.prefix)
+        format!("{}:scheduled-events", self.tag(partition))
     }
 
     /// Direct events held for one user who has no subscription yet.
     pub fn held(&self, partition: u32, user: &str) -> String {
-        format!("{{{}:p{partition}}}:held:{user}", self.prefix)
+        format!("{}:held:{user}", self.tag(partition))
     }
 
     /// The fields and user of every held event of one partition.
     pub fn held_events(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:held-events", self.prefix)
+        format!("{}:held-events", self.tag(partition))
     }
 
     /// Every held event of one partition by expiry time.
     pub fn held_expiry(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:held-expiry", self.prefix)
+        format!("{}:held-expiry", self.tag(partition))
     }
 
     /// How many held events of one partition expired unsent.
     pub fn held_expired(&self, partition: u32) -> String {
-        format!("{{{}:p{partition}}}:held-expired", self.prefix)
+        format!("{}:held-expired", self.tag(partition))
     }
 
     /// The partition a stream key belongs to, if it is one of ours.
@@ -197,6 +221,40 @@ impl Keys {
     }
 }
 
+/// Partition `p` of `n`'s tag on a cluster: `<prefix>:p<p>.<s>` with the
+/// smallest `s` whose slot falls in the `p`-th of `n` equal slot ranges.
+fn spread_tag(prefix: &str, p: u32, n: u32) -> String {
+    let low = u32::from(SLOTS) * p / n;
+    let high = u32::from(SLOTS) * (p + 1) / n;
+    (0u32..)
+        .map(|s| format!("{prefix}:p{p}.{s}"))
+        .find(|tag| (low..high).contains(&u32::from(slot_of(tag.as_bytes()))))
+        .expect("every range of at least 16 slots is hit within a few thousand tries")
+}
+
+/// The Redis Cluster slot of a key: CRC16 (XMODEM) of its hash tag, mod 16,384.
+pub fn slot_of(key: &[u8]) -> u16 {
+    let tag = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &byte in tag {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS
+}
+
 /// The hash tag of a key: what Redis Cluster hashes to choose its slot.
 pub fn hash_tag(key: &str) -> &str {
     match key.find('{') {
@@ -214,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_stream_and_its_dedup_records_share_a_slot() {
-        let keys = Keys::new("herald", 4);
+        let keys = Keys::new("herald", 4, false);
         for p in 0..4 {
             let tag = hash_tag(&keys.stream(p)).to_string();
             assert_eq!(hash_tag(&keys.dedup(p, "evt-1")), tag);
@@ -238,7 +296,7 @@ mod tests {
 
     #[test]
     fn subscription_keys_share_a_slot() {
-        let keys = Keys::new("t1", 1);
+        let keys = Keys::new("t1", 1, false);
         let tag = hash_tag(&keys.all_subscriptions()).to_string();
         assert_eq!(hash_tag(&keys.subscription("abc")), tag);
         assert_eq!(hash_tag(&keys.user_subscriptions("u-42")), tag);
@@ -248,10 +306,39 @@ mod tests {
 
     #[test]
     fn partitions_are_stable_and_in_range() {
-        let keys = Keys::new("herald", 8);
+        let keys = Keys::new("herald", 8, false);
         let p = keys.partition_for("12가3456");
         assert_eq!(p, keys.partition_for("12가3456"));
         assert!(p < 8);
-        assert_eq!(Keys::new("herald", 1).partition_for("anything"), 0);
+        assert_eq!(Keys::new("herald", 1, false).partition_for("anything"), 0);
+    }
+
+    #[test]
+    fn slots_are_those_redis_computes() {
+        // Values from CLUSTER KEYSLOT on redis-server 7.0.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"bar"), 5061);
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        assert_eq!(slot_of(b"foo{}{bar}"), slot_of(b"foo{}{bar}"));
+        assert_eq!(slot_of(b"123456789"), 0x31c3 % SLOTS);
+    }
+
+    #[test]
+    fn spread_partitions_take_one_equal_range_of_slots_each() {
+        for n in [2, 3, 6, 16, 1024] {
+            let keys = Keys::new("herald", n, true);
+            for p in 0..n {
+                let slot = u32::from(slot_of(keys.stream(p).as_bytes()));
+                let range = u32::from(SLOTS) * p / n..u32::from(SLOTS) * (p + 1) / n;
+                assert!(range.contains(&slot), "partition {p} of {n}: slot {slot}");
+                assert_eq!(keys.partition_of(&keys.stream(p)), Some(p));
+            }
+        }
+        // One partition, or one Redis: the plain tags.
+        assert_eq!(Keys::new("herald", 1, true).stream(0), "{herald:p0}:events");
+        assert_eq!(
+            Keys::new("herald", 4, false).stream(3),
+            "{herald:p3}:events"
+        );
     }
 }

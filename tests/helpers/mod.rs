@@ -3,6 +3,8 @@
 //! and the sink, a push service that really verifies and decrypts.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -137,8 +139,20 @@ impl Drop for TestRedis {
 
 /// Settings for one test: its own key prefix, fast timings, insecure endpoints allowed for the sink.
 pub fn settings(redis: &TestRedis, data_dir: &std::path::Path) -> Settings {
-    let mut s = Settings::default();
+    let mut s = base_settings(data_dir);
     s.redis.url = Secret::new(redis.url());
+    s
+}
+
+/// [`settings`] for a Redis Cluster, through its seed nodes.
+pub fn cluster_settings(cluster: &cluster::TestCluster, data_dir: &std::path::Path) -> Settings {
+    let mut s = base_settings(data_dir);
+    s.redis.cluster_nodes = cluster.seeds().into_iter().map(Secret::new).collect();
+    s
+}
+
+fn base_settings(data_dir: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
     s.redis.key_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     s.api.listen = "127.0.0.1:0".parse().expect("addr");
     s.worker.block = Duration::from_millis(100);
@@ -157,9 +171,30 @@ pub fn settings(redis: &TestRedis, data_dir: &std::path::Path) -> Settings {
     s
 }
 
-/// herald's API and a (not yet running) worker against a test Redis, with a sink.
+/// herald's API and a (not yet running) worker against a test Redis, with a
+/// sink; everything but the Redis is a [`Herald`], which it derefs to.
 pub struct TestApp {
+    /// First, so its shutdown comes before the Redis goes.
+    pub herald: Herald,
     pub redis: TestRedis,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Herald;
+    fn deref(&self) -> &Herald {
+        &self.herald
+    }
+}
+
+impl std::ops::DerefMut for TestApp {
+    fn deref_mut(&mut self) -> &mut Herald {
+        &mut self.herald
+    }
+}
+
+/// herald's API and a (not yet running) worker against whatever Redis (or
+/// Redis Cluster) its settings name, with a sink.
+pub struct Herald {
     pub settings: Settings,
     pub db: Db,
     pub api_url: String,
@@ -211,6 +246,40 @@ impl TestApp {
         adjust: impl FnOnce(&mut Settings),
         hook: Option<PushHook>,
     ) -> TestApp {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut settings = settings(&redis, data.path());
+        adjust(&mut settings);
+        let herald = Herald::start(settings, data, fast_sink, hook).await;
+        TestApp { redis, herald }
+    }
+
+    /// Number of entries pending in the group (delivered to a consumer, not acknowledged).
+    pub fn pending(&self) -> u64 {
+        let summary: PendingSummary = redis::cmd("XPENDING")
+            .arg(self.stream())
+            .arg(&self.settings.worker.group)
+            .query(&mut self.redis.conn())
+            .expect("XPENDING");
+        summary.0
+    }
+
+    pub fn stream_len(&self) -> u64 {
+        redis::cmd("XLEN")
+            .arg(self.stream())
+            .query(&mut self.redis.conn())
+            .expect("XLEN")
+    }
+}
+
+impl Herald {
+    /// Starts the API, the sink and a (not yet running) worker with `settings`
+    /// (whose `data_dir` is `data`).
+    pub async fn start(
+        settings: Settings,
+        data: tempfile::TempDir,
+        fast_sink: bool,
+        hook: Option<PushHook>,
+    ) -> Herald {
         // herald's logs, shown with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -219,9 +288,6 @@ impl TestApp {
             )
             .with_test_writer()
             .try_init();
-        let data = tempfile::tempdir().expect("temp dir");
-        let mut settings = settings(&redis, data.path());
-        adjust(&mut settings);
         let db = Db::connect(&settings)
             .await
             .expect("connect to the test redis");
@@ -253,8 +319,7 @@ impl TestApp {
         tokio::spawn(sink.run(shutdown.clone()));
         let worker = Worker::new(db.clone(), pusher.clone(), &settings, Alerts::default());
         worker.ensure_groups().await.expect("create the group");
-        TestApp {
-            redis,
+        Herald {
             settings,
             db,
             api_url,
@@ -388,26 +453,9 @@ impl TestApp {
             .await
             .expect("list dead letters")
     }
-
-    /// Number of entries pending in the group (delivered to a consumer, not acknowledged).
-    pub fn pending(&self) -> u64 {
-        let summary: PendingSummary = redis::cmd("XPENDING")
-            .arg(self.stream())
-            .arg(&self.settings.worker.group)
-            .query(&mut self.redis.conn())
-            .expect("XPENDING");
-        summary.0
-    }
-
-    pub fn stream_len(&self) -> u64 {
-        redis::cmd("XLEN")
-            .arg(self.stream())
-            .query(&mut self.redis.conn())
-            .expect("XLEN")
-    }
 }
 
-impl Drop for TestApp {
+impl Drop for Herald {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
@@ -438,19 +486,25 @@ pub fn herald_bin() -> PathBuf {
 
 /// A herald role as a real process, configured like `app` (same Redis, prefix,
 /// VAPID key, fast retries) through HERALD_* variables.
-pub fn spawn_role(app: &TestApp, args: &[&str], consumer: &str) -> Proc {
+pub fn spawn_role(app: &Herald, args: &[&str], consumer: &str) -> Proc {
     spawn_role_with(app, args, consumer, &[])
 }
 
 /// [`spawn_role`] with more environment variables (set last, so they win).
-pub fn spawn_role_with(app: &TestApp, args: &[&str], consumer: &str, env: &[(&str, &str)]) -> Proc {
+pub fn spawn_role_with(app: &Herald, args: &[&str], consumer: &str, env: &[(&str, &str)]) -> Proc {
     let s = &app.settings;
     let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let nodes: Vec<&str> = s.redis.cluster_nodes.iter().map(|n| n.expose()).collect();
+    let (redis_var, redis_value) = match nodes.is_empty() {
+        true => ("HERALD_REDIS__URL", s.redis.url.expose().to_string()),
+        false => ("HERALD_REDIS__CLUSTER_NODES", json!(nodes).to_string()),
+    };
     Command::new(herald_bin())
         .args(args)
         .current_dir(app.data.path())
         .env_remove("REDIS_URL")
-        .env("HERALD_REDIS__URL", app.redis.url())
+        .env(redis_var, redis_value)
+        .env("HERALD_REDIS__PARTITIONS", s.redis.partitions.to_string())
         .env("HERALD_REDIS__KEY_PREFIX", &s.redis.key_prefix)
         .env("HERALD_DATA_DIR", app.data.path())
         .env("HERALD_PUSH__ALLOW_INSECURE_ENDPOINTS", "true")
@@ -501,7 +555,7 @@ impl Drop for Proc {
 }
 
 /// `<data dir>/<name>.log`, appended to: a process's logs, kept for a failing test's reader.
-fn log_file(app: &TestApp, name: &str) -> std::fs::File {
+fn log_file(app: &Herald, name: &str) -> std::fs::File {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -510,12 +564,12 @@ fn log_file(app: &TestApp, name: &str) -> std::fs::File {
 }
 
 /// The logs of the processes named `name`.
-pub fn logs(app: &TestApp, name: &str) -> String {
+pub fn logs(app: &Herald, name: &str) -> String {
     std::fs::read_to_string(app.data.path().join(format!("{name}.log"))).unwrap_or_default()
 }
 
 /// Waits until the process logging to `name` says it started (its signal handlers are in place).
-pub async fn wait_started(app: &TestApp, name: &str) {
+pub async fn wait_started(app: &Herald, name: &str) {
     eventually(&format!("{name} to start"), Duration::from_secs(15), || {
         let logs = logs(app, name);
         logs.contains("worker started") || logs.contains("reclaimer started")

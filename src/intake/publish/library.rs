@@ -38,6 +38,11 @@ pub async fn load(db: &Db, settings: &Settings) -> anyhow::Result<()> {
 
 async fn load_code(db: &Db, code: &str) -> anyhow::Result<()> {
     let mut conn = db.conn();
+    if db.is_cluster() {
+        // Sent to every master (each has its own functions); a listing would
+        // come from one node only.
+        return load_replace(&mut conn, code).await;
+    }
     let listed: redis::Value = redis::cmd("FUNCTION")
         .arg("LIST")
         .arg("LIBRARYNAME")
@@ -51,11 +56,15 @@ async fn load_code(db: &Db, code: &str) -> anyhow::Result<()> {
     if loaded_code(&listed).as_deref() == Some(code) {
         return Ok(());
     }
+    load_replace(&mut conn, code).await
+}
+
+async fn load_replace(conn: &mut crate::shared::db::Conn, code: &str) -> anyhow::Result<()> {
     let _: String = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
         .arg(code)
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .map_err(|e| anyhow::anyhow!("cannot load herald's Redis Function library: {e}"))?;
     tracing::info!("loaded the herald function library (FCALL herald_publish)");

@@ -1,0 +1,159 @@
+//! herald on a real Redis Cluster: 3 masters with a replica each, started
+//! here (`redis-cli --cluster create`), 6 partitions spread over the masters.
+
+mod helpers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use helpers::cluster::TestCluster;
+use helpers::{cluster_settings, eventually, Herald};
+use herald::operate::sink::Fault;
+use herald::shared::keys::slot_of;
+use serde_json::json;
+
+const PARTITIONS: u32 = 6;
+
+async fn herald_on(cluster: &TestCluster) -> Herald {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut settings = cluster_settings(cluster, data.path());
+    settings.redis.partitions = PARTITIONS;
+    Herald::start(settings, data, false, None).await
+}
+
+/// Every role that touches Redis runs here: the API, the worker, the
+/// reclaimer (with retention and the holding sweep), the scheduler.
+fn run_everything(app: &Herald) {
+    app.run_roles();
+    let scheduler =
+        herald::recover::scheduler::Scheduler::new(app.db.clone(), Duration::from_millis(100));
+    tokio::spawn(scheduler.run(app.shutdown.clone()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_spread_over_every_master_and_every_event_is_delivered_once() {
+    let cluster = TestCluster::start(3);
+    let app = herald_on(&cluster).await;
+
+    // Two partitions on each master: the tags were chosen for that.
+    let mut per_master: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let slot = slot_of(app.db.keys.stream(p).as_bytes());
+        per_master
+            .entry(cluster.master_of(slot))
+            .or_default()
+            .push(p);
+    }
+    assert_eq!(per_master.len(), 3, "partitions by master: {per_master:?}");
+    assert!(
+        per_master.values().all(|ps| ps.len() == 2),
+        "partitions by master: {per_master:?}"
+    );
+
+    let mut users = Vec::new();
+    for u in 0..30 {
+        let user = format!("driver-{u}");
+        let device = app.register_device(&user).await;
+        users.push((user, device));
+    }
+    run_everything(&app);
+
+    // Direct events in batches (each batch spans every partition).
+    let mut expected: HashMap<String, String> = HashMap::new();
+    for batch in 0..6 {
+        let events: Vec<_> = (0..50)
+            .map(|i| {
+                let (user, _) = &users[(batch * 50 + i) % users.len()];
+                json!({"topic": "parking.lot-7.entry", "user": user,
+                       "notification": {"title": format!("entry {batch}-{i}")}})
+            })
+            .collect();
+        let (status, body) = app.post("/v1/events", &json!(events)).await;
+        assert_eq!(status, 202, "{body}");
+        for (i, accepted) in body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .enumerate()
+        {
+            let (_, device) = &users[(batch * 50 + i) % users.len()];
+            expected.insert(accepted["id"].as_str().expect("id").into(), device.clone());
+        }
+    }
+    // One scheduled for a second from now.
+    let at = herald::shared::event::format_time(chrono::Utc::now() + chrono::Duration::seconds(1));
+    let scheduled = app
+        .publish(json!({"topic": "parking.lot-7.exit", "user": users[0].0,
+                        "deliver_at": at, "notification": {"title": "later"}}))
+        .await;
+    expected.insert(scheduled, users[0].1.clone());
+    // One for a user with no device yet: held, then released by the registration.
+    let held = app.publish_to("newcomer", "held for you").await;
+    // One whose device fails until it is dead-lettered, then replayed.
+    let (flaky_user, flaky) = ("flaky", app.register_device("flaky").await);
+    app.sink.add_faults(&flaky, vec![Fault::status(500); 3]);
+    let dead = app.publish_to(flaky_user, "fails three times").await;
+
+    eventually("the direct events arrive", Duration::from_secs(60), || {
+        app.sink.delivered().len() >= expected.len()
+    })
+    .await;
+    let newcomer = app.register_device("newcomer").await;
+    expected.insert(held, newcomer);
+
+    let letters = app.worker.dead_letters();
+    let mut dead_letter = None;
+    for _ in 0..300 {
+        let all = letters
+            .list(&herald::shared::dead_letter::Filter::default(), usize::MAX)
+            .await
+            .expect("dead letters across the cluster");
+        dead_letter = all
+            .into_iter()
+            .find(|d| d.event_id.as_deref() == Some(dead.as_str()));
+        if dead_letter.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead_letter = dead_letter.expect("the failing event is dead-lettered");
+    letters.replay(&dead_letter).await.expect("replay it");
+    expected.insert(dead, flaky);
+
+    eventually("every event arrives", Duration::from_secs(60), || {
+        app.sink.delivered().len() >= expected.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut times: HashMap<String, usize> = HashMap::new();
+    for arrival in app.sink.delivered() {
+        let id = arrival.event_id.clone().expect("decrypted");
+        assert_eq!(
+            expected.get(&id),
+            Some(&arrival.subscription),
+            "event {id} reached the wrong device"
+        );
+        *times.entry(id).or_default() += 1;
+    }
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|id| !times.contains_key(*id))
+        .collect();
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+
+    // Every partition carried events, and stats read them all, master by master.
+    let stats = herald::operate::stats::collect(&app.db, Some(&app.settings.worker.group), None)
+        .await
+        .expect("stats across the cluster");
+    let json = serde_json::to_value(&stats).expect("stats as JSON");
+    let streams = json["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), PARTITIONS as usize, "{json}");
+    for stream in streams {
+        assert!(
+            stream["length"].as_u64().unwrap_or(0) > 0,
+            "an unused partition: {stream}"
+        );
+    }
+}
