@@ -307,6 +307,13 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// Refuse to start when Redis's settings can lose accepted events (no AOF, or eviction).
     pub require_durable: bool,
+    /// Replicas that must confirm a publish (`WAIT`) before it is answered
+    /// `202`; 0 does not wait. A publish they do not confirm within
+    /// `wait_timeout` is spooled and published again later (idempotently).
+    pub wait_replicas: u32,
+    /// How long a publish waits for `wait_replicas` confirmations.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -446,6 +453,8 @@ impl Default for RedisSettings {
             embedded_port: 0,
             command_timeout: Duration::from_secs(5),
             require_durable: false,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -695,6 +704,21 @@ impl Settings {
         }
         ensure_range("redis.partitions", self.redis.partitions as u64, 1, 1024)?;
         ensure_range("redis.connections", self.redis.connections as u64, 1, 256)?;
+        ensure_range(
+            "redis.wait_replicas",
+            u64::from(self.redis.wait_replicas),
+            0,
+            16,
+        )?;
+        if self.redis.wait_replicas > 0
+            && (self.redis.wait_timeout.is_zero()
+                || self.redis.wait_timeout >= self.redis.command_timeout)
+        {
+            return Err(Invalid::new(
+                "redis.wait_timeout",
+                "must be above 0 and below redis.command_timeout when redis.wait_replicas is set",
+            ));
+        }
         ensure_range(
             "api.max_body_bytes",
             self.api.max_body_bytes as u64,

@@ -56,6 +56,13 @@ impl ClusterNode {
         client.get_connection_with_timeout(Duration::from_secs(2))
     }
 
+    /// Starts it again on its port and directory: it rejoins the cluster from
+    /// its nodes.conf (a master that was replaced comes back as a replica).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
     /// SIGKILL: nothing flushed, no goodbye to the other nodes.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -186,6 +193,16 @@ impl TestCluster {
             .find(|(_, ranges)| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
             .map(|(port, _)| port)
             .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// Waits until a node other than `old` serves `slot` as its master (a failover).
+    pub fn wait_new_master(&self, slot: u16, old: u16, within: Duration) -> u16 {
+        let mut new = old;
+        wait_until(within, "a replica is promoted", || {
+            new = self.master_of(slot);
+            new != old
+        });
+        new
     }
 
     pub fn node_mut(&mut self, port: u16) -> &mut ClusterNode {

@@ -124,6 +124,8 @@ pub struct Publisher {
     /// `events.dedup_window` in ms, passed with each call: this process's
     /// setting, whatever another role wrote into the loaded library.
     window_ms: u64,
+    /// `redis.wait_replicas` and `redis.wait_timeout` (ms).
+    wait: (u32, u64),
 }
 
 impl Publisher {
@@ -133,6 +135,10 @@ impl Publisher {
             db,
             library: library::code(settings).into(),
             window_ms: settings.events.dedup_window.as_millis().max(1) as u64,
+            wait: (
+                settings.redis.wait_replicas,
+                settings.redis.wait_timeout.as_millis().max(1) as u64,
+            ),
         }
     }
 
@@ -247,10 +253,32 @@ impl Publisher {
                 }
             }
         }
+        self.wait_for_replicas(&mut conn).await?;
         Ok(outcomes
             .into_iter()
             .map(|o| o.expect("every event has an outcome"))
             .collect())
+    }
+
+    /// With `redis.wait_replicas`: `WAIT` on the connection that wrote, so
+    /// the batch is answered only once that many replicas have it (on a
+    /// cluster, every master's). Fewer is an error: the caller spools the
+    /// batch, and publishing it again is idempotent.
+    async fn wait_for_replicas(&self, conn: &mut crate::shared::db::Conn) -> anyhow::Result<()> {
+        let (replicas, timeout_ms) = self.wait;
+        if replicas == 0 {
+            return Ok(());
+        }
+        let confirmed: u64 = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout_ms)
+            .query_async(conn)
+            .await?;
+        anyhow::ensure!(
+            confirmed >= u64::from(replicas),
+            "only {confirmed} of redis.wait_replicas = {replicas} replicas confirmed the publish within {timeout_ms} ms"
+        );
+        Ok(())
     }
 }
 
