@@ -68,10 +68,113 @@ enum Backend {
         side: Arc<Slot>,
     },
     Cluster {
-        client: Box<ClusterClient>,
-        shared: Arc<[ClusterConnection]>,
-        side: ClusterConnection,
+        /// Seed nodes, for the clients of blocking reads.
+        nodes: Arc<[String]>,
+        shared: Arc<[Arc<ClusterSlot>]>,
+        side: Arc<ClusterSlot>,
     },
+}
+
+/// Where one cluster connection lives, so one whose command timed out can be
+/// replaced: redis-rs retries a timed-out command on the same sockets without
+/// reconnecting, so a node gone silent (a failover behind a dead route) would
+/// time out every command sent to it until the kernel gives up on the socket.
+struct ClusterSlot {
+    client: ClusterClient,
+    config: ClusterConfig,
+    current: Mutex<(u64, ClusterConnection)>,
+    /// When it was last replaced: a new cluster connection learns the whole
+    /// topology again, so a slow cluster (rather than a silent node) must not
+    /// make every timeout start that over.
+    replaced: Mutex<Instant>,
+    /// At most one replacement per this long.
+    calm: Duration,
+}
+
+impl ClusterSlot {
+    fn new(
+        client: ClusterClient,
+        config: ClusterConfig,
+        first: ClusterConnection,
+        calm: Duration,
+    ) -> ClusterSlot {
+        ClusterSlot {
+            client,
+            config,
+            current: Mutex::new((0, first)),
+            replaced: Mutex::new(Instant::now()),
+            calm,
+        }
+    }
+
+    fn conn(self: &Arc<ClusterSlot>) -> Conn {
+        let (generation, conn) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Conn(Link::Cluster(Clustered {
+            conn,
+            replace: Some((generation, self.clone())),
+        }))
+    }
+
+    /// Replaces the connection of `generation` by one that connects afresh
+    /// (learning the topology again) on its first command.
+    fn replace(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.0 != generation {
+            return;
+        }
+        let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        if replaced.elapsed() < self.calm {
+            return;
+        }
+        *replaced = Instant::now();
+        let fresh = self
+            .client
+            .get_pending_async_connection_with_config(self.config.clone());
+        tracing::warn!(
+            "a Redis Cluster command timed out; opening new connections in case a node went silent"
+        );
+        *current = (generation + 1, fresh);
+    }
+}
+
+/// A cluster connection as a command sees it.
+#[derive(Clone)]
+struct Clustered {
+    conn: ClusterConnection,
+    /// The slot to replace it in after a timeout; `None` for a blocking read's
+    /// own connection, which its reader replaces after any failure.
+    replace: Option<(u64, Arc<ClusterSlot>)>,
+}
+
+impl Clustered {
+    fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        if let (Err(e), Some((generation, slot))) = (result, &self.replace) {
+            if e.is_timeout() {
+                slot.replace(*generation);
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        let result = self.conn.req_packed_command(cmd).await;
+        self.observe(&result);
+        result
+    }
+
+    async fn commands(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        let result = cluster_pipeline(&mut self.conn, pipeline, offset, count).await;
+        self.observe(&result);
+        result
+    }
 }
 
 /// A connection as a command sees it: cheap to clone, used by many tasks at once.
@@ -85,7 +188,7 @@ enum Link {
     /// A dedicated connection for blocking reads from a single Redis.
     Direct(MultiplexedConnection),
     /// Connections to every master of a cluster.
-    Cluster(ClusterConnection),
+    Cluster(Clustered),
 }
 
 /// One of the shared connections to a single Redis.
@@ -271,7 +374,7 @@ impl ConnectionLike for Conn {
         match &mut self.0 {
             Link::Managed(managed) => Box::pin(managed.command(cmd)),
             Link::Direct(conn) => conn.req_packed_command(cmd),
-            Link::Cluster(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(clustered) => Box::pin(clustered.command(cmd)),
         }
     }
 
@@ -291,7 +394,7 @@ impl ConnectionLike for Conn {
         match &mut self.0 {
             Link::Managed(managed) => Box::pin(managed.commands(pipeline, offset, count)),
             Link::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Link::Cluster(conn) => Box::pin(cluster_pipeline(conn, pipeline, offset, count)),
+            Link::Cluster(clustered) => Box::pin(clustered.commands(pipeline, offset, count)),
         }
     }
 
@@ -299,7 +402,7 @@ impl ConnectionLike for Conn {
         match &self.0 {
             Link::Managed(managed) => managed.manager.get_db(),
             Link::Direct(conn) => conn.get_db(),
-            Link::Cluster(conn) => conn.get_db(),
+            Link::Cluster(clustered) => clustered.conn.get_db(),
         }
     }
 }
@@ -443,7 +546,7 @@ impl Db {
     pub fn side_conn(&self) -> Conn {
         match &self.backend {
             Backend::Single { side, .. } => side.conn(),
-            Backend::Cluster { side, .. } => Conn(Link::Cluster(side.clone())),
+            Backend::Cluster { side, .. } => side.conn(),
         }
     }
 
@@ -517,41 +620,36 @@ impl Db {
     /// master being replaced); after that its caller retries as after any
     /// Redis error.
     async fn cluster(settings: &Settings, side_timeout: Duration) -> anyhow::Result<Backend> {
-        let nodes: Vec<&str> = settings
+        let nodes: Arc<[String]> = settings
             .redis
             .cluster_nodes
             .iter()
-            .map(|n| n.expose())
+            .map(|n| n.expose().to_string())
             .collect();
         let timeout = settings.redis.command_timeout;
-        let client = ClusterClient::builder(nodes)
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(6)
-            .min_retry_wait(50)
-            .max_retry_wait(1_000)
-            .build()
-            .context("redis.cluster_nodes holds an address that is not a Redis URL")?;
-        let config = |response: Duration| {
-            ClusterConfig::new()
-                .set_connection_timeout(timeout)
-                .set_response_timeout(response)
+        let slot = |response: Duration| {
+            let nodes = nodes.clone();
+            async move {
+                let client = cluster_client(&nodes, timeout, response)?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(response);
+                let first = client
+                    .get_async_connection_with_config(config.clone())
+                    .await
+                    .context("cannot connect to the Redis Cluster (redis.cluster_nodes)")?;
+                // A silent node is given up on after a few commands' worth of time.
+                let calm = (timeout * 2).max(Duration::from_secs(5));
+                anyhow::Ok(Arc::new(ClusterSlot::new(client, config, first, calm)))
+            }
         };
         let mut shared = Vec::new();
         for _ in 0..settings.redis.connections {
-            shared.push(
-                client
-                    .get_async_connection_with_config(config(timeout))
-                    .await
-                    .context("cannot connect to the Redis Cluster (redis.cluster_nodes)")?,
-            );
+            shared.push(slot(timeout).await?);
         }
-        let side = client
-            .get_async_connection_with_config(config(side_timeout))
-            .await
-            .context("cannot connect to the Redis Cluster (redis.cluster_nodes)")?;
+        let side = slot(side_timeout).await?;
         Ok(Backend::Cluster {
-            client: Box::new(client),
+            nodes: nodes.clone(),
             shared: shared.into(),
             side,
         })
@@ -568,9 +666,7 @@ impl Db {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             Backend::Single { shared, .. } => shared[turn % shared.len()].conn(),
-            Backend::Cluster { shared, .. } => {
-                Conn(Link::Cluster(shared[turn % shared.len()].clone()))
-            }
+            Backend::Cluster { shared, .. } => shared[turn % shared.len()].conn(),
         }
     }
 
@@ -590,18 +686,19 @@ impl Db {
                         .context("cannot open a dedicated Redis connection for blocking reads")?,
                 )
             }
-            Backend::Cluster { client, .. } => {
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(timeout)
-                    .set_response_timeout(block + timeout);
-                Link::Cluster(
-                    client
-                        .get_async_connection_with_config(config)
-                        .await
-                        .context(
-                            "cannot open dedicated Redis Cluster connections for blocking reads",
-                        )?,
-                )
+            Backend::Cluster { nodes, .. } => {
+                // A client of its own: the cluster client's overall limit on a
+                // command is set when the client is built, and must outlast the block.
+                let conn = cluster_client(nodes, timeout, block + timeout)?
+                    .get_async_connection()
+                    .await
+                    .context(
+                        "cannot open dedicated Redis Cluster connections for blocking reads",
+                    )?;
+                Link::Cluster(Clustered {
+                    conn,
+                    replace: None,
+                })
             }
         };
         Ok(Conn(link))
@@ -657,16 +754,33 @@ impl Db {
                 }
             }
             Backend::Cluster { shared, .. } => {
-                for conn in shared.iter() {
+                for slot in shared.iter() {
                     // Routed to every master: each must answer.
-                    let _: String = redis::cmd("PING")
-                        .query_async(&mut Conn(Link::Cluster(conn.clone())))
-                        .await?;
+                    let _: String = redis::cmd("PING").query_async(&mut slot.conn()).await?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// A cluster client whose commands (retries and redirections included) end
+/// within `response`. Its retries follow `MOVED`/`ASK` and wait out a
+/// failover; a command whose connection dropped after it was sent may be sent
+/// again by them (README, "Redis Cluster").
+fn cluster_client(
+    nodes: &[String],
+    connect: Duration,
+    response: Duration,
+) -> anyhow::Result<ClusterClient> {
+    ClusterClient::builder(nodes.iter().map(String::as_str))
+        .connection_timeout(connect)
+        .response_timeout(response)
+        .retries(6)
+        .min_retry_wait(50)
+        .max_retry_wait(1_000)
+        .build()
+        .context("redis.cluster_nodes holds an address that is not a Redis URL")
 }
 
 /// A Lua script compiled once per process (it is sent as EVALSHA after the first use).

@@ -295,6 +295,11 @@ local function publish(keys, argv)
     if not tag then
       invalid('stream', 'the one key must be a herald stream, like {herald:p0}:events')
     end
+    -- A stream no worker reads would keep the event forever: herald creates
+    -- its streams (and their consumer group) at start.
+    if redis.call('EXISTS', stream) == 0 then
+      invalid('stream', 'no herald stream is called ' .. stream .. ' (herald creates its streams when a worker starts; `herald stats` lists them)')
+    end
     schedule, scheduled_events = tag .. ':scheduled', tag .. ':scheduled-events'
   elseif #keys ~= 4 then
     invalid('keys', 'expected 1 key (the stream) or 4 (stream, dedup record, schedule, scheduled events)')
