@@ -21,12 +21,15 @@ use crate::shared::config::{Secret, Settings};
 use crate::shared::db::{redacted_url, Db};
 
 /// `herald up`: API, worker and reclaimer in one process; starts and supervises a
-/// redis-server when neither `redis.url` nor `redis.cluster_nodes` is set;
+/// redis-server when no Redis is configured (`redis.url`, `redis.cluster_nodes`, `redis.sentinel`);
 /// creates VAPID keys on first run.
 pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let redis_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let embedded = if settings.redis.url.is_empty() && settings.redis.cluster_nodes.is_empty() {
+    let embedded = if settings.redis.url.is_empty()
+        && settings.redis.cluster_nodes.is_empty()
+        && !settings.redis.sentinel.is_set()
+    {
         let redis = EmbeddedRedis::start(&settings.data_dir, settings.redis.embedded_port).await?;
         settings.redis.url = Secret::new(redis.url());
         tracing::info!(url = %redis.url(), dir = %redis.dir().display(), "embedded redis-server started (AOF on, noeviction)");

@@ -283,6 +283,21 @@ impl Default for AlertSettings {
     }
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> …`).
+    pub master: String,
+    /// Sentinels' addresses (`redis://host:26379`); one reachable is enough.
+    pub nodes: Vec<Secret>,
+}
+
+impl SentinelSettings {
+    pub fn is_set(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
@@ -291,6 +306,9 @@ pub struct RedisSettings {
     /// Seed nodes of a Redis Cluster (`redis://host:port`; one reachable is
     /// enough): when set, herald speaks the cluster protocol and `url` must be empty.
     pub cluster_nodes: Vec<Secret>,
+    /// A primary with replicas watched by Redis Sentinel: herald asks the
+    /// sentinels where the primary is, and again after a failover.
+    pub sentinel: SentinelSettings,
     /// First part of every key herald writes, so several deployments (or tests) share one Redis.
     pub key_prefix: String,
     /// Number of event streams; an event's partition is chosen by a hash of its `key` (or id).
@@ -447,6 +465,7 @@ impl Default for RedisSettings {
         RedisSettings {
             url: Secret::default(),
             cluster_nodes: Vec::new(),
+            sentinel: SentinelSettings::default(),
             key_prefix: "herald".into(),
             partitions: 1,
             connections: 4,
@@ -690,6 +709,31 @@ impl Settings {
                 "is set together with redis.url: set one of them (cluster_nodes for a Redis Cluster, url for one Redis)",
             ));
         }
+        let sentinel = &self.redis.sentinel;
+        let sources = [
+            !url.is_empty(),
+            !self.redis.cluster_nodes.is_empty(),
+            sentinel.is_set(),
+        ];
+        if sentinel.is_set() && sources.iter().filter(|set| **set).count() > 1 {
+            return Err(Invalid::new(
+                "redis.sentinel.nodes",
+                "is set together with redis.url or redis.cluster_nodes: set one way to reach Redis",
+            ));
+        }
+        if sentinel.is_set() == sentinel.master.is_empty() {
+            return Err(Invalid::new(
+                "redis.sentinel.master",
+                "and redis.sentinel.nodes go together: the name the sentinels monitor, and where they are",
+            ));
+        }
+        for node in &sentinel.nodes {
+            check_redis_url(
+                "redis.sentinel.nodes",
+                node.expose(),
+                "redis://host:26379, one per sentinel",
+            )?;
+        }
         for node in &self.redis.cluster_nodes {
             check_redis_url(
                 "redis.cluster_nodes",
@@ -886,6 +930,13 @@ impl Settings {
         if !shown.redis.url.is_empty() {
             shown.redis.url = Secret::new("[redacted]");
         }
+        shown.redis.sentinel.nodes = shown
+            .redis
+            .sentinel
+            .nodes
+            .iter()
+            .map(|node| Secret::new(crate::shared::db::redacted_url(node.expose())))
+            .collect();
         shown.redis.cluster_nodes = shown
             .redis
             .cluster_nodes

@@ -61,7 +61,7 @@ pub struct Db {
 #[derive(Clone)]
 enum Backend {
     Single {
-        client: redis::Client,
+        source: Source,
         /// The ordinary connections, handed out in turn.
         shared: Arc<[Arc<Slot>]>,
         /// Heartbeats' own connection.
@@ -201,7 +201,9 @@ struct Managed {
 
 /// Where one multiplexed connection lives, so a silent one can be replaced.
 struct Slot {
-    client: redis::Client,
+    source: Source,
+    /// The primary's place ([`Primary`]'s count of moves) the connection was made for.
+    made_for: AtomicU64,
     config: ConnectionManagerConfig,
     current: Mutex<(u64, ConnectionManager)>,
     /// Check the connection before a command when it has answered nothing for
@@ -219,9 +221,112 @@ struct Slot {
 /// would fail on the dead socket. Busy connections are never checked.
 const CHECK_AFTER_IDLE: Duration = Duration::from_millis(200);
 
+/// Where one Redis is: a fixed address, or the primary Redis Sentinel names.
+#[derive(Clone)]
+enum Source {
+    Fixed(redis::Client),
+    Sentinel(Arc<Primary>),
+}
+
+impl Source {
+    /// The client to connect with now, and for Sentinel how many times the primary moved.
+    fn client(&self) -> (u64, redis::Client) {
+        match self {
+            Source::Fixed(client) => (0, client.clone()),
+            Source::Sentinel(primary) => primary.client(),
+        }
+    }
+
+    /// After an error a failover would explain: with Sentinel, ask where the primary is.
+    fn suspect(&self) {
+        if let Source::Sentinel(primary) = self {
+            primary.suspect();
+        }
+    }
+}
+
+/// The primary of a Sentinel-watched Redis, shared by every connection of a
+/// process. Asked at start, then again (in the background, one question at a
+/// time) whenever a command fails as a failover would make it fail: refused,
+/// dropped, timed out, or `READONLY` from a primary demoted to replica.
+/// Connections made for an earlier primary are replaced before their next command.
+struct Primary {
+    sentinel: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    /// How many times the primary moved, and a client for it.
+    current: Mutex<(u64, redis::Client)>,
+    asking: std::sync::atomic::AtomicBool,
+}
+
+impl Primary {
+    async fn locate(settings: &Settings) -> anyhow::Result<Arc<Primary>> {
+        let sentinel = &settings.redis.sentinel;
+        let nodes: Vec<&str> = sentinel.nodes.iter().map(|n| n.expose()).collect();
+        let mut client = redis::sentinel::SentinelClient::build(
+            nodes,
+            sentinel.master.clone(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .context("redis.sentinel.nodes holds an address that is not a Redis URL")?;
+        let found = tokio::time::timeout(settings.redis.command_timeout, client.async_get_client())
+            .await
+            .map_err(|_| anyhow::anyhow!("no sentinel answered within redis.command_timeout"))?
+            .with_context(|| {
+                format!(
+                    "the sentinels (redis.sentinel.nodes) do not name a primary for {:?}",
+                    sentinel.master
+                )
+            })?;
+        tracing::info!(primary = %found.get_connection_info().addr(), master = %sentinel.master, "Sentinel names the primary");
+        Ok(Arc::new(Primary {
+            sentinel: tokio::sync::Mutex::new(client),
+            current: Mutex::new((0, found)),
+            asking: Default::default(),
+        }))
+    }
+
+    fn client(&self) -> (u64, redis::Client) {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn suspect(self: &Arc<Primary>) {
+        if self.asking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let primary = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = primary.ask().await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot ask the sentinels where the primary is; will ask again");
+            }
+            // At most a few questions a second, however many commands fail.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            primary.asking.store(false, Ordering::Release);
+        });
+    }
+
+    async fn ask(&self) -> anyhow::Result<()> {
+        let found = {
+            let mut sentinel = self.sentinel.lock().await;
+            tokio::time::timeout(Duration::from_secs(2), sentinel.async_get_client())
+                .await
+                .map_err(|_| anyhow::anyhow!("no sentinel answered within 2 s"))??
+        };
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let now = found.get_connection_info().addr().to_string();
+        if now != current.1.get_connection_info().addr().to_string() {
+            tracing::warn!(primary = %now, "Sentinel names a new primary; reconnecting to it");
+            *current = (current.0 + 1, found);
+        }
+        Ok(())
+    }
+}
+
 impl Slot {
     fn new(
-        client: &redis::Client,
+        source: &Source,
         connect_timeout: Duration,
         response_timeout: Duration,
         check_after_idle: Option<Duration>,
@@ -232,10 +337,12 @@ impl Slot {
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(0);
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+        let (made_for, client) = source.client();
+        let manager = ConnectionManager::new_lazy_with_config(client, config.clone())
             .context("cannot set up a Redis connection")?;
         Ok(Slot {
-            client: client.clone(),
+            source: source.clone(),
+            made_for: AtomicU64::new(made_for),
             config,
             current: Mutex::new((0, manager)),
             check_after_idle,
@@ -254,11 +361,21 @@ impl Slot {
         }))
     }
 
+    /// The connection, replaced first when Sentinel named a new primary since it was made.
     fn current(&self) -> (u64, ConnectionManager) {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Source::Sentinel(primary) = &self.source {
+            let (moves, client) = primary.client();
+            if moves != self.made_for.load(Ordering::Relaxed) {
+                if let Ok(manager) =
+                    ConnectionManager::new_lazy_with_config(client, self.config.clone())
+                {
+                    *current = (current.0 + 1, manager);
+                    self.made_for.store(moves, Ordering::Relaxed);
+                }
+            }
+        }
+        current.clone()
     }
 
     /// Replaces the connection of `generation` after one of its commands timed
@@ -268,8 +385,10 @@ impl Slot {
         if current.0 != generation {
             return; // another timeout on it did this already
         }
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+        let (made_for, client) = self.source.client();
+        match ConnectionManager::new_lazy_with_config(client, self.config.clone()) {
             Ok(manager) => {
+                self.made_for.store(made_for, Ordering::Relaxed);
                 tracing::warn!("a Redis command timed out; opening a new connection in case this one went silent");
                 *current = (generation + 1, manager);
             }
@@ -331,8 +450,14 @@ impl Managed {
     }
 
     /// After a command: an answer (even an error reply) shows the connection
-    /// alive; a timeout replaces it.
+    /// alive; a timeout replaces it. With Sentinel, a failure a failover would
+    /// explain sends a question to the sentinels.
     fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        if let Err(e) = result {
+            if unreachable(e) {
+                self.slot.source.suspect();
+            }
+        }
         match result {
             Err(e) if e.is_timeout() => self.slot.replace(self.generation),
             Err(e) if e.is_io_error() => {}
@@ -563,7 +688,7 @@ impl Db {
         let backend = if cluster {
             Self::cluster(settings, side_timeout).await?
         } else {
-            Self::single(settings, side_timeout)?
+            Self::single(settings, side_timeout).await?
         };
         let db = Db {
             keys: Keys::new(
@@ -586,6 +711,10 @@ impl Db {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            false if settings.redis.sentinel.is_set() => format!(
+                "the primary the sentinels name {:?}",
+                settings.redis.sentinel.master
+            ),
             false => redacted_url(settings.redis.url.expose()),
         };
         db.ping()
@@ -594,21 +723,25 @@ impl Db {
         Ok(db)
     }
 
-    fn single(settings: &Settings, side_timeout: Duration) -> anyhow::Result<Backend> {
-        let url = settings.redis.url.expose();
-        anyhow::ensure!(
-            !url.is_empty(),
-            "redis.url is empty: set it (or redis.cluster_nodes), or run `herald up` to start an embedded redis-server"
-        );
-        let client = redis::Client::open(url).context("redis.url is not a valid Redis URL")?;
+    async fn single(settings: &Settings, side_timeout: Duration) -> anyhow::Result<Backend> {
+        let source = if settings.redis.sentinel.is_set() {
+            Source::Sentinel(Primary::locate(settings).await?)
+        } else {
+            let url = settings.redis.url.expose();
+            anyhow::ensure!(
+                !url.is_empty(),
+                "redis.url is empty: set it (or redis.cluster_nodes, or redis.sentinel), or run `herald up` to start an embedded redis-server"
+            );
+            Source::Fixed(redis::Client::open(url).context("redis.url is not a valid Redis URL")?)
+        };
         let timeout = settings.redis.command_timeout;
         let shared = (0..settings.redis.connections)
-            .map(|_| Slot::new(&client, timeout, timeout, Some(CHECK_AFTER_IDLE)).map(Arc::new))
+            .map(|_| Slot::new(&source, timeout, timeout, Some(CHECK_AFTER_IDLE)).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         // No idle check: a heartbeat that fails on a dead socket reconnects it for the next.
-        let side = Slot::new(&client, timeout, side_timeout, None)?;
+        let side = Slot::new(&source, timeout, side_timeout, None)?;
         Ok(Backend::Single {
-            client,
+            source,
             shared: shared.into(),
             side: Arc::new(side),
         })
@@ -675,7 +808,15 @@ impl Db {
     pub async fn blocking_conn(&self, block: Duration) -> anyhow::Result<Conn> {
         let timeout = self.command_timeout;
         let link = match &self.backend {
-            Backend::Single { client, .. } => {
+            Backend::Single { source, .. } => {
+                // A reader opens one at start and after a failed read: with
+                // Sentinel, ask where the primary is first.
+                if let Source::Sentinel(primary) = source {
+                    if let Err(e) = primary.ask().await {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot ask the sentinels where the primary is");
+                    }
+                }
+                let (_, client) = source.client();
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(block + timeout));

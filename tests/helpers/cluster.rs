@@ -5,35 +5,69 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One node of a test cluster, killed when dropped.
-pub struct ClusterNode {
+/// One redis-server (a cluster node, a primary, a replica or a sentinel) on
+/// its own port and directory, killed when dropped.
+pub struct RedisNode {
     child: Option<Child>,
     pub port: u16,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    /// What it runs with, after its port and directory.
+    args: Vec<String>,
 }
 
-impl ClusterNode {
-    fn start(port: u16) -> ClusterNode {
-        let dir = tempfile::tempdir().expect("temp dir for a cluster node");
-        let mut node = ClusterNode {
+/// A cluster node: AOF, failover after 2 s of silence (quick enough for a test).
+const CLUSTER_NODE: &[&str] = &[
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+    "--maxmemory-policy",
+    "noeviction",
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "2000",
+];
+
+impl RedisNode {
+    fn start(port: u16) -> RedisNode {
+        RedisNode::start_with(port, CLUSTER_NODE, |_| {})
+    }
+
+    /// Starts redis-server on `port` with `args`; `prepare` may first write
+    /// files into its directory (a sentinel's configuration).
+    pub fn start_with(
+        port: u16,
+        args: &[&str],
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> RedisNode {
+        let dir = tempfile::tempdir().expect("temp dir for a redis-server");
+        prepare(dir.path());
+        let mut node = RedisNode {
             child: None,
             port,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         node.spawn();
         node
     }
 
     fn spawn(&mut self) {
+        // A configuration file (a path), when there is one, comes first.
+        let (file, rest): (Vec<&String>, Vec<&String>) = self
+            .args
+            .iter()
+            .partition(|a| a.ends_with(".conf") && a.starts_with('/'));
         let child = Command::new("redis-server")
+            .args(file)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
-            .args(["--maxmemory-policy", "noeviction"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            // Failover after 2 s of silence: quick enough for a test.
-            .args(["--cluster-node-timeout", "2000"])
+            .args(["--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(rest)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -71,13 +105,13 @@ impl ClusterNode {
         }
     }
 
-    fn info(&self, section: &str) -> Option<String> {
+    pub fn info(&self, section: &str) -> Option<String> {
         let mut conn = self.conn().ok()?;
         redis::cmd("INFO").arg(section).query(&mut conn).ok()
     }
 }
 
-impl Drop for ClusterNode {
+impl Drop for RedisNode {
     fn drop(&mut self) {
         self.kill();
     }
@@ -85,18 +119,16 @@ impl Drop for ClusterNode {
 
 /// A Redis Cluster of masters with one replica each.
 pub struct TestCluster {
-    pub nodes: Vec<ClusterNode>,
+    pub nodes: Vec<RedisNode>,
 }
 
 impl TestCluster {
     /// Starts `masters` masters with one replica each, creates the cluster and
     /// waits until every slot is served and every replica is in sync.
     pub fn start(masters: usize) -> TestCluster {
-        let nodes: Vec<ClusterNode> = (0..masters * 2)
+        let nodes: Vec<RedisNode> = (0..masters * 2)
             .map(|_| {
-                ClusterNode::start(
-                    herald::operate::embedded_redis::free_port().expect("a free port"),
-                )
+                RedisNode::start(herald::operate::embedded_redis::free_port().expect("a free port"))
             })
             .collect();
         let cluster = TestCluster { nodes };
@@ -134,7 +166,7 @@ impl TestCluster {
 
     /// Seed URLs, one per node.
     pub fn seeds(&self) -> Vec<String> {
-        self.nodes.iter().map(ClusterNode::url).collect()
+        self.nodes.iter().map(RedisNode::url).collect()
     }
 
     /// Waits until every live node says the cluster is ok and every live
@@ -205,7 +237,7 @@ impl TestCluster {
         new
     }
 
-    pub fn node_mut(&mut self, port: u16) -> &mut ClusterNode {
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisNode {
         self.nodes
             .iter_mut()
             .find(|n| n.port == port)
@@ -213,14 +245,15 @@ impl TestCluster {
     }
 }
 
-impl ClusterNode {
+impl RedisNode {
     fn info_cluster(&self) -> Option<String> {
         let mut conn = self.conn().ok()?;
         redis::cmd("CLUSTER").arg("INFO").query(&mut conn).ok()
     }
 }
 
-fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+/// Polls `done` every 100 ms (blocking the thread) until it holds; panics saying what was awaited.
+pub fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if done() {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod sentinel;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -151,7 +152,7 @@ pub fn cluster_settings(cluster: &cluster::TestCluster, data_dir: &std::path::Pa
     s
 }
 
-fn base_settings(data_dir: &std::path::Path) -> Settings {
+pub fn base_settings(data_dir: &std::path::Path) -> Settings {
     let mut s = Settings::default();
     s.redis.key_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     s.api.listen = "127.0.0.1:0".parse().expect("addr");
@@ -600,4 +601,84 @@ pub fn terminate(child: &mut std::process::Child, timeout: Duration) -> std::pro
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Posts `count` direct events, one every `every`, to `users` in turn, each
+/// in a task of its own (a slow answer does not hold up the next); answers
+/// `(status, event id, user)` per event.
+pub fn publish_steadily(
+    app: &Herald,
+    users: Vec<String>,
+    count: usize,
+    every: Duration,
+) -> tokio::task::JoinHandle<Vec<(u16, Option<String>, String)>> {
+    let http = app.http.clone();
+    let url = format!("{}/v1/events", app.api_url);
+    tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let mut tick = tokio::time::interval(every);
+        for i in 0..count {
+            tick.tick().await;
+            let (http, url) = (http.clone(), url.clone());
+            let user = users[i % users.len()].clone();
+            sent.push(tokio::spawn(async move {
+                let response = http
+                    .post(url)
+                    .json(&json!({"topic": "parking.lot-7.entry", "user": user,
+                                  "notification": {"title": format!("entry {i}")}}))
+                    .send()
+                    .await
+                    .expect("the api answers");
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or_default();
+                (
+                    status,
+                    body["events"][0]["id"].as_str().map(str::to_string),
+                    user,
+                )
+            }));
+        }
+        let mut answers = Vec::new();
+        for s in sent {
+            answers.push(s.await.expect("a post"));
+        }
+        answers
+    })
+}
+
+/// Waits (up to `within`) until every accepted event (id → the device it is
+/// for) reached its device; returns (lost, duplicates), and fails on a push
+/// to a wrong device.
+pub async fn delivery_count(
+    app: &Herald,
+    accepted: &std::collections::HashMap<String, String>,
+    within: Duration,
+) -> (usize, usize) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let ids: std::collections::HashSet<String> = app
+            .sink
+            .delivered()
+            .into_iter()
+            .filter_map(|a| a.event_id)
+            .collect();
+        if accepted.keys().all(|id| ids.contains(id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Late copies still on their way count too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut times: std::collections::HashMap<String, usize> = Default::default();
+    for arrival in app.sink.delivered() {
+        let id = arrival.event_id.clone().expect("decrypted");
+        assert_eq!(accepted.get(&id), Some(&arrival.subscription), "event {id}");
+        *times.entry(id).or_default() += 1;
+    }
+    let lost = accepted
+        .keys()
+        .filter(|id| !times.contains_key(*id))
+        .count();
+    let duplicates = times.values().map(|n| n - 1).sum();
+    (lost, duplicates)
 }
