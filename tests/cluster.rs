@@ -60,6 +60,47 @@ async fn partitions_spread_over_every_master_and_every_event_is_delivered_once()
         "partitions by master: {per_master:?}"
     );
 
+    // Durability is every master's: one without AOF is named.
+    use herald::shared::db::Durability;
+    let durable = app
+        .db
+        .check_durability(true)
+        .await
+        .expect("every master has AOF");
+    assert_eq!(durable, Durability::Durable);
+    let careless = *per_master.keys().last().expect("a master");
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port == careless)
+        .expect("the node");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("no")
+        .query(&mut node.conn().expect("connect"))
+        .expect("CONFIG SET");
+    match app
+        .db
+        .check_durability(false)
+        .await
+        .expect("a warning, not a refusal")
+    {
+        Durability::Risky(problems) => assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&format!(":{careless}: appendonly is not yes"))),
+            "{problems:?}"
+        ),
+        other => panic!("one master without AOF went unnoticed: {other:?}"),
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("yes")
+        .query(&mut node.conn().expect("connect"))
+        .expect("CONFIG SET");
+
     let mut users = Vec::new();
     for u in 0..30 {
         let user = format!("driver-{u}");

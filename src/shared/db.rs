@@ -848,24 +848,12 @@ impl Db {
     /// Reads Redis's persistence and eviction settings and says what they risk.
     /// With `require`, a setting that can lose accepted events refuses the start.
     pub async fn check_durability(&self, require: bool) -> anyhow::Result<Durability> {
-        let mut conn = self.conn();
-        let get = |name: &'static str| {
-            let mut cmd = redis::cmd("CONFIG");
-            cmd.arg("GET").arg(name);
-            cmd
+        let read = match &self.backend {
+            Backend::Single { .. } => read_durability(&mut self.conn(), None).await,
+            Backend::Cluster { shared, .. } => cluster_durability(&shared[0].conn()).await,
         };
-        let reply: redis::RedisResult<(Vec<String>, Vec<String>, Vec<String>)> = redis::pipe()
-            .add_command(get("appendonly"))
-            .add_command(get("appendfsync"))
-            .add_command(get("maxmemory-policy"))
-            .query_async(&mut conn)
-            .await;
-        let durability = match reply {
-            Ok((aof, fsync, policy)) => Durability::from_config(
-                aof.get(1).map(String::as_str),
-                fsync.get(1).map(String::as_str),
-                policy.get(1).map(String::as_str),
-            ),
+        let durability = match read {
+            Ok(durability) => durability,
             Err(e) => {
                 let message = format!(
                     "cannot read Redis's persistence settings (CONFIG GET: {e}); make sure it runs with appendonly yes and maxmemory-policy noeviction"
@@ -903,6 +891,76 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// `appendonly`, `appendfsync` and `maxmemory-policy` of one Redis; on a
+/// cluster, of the master at `node` (`host`, `port`).
+async fn read_durability(
+    conn: &mut Conn,
+    node: Option<(&str, u16)>,
+) -> redis::RedisResult<Durability> {
+    let mut pipe = redis::pipe();
+    for name in ["appendonly", "appendfsync", "maxmemory-policy"] {
+        pipe.cmd("CONFIG").arg("GET").arg(name);
+    }
+    let values = match (node, &mut conn.0) {
+        (Some((host, port)), Link::Cluster(clustered)) => {
+            let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                host: host.to_string(),
+                port,
+            };
+            clustered
+                .conn
+                .route_pipeline(pipe.clone(), 0, 3, route)
+                .await?
+        }
+        _ => conn.req_packed_commands(&pipe, 0, 3).await?,
+    };
+    let values: Vec<Vec<String>> = values
+        .into_iter()
+        .map(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
+        .collect::<redis::RedisResult<_>>()?;
+    let second = |i: usize| values.get(i).and_then(|v| v.get(1)).map(String::as_str);
+    Ok(Durability::from_config(second(0), second(1), second(2)))
+}
+
+/// Every master's durability (`CLUSTER SLOTS` says which nodes are masters),
+/// the problems of each named by its address: one master without AOF loses
+/// the partitions it holds.
+async fn cluster_durability(conn: &Conn) -> redis::RedisResult<Durability> {
+    let slots: Vec<Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn.clone())
+        .await?;
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for range in slots {
+        let Value::Array(parts) = range else { continue };
+        if let Some(Value::Array(master)) = parts.get(2) {
+            let host: String =
+                redis::from_redis_value(master[0].clone()).map_err(redis::RedisError::from)?;
+            let port: u16 =
+                redis::from_redis_value(master[1].clone()).map_err(redis::RedisError::from)?;
+            if !masters.contains(&(host.clone(), port)) {
+                masters.push((host, port));
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (host, port) in &masters {
+        if let Durability::Risky(found) =
+            read_durability(&mut conn.clone(), Some((host, *port))).await?
+        {
+            problems.extend(
+                found
+                    .into_iter()
+                    .map(|p| format!("master {host}:{port}: {p}")),
+            );
+        }
+    }
+    Ok(match problems.is_empty() {
+        true => Durability::Durable,
+        false => Durability::Risky(problems),
+    })
 }
 
 /// A cluster client whose commands (retries and redirections included) end
