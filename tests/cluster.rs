@@ -194,6 +194,57 @@ async fn partitions_spread_over_every_master_and_every_event_is_delivered_once()
     assert!(missing.is_empty(), "never delivered: {missing:?}");
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
 
+    // The CLI on the cluster, configured through the environment as operators do.
+    let nodes: Vec<String> = cluster.seeds();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(helpers::herald_bin())
+            .args(args)
+            .current_dir(app.data.path())
+            .env_remove("REDIS_URL")
+            .env("HERALD_REDIS__CLUSTER_NODES", json!(nodes).to_string())
+            .env("HERALD_REDIS__PARTITIONS", PARTITIONS.to_string())
+            .env("HERALD_REDIS__KEY_PREFIX", &app.settings.redis.key_prefix)
+            .env("HERALD_DATA_DIR", app.data.path())
+            .output()
+            .expect("run herald");
+        assert!(
+            out.status.success(),
+            "herald {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stats: serde_json::Value =
+        serde_json::from_str(&cli(&["stats", "--json"])).expect("stats as JSON");
+    let dead_letters: u64 = stats["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .map(|s| s["dead_letters"].as_u64().unwrap_or(0))
+        .sum();
+    // The one dead letter was replayed, which takes it out of the dead letters.
+    assert_eq!(dead_letters, 0, "{stats}");
+    assert!(
+        !cli(&["dlq", "list"]).contains(&dead_letter.id),
+        "a replayed dead letter is gone"
+    );
+
+    // README's redis-cli recipes, with -c, from any node, on a stream stats names.
+    let stream = stats["streams"][5]["stream"]
+        .as_str()
+        .expect("a stream")
+        .to_string();
+    let recipe = std::process::Command::new("redis-cli")
+        .args(["-c", "-p", &cluster.nodes[0].port.to_string()])
+        .args(["XINFO", "GROUPS", &stream])
+        .output()
+        .expect("run redis-cli");
+    let answer = String::from_utf8_lossy(&recipe.stdout);
+    assert!(
+        answer.contains("last-delivered-id"),
+        "redis-cli -c XINFO GROUPS: {answer}"
+    );
+
     // Every partition carried events, and stats read them all, master by master.
     let stats = herald::operate::stats::collect(&app.db, Some(&app.settings.worker.group), None)
         .await
