@@ -153,6 +153,8 @@ fn a_durable_redis_is_accepted_when_durability_is_required() {
             .env("HERALD_REDIS__URL", durable.url())
             .env("HERALD_REDIS__REQUIRE_DURABLE", "true")
             .env("HERALD_PUSH__CREATE_VAPID_KEY", "true")
+            // Not the default port: another test's process may hold it.
+            .env("HERALD_ADMIN__LISTEN", "127.0.0.1:0")
             .env("HERALD_DATA_DIR", dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

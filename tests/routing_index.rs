@@ -13,9 +13,13 @@ use herald::deliver::route::{Index, Router, REFRESH_EVERY};
 use herald::shared::subscriptions::{Store, Subscription};
 
 fn sub(id: &str, topics: &[&str]) -> Subscription {
+    owned_sub(id, topics, None)
+}
+
+fn owned_sub(id: &str, topics: &[&str], user: Option<&str>) -> Subscription {
     Subscription {
         id: id.into(),
-        user: None,
+        user: user.map(str::to_string),
         endpoint: format!("https://push.example.net/{id}"),
         p256dh: String::new(),
         auth: String::new(),
@@ -119,7 +123,8 @@ async fn a_flush_that_brings_the_version_back_to_the_same_number_is_noticed() {
 #[test]
 fn adds_replacements_and_removals_across_compactions_match_an_index_built_afresh() {
     let mut index = Index::build(0, []);
-    let mut model: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    // Every subscription, direct-only ones included: id -> (topics, user).
+    let mut model: BTreeMap<String, (Vec<&str>, String)> = BTreeMap::new();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rnd = move |n: u64| {
         seed ^= seed << 13;
@@ -132,25 +137,45 @@ fn adds_replacements_and_removals_across_compactions_match_an_index_built_afresh
         let id = format!("s{}", rnd(3000));
         if rnd(10) < 5 {
             let topics: Vec<&str> = (0..rnd(3)).map(|_| patterns[rnd(6) as usize]).collect();
-            index.add(sub(&id, &topics));
-            if topics.is_empty() {
-                model.remove(&id);
-            } else {
-                model.insert(id, topics);
-            }
+            let user = format!("u{}", rnd(40));
+            index.add(owned_sub(&id, &topics, Some(&user)));
+            model.insert(id, (topics, user));
         } else {
             index.remove(&id);
             model.remove(&id);
         }
         if step % 997 == 0 {
             assert_eq!(index.len(), model.len(), "step {step}");
-            let afresh = Index::build(0, model.iter().map(|(id, topics)| sub(id, topics)));
+            let afresh = Index::build(
+                0,
+                model
+                    .iter()
+                    .map(|(id, (topics, user))| owned_sub(id, topics, Some(user))),
+            );
             for topic in ["a.b", "a", "b.c", "x.c", "a.b.c"] {
                 assert_eq!(
                     ids(&index, topic),
                     ids(&afresh, topic),
                     "step {step}, {topic}"
                 );
+            }
+            for u in 0..40 {
+                let user = format!("u{u}");
+                let of = |index: &Index| -> BTreeSet<String> {
+                    index
+                        .for_user(&user)
+                        .devices
+                        .iter()
+                        .map(|d| d.id().to_string())
+                        .collect()
+                };
+                let expected: BTreeSet<String> = model
+                    .iter()
+                    .filter(|(_, (_, owner))| *owner == user)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                assert_eq!(of(&index), expected, "step {step}, {user}");
+                assert_eq!(of(&afresh), expected, "step {step}, {user}");
             }
         }
     }

@@ -151,7 +151,7 @@ impl Worker {
     /// Route, claim, push, settle, release.
     async fn deliver(&self, ctx: &EntryCtx<'_>) -> EntryOutcome {
         let give_up = self.give_up_reason(ctx);
-        let targets = match self.router.targets(ctx.event).await {
+        let targets = match self.router.targets(ctx.event, ctx.entry.read_at).await {
             Ok(targets) => targets,
             Err(e) => {
                 return self

@@ -254,6 +254,7 @@ impl Worker {
                             id,
                             fields: None,
                             deliveries,
+                            read_at: std::time::Instant::now(),
                         }
                     }
                 };

@@ -25,6 +25,9 @@ pub struct Entry {
     pub fields: Option<HashMap<String, String>>,
     /// Counted attempts at this entry, this one included (the group's delivery count).
     pub deliveries: u64,
+    /// When it was read (parsed from Redis's reply): every subscription change
+    /// made before its event was published had been made by then.
+    pub read_at: std::time::Instant,
 }
 
 impl Entry {
@@ -189,6 +192,7 @@ pub fn parse_entry_list(
             id,
             fields,
             deliveries,
+            read_at: std::time::Instant::now(),
         });
     }
     Ok(out)

@@ -7,11 +7,15 @@
 //!   fan-out to everyone) and whose header filter, if any, matches its headers.
 //!   A subscription with a header filter and no topics matches any topic.
 //!
-//! Topic routing uses an in-memory index of every subscription, never a scan
-//! of Redis per event. When the subscriptions' version counter moves (checked
-//! at most every [`REFRESH_EVERY`]), the index follows the changes recorded
-//! since (`{P:subs}:changes`), reading again only the subscriptions changed; it
-//! is rebuilt from all of them at start and when it fell too far behind.
+//! Both use an in-memory index of every subscription, never a read of Redis
+//! per event. When the subscriptions' version counter moves, the index
+//! follows the changes recorded since (`{P:subs}:changes`), reading again only
+//! the subscriptions changed; it is rebuilt from all of them at start and when
+//! it fell too far behind. Topic routing checks the version at most every
+//! [`REFRESH_EVERY`]. A direct event is routed only with an index whose version
+//! was confirmed after the event was read (one `GET` serves every event read
+//! before it), so a device registered before the event was published always
+//! gets it, as when each event read its user's subscriptions from Redis.
 
 pub mod device;
 pub mod trie;
@@ -77,10 +81,10 @@ impl Target {
     }
 }
 
-/// Every subscription with interests, indexed for matching.
+/// Every subscription, by user, and those with interests indexed for matching.
 ///
-/// Kept current by [`Index::apply`] (one subscription re-read per change) and
-/// rebuilt from every subscription only when the changes cannot be followed.
+/// Kept current by following the changes (one subscription re-read per
+/// change) and rebuilt from every subscription only when the changes cannot be followed.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
     /// The subscriptions' version this index reflects.
@@ -89,6 +93,13 @@ pub struct Index {
     cursor: String,
     /// Devices by slot; a removed one leaves `None` until the slots are compacted.
     slots: Vec<Option<Arc<Device>>>,
+    /// The user of each slot's subscription ("" for none).
+    owners: Vec<Box<str>>,
+    /// Slots of each user's subscriptions.
+    by_user: std::collections::HashMap<Box<str>, Vec<u32>>,
+    /// Stored subscriptions that cannot be read (rare): their user's direct
+    /// events dead-letter them, as before.
+    unreadable: Vec<Unreadable>,
     /// Slot of each live subscription, found by its id.
     by_id: HashTable<u32>,
     removed: usize,
@@ -112,21 +123,52 @@ impl Index {
     }
 
     /// Adds one subscription, replacing any with the same id; one with neither
-    /// topics nor a header filter only takes direct events and is left out.
+    /// topics nor a header filter only takes direct events.
     pub fn add(&mut self, sub: Subscription) {
         self.remove(&sub.id);
-        if sub.topics.is_empty() && sub.headers.is_none() {
-            return;
-        }
         let i = self.slots.len() as u32;
-        for pattern in &sub.topics {
-            self.topics.insert(pattern, i);
+        if !sub.topics.is_empty() || sub.headers.is_some() {
+            for pattern in &sub.topics {
+                self.topics.insert(pattern, i);
+            }
+            if sub.topics.is_empty() {
+                self.headers_only.push(i);
+            }
         }
-        if sub.topics.is_empty() {
-            self.headers_only.push(i);
+        let owner: Box<str> = sub.user.as_deref().unwrap_or_default().into();
+        if !owner.is_empty() {
+            self.by_user.entry(owner.clone()).or_default().push(i);
         }
+        self.owners.push(owner);
         self.slots.push(Some(Arc::new(Device::new(&sub))));
         self.index_id(i);
+    }
+
+    /// Records a stored subscription that cannot be read, replacing any with its id.
+    pub fn add_unreadable(&mut self, bad: Unreadable) {
+        self.remove(&bad.id);
+        self.unreadable.push(bad);
+    }
+
+    /// A user's devices, and their subscriptions that cannot be read.
+    pub fn for_user(&self, user: &str) -> Targets {
+        let devices = self
+            .by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.slots[i as usize].clone())
+            .collect();
+        let unreadable = self
+            .unreadable
+            .iter()
+            .filter(|bad| bad.user.as_deref() == Some(user))
+            .cloned()
+            .collect();
+        Targets {
+            devices,
+            unreadable,
+        }
     }
 
     /// Makes slot `i` findable by its device's id.
@@ -153,6 +195,16 @@ impl Index {
             let (slot, _) = entry.remove();
             self.slots[slot as usize] = None;
             self.removed += 1;
+            let owner = std::mem::take(&mut self.owners[slot as usize]);
+            if let Some(slots) = self.by_user.get_mut(&owner) {
+                slots.retain(|&i| i != slot);
+                if slots.is_empty() {
+                    self.by_user.remove(&owner);
+                }
+            }
+        }
+        if !self.unreadable.is_empty() {
+            self.unreadable.retain(|bad| bad.id != id);
         }
         if self.removed > 1024 && self.removed > self.len() {
             self.compact();
@@ -163,13 +215,21 @@ impl Index {
     fn compact(&mut self) {
         let mut renumbered = vec![None; self.slots.len()];
         let mut live = Vec::with_capacity(self.len());
-        for (old, slot) in self.slots.drain(..).enumerate() {
+        let mut owners = Vec::with_capacity(self.len());
+        for (old, (slot, owner)) in self.slots.drain(..).zip(self.owners.drain(..)).enumerate() {
             if let Some(device) = slot {
                 renumbered[old] = Some(live.len() as u32);
                 live.push(Some(device));
+                owners.push(owner);
             }
         }
         self.slots = live;
+        self.owners = owners;
+        for slots in self.by_user.values_mut() {
+            for i in slots.iter_mut() {
+                *i = renumbered[*i as usize].expect("a user's slots are live");
+            }
+        }
         self.removed = 0;
         self.topics.renumber(|old| renumbered[old as usize]);
         self.headers_only
@@ -226,9 +286,18 @@ pub fn headers_match(filter: &HeaderFilter, headers: &BTreeMap<String, String>) 
     }
 }
 
+/// Where an index stands in the changes.
+struct Head {
+    version: i64,
+    cursor: String,
+}
+
 struct Cached {
     index: Arc<Index>,
+    /// When the last full check (version and last change) began.
     checked: Instant,
+    /// When the last check that the index is current (full, or of the version alone) began.
+    confirmed: Instant,
 }
 
 /// Finds target subscriptions. Cheap to clone; clones share the index.
@@ -249,21 +318,45 @@ impl Router {
         }
     }
 
-    /// The targets of `event`.
-    pub async fn targets(&self, event: &Event) -> anyhow::Result<Targets> {
-        let mut targets = Targets::default();
+    /// The targets of `event`, whose entry was read at `read_at`.
+    pub async fn targets(&self, event: &Event, read_at: Instant) -> anyhow::Result<Targets> {
         match &event.user {
-            Some(user) => {
-                for found in self.store.for_user(user).await? {
-                    match found {
-                        Ok(sub) => targets.devices.push(Arc::new(Device::new(&sub))),
-                        Err(e) => targets.unreadable.push(e),
-                    }
-                }
-            }
-            None => targets.devices = self.index().await?.route(&event.topic, &event.headers),
+            Some(user) => Ok(self.index_since(read_at).await?.for_user(user)),
+            None => Ok(Targets {
+                devices: self.index().await?.route(&event.topic, &event.headers),
+                unreadable: Vec::new(),
+            }),
         }
-        Ok(targets)
+    }
+
+    /// The index, confirmed current by a check that began after `since`:
+    /// every subscription change made before then is in it. One check (a
+    /// `GET` of the version) serves every caller whose `since` precedes it;
+    /// when the version moved, the index is brought up to date first.
+    async fn index_since(&self, since: Instant) -> anyhow::Result<Arc<Index>> {
+        let confirmed = |cache: &Option<Cached>| {
+            cache
+                .as_ref()
+                .filter(|c| c.confirmed >= since)
+                .map(|c| c.index.clone())
+        };
+        if let Some(index) = confirmed(&self.cache.lock()) {
+            return Ok(index);
+        }
+        let _one_at_a_time = self.rebuild.lock().await;
+        if let Some(index) = confirmed(&self.cache.lock()) {
+            return Ok(index);
+        }
+        let asked = Instant::now();
+        let version = self.store.version().await?;
+        {
+            let mut cache = self.cache.lock();
+            if let Some(cached) = cache.as_mut().filter(|c| c.index.version == version) {
+                cached.confirmed = asked;
+                return Ok(cached.index.clone());
+            }
+        }
+        self.refresh().await
     }
 
     /// The cached index, if it was checked against the version less than `REFRESH_EVERY` ago.
@@ -287,13 +380,30 @@ impl Router {
         if let Some(index) = self.fresh() {
             return Ok(index);
         }
+        self.refresh().await
+    }
+
+    /// Checks the version and the last change, and follows or rebuilds; the
+    /// caller holds `rebuild`.
+    async fn refresh(&self) -> anyhow::Result<Arc<Index>> {
+        let asked = Instant::now();
         // The version and the last change together: after a flush or a failover
         // the version alone may come back to the same number with other contents.
         let (version, last) = self.store.snapshot().await?;
-        let cached = self.cache.lock().as_ref().map(|c| c.index.clone());
-        let index = match cached {
-            Some(index) if index.version == version && index.cursor == last => index,
-            Some(index) if index.version < version => match self.catch_up(&index, version).await? {
+        // Only where the cached index stands: holding the index itself here
+        // would make following the changes copy it.
+        let head = self.cache.lock().as_ref().map(|c| Head {
+            version: c.index.version,
+            cursor: c.index.cursor.clone(),
+        });
+        let index = match head {
+            Some(head) if head.version == version && head.cursor == last => self
+                .cache
+                .lock()
+                .as_ref()
+                .map(|c| c.index.clone())
+                .expect("cached: only this task (holding rebuild) replaces it"),
+            Some(head) if head.version < version => match self.catch_up(version).await? {
                 Some(updated) => updated,
                 None => self.rebuild().await?,
             },
@@ -301,17 +411,28 @@ impl Router {
         };
         *self.cache.lock() = Some(Cached {
             index: index.clone(),
-            checked: Instant::now(),
+            checked: asked,
+            confirmed: asked,
         });
         Ok(index)
     }
 
-    /// `index` with the changes after it applied, each subscription changed
-    /// read again; `None` when they do not follow on from it: its last change
+    /// The cached index with the changes after it applied, each subscription
+    /// changed read again; `None` when they do not follow on from it: its last change
     /// is no longer there as it was (trimmed, or lost in a failover), a version
     /// was bumped without a change recorded (as a herald from before this
     /// stream did, or a hand edit followed by `INCR`), or a change cannot be read.
-    async fn catch_up(&self, index: &Index, version: i64) -> anyhow::Result<Option<Arc<Index>>> {
+    /// Changed in place (copied only while a router holds it), so following
+    /// a stream of changes costs what they change, not the index's size.
+    /// The caller holds `rebuild`, so nothing else replaces the cached index meanwhile.
+    async fn catch_up(&self, version: i64) -> anyhow::Result<Option<Arc<Index>>> {
+        let index = match self.cache.lock().as_ref() {
+            Some(cached) => Head {
+                version: cached.index.version,
+                cursor: cached.index.cursor.clone(),
+            },
+            None => return Ok(None),
+        };
         let behind = (version - index.version) as usize;
         if behind > SUBSCRIPTION_CHANGES_KEPT as usize {
             return Ok(None);
@@ -339,14 +460,18 @@ impl Router {
         ids.sort();
         ids.dedup();
         let found = self.store.fetch(&ids).await?;
-        let mut updated = index.clone();
+        let mut cache = self.cache.lock();
+        let Some(cached) = cache.as_mut() else {
+            return Ok(None);
+        };
+        let updated = Arc::make_mut(&mut cached.index);
         for id in &ids {
             updated.remove(id);
         }
         for found in found {
             match found {
                 Ok(sub) => updated.add(sub),
-                Err(bad) => unreadable(&bad),
+                Err(bad) => updated.add_unreadable(unreadable(bad)),
             }
         }
         let last = changes
@@ -360,7 +485,7 @@ impl Router {
             subscriptions = updated.len(),
             "routing index updated"
         );
-        Ok(Some(Arc::new(updated)))
+        Ok(Some(cached.index.clone()))
     }
 
     /// An index of every subscription, read a chunk at a time.
@@ -375,7 +500,7 @@ impl Router {
         self.store
             .for_each(|found| match found {
                 Ok(sub) => index.add(sub),
-                Err(bad) => unreadable(&bad),
+                Err(bad) => index.add_unreadable(unreadable(bad)),
             })
             .await?;
         metrics::routing_index_refreshed("rebuilt");
@@ -389,8 +514,9 @@ impl Router {
     }
 }
 
-fn unreadable(bad: &Unreadable) {
-    tracing::warn!(subscription = %bad.id, problem = %bad.problem, "unreadable subscription left out of topic routing");
+fn unreadable(bad: Unreadable) -> Unreadable {
+    tracing::warn!(subscription = %bad.id, problem = %bad.problem, "unreadable subscription: left out of topic routing; its user's direct events dead-letter it");
+    bad
 }
 
 #[cfg(test)]
@@ -452,7 +578,11 @@ mod tests {
                 sub("direct-only", &[], None),
             ],
         );
-        assert_eq!(index.len(), 4, "direct-only subscriptions are not indexed");
+        assert_eq!(
+            index.len(),
+            5,
+            "direct-only subscriptions are indexed (for their user)"
+        );
         assert_eq!(
             ids(
                 &index,
@@ -485,6 +615,8 @@ mod tests {
         );
         index.remove("a");
         index.remove("never-there");
+        assert_eq!(index.len(), 1, "b stays, for direct events");
+        index.remove("b");
         assert!(index.is_empty());
 
         for round in 0..3 {

@@ -343,6 +343,8 @@ fn delete_script() -> &'static Script {
 pub struct Unreadable {
     pub id: String,
     pub problem: String,
+    /// Its `user` field, when that much can be read.
+    pub user: Option<String>,
 }
 
 /// Where following the changes starts when none was recorded yet (a stream id before any).
@@ -461,6 +463,15 @@ impl Store {
             }
         }
         anyhow::bail!("subscription {id} changed owner concurrently {ATTEMPTS} times; try again")
+    }
+
+    /// The subscriptions' version alone (one `GET`): whether anything changed.
+    pub async fn version(&self) -> anyhow::Result<i64> {
+        let version: Option<i64> = redis::cmd("GET")
+            .arg(self.db.keys.subscriptions_version())
+            .query_async(&mut self.db.conn())
+            .await?;
+        Ok(version.unwrap_or(0))
     }
 
     /// The version and the last change, read together: where following the
@@ -586,6 +597,7 @@ impl Store {
                 Subscription::from_fields(id, &fields).map_err(|problem| Unreadable {
                     id: id.clone(),
                     problem,
+                    user: fields.get("user").cloned(),
                 })
             })
             .collect())
