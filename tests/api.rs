@@ -364,3 +364,58 @@ async fn without_redis_events_are_spooled_and_drained_into_the_stream_when_it_is
     assert_eq!(status, 202);
     assert!(body["events"][0]["stream_id"].is_string(), "{body}");
 }
+
+/// `redis.wait_replicas` with no replica to confirm: the events are written
+/// but not answered as safe; the accepted ones go to the spool too (and stay
+/// there until a replica confirms them), a conflict is still a 409.
+#[tokio::test]
+async fn unconfirmed_by_replicas_accepted_events_are_spooled_and_conflicts_still_answered() {
+    let app = TestApp::start_with(|s| {
+        s.redis.wait_replicas = 1;
+        s.redis.wait_timeout = std::time::Duration::from_millis(200);
+    })
+    .await;
+    // evt-w1 is in the stream already (a producer's own FCALL, no WAIT).
+    let _: redis::Value = redis::cmd("FCALL")
+        .arg("herald_publish")
+        .arg(1)
+        .arg(app.stream())
+        .arg(&[
+            "id",
+            "evt-w1",
+            "topic",
+            "parking.lot-7.entry",
+            "user",
+            "u-1",
+            "title",
+            "Entry",
+        ])
+        .query(&mut app.redis.conn())
+        .expect("FCALL herald_publish");
+    assert_eq!(app.stream_len(), 1);
+
+    let mut conflicting = event("u-9");
+    conflicting["id"] = json!("evt-w1");
+    let mut second = event("u-2");
+    second["id"] = json!("evt-w2");
+    let (status, body) = app.post("/v1/events", &json!([conflicting, second])).await;
+    assert_eq!(status, 409, "{body}");
+    let events = body["events"].as_array().expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["id"] == "evt-w1" && e["error"] == "conflict"),
+        "{body}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["id"] == "evt-w2" && e["spooled"] == true),
+        "{body}"
+    );
+    assert_eq!(app.stream_len(), 2, "evt-w2 was written all the same");
+    // Until a replica confirms them, spooled events stay, and later ones queue behind.
+    let (status, body) = app.post("/v1/events", &event("u-3")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["events"][0]["spooled"], true, "{body}");
+}

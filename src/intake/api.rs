@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::intake::publish::{PublishOutcome, Publisher, Ready};
+use crate::intake::publish::{NotReplicated, PublishOutcome, Publisher, Ready};
 use crate::intake::spool::{Drainer, Spool, SpoolError};
 use crate::shared::config::{Secret, Settings};
 use crate::shared::db::Db;
@@ -382,18 +382,42 @@ async fn publish_events(
         Some(spool) if spool.backlog() > 0 => return spool_events(spool.clone(), ready).await,
         _ => match state.inner.publisher.publish(&ready).await {
             Ok(outcomes) => outcomes,
-            Err(e) => match spool {
-                Some(spool) => {
+            Err(e) => match (e.downcast::<NotReplicated>(), spool) {
+                // Written, not confirmed by enough replicas: what was accepted
+                // goes to the spool too (publishing it again is idempotent);
+                // conflicts and refusals are answered as they are.
+                (Ok(short), Some(spool)) => {
+                    tracing::warn!(error = %short, "redis.wait_replicas not met; spooling the accepted events so they are published again");
+                    let (accepted, answered): (Vec<_>, Vec<_>) = ready
+                        .into_iter()
+                        .zip(short.outcomes)
+                        .partition(|(_, o)| matches!(o, PublishOutcome::Accepted(_)));
+                    let spooled =
+                        spool_append(spool, accepted.into_iter().map(|(r, _)| r).collect()).await?;
+                    return Ok(answer_outcomes(
+                        answered.into_iter().map(|(_, o)| o).collect(),
+                        spooled,
+                    ));
+                }
+                (Ok(short), None) => return Err(ApiError::unavailable(short.into())),
+                (Err(e), Some(spool)) => {
                     tracing::warn!(error = %format!("{e:#}"), "redis cannot take events; spooling them locally");
                     return spool_events(spool, ready).await;
                 }
-                None => return Err(ApiError::unavailable(e)),
+                (Err(e), None) => return Err(ApiError::unavailable(e)),
             },
         },
     };
+    Ok(answer_outcomes(outcomes, Vec::new()))
+}
+
+/// The answer to a publish: `202` with each event's outcome (and those in
+/// `spooled`, already answered), `409` when an id was published before with
+/// other content, `400` when the function refused an event.
+fn answer_outcomes(outcomes: Vec<PublishOutcome>, spooled: Vec<Value>) -> Response {
     let mut conflicts = Vec::new();
     let mut invalid = Vec::new();
-    let results: Vec<Value> = outcomes
+    let mut results: Vec<Value> = outcomes
         .into_iter()
         .map(|o| match o {
             PublishOutcome::Accepted(p) => {
@@ -421,6 +445,7 @@ async fn publish_events(
             }
         })
         .collect();
+    results.extend(spooled);
     if !invalid.is_empty() {
         let body = json!({
             "error": {
@@ -429,10 +454,10 @@ async fn publish_events(
             },
             "events": results,
         });
-        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
     if conflicts.is_empty() {
-        return Ok((StatusCode::ACCEPTED, Json(json!({ "events": results }))).into_response());
+        return (StatusCode::ACCEPTED, Json(json!({ "events": results }))).into_response();
     }
     let body = json!({
         "error": {
@@ -442,23 +467,31 @@ async fn publish_events(
         },
         "events": results,
     });
-    Ok((StatusCode::CONFLICT, Json(body)).into_response())
+    (StatusCode::CONFLICT, Json(body)).into_response()
 }
 
 /// Appends events to the spool (fsync'd) and answers 202 with `"spooled": true`.
 async fn spool_events(spool: Arc<Spool>, ready: Vec<Ready>) -> Result<Response, ApiError> {
+    let events = spool_append(spool, ready).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "events": events }))).into_response())
+}
+
+/// Appends events to the spool (fsync'd); each event's answer, `"spooled": true`.
+async fn spool_append(spool: Arc<Spool>, ready: Vec<Ready>) -> Result<Vec<Value>, ApiError> {
     let ids: Vec<String> = ready.iter().map(|r| r.id.clone()).collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let appended = tokio::task::spawn_blocking(move || spool.append(&ready)).await;
     match appended {
         Ok(Ok(())) => {
             for _ in &ids {
                 crate::shared::metrics::event_ingested("spooled");
             }
-            let events: Vec<Value> = ids
+            Ok(ids
                 .iter()
                 .map(|id| json!({"id": id, "spooled": true}))
-                .collect();
-            Ok((StatusCode::ACCEPTED, Json(json!({ "events": events }))).into_response())
+                .collect())
         }
         Ok(Err(e @ SpoolError::Full { .. })) => {
             tracing::error!(error = %e, "redis is unavailable and the spool is full: refusing events");

@@ -64,6 +64,8 @@ enum Backend {
         source: Source,
         /// The ordinary connections, handed out in turn.
         shared: Arc<[Arc<Slot>]>,
+        /// Publishes' own, with `redis.wait_replicas` (a `WAIT` holds up its connection).
+        publishing: Arc<[Arc<Slot>]>,
         /// Heartbeats' own connection.
         side: Arc<Slot>,
     },
@@ -71,6 +73,7 @@ enum Backend {
         /// Seed nodes, for the clients of blocking reads.
         nodes: Arc<[String]>,
         shared: Arc<[Arc<ClusterSlot>]>,
+        publishing: Arc<[Arc<ClusterSlot>]>,
         side: Arc<ClusterSlot>,
     },
 }
@@ -255,6 +258,9 @@ struct Primary {
     /// How many times the primary moved, and a client for it.
     current: Mutex<(u64, redis::Client)>,
     asking: std::sync::atomic::AtomicBool,
+    /// When the sentinels last answered: a reader reconnecting within a
+    /// moment of that uses their answer instead of asking again.
+    answered: Mutex<Option<Instant>>,
 }
 
 impl Primary {
@@ -282,6 +288,7 @@ impl Primary {
             sentinel: tokio::sync::Mutex::new(client),
             current: Mutex::new((0, found)),
             asking: Default::default(),
+            answered: Mutex::new(Some(Instant::now())),
         }))
     }
 
@@ -307,13 +314,38 @@ impl Primary {
         });
     }
 
+    /// Asks unless the sentinels answered within `fresh` (the asks of many
+    /// readers reconnecting at once are one question).
+    async fn ask_unless_fresh(&self, fresh: Duration) -> anyhow::Result<()> {
+        let recent = |answered: &Mutex<Option<Instant>>| {
+            answered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < fresh)
+        };
+        if recent(&self.answered) {
+            return Ok(());
+        }
+        let mut sentinel = self.sentinel.lock().await;
+        // Another reader may have asked while this one waited for the lock.
+        if recent(&self.answered) {
+            return Ok(());
+        }
+        self.ask_with(&mut sentinel).await
+    }
+
     async fn ask(&self) -> anyhow::Result<()> {
+        let mut sentinel = self.sentinel.lock().await;
+        self.ask_with(&mut sentinel).await
+    }
+
+    async fn ask_with(&self, sentinel: &mut redis::sentinel::SentinelClient) -> anyhow::Result<()> {
         let found = {
-            let mut sentinel = self.sentinel.lock().await;
             tokio::time::timeout(Duration::from_secs(2), sentinel.async_get_client())
                 .await
                 .map_err(|_| anyhow::anyhow!("no sentinel answered within 2 s"))??
         };
+        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let now = found.get_connection_info().addr().to_string();
         if now != current.1.get_connection_info().addr().to_string() {
@@ -486,6 +518,19 @@ impl Managed {
             .send_packed_commands(pipeline, offset, count)
             .await;
         self.observe(&result);
+        // A pipeline's error replies come back as values: one that a failover
+        // explains (READONLY from a demoted primary) must reach Sentinel too.
+        if let Ok(values) = &result {
+            let failover = values.iter().any(|v| {
+                matches!(v, Value::ServerError(e) if matches!(
+                    e.kind(),
+                    Some(redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown)
+                ))
+            });
+            if failover {
+                self.slot.source.suspect();
+            }
+        }
         result
     }
 }
@@ -542,8 +587,11 @@ async fn cluster_pipeline(
     count: usize,
 ) -> redis::RedisResult<Vec<Value>> {
     let mut groups: Vec<(Option<u16>, Vec<usize>)> = Vec::new();
+    let mut previous = None;
     for (i, cmd) in pipeline.cmd_iter().enumerate() {
-        let slot = keys_of(cmd).first().map(|key| slot_of(key));
+        // A command without a key (a `WAIT` after writes) goes where the one before it went.
+        let slot = keys_of(cmd).first().map(|key| slot_of(key)).or(previous);
+        previous = slot;
         match groups.iter_mut().find(|(s, _)| *s == slot) {
             Some((_, members)) => members.push(i),
             None => groups.push((slot, vec![i])),
@@ -720,6 +768,10 @@ impl Db {
         db.ping()
             .await
             .with_context(|| format!("cannot reach Redis at {place}"))?;
+        let replicated = cluster || settings.redis.sentinel.is_set();
+        if replicated && settings.redis.wait_replicas == 0 {
+            tracing::warn!("redis.wait_replicas is 0: a failover can lose events a primary accepted but had not yet passed to its replica; set it to 1 (README, Guarantees)");
+        }
         Ok(db)
     }
 
@@ -738,11 +790,15 @@ impl Db {
         let shared = (0..settings.redis.connections)
             .map(|_| Slot::new(&source, timeout, timeout, Some(CHECK_AFTER_IDLE)).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let publishing = (0..publishing_connections(settings))
+            .map(|_| Slot::new(&source, timeout, timeout, Some(CHECK_AFTER_IDLE)).map(Arc::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         // No idle check: a heartbeat that fails on a dead socket reconnects it for the next.
         let side = Slot::new(&source, timeout, side_timeout, None)?;
         Ok(Backend::Single {
             source,
             shared: shared.into(),
+            publishing: publishing.into(),
             side: Arc::new(side),
         })
     }
@@ -780,10 +836,15 @@ impl Db {
         for _ in 0..settings.redis.connections {
             shared.push(slot(timeout).await?);
         }
+        let mut publishing = Vec::new();
+        for _ in 0..publishing_connections(settings) {
+            publishing.push(slot(timeout).await?);
+        }
         let side = slot(side_timeout).await?;
         Ok(Backend::Cluster {
             nodes: nodes.clone(),
             shared: shared.into(),
+            publishing: publishing.into(),
             side,
         })
     }
@@ -803,6 +864,22 @@ impl Db {
         }
     }
 
+    /// A connection for publishing: with `redis.wait_replicas`, one of the
+    /// publishes' own, since a `WAIT` holds up every command behind it on its
+    /// connection; otherwise a shared one.
+    pub fn publish_conn(&self) -> Conn {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        match &self.backend {
+            Backend::Single { publishing, .. } if !publishing.is_empty() => {
+                publishing[turn % publishing.len()].conn()
+            }
+            Backend::Cluster { publishing, .. } if !publishing.is_empty() => {
+                publishing[turn % publishing.len()].conn()
+            }
+            _ => self.conn(),
+        }
+    }
+
     /// A connection of its own for `XREADGROUP ... BLOCK`: its response timeout
     /// exceeds the block, so a quiet stream is never mistaken for a dead server.
     pub async fn blocking_conn(&self, block: Duration) -> anyhow::Result<Conn> {
@@ -812,7 +889,7 @@ impl Db {
                 // A reader opens one at start and after a failed read: with
                 // Sentinel, ask where the primary is first.
                 if let Source::Sentinel(primary) = source {
-                    if let Err(e) = primary.ask().await {
+                    if let Err(e) = primary.ask_unless_fresh(Duration::from_secs(1)).await {
                         tracing::warn!(error = %format!("{e:#}"), "cannot ask the sentinels where the primary is");
                     }
                 }
@@ -935,32 +1012,51 @@ async fn cluster_durability(conn: &Conn) -> redis::RedisResult<Durability> {
     let mut masters: Vec<(String, u16)> = Vec::new();
     for range in slots {
         let Value::Array(parts) = range else { continue };
-        if let Some(Value::Array(master)) = parts.get(2) {
-            let host: String =
-                redis::from_redis_value(master[0].clone()).map_err(redis::RedisError::from)?;
-            let port: u16 =
-                redis::from_redis_value(master[1].clone()).map_err(redis::RedisError::from)?;
-            if !masters.contains(&(host.clone(), port)) {
+        let Some(Value::Array(master)) = parts.get(2) else {
+            continue;
+        };
+        let host = master
+            .first()
+            .and_then(|h| redis::from_redis_value::<String>(h.clone()).ok());
+        let port = master
+            .get(1)
+            .and_then(|p| redis::from_redis_value::<u16>(p.clone()).ok());
+        // A master without a usable address ('', '?', NULL) is one the
+        // cluster client does not know either: said, not guessed.
+        if let (Some(host), Some(port)) = (host, port) {
+            if !host.is_empty() && host != "?" && !masters.contains(&(host.clone(), port)) {
                 masters.push((host, port));
             }
         }
     }
     let mut problems = Vec::new();
     for (host, port) in &masters {
-        if let Durability::Risky(found) =
-            read_durability(&mut conn.clone(), Some((host, *port))).await?
-        {
-            problems.extend(
+        match read_durability(&mut conn.clone(), Some((host, *port))).await {
+            Ok(Durability::Risky(found)) => problems.extend(
                 found
                     .into_iter()
                     .map(|p| format!("master {host}:{port}: {p}")),
-            );
+            ),
+            Ok(_) => {}
+            // One master that cannot be asked (failing over) neither hides the
+            // others nor stops a start: said, and the others judged.
+            Err(e) => {
+                tracing::warn!(master = %format!("{host}:{port}"), error = %e, "cannot read a master's persistence settings")
+            }
         }
     }
     Ok(match problems.is_empty() {
         true => Durability::Durable,
         false => Durability::Risky(problems),
     })
+}
+
+/// Publishes get connections of their own only when they `WAIT`.
+fn publishing_connections(settings: &Settings) -> usize {
+    match settings.redis.wait_replicas {
+        0 => 0,
+        _ => settings.redis.connections,
+    }
 }
 
 /// A cluster client whose commands (retries and redirections included) end

@@ -100,8 +100,9 @@ fn loaded_code(listed: &redis::Value) -> Option<String> {
     })
 }
 
-/// Runs a pipeline of `FCALL`s, each answering `{text, text}`; each reply is
-/// that pair or the error the function raised. When Redis has no such function
+/// Runs a pipeline of `FCALL`s (each answering `{text, text}`, read by the
+/// caller) and the `WAIT`s among them; each reply is its value or the error it
+/// raised. When Redis has no such function
 /// (it restarted without persistence, or was flushed), the library is loaded
 /// with the settings of this process and the pipeline sent once more.
 pub(super) async fn call(
@@ -109,14 +110,14 @@ pub(super) async fn call(
     code: &str,
     conn: &mut Conn,
     pipe: &redis::Pipeline,
-) -> anyhow::Result<Vec<Result<(String, String), redis::RedisError>>> {
+) -> anyhow::Result<Vec<Result<redis::Value, redis::RedisError>>> {
     if pipe.is_empty() {
         return Ok(Vec::new());
     }
     let mut pipe = pipe.clone();
     pipe.ignore_errors();
     for attempt in 0..2 {
-        let replies: Vec<redis::RedisResult<(String, String)>> = pipe.query_async(conn).await?;
+        let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
         let missing = replies.iter().any(|r| {
             r.as_ref()
                 .is_err_and(|e| e.to_string().contains("Function not found"))

@@ -115,6 +115,24 @@ impl Ready {
     }
 }
 
+/// A function's `{text, text}` answer.
+fn pair(value: redis::Value) -> redis::RedisResult<(String, String)> {
+    redis::from_redis_value(value).map_err(redis::RedisError::from)
+}
+
+/// With `redis.wait_replicas`: the events were written, but fewer replicas
+/// than asked confirmed them in time. `outcomes` are the events' (an accepted
+/// one may still be lost with its primary, so it is to be spooled and published
+/// again, which is idempotent; a conflict or a refusal stands).
+#[derive(Debug, thiserror::Error)]
+#[error("only {confirmed} of redis.wait_replicas = {replicas} replicas confirmed the publish within {wait_ms} ms")]
+pub struct NotReplicated {
+    pub confirmed: u64,
+    pub replicas: u32,
+    pub wait_ms: u64,
+    pub outcomes: Vec<PublishOutcome>,
+}
+
 /// Adds events to the streams, through the `herald` Redis Function library. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -151,7 +169,7 @@ impl Publisher {
             return Ok(Vec::new());
         }
         let keys = &self.db.keys;
-        let mut conn = self.db.conn();
+        let mut conn = self.db.publish_conn();
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; batch.len()];
 
         let split: Vec<usize> = (0..batch.len())
@@ -178,7 +196,7 @@ impl Publisher {
                 .zip(library::call(&self.db, &self.library, &mut conn, &pipe).await?)
             {
                 let id = batch[i].id.clone();
-                outcomes[i] = match reply {
+                outcomes[i] = match reply.and_then(pair) {
                     Ok((verdict, where_)) if verdict == "conflict" => {
                         Some(PublishOutcome::Conflict {
                             id,
@@ -191,13 +209,23 @@ impl Publisher {
             }
         }
 
-        let todo: Vec<usize> = (0..batch.len())
+        let mut todo: Vec<usize> = (0..batch.len())
             .filter(|&i| outcomes[i].is_none())
             .collect();
+        let (replicas, wait_ms) = self.wait;
+        if replicas > 0 {
+            // A partition's events together, each run followed by its `WAIT`,
+            // which goes where they went (on a cluster, their master). Stable:
+            // the events of one key keep their order.
+            todo.sort_by_key(|&i| keys.partition_for(&batch[i].partition_key));
+        }
         let mut pipe = redis::pipe();
-        for &i in &todo {
+        // What each reply of the pipeline answers: an event (its index), or a `WAIT`.
+        let mut answers: Vec<Option<usize>> = Vec::with_capacity(todo.len() + 1);
+        for (n, &i) in todo.iter().enumerate() {
             let ready = &batch[i];
             let partition = keys.partition_for(&ready.partition_key);
+            answers.push(Some(i));
             pipe.cmd("FCALL")
                 .arg("herald_publish")
                 .arg(4)
@@ -216,13 +244,31 @@ impl Publisher {
             for (field, value) in ready.fields.iter().chain(&ready.defaults) {
                 pipe.arg(field).arg(value);
             }
+            let last_of_partition = todo
+                .get(n + 1)
+                .is_none_or(|&next| keys.partition_for(&batch[next].partition_key) != partition);
+            if replicas > 0 && last_of_partition {
+                pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
+                answers.push(None);
+            }
         }
-        for (&i, reply) in todo
-            .iter()
+        let mut unconfirmed = None;
+        for (answer, reply) in answers
+            .into_iter()
             .zip(library::call(&self.db, &self.library, &mut conn, &pipe).await?)
         {
+            let Some(i) = answer else {
+                let confirmed: u64 = match reply {
+                    Ok(value) => redis::from_redis_value(value).unwrap_or(0),
+                    Err(e) => return Err(e.into()),
+                };
+                if confirmed < u64::from(replicas) {
+                    unconfirmed = Some(confirmed);
+                }
+                continue;
+            };
             let id = batch[i].id.clone();
-            outcomes[i] = Some(match reply {
+            outcomes[i] = Some(match reply.and_then(pair) {
                 Ok((stream_id, outcome)) => match outcome.as_str() {
                     "added" | "duplicate" | "scheduled" => PublishOutcome::Accepted(Published {
                         id,
@@ -253,32 +299,20 @@ impl Publisher {
                 }
             }
         }
-        self.wait_for_replicas(&mut conn).await?;
-        Ok(outcomes
+        let outcomes: Vec<PublishOutcome> = outcomes
             .into_iter()
             .map(|o| o.expect("every event has an outcome"))
-            .collect())
-    }
-
-    /// With `redis.wait_replicas`: `WAIT` on the connection that wrote, so
-    /// the batch is answered only once that many replicas have it (on a
-    /// cluster, every master's). Fewer is an error: the caller spools the
-    /// batch, and publishing it again is idempotent.
-    async fn wait_for_replicas(&self, conn: &mut crate::shared::db::Conn) -> anyhow::Result<()> {
-        let (replicas, timeout_ms) = self.wait;
-        if replicas == 0 {
-            return Ok(());
+            .collect();
+        if let Some(confirmed) = unconfirmed {
+            return Err(NotReplicated {
+                confirmed,
+                replicas,
+                wait_ms,
+                outcomes,
+            }
+            .into());
         }
-        let confirmed: u64 = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout_ms)
-            .query_async(conn)
-            .await?;
-        anyhow::ensure!(
-            confirmed >= u64::from(replicas),
-            "only {confirmed} of redis.wait_replicas = {replicas} replicas confirmed the publish within {timeout_ms} ms"
-        );
-        Ok(())
+        Ok(outcomes)
     }
 }
 
