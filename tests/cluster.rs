@@ -22,6 +22,9 @@ fn cluster_timings(settings: &mut herald::shared::config::Settings) {
     settings.redis.partitions = PARTITIONS;
     settings.retry.base_delay = Duration::from_millis(600);
     settings.retry.max_delay = Duration::from_secs(1);
+    // On a machine this loaded an entry can wait past a lease before its
+    // worker gets to it, and be handed out again: not a failure to count.
+    settings.retry.max_deliveries = 20;
 }
 
 async fn herald_on(cluster: &TestCluster) -> Herald {
@@ -140,10 +143,11 @@ async fn partitions_spread_over_every_master_and_every_event_is_delivered_once()
     expected.insert(scheduled, users[0].1.clone());
     // One for a user with no device yet: held, then released by the registration.
     let held = app.publish_to("newcomer", "held for you").await;
-    // One whose device fails until it is dead-lettered, then replayed.
+    // One whose device refuses it (400: not worth retrying), so it is
+    // dead-lettered at once, then replayed.
     let (flaky_user, flaky) = ("flaky", app.register_device("flaky").await);
-    app.sink.add_faults(&flaky, vec![Fault::status(500); 3]);
-    let dead = app.publish_to(flaky_user, "fails three times").await;
+    app.sink.add_faults(&flaky, vec![Fault::status(400)]);
+    let dead = app.publish_to(flaky_user, "refused once").await;
 
     eventually("the direct events arrive", Duration::from_secs(60), || {
         app.sink.delivered().len() >= expected.len()
@@ -275,8 +279,6 @@ async fn killing_a_master_under_load_loses_no_accepted_event() {
     settings.redis.wait_timeout = Duration::from_millis(500);
     settings.redis.command_timeout = Duration::from_secs(2);
     settings.spool.drain_interval = Duration::from_millis(200);
-    // Retries enough for a failover (about 3 s here) to pass before dead-lettering.
-    settings.retry.max_deliveries = 20;
     let app = Herald::start(settings, data, false, None).await;
     let mut devices = Vec::new();
     for u in 0..20 {

@@ -1,5 +1,6 @@
 //! herald on a primary with a replica watched by three sentinels: it finds
-//! the primary through them, and follows a failover under load.
+//! the primary through them, and follows a failover under load. The primary
+//! and replica ask for a password, as production ones do.
 
 mod helpers;
 
@@ -17,11 +18,12 @@ use herald::shared::config::Secret;
 /// lost. The old primary comes back as the new one's replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_under_load_loses_no_accepted_event() {
-    let mut setup = TestSentinel::start();
+    let mut setup = TestSentinel::start("s3cret-data");
     let data = tempfile::tempdir().expect("temp dir");
     let mut settings = helpers::base_settings(data.path());
     settings.redis.sentinel.master = MASTER.into();
     settings.redis.sentinel.nodes = setup.nodes().into_iter().map(Secret::new).collect();
+    settings.redis.sentinel.password = Secret::new("s3cret-data");
     settings.redis.wait_replicas = 1;
     settings.redis.wait_timeout = Duration::from_millis(500);
     settings.redis.command_timeout = Duration::from_secs(2);

@@ -290,6 +290,11 @@ pub struct SentinelSettings {
     pub master: String,
     /// Sentinels' addresses (`redis://host:26379`); one reachable is enough.
     pub nodes: Vec<Secret>,
+    /// The ACL user for the primary and replicas themselves (empty: none).
+    pub username: String,
+    /// Their password (`requirepass`, or the ACL user's); empty: none. A
+    /// sentinel's own password goes in its URL.
+    pub password: Secret,
 }
 
 impl SentinelSettings {
@@ -929,6 +934,9 @@ impl Settings {
         let mut shown = self.clone();
         if !shown.redis.url.is_empty() {
             shown.redis.url = Secret::new("[redacted]");
+        }
+        if !shown.redis.sentinel.password.is_empty() {
+            shown.redis.sentinel.password = Secret::new("[redacted]");
         }
         shown.redis.sentinel.nodes = shown
             .redis

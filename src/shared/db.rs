@@ -267,10 +267,20 @@ impl Primary {
     async fn locate(settings: &Settings) -> anyhow::Result<Arc<Primary>> {
         let sentinel = &settings.redis.sentinel;
         let nodes: Vec<&str> = sentinel.nodes.iter().map(|n| n.expose()).collect();
+        let mut data = redis::RedisConnectionInfo::default();
+        if !sentinel.username.is_empty() {
+            data = data.set_username(&sentinel.username);
+        }
+        if !sentinel.password.is_empty() {
+            data = data.set_password(sentinel.password.expose());
+        }
         let mut client = redis::sentinel::SentinelClient::build(
             nodes,
             sentinel.master.clone(),
-            None,
+            Some(
+                redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(data),
+            ),
             redis::sentinel::SentinelServerType::Master,
         )
         .context("redis.sentinel.nodes holds an address that is not a Redis URL")?;
@@ -279,7 +289,7 @@ impl Primary {
             .map_err(|_| anyhow::anyhow!("no sentinel answered within redis.command_timeout"))?
             .with_context(|| {
                 format!(
-                    "the sentinels (redis.sentinel.nodes) do not name a primary for {:?}",
+                    "cannot reach the primary the sentinels (redis.sentinel.nodes) name for {:?}, or they name none (a password the primary needs goes in redis.sentinel.password)",
                     sentinel.master
                 )
             })?;

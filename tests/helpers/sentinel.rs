@@ -29,10 +29,14 @@ fn port() -> u16 {
 }
 
 impl TestSentinel {
-    pub fn start() -> TestSentinel {
-        let primary = RedisNode::start_with(port(), DATA_NODE, |_| {});
+    /// The primary and replica ask `password` of their clients (and of each
+    /// other); the sentinels know it (`auth-pass`).
+    pub fn start(password: &str) -> TestSentinel {
+        let mut data_args = DATA_NODE.to_vec();
+        data_args.extend(["--requirepass", password, "--masterauth", password]);
+        let primary = RedisNode::start_with(port(), &data_args, |_| {});
         let primary_port = primary.port.to_string();
-        let mut replica_args = DATA_NODE.to_vec();
+        let mut replica_args = data_args.clone();
         replica_args.extend(["--replicaof", "127.0.0.1", &primary_port]);
         let replica = RedisNode::start_with(port(), &replica_args, |_| {});
         let sentinels = (0..3)
@@ -43,6 +47,7 @@ impl TestSentinel {
                     &conf,
                     format!(
                         "sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
+                         sentinel auth-pass {MASTER} {password}\n\
                          sentinel down-after-milliseconds {MASTER} 1000\n\
                          sentinel failover-timeout {MASTER} 5000\n\
                          sentinel parallel-syncs {MASTER} 1\n"

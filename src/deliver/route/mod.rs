@@ -13,9 +13,12 @@
 //! the subscriptions changed; it is rebuilt from all of them at start and when
 //! it fell too far behind. Topic routing checks the version at most every
 //! [`REFRESH_EVERY`]. A direct event is routed only with an index whose version
-//! was confirmed after the event was read (one `GET` serves every event read
-//! before it), so a device registered before the event was published always
-//! gets it, as when each event read its user's subscriptions from Redis.
+//! was confirmed after the event was read (one read of the version and the
+//! last change serves every event read before it), so a device registered
+//! before the event was published always gets it, as when each event read its
+//! user's subscriptions from Redis. Subscriptions are changed through herald
+//! (API, CLI), which records each change; a hand edit in Redis is seen at the
+//! next rebuild (a worker's start), see README "Redis keys".
 
 pub mod device;
 pub mod trie;
@@ -97,9 +100,9 @@ pub struct Index {
     owners: Vec<Box<str>>,
     /// Slots of each user's subscriptions.
     by_user: std::collections::HashMap<Box<str>, Vec<u32>>,
-    /// Stored subscriptions that cannot be read (rare): their user's direct
-    /// events dead-letter them, as before.
-    unreadable: Vec<Unreadable>,
+    /// Stored subscriptions that cannot be read (rare), by id: their user's
+    /// direct events dead-letter them, as before.
+    unreadable: std::collections::HashMap<String, Unreadable>,
     /// Slot of each live subscription, found by its id.
     by_id: HashTable<u32>,
     removed: usize,
@@ -147,7 +150,7 @@ impl Index {
     /// Records a stored subscription that cannot be read, replacing any with its id.
     pub fn add_unreadable(&mut self, bad: Unreadable) {
         self.remove(&bad.id);
-        self.unreadable.push(bad);
+        self.unreadable.insert(bad.id.clone(), bad);
     }
 
     /// A user's devices, and their subscriptions that cannot be read.
@@ -161,7 +164,7 @@ impl Index {
             .collect();
         let unreadable = self
             .unreadable
-            .iter()
+            .values()
             .filter(|bad| bad.user.as_deref() == Some(user))
             .cloned()
             .collect();
@@ -203,9 +206,7 @@ impl Index {
                 }
             }
         }
-        if !self.unreadable.is_empty() {
-            self.unreadable.retain(|bad| bad.id != id);
-        }
+        self.unreadable.remove(id);
         if self.removed > 1024 && self.removed > self.len() {
             self.compact();
         }
@@ -348,10 +349,16 @@ impl Router {
             return Ok(index);
         }
         let asked = Instant::now();
-        let version = self.store.version().await?;
+        // The version and the last change, as `refresh` compares them: after a
+        // failover or a flush the version alone can come back to the same
+        // number with other subscriptions behind it.
+        let (version, last) = self.store.snapshot().await?;
         {
             let mut cache = self.cache.lock();
-            if let Some(cached) = cache.as_mut().filter(|c| c.index.version == version) {
+            if let Some(cached) = cache
+                .as_mut()
+                .filter(|c| c.index.version == version && c.index.cursor == last)
+            {
                 cached.confirmed = asked;
                 return Ok(cached.index.clone());
             }

@@ -465,15 +465,6 @@ impl Store {
         anyhow::bail!("subscription {id} changed owner concurrently {ATTEMPTS} times; try again")
     }
 
-    /// The subscriptions' version alone (one `GET`): whether anything changed.
-    pub async fn version(&self) -> anyhow::Result<i64> {
-        let version: Option<i64> = redis::cmd("GET")
-            .arg(self.db.keys.subscriptions_version())
-            .query_async(&mut self.db.conn())
-            .await?;
-        Ok(version.unwrap_or(0))
-    }
-
     /// The version and the last change, read together: where following the
     /// changes starts for an index built from every subscription after this.
     pub async fn snapshot(&self) -> anyhow::Result<(i64, String)> {
