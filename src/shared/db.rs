@@ -1144,6 +1144,17 @@ pub fn redacted_url(url: &str) -> String {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("redacted"));
             }
+            // `redis+unix:///path?pass=…` carries it in the query.
+            if parsed.query_pairs().any(|(k, _)| k == "pass") {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| match k.as_ref() {
+                        "pass" => (k.into_owned(), "redacted".to_string()),
+                        _ => (k.into_owned(), v.into_owned()),
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
         Err(_) => "(unparsable url)".into(),
@@ -1205,6 +1216,10 @@ mod tests {
         assert_eq!(
             super::redacted_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            super::redacted_url("redis+unix:///run/redis.sock?db=2&pass=hunter2"),
+            "redis+unix:///run/redis.sock?db=2&pass=redacted"
         );
     }
 }
