@@ -222,3 +222,38 @@ async fn unroutable_topic_events_are_dead_lettered_when_configured() {
     assert_eq!(dead[0].reason, "unroutable");
     assert_eq!(app.pending(), 0);
 }
+
+/// A subscriber's pattern cannot pin a worker: `#.#.#.…` (the longest the API
+/// takes) against the longest topic is matched in one pass, and the events
+/// behind it, and the other subscribers, go on as usual.
+#[tokio::test]
+async fn hostile_patterns_cannot_stall_routing() {
+    let app = TestApp::start().await;
+    let hostile = vec!["#"; 128].join(".");
+    let mut attackers = Vec::new();
+    for n in 0..5 {
+        let nested = format!("{}.x{n}", vec!["#"; 125].join("."));
+        attackers.push(subscribe(&app, json!({"topics": [hostile.clone(), nested]})).await);
+    }
+    let bystander = subscribe(&app, json!({"topics": ["w.#"]})).await;
+    let topic = vec!["w"; 128].join(".");
+    publish(
+        &app,
+        json!({"topic": topic, "notification": {"title": "long"}}),
+    )
+    .await;
+    publish(
+        &app,
+        json!({"topic": "w.short", "notification": {"title": "short"}}),
+    )
+    .await;
+    app.step().await;
+    let mut expected: BTreeSet<String> = attackers.into_iter().collect();
+    expected.insert(bystander.clone());
+    assert_eq!(
+        receivers(&app, "long"),
+        expected,
+        "every '#' pattern matches, once"
+    );
+    assert!(receivers(&app, "short").contains(&bystander));
+}

@@ -1,6 +1,8 @@
 //! Topic patterns in a trie over words, AMQP style: `*` matches exactly one
-//! word, `#` zero or more. Matching walks the topic's words once per branch, so
-//! it stays fast with many thousands of patterns.
+//! word, `#` zero or more. Matching visits each (trie node, position in the
+//! topic) at most once, so it stays fast with many thousands of patterns and
+//! cannot be made exponential: a hostile `#.#.#.…` against a long topic costs
+//! at most its nodes times the topic's words, not the ways `#`s can share them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -57,18 +59,31 @@ impl PatternTrie {
         self.len = visit(&mut self.root, &to);
     }
 
-    /// Adds to `out` the values of every pattern that matches `topic`.
-    pub fn matches(&self, topic: &str, out: &mut HashSet<u32>) {
+    /// Adds to `out` the values of every pattern that matches `topic`;
+    /// answers how many (node, position) pairs it visited.
+    pub fn matches(&self, topic: &str, out: &mut HashSet<u32>) -> usize {
         let words: Vec<&str> = topic.split('.').collect();
-        walk(&self.root, &words, out);
+        let mut seen = HashSet::new();
+        walk(&self.root, &words, out, &mut seen);
+        seen.len()
     }
 }
 
-fn walk(node: &Node, words: &[&str], out: &mut HashSet<u32>) {
+/// `seen`: (node, words left) already visited; a second visit would find
+/// nothing new.
+fn walk<'t>(
+    node: &'t Node,
+    words: &[&str],
+    out: &mut HashSet<u32>,
+    seen: &mut HashSet<(*const Node, usize)>,
+) {
+    if !seen.insert((node as *const Node, words.len())) {
+        return;
+    }
     if let Some(hash) = &node.hash {
         // `#` takes zero, one, ... or all of the remaining words.
         for skip in 0..=words.len() {
-            walk(hash, &words[skip..], out);
+            walk(hash, &words[skip..], out, seen);
         }
     }
     let Some((first, rest)) = words.split_first() else {
@@ -76,10 +91,10 @@ fn walk(node: &Node, words: &[&str], out: &mut HashSet<u32>) {
         return;
     };
     if let Some(child) = node.words.get(*first) {
-        walk(child, rest, out);
+        walk(child, rest, out, seen);
     }
     if let Some(star) = &node.star {
-        walk(star, rest, out);
+        walk(star, rest, out, seen);
     }
 }
 
@@ -125,6 +140,26 @@ mod tests {
         assert_eq!(matching(&p, "garage.lot-7"), vec![3, 5]);
         assert_eq!(matching(&p, "a.b"), vec![3, 6]);
         assert_eq!(matching(&p, "a.x.y.b"), vec![3, 6]);
+    }
+
+    #[test]
+    fn a_hostile_pattern_costs_its_nodes_times_the_words_not_an_explosion() {
+        // The longest pattern the API takes: 128 `#`s (255 characters)...
+        let hostile = vec!["#"; 128].join(".");
+        let mut trie = PatternTrie::default();
+        trie.insert(&hostile, 0);
+        trie.insert("#.x.#.y.#.z", 1);
+        // ... against a topic of 128 words that none of them ends on.
+        let topic = vec!["w"; 128].join(".");
+        let mut out = HashSet::new();
+        let visited = trie.matches(&topic, &mut out);
+        assert_eq!(out, HashSet::from([0]));
+        // Without the memo this walk has more paths than atoms in the universe.
+        let nodes = 1 + 128 + 6;
+        assert!(visited <= nodes * 129, "visited {visited}");
+        let mut out = HashSet::new();
+        trie.matches(&format!("{topic}.x.w.y.z"), &mut out);
+        assert_eq!(out, HashSet::from([0, 1]));
     }
 
     #[test]
