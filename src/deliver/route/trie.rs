@@ -71,8 +71,8 @@ impl PatternTrie {
 
 /// `seen`: (node, words left) already visited; a second visit would find
 /// nothing new.
-fn walk<'t>(
-    node: &'t Node,
+fn walk(
+    node: &Node,
     words: &[&str],
     out: &mut HashSet<u32>,
     seen: &mut HashSet<(*const Node, usize)>,
