@@ -419,3 +419,64 @@ async fn unconfirmed_by_replicas_accepted_events_are_spooled_and_conflicts_still
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["events"][0]["spooled"], true, "{body}");
 }
+
+/// With the defaults, an endpoint must be public https on port 443: every
+/// form that leads inside is refused at registration naming the field, and a
+/// stored one that slipped in (written to Redis by hand) is refused at send
+/// time without a connection (a listener counts them).
+#[tokio::test]
+async fn endpoints_that_lead_inside_or_to_odd_ports_are_refused_and_never_connected_to() {
+    let app = TestApp::start_with(|s| s.push.allow_insecure_endpoints = false).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let keys = |endpoint: &str| {
+        let (_, browser) = app.sink.new_subscription();
+        let mut subscription = browser;
+        subscription["endpoint"] = json!(endpoint);
+        json!({"user": "u-1", "subscription": subscription})
+    };
+    for endpoint in [
+        format!("https://127.0.0.1:{port}/x"),
+        "https://[64:ff9b::7f00:1]/x".to_string(),
+        "https://[2002:7f00:1::1]/x".to_string(),
+        "https://[::ffff:169.254.169.254]/x".to_string(),
+        "https://198.18.0.1/x".to_string(),
+        "https://224.0.0.251/x".to_string(),
+        "https://push.example.net:8443/x".to_string(),
+        "https://push.example.net:22/x".to_string(),
+    ] {
+        let (status, body) = app.post("/v1/subscriptions", &keys(&endpoint)).await;
+        assert_eq!(status, 422, "{endpoint}: {body}");
+        assert!(
+            body.to_string().contains("subscription.endpoint"),
+            "{endpoint}: {body}"
+        );
+    }
+
+    // One stored by hand, past the API: refused when its event is pushed.
+    let (_, browser) = app.sink.new_subscription();
+    let stored = herald::shared::subscriptions::Subscription {
+        id: "by-hand".into(),
+        user: Some("u-2".into()),
+        endpoint: format!("https://127.0.0.1:{port}/x"),
+        p256dh: browser["keys"]["p256dh"].as_str().expect("p256dh").into(),
+        auth: browser["keys"]["auth"].as_str().expect("auth").into(),
+        topics: Vec::new(),
+        headers: None,
+        created_at: String::new(),
+    };
+    herald::shared::subscriptions::Store::new(app.db.clone())
+        .put(&stored)
+        .await
+        .expect("store it");
+    app.publish_to("u-2", "never sent").await;
+    app.step().await;
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].subscription.as_deref(), Some("by-hand"));
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing connected to the refused endpoint"
+    );
+}

@@ -138,7 +138,12 @@ fn subscription(sink: &SinkHandle) -> Subscription {
     let (_, browser) = sink.new_subscription();
     let input: SubscriptionInput =
         serde_json::from_value(json!({"user": "u-1", "subscription": browser})).expect("input");
-    input.validate(true).expect("valid")
+    input
+        .validate(&herald::shared::endpoint::Rules {
+            allow_insecure: true,
+            ports: vec![443],
+        })
+        .expect("valid")
 }
 
 fn event(title: &str) -> herald::shared::event::Event {

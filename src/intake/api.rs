@@ -93,7 +93,7 @@ struct Inner {
     publisher: Publisher,
     store: Store,
     defaults: EventDefaults,
-    allow_insecure_endpoints: bool,
+    endpoint_rules: crate::shared::endpoint::Rules,
     max_body_bytes: usize,
     max_batch: usize,
     tokens: Vec<Secret>,
@@ -144,7 +144,7 @@ impl Api {
                 store: Store::new(db.clone()),
                 db,
                 defaults: settings.events.defaults(),
-                allow_insecure_endpoints: settings.push.allow_insecure_endpoints,
+                endpoint_rules: crate::shared::endpoint::Rules::from_settings(&settings.push),
                 max_body_bytes: settings.api.max_body_bytes,
                 max_batch: settings.api.max_batch,
                 tokens: settings.api.tokens.clone(),
@@ -515,7 +515,7 @@ async fn post_subscription(
 ) -> Result<Response, ApiError> {
     let value = read_json(&state, &headers, body).await?;
     let input: SubscriptionInput = from_value(value, "")?;
-    let sub = input.validate(state.inner.allow_insecure_endpoints)?;
+    let sub = input.validate(&state.inner.endpoint_rules)?;
     let stored = state
         .inner
         .store

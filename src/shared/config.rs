@@ -406,6 +406,9 @@ pub enum Delivery {
 pub struct PushSettings {
     /// Accept `http://` and loopback/private endpoints (the sink uses them). Never in production.
     pub allow_insecure_endpoints: bool,
+    /// Ports an endpoint may name (https' 443 alone by default); any with
+    /// `allow_insecure_endpoints`.
+    pub allowed_ports: Vec<u16>,
     /// VAPID `sub` claim: a `mailto:` or `https:` contact for the push services.
     pub vapid_subject: String,
     /// File holding the VAPID private key (base64url, 32 bytes); empty means `<data_dir>/vapid_private_key`.
@@ -513,6 +516,7 @@ impl Default for PushSettings {
     fn default() -> Self {
         PushSettings {
             allow_insecure_endpoints: false,
+            allowed_ports: vec![443],
             vapid_subject: "mailto:push-admin@example.com".into(),
             vapid_private_key_file: PathBuf::new(),
             create_vapid_key: false,

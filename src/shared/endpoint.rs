@@ -7,8 +7,35 @@ use std::net::IpAddr;
 
 use url::{Host, Url};
 
+/// What an endpoint may be: the settings that decide it.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// `push.allow_insecure_endpoints`: http, private addresses, any port.
+    pub allow_insecure: bool,
+    /// `push.allowed_ports`.
+    pub ports: Vec<u16>,
+}
+
+impl Rules {
+    pub fn from_settings(push: &crate::shared::config::PushSettings) -> Rules {
+        Rules {
+            allow_insecure: push.allow_insecure_endpoints,
+            ports: push.allowed_ports.clone(),
+        }
+    }
+
+    /// The defaults: public https on port 443.
+    pub fn strict() -> Rules {
+        Rules {
+            allow_insecure: false,
+            ports: vec![443],
+        }
+    }
+}
+
 /// Parses and checks an endpoint; the error says what is wrong with it.
-pub fn check(endpoint: &str, allow_insecure: bool) -> Result<Url, String> {
+pub fn check(endpoint: &str, rules: &Rules) -> Result<Url, String> {
+    let allow_insecure = rules.allow_insecure;
     if endpoint.len() > 2048 {
         return Err("must be at most 2048 characters".into());
     }
@@ -29,6 +56,15 @@ pub fn check(endpoint: &str, allow_insecure: bool) -> Result<Url, String> {
             );
         }
         other => return Err(format!("scheme {other}:// is not a push service")),
+    }
+    if !allow_insecure {
+        let port = url.port_or_known_default().unwrap_or(0);
+        if !rules.ports.contains(&port) {
+            return Err(format!(
+                "port {port} is not one push services use (push.allowed_ports = {:?})",
+                rules.ports
+            ));
+        }
     }
     if !allow_insecure && !is_public_host(&host) {
         return Err(
@@ -59,7 +95,10 @@ fn is_public_host(host: &Host<&str>) -> bool {
     }
 }
 
-/// True for addresses routable on the public internet.
+/// True for addresses routable on the public internet. IPv6 forms that carry
+/// an IPv4 address (IPv4-mapped and -compatible, NAT64 `64:ff9b::/96` and
+/// `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo `2001::/32`) are judged by the
+/// IPv4 address they lead to.
 pub fn is_public_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -70,21 +109,60 @@ pub fn is_public_ip(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_documentation()
+                || v4.is_multicast()
                 || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space 100.64/10
-                || o[0] >= 240)
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space (CGNAT) 100.64/10
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments 192.0.0/24
+                || (o[0] == 192 && o[1] == 88 && o[2] == 99) // deprecated 6to4 relay anycast
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
+                || o[0] >= 240) // reserved, and 255.255.255.255
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_public_ip(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
             !(v6.is_loopback()
                 || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80) // link local
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (s[0] & 0xffc0) == 0xfe80 // link local fe80::/10
+                || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated) fec0::/10
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation 2001:db8::/32
+                || (s[0] == 0x3fff && s[1] < 0x1000) // documentation 3fff::/20
+                || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // discard 100::/64
+                || (s[0] == 0x2001 && s[1] < 0x0200)) // IETF assignments 2001::/23 (Teredo handled above)
         }
     }
+}
+
+/// The IPv4 address an IPv6 address leads to, for the forms that embed one.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    let s = v6.segments();
+    let o = v6.octets();
+    let at = |i: usize| Ipv4Addr::new(o[i], o[i + 1], o[i + 2], o[i + 3]);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4); // ::ffff:a.b.c.d
+    }
+    if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+        return Some(at(12)); // ::a.b.c.d (IPv4-compatible, deprecated)
+    }
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return Some(at(12)); // NAT64 well-known prefix 64:ff9b::/96
+    }
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 0x0001 {
+        return Some(at(12)); // local-use NAT64 64:ff9b:1::/48 (RFC 6052 suffix form)
+    }
+    if s[0] == 0x2002 {
+        return Some(at(2)); // 6to4 2002:aabb:ccdd::/48
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo 2001:0::/32: the client's IPv4 is the last 32 bits, inverted.
+        let c = at(12).octets();
+        return Some(Ipv4Addr::new(!c[0], !c[1], !c[2], !c[3]));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -105,7 +183,7 @@ mod tests {
     fn only_public_https_is_accepted_by_default() {
         assert!(check(
             "https://updates.push.services.mozilla.com/wpush/v2/x",
-            false
+            &Rules::strict()
         )
         .is_ok());
         for bad in [
@@ -120,9 +198,80 @@ mod tests {
             "https://user:pw@push.example.net/x",
             "ftp://push.example.net/x",
         ] {
-            assert!(check(bad, false).is_err(), "{bad} must be refused");
+            assert!(
+                check(bad, &Rules::strict()).is_err(),
+                "{bad} must be refused"
+            );
         }
-        assert!(check("http://127.0.0.1:8090/push/1", true).is_ok());
-        assert!(check("ftp://127.0.0.1/x", true).is_err());
+        let open = Rules {
+            allow_insecure: true,
+            ports: vec![443],
+        };
+        assert!(check("http://127.0.0.1:8090/push/1", &open).is_ok());
+        assert!(check("ftp://127.0.0.1/x", &open).is_err());
+        // Other ports than 443 only when the operator allows them.
+        let strict = Rules::strict();
+        assert!(check("https://push.example.net:8443/x", &strict).is_err());
+        assert!(check("https://push.example.net:22/x", &strict).is_err());
+        assert!(check("https://push.example.net:443/x", &strict).is_ok());
+        let wider = Rules {
+            allow_insecure: false,
+            ports: vec![443, 8443],
+        };
+        assert!(check("https://push.example.net:8443/x", &wider).is_ok());
+    }
+
+    #[test]
+    fn addresses_that_lead_inside_are_refused_in_every_form() {
+        let refused = [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",      // CGNAT
+            "198.18.0.1",      // benchmarking
+            "198.19.255.255",  // benchmarking
+            "192.0.0.8",       // IETF assignments
+            "224.0.0.251",     // multicast
+            "239.255.255.250", // multicast
+            "240.0.0.1",       // reserved
+            "255.255.255.255", // broadcast
+            "0.0.0.0",
+            "192.0.2.1", // documentation
+            "::1",
+            "::",
+            "::ffff:127.0.0.1", // IPv4-mapped
+            "::ffff:169.254.169.254",
+            "::10.0.0.1",                           // IPv4-compatible
+            "64:ff9b::7f00:1",                      // NAT64 of 127.0.0.1
+            "64:ff9b::a9fe:a9fe",                   // NAT64 of 169.254.169.254
+            "64:ff9b:1::a00:1",                     // local-use NAT64 of 10.0.0.1
+            "2002:7f00:1::1",                       // 6to4 of 127.0.0.1
+            "2002:c0a8:101::",                      // 6to4 of 192.168.1.1
+            "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo of 127.0.0.1 (inverted)
+            "fd00::1",
+            "fe80::1",
+            "ff02::1",     // multicast
+            "2001:db8::1", // documentation
+            "100::1",      // discard
+        ];
+        for ip in refused {
+            let ip: IpAddr = ip.parse().expect(ip);
+            assert!(!is_public_ip(ip), "{ip} must be refused");
+        }
+        let public = [
+            "142.250.74.106",
+            "8.8.8.8",
+            "2a00:1450:4001:82b::200a",
+            "64:ff9b::808:808",                     // NAT64 of 8.8.8.8
+            "2002:808:808::1",                      // 6to4 of 8.8.8.8
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7", // Teredo of 8.8.8.8
+            "::ffff:8.8.8.8",
+        ];
+        for ip in public {
+            let ip: IpAddr = ip.parse().expect(ip);
+            assert!(is_public_ip(ip), "{ip} is public");
+        }
     }
 }

@@ -103,7 +103,7 @@ pub struct Pusher {
     breakers: breaker::Breakers,
     pacing: pacing::Pacing,
     signer: Signer,
-    allow_insecure: bool,
+    endpoint_rules: endpoint::Rules,
     max_retry_after: Duration,
     hook: Option<PushHook>,
 }
@@ -151,7 +151,7 @@ impl Pusher {
                 settings.retry.base_delay,
             ),
             signer: Signer::new(key, push.vapid_subject.clone()),
-            allow_insecure: push.allow_insecure_endpoints,
+            endpoint_rules: endpoint::Rules::from_settings(push),
             max_retry_after: push.max_retry_after,
             hook: None,
         })
@@ -225,7 +225,7 @@ impl Pusher {
         if let Some(hook) = &self.hook {
             hook(sub);
         }
-        let url = match endpoint::check(sub.endpoint(), self.allow_insecure) {
+        let url = match endpoint::check(sub.endpoint(), &self.endpoint_rules) {
             Ok(url) => url,
             Err(e) => {
                 return PushReport::failed(

@@ -174,8 +174,8 @@ pub fn id_for_endpoint(endpoint: &str) -> String {
 
 impl SubscriptionInput {
     /// Validates everything a push will need, so a bad subscription fails here and not at send time.
-    pub fn validate(&self, allow_insecure_endpoints: bool) -> Result<Subscription, InvalidField> {
-        let endpoint = endpoint::check(&self.subscription.endpoint, allow_insecure_endpoints)
+    pub fn validate(&self, rules: &endpoint::Rules) -> Result<Subscription, InvalidField> {
+        let endpoint = endpoint::check(&self.subscription.endpoint, rules)
             .map_err(|message| InvalidField::new("subscription.endpoint", message))?;
         check_p256dh(&self.subscription.keys.p256dh)?;
         let auth = URL_SAFE_NO_PAD
@@ -617,7 +617,7 @@ mod tests {
     #[test]
     fn a_browser_subscription_is_accepted() {
         let sub = input("https://fcm.googleapis.com/fcm/send/abc", &good_key(), AUTH)
-            .validate(false)
+            .validate(&endpoint::Rules::strict())
             .expect("valid");
         assert_eq!(
             sub.id,
@@ -641,13 +641,13 @@ mod tests {
             ("not base64!", AUTH, "subscription.keys.p256dh"),
         ] {
             let err = input(ep, p256dh, auth)
-                .validate(false)
+                .validate(&endpoint::Rules::strict())
                 .expect_err("must fail");
             assert_eq!(err.field, field, "{err}");
         }
         let key = good_key();
         let err = input(ep, &key, "AAAA")
-            .validate(false)
+            .validate(&endpoint::Rules::strict())
             .expect_err("short auth");
         assert_eq!(err.field, "subscription.keys.auth");
     }
@@ -656,11 +656,14 @@ mod tests {
     fn insecure_endpoints_need_the_setting() {
         let key = good_key();
         let err = input("http://127.0.0.1:9000/push/1", &key, AUTH)
-            .validate(false)
+            .validate(&endpoint::Rules::strict())
             .expect_err("insecure");
         assert_eq!(err.field, "subscription.endpoint");
         input("http://127.0.0.1:9000/push/1", &key, AUTH)
-            .validate(true)
+            .validate(&endpoint::Rules {
+                allow_insecure: true,
+                ports: vec![443],
+            })
             .expect("allowed when configured");
     }
 
