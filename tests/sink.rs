@@ -142,6 +142,7 @@ fn subscription(sink: &SinkHandle) -> Subscription {
         .validate(&herald::shared::endpoint::Rules {
             allow_insecure: true,
             ports: vec![443],
+            known_services: None,
         })
         .expect("valid")
 }

@@ -409,6 +409,10 @@ pub struct PushSettings {
     /// Ports an endpoint may name (https' 443 alone by default); any with
     /// `allow_insecure_endpoints`.
     pub allowed_ports: Vec<u16>,
+    /// Accept only endpoints on `known_services` (and their subdomains).
+    pub known_services_only: bool,
+    /// The push services' hosts, for `known_services_only`.
+    pub known_services: Vec<String>,
     /// VAPID `sub` claim: a `mailto:` or `https:` contact for the push services.
     pub vapid_subject: String,
     /// File holding the VAPID private key (base64url, 32 bytes); empty means `<data_dir>/vapid_private_key`.
@@ -517,6 +521,16 @@ impl Default for PushSettings {
         PushSettings {
             allow_insecure_endpoints: false,
             allowed_ports: vec![443],
+            known_services_only: false,
+            known_services: [
+                "fcm.googleapis.com",
+                "updates.push.services.mozilla.com",
+                "push.services.mozilla.com",
+                "web.push.apple.com",
+                "notify.windows.com",
+            ]
+            .map(String::from)
+            .to_vec(),
             vapid_subject: "mailto:push-admin@example.com".into(),
             vapid_private_key_file: PathBuf::new(),
             create_vapid_key: false,

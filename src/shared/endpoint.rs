@@ -14,6 +14,8 @@ pub struct Rules {
     pub allow_insecure: bool,
     /// `push.allowed_ports`.
     pub ports: Vec<u16>,
+    /// With `push.known_services_only`: the hosts (and their subdomains) allowed.
+    pub known_services: Option<Vec<String>>,
 }
 
 impl Rules {
@@ -21,6 +23,12 @@ impl Rules {
         Rules {
             allow_insecure: push.allow_insecure_endpoints,
             ports: push.allowed_ports.clone(),
+            known_services: push.known_services_only.then(|| {
+                push.known_services
+                    .iter()
+                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                    .collect()
+            }),
         }
     }
 
@@ -29,6 +37,7 @@ impl Rules {
         Rules {
             allow_insecure: false,
             ports: vec![443],
+            known_services: None,
         }
     }
 }
@@ -63,6 +72,20 @@ pub fn check(endpoint: &str, rules: &Rules) -> Result<Url, String> {
             return Err(format!(
                 "port {port} is not one push services use (push.allowed_ports = {:?})",
                 rules.ports
+            ));
+        }
+    }
+    if let Some(known) = &rules.known_services {
+        let name = match &host {
+            Host::Domain(name) => name.trim_end_matches('.').to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        let listed = known
+            .iter()
+            .any(|k| name == *k || name.ends_with(&format!(".{k}")));
+        if !listed {
+            return Err(format!(
+                "{host} is not a known push service (push.known_services_only is on; push.known_services lists them)"
             ));
         }
     }
@@ -206,6 +229,7 @@ mod tests {
         let open = Rules {
             allow_insecure: true,
             ports: vec![443],
+            known_services: None,
         };
         assert!(check("http://127.0.0.1:8090/push/1", &open).is_ok());
         assert!(check("ftp://127.0.0.1/x", &open).is_err());
@@ -217,8 +241,32 @@ mod tests {
         let wider = Rules {
             allow_insecure: false,
             ports: vec![443, 8443],
+            known_services: None,
         };
         assert!(check("https://push.example.net:8443/x", &wider).is_ok());
+        // With the allowlist on: the known services and their subdomains only.
+        let known = Rules::from_settings(&crate::shared::config::PushSettings {
+            known_services_only: true,
+            ..Default::default()
+        });
+        for ok in [
+            "https://fcm.googleapis.com/fcm/send/abc",
+            "https://updates.push.services.mozilla.com/wpush/v2/x",
+            "https://web.push.apple.com/QGx",
+            "https://wns2-par02p.notify.windows.com/w/?token=x",
+            "https://FCM.googleapis.com./fcm/send/abc",
+        ] {
+            assert!(check(ok, &known).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://push.example.net/x",
+            "https://fcm.googleapis.com.evil.example/x",
+            "https://evilfcm.googleapis.com.example/x",
+            "https://notify.windows.com.example/x",
+            "https://142.250.74.106/x",
+        ] {
+            assert!(check(bad, &known).is_err(), "{bad}");
+        }
     }
 
     #[test]

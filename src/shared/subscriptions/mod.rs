@@ -663,6 +663,7 @@ mod tests {
             .validate(&endpoint::Rules {
                 allow_insecure: true,
                 ports: vec![443],
+                known_services: None,
             })
             .expect("allowed when configured");
     }
