@@ -224,8 +224,9 @@ async fn unroutable_topic_events_are_dead_lettered_when_configured() {
 }
 
 /// A subscriber's pattern cannot pin a worker: `#.#.#.…` (the longest the API
-/// takes) against the longest topic is matched in one pass, and the events
-/// behind it, and the other subscribers, go on as usual.
+/// takes; stored collapsed, and matched memoised in any case) against the
+/// longest topic, and the events behind it, and the other subscribers, go on
+/// as usual.
 #[tokio::test]
 async fn hostile_patterns_cannot_stall_routing() {
     let app = TestApp::start().await;

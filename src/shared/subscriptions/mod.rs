@@ -189,7 +189,8 @@ impl SubscriptionInput {
                 format!("must be 16 bytes (got {})", auth.len()),
             ));
         }
-        check_interests(self.user.as_deref(), &self.topics, self.headers.as_ref())?;
+        let topics = normalized(&self.topics);
+        check_interests(self.user.as_deref(), &topics, self.headers.as_ref())?;
         Ok(Subscription {
             id: id_for_endpoint(endpoint.as_str()),
             user: self.user.clone(),
@@ -201,11 +202,36 @@ impl SubscriptionInput {
                 .trim_end_matches('=')
                 .to_string(),
             auth: URL_SAFE_NO_PAD.encode(auth),
-            topics: self.topics.clone(),
+            topics,
             headers: self.headers.clone(),
             created_at: format_time(Utc::now()),
         })
     }
+}
+
+/// Most topic patterns one subscription may have.
+pub const MAX_PATTERNS: usize = 32;
+/// Most headers one filter may name; longest header name and value.
+pub const MAX_FILTER_HEADERS: usize = 32;
+pub const MAX_HEADER_NAME: usize = 64;
+pub const MAX_HEADER_VALUE: usize = 256;
+
+/// Patterns as stored: each run of `#` words made one (`a.#.#.b` is
+/// `a.#.b`: zero-or-more twice is zero-or-more), so a pattern cannot be made
+/// of a hundred of them.
+fn normalized(topics: &[String]) -> Vec<String> {
+    topics
+        .iter()
+        .map(|pattern| {
+            let mut words: Vec<&str> = Vec::new();
+            for word in pattern.split('.') {
+                if !(word == "#" && words.last() == Some(&"#")) {
+                    words.push(word);
+                }
+            }
+            words.join(".")
+        })
+        .collect()
 }
 
 /// The interests of a subscription: a valid user, valid patterns, a non-empty
@@ -218,6 +244,15 @@ fn check_interests(
     if let Some(user) = user {
         crate::shared::event::check_identifier("user", user, 128)?;
     }
+    if topics.len() > MAX_PATTERNS {
+        return Err(InvalidField::new(
+            "topics",
+            format!(
+                "at most {MAX_PATTERNS} patterns per subscription (got {})",
+                topics.len()
+            ),
+        ));
+    }
     for (i, pattern) in topics.iter().enumerate() {
         check_pattern(pattern).map_err(|m| InvalidField::new(format!("topics[{i}]"), m))?;
     }
@@ -227,6 +262,25 @@ fn check_interests(
                 "headers.values",
                 "must name at least one header",
             ));
+        }
+        if filter.values.len() > MAX_FILTER_HEADERS {
+            return Err(InvalidField::new(
+                "headers.values",
+                format!(
+                    "at most {MAX_FILTER_HEADERS} headers per filter (got {})",
+                    filter.values.len()
+                ),
+            ));
+        }
+        for (name, value) in &filter.values {
+            if name.is_empty() || name.len() > MAX_HEADER_NAME || value.len() > MAX_HEADER_VALUE {
+                return Err(InvalidField::new(
+                    format!("headers.values.{name}"),
+                    format!(
+                        "names are 1 to {MAX_HEADER_NAME} bytes, values at most {MAX_HEADER_VALUE}"
+                    ),
+                ));
+            }
         }
     }
     if user.is_none() && topics.is_empty() && headers.is_none() {
@@ -274,7 +328,7 @@ impl InterestsPatch {
             changed.user = user.clone();
         }
         if let Some(topics) = &self.topics {
-            changed.topics = topics.clone();
+            changed.topics = normalized(topics);
         }
         if let Some(headers) = &self.headers {
             changed.headers = headers.clone();
@@ -613,6 +667,45 @@ mod tests {
     }
 
     const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+
+    #[test]
+    fn runs_of_hash_collapse_and_interests_are_capped() {
+        let mut sub = input("https://fcm.googleapis.com/fcm/send/abc", &good_key(), AUTH);
+        sub.topics = vec![
+            vec!["#"; 128].join("."),
+            "a.#.#.b.#".into(),
+            "#.#.*.#".into(),
+        ];
+        let stored = sub.validate(&endpoint::Rules::strict()).expect("valid");
+        assert_eq!(stored.topics, vec!["#", "a.#.b.#", "#.*.#"]);
+
+        sub.topics = (0..=MAX_PATTERNS).map(|i| format!("t{i}.#")).collect();
+        let err = sub
+            .validate(&endpoint::Rules::strict())
+            .expect_err("too many");
+        assert_eq!(err.field, "topics");
+
+        sub.topics = vec!["a.#".into()];
+        sub.headers = Some(HeaderFilter {
+            mode: MatchMode::All,
+            values: (0..=MAX_FILTER_HEADERS)
+                .map(|i| (format!("h{i}"), "v".to_string()))
+                .collect(),
+        });
+        let err = sub
+            .validate(&endpoint::Rules::strict())
+            .expect_err("too many headers");
+        assert_eq!(err.field, "headers.values");
+
+        sub.headers = Some(HeaderFilter {
+            mode: MatchMode::All,
+            values: [("lot".to_string(), "x".repeat(MAX_HEADER_VALUE + 1))].into(),
+        });
+        let err = sub
+            .validate(&endpoint::Rules::strict())
+            .expect_err("long value");
+        assert_eq!(err.field, "headers.values.lot");
+    }
 
     #[test]
     fn a_browser_subscription_is_accepted() {
