@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use helpers::sentinel::{TestSentinel, MASTER};
-use helpers::{delivery_count, publish_steadily, Herald};
+use helpers::{assert_failover_lost_nothing, publish_steadily, Herald};
 use herald::shared::config::Secret;
 
 /// A few hundred events/s through the API while the primary is SIGKILLed:
@@ -68,30 +68,6 @@ async fn killing_the_primary_under_load_loses_no_accepted_event() {
     .await
     .expect("failover");
     let answers = load.await.expect("the load");
-    let refused: Vec<_> = answers
-        .iter()
-        .filter(|(status, ..)| *status != 202)
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "the API refused some events: {:?}",
-        &refused[..refused.len().min(5)]
-    );
-    let accepted: HashMap<String, String> = answers
-        .iter()
-        .map(|(_, id, user)| (id.clone().expect("an id"), devices[user].clone()))
-        .collect();
-    let (lost, duplicates) = delivery_count(&app, &accepted, Duration::from_secs(120)).await;
-    eprintln!(
-        "failover under load: {} accepted, {} delivered, {lost} lost, {duplicates} duplicates",
-        accepted.len(),
-        accepted.len() - lost
-    );
-    assert_eq!(lost, 0, "{lost} accepted events were never delivered");
-    assert!(
-        duplicates * 20 <= accepted.len(),
-        "{duplicates} duplicates of {} events",
-        accepted.len()
-    );
+    assert_failover_lost_nothing(&app, &answers, &devices).await;
     drop(setup);
 }

@@ -771,6 +771,12 @@ impl Settings {
         }
         ensure_range("redis.partitions", self.redis.partitions as u64, 1, 1024)?;
         ensure_range("redis.connections", self.redis.connections as u64, 1, 256)?;
+        if self.push.allowed_ports.is_empty() || self.push.allowed_ports.contains(&0) {
+            return Err(Invalid::new(
+                "push.allowed_ports",
+                "must list at least one port, none of them 0 (push services listen on 443)",
+            ));
+        }
         ensure_range(
             "redis.wait_replicas",
             u64::from(self.redis.wait_replicas),
@@ -1137,6 +1143,76 @@ mod tests {
         s.worker.block = Duration::from_secs(30);
         let err = s.validate().expect_err("must fail");
         assert_eq!(err.key, "worker.block");
+    }
+
+    #[test]
+    fn ways_to_reach_redis_and_push_limits_are_checked_naming_the_key() {
+        let refused = |change: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::default();
+            change(&mut s);
+            s.validate().expect_err("must fail").key
+        };
+        let url = |s: &mut Settings| s.redis.url = Secret::new("redis://127.0.0.1:6379");
+        let node = || Secret::new("redis://127.0.0.1:7000");
+        assert_eq!(
+            refused(&|s| {
+                url(s);
+                s.redis.cluster_nodes = vec![node()];
+            }),
+            "redis.cluster_nodes"
+        );
+        assert_eq!(
+            refused(&|s| s.redis.cluster_nodes = vec![Secret::new("http://x")]),
+            "redis.cluster_nodes"
+        );
+        assert_eq!(
+            refused(&|s| {
+                url(s);
+                s.redis.sentinel.master = "m".into();
+                s.redis.sentinel.nodes = vec![node()];
+            }),
+            "redis.sentinel.nodes"
+        );
+        assert_eq!(
+            refused(&|s| s.redis.sentinel.nodes = vec![node()]),
+            "redis.sentinel.master"
+        );
+        assert_eq!(
+            refused(&|s| s.redis.sentinel.master = "m".into()),
+            "redis.sentinel.master"
+        );
+        assert_eq!(
+            refused(&|s| {
+                s.redis.sentinel.master = "m".into();
+                s.redis.sentinel.nodes = vec![Secret::new("not a url")];
+            }),
+            "redis.sentinel.nodes"
+        );
+        assert_eq!(
+            refused(&|s| s.redis.wait_replicas = 17),
+            "redis.wait_replicas"
+        );
+        assert_eq!(
+            refused(&|s| {
+                s.redis.wait_replicas = 1;
+                s.redis.wait_timeout = s.redis.command_timeout;
+            }),
+            "redis.wait_timeout"
+        );
+        assert_eq!(
+            refused(&|s| s.push.allowed_ports = vec![]),
+            "push.allowed_ports"
+        );
+        assert_eq!(
+            refused(&|s| s.push.allowed_ports = vec![443, 0]),
+            "push.allowed_ports"
+        );
+        // Secrets in the new keys are redacted when the configuration is shown.
+        let mut s = Settings::default();
+        s.redis.sentinel.password = Secret::new("hunter2");
+        s.redis.sentinel.nodes = vec![Secret::new("redis://:hunter2@127.0.0.1:26379")];
+        s.redis.cluster_nodes = vec![Secret::new("redis://:hunter2@127.0.0.1:7000")];
+        assert!(!s.to_redacted_toml().contains("hunter2"));
     }
 
     #[test]

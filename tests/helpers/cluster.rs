@@ -15,14 +15,9 @@ pub struct RedisNode {
     args: Vec<String>,
 }
 
-/// A cluster node: AOF, failover after 2 s of silence (quick enough for a test).
+/// A cluster node's options beside [`super::DURABLE`]: failover after 2 s of
+/// silence (quick enough for a test).
 const CLUSTER_NODE: &[&str] = &[
-    "--appendonly",
-    "yes",
-    "--appendfsync",
-    "everysec",
-    "--maxmemory-policy",
-    "noeviction",
     "--cluster-enabled",
     "yes",
     "--cluster-config-file",
@@ -33,51 +28,34 @@ const CLUSTER_NODE: &[&str] = &[
 
 impl RedisNode {
     fn start(port: u16) -> RedisNode {
-        RedisNode::start_with(port, CLUSTER_NODE, |_| {})
+        RedisNode::start_with(port, &[super::DURABLE, CLUSTER_NODE].concat(), None)
     }
 
-    /// Starts redis-server on `port` with `args`; `prepare` may first write
-    /// files into its directory (a sentinel's configuration).
-    pub fn start_with(
-        port: u16,
-        args: &[&str],
-        prepare: impl FnOnce(&std::path::Path),
-    ) -> RedisNode {
+    /// Starts redis-server on `port` with `args`; with `conf`, a
+    /// configuration file of that text is written into its directory first
+    /// (a sentinel's, which it rewrites as it learns) and comes first.
+    pub fn start_with(port: u16, args: &[&str], conf: Option<&str>) -> RedisNode {
         let dir = tempfile::tempdir().expect("temp dir for a redis-server");
-        prepare(dir.path());
+        let mut all: Vec<String> = Vec::new();
+        if let Some(text) = conf {
+            let path = dir.path().join("redis.conf");
+            std::fs::write(&path, text).expect("write the configuration");
+            all.push(path.to_string_lossy().into_owned());
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
         let mut node = RedisNode {
             child: None,
             port,
             dir,
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args: all,
         };
         node.spawn();
         node
     }
 
     fn spawn(&mut self) {
-        // A configuration file (a path), when there is one, comes first.
-        let (file, rest): (Vec<&String>, Vec<&String>) = self
-            .args
-            .iter()
-            .partition(|a| a.ends_with(".conf") && a.starts_with('/'));
-        let child = Command::new("redis-server")
-            .args(file)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(rest)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): these tests need a real Redis. \
-                     Install it with `sudo apt-get install redis-server`, or run scripts/test.sh, which does"
-                )
-            });
-        self.child = Some(child);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = Some(super::spawn_redis(self.dir.path(), self.port, &args));
     }
 
     pub fn url(&self) -> String {

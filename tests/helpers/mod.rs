@@ -30,6 +30,17 @@ pub type PendingSummary = (
     Option<Vec<(String, String)>>,
 );
 
+/// What a redis-server that must not lose accepted events runs with: AOF,
+/// fsync every second, no eviction.
+pub const DURABLE: &[&str] = &[
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+    "--maxmemory-policy",
+    "noeviction",
+];
+
 /// A redis-server child on a free port, killed when dropped.
 pub struct TestRedis {
     child: Child,
@@ -46,14 +57,7 @@ impl TestRedis {
 
     /// Starts redis-server with AOF (`appendfsync everysec`), for tests that restart it.
     pub fn start_durable() -> TestRedis {
-        TestRedis::start_with(&[
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--maxmemory-policy",
-            "noeviction",
-        ])
+        TestRedis::start_with(DURABLE)
     }
 
     fn start_with(extra: &[&str]) -> TestRedis {
@@ -114,12 +118,19 @@ impl TestRedis {
     }
 }
 
-fn spawn_redis(dir: &std::path::Path, port: u16, extra: &[&str]) -> Child {
+/// redis-server on `port` with its data in `dir`, then `extra`; a
+/// configuration file among them (an absolute path ending in `.conf`, as a
+/// sentinel's) goes first, where redis-server wants it.
+pub fn spawn_redis(dir: &std::path::Path, port: u16, extra: &[&str]) -> Child {
+    let (file, rest): (Vec<&str>, Vec<&str>) = extra
+        .iter()
+        .partition(|a| a.ends_with(".conf") && a.starts_with('/'));
     Command::new("redis-server")
+        .args(file)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .arg("--dir")
         .arg(dir)
-        .args(extra)
+        .args(rest)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -681,4 +692,40 @@ pub async fn delivery_count(
         .count();
     let duplicates = times.values().map(|n| n - 1).sum();
     (lost, duplicates)
+}
+
+/// After a load of [`publish_steadily`] ran through a failover: every event
+/// was answered `202`, and every accepted one reached its user's device
+/// (`device_of`): none lost, a few twice at most (pushes whose states could
+/// not be written while the primary was gone). Prints the figures.
+pub async fn assert_failover_lost_nothing(
+    app: &Herald,
+    answers: &[(u16, Option<String>, String)],
+    device_of: &std::collections::HashMap<String, String>,
+) {
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status != 202)
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the API refused some events: {:?}",
+        &refused[..refused.len().min(5)]
+    );
+    let accepted: std::collections::HashMap<String, String> = answers
+        .iter()
+        .map(|(_, id, user)| (id.clone().expect("an id"), device_of[user].clone()))
+        .collect();
+    let (lost, duplicates) = delivery_count(app, &accepted, Duration::from_secs(120)).await;
+    eprintln!(
+        "failover under load: {} accepted, {} delivered, {lost} lost, {duplicates} duplicates",
+        accepted.len(),
+        accepted.len() - lost
+    );
+    assert_eq!(lost, 0, "{lost} accepted events were never delivered");
+    assert!(
+        duplicates * 20 <= accepted.len(),
+        "{duplicates} duplicates of {} events",
+        accepted.len()
+    );
 }

@@ -9,15 +9,6 @@ use super::cluster::{wait_until, RedisNode};
 /// The name the sentinels monitor the primary under.
 pub const MASTER: &str = "herald-test";
 
-const DATA_NODE: &[&str] = &[
-    "--appendonly",
-    "yes",
-    "--appendfsync",
-    "everysec",
-    "--maxmemory-policy",
-    "noeviction",
-];
-
 pub struct TestSentinel {
     /// The first primary and its replica; after a failover their roles swap.
     pub data: Vec<RedisNode>,
@@ -32,30 +23,23 @@ impl TestSentinel {
     /// The primary and replica ask `password` of their clients (and of each
     /// other); the sentinels know it (`auth-pass`).
     pub fn start(password: &str) -> TestSentinel {
-        let mut data_args = DATA_NODE.to_vec();
+        let mut data_args = super::DURABLE.to_vec();
         data_args.extend(["--requirepass", password, "--masterauth", password]);
-        let primary = RedisNode::start_with(port(), &data_args, |_| {});
+        let primary = RedisNode::start_with(port(), &data_args, None);
         let primary_port = primary.port.to_string();
         let mut replica_args = data_args.clone();
         replica_args.extend(["--replicaof", "127.0.0.1", &primary_port]);
-        let replica = RedisNode::start_with(port(), &replica_args, |_| {});
+        let replica = RedisNode::start_with(port(), &replica_args, None);
         let sentinels = (0..3)
             .map(|_| {
-                let port = port();
-                let conf = std::env::temp_dir().join(format!("herald-sentinel-{port}.conf"));
-                std::fs::write(
-                    &conf,
-                    format!(
-                        "sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
-                         sentinel auth-pass {MASTER} {password}\n\
-                         sentinel down-after-milliseconds {MASTER} 1000\n\
-                         sentinel failover-timeout {MASTER} 5000\n\
-                         sentinel parallel-syncs {MASTER} 1\n"
-                    ),
-                )
-                .expect("write a sentinel's configuration");
-                let conf = conf.to_string_lossy().into_owned();
-                RedisNode::start_with(port, &[&conf, "--sentinel"], |_| {})
+                let conf = format!(
+                    "sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
+                     sentinel auth-pass {MASTER} {password}\n\
+                     sentinel down-after-milliseconds {MASTER} 1000\n\
+                     sentinel failover-timeout {MASTER} 5000\n\
+                     sentinel parallel-syncs {MASTER} 1\n"
+                );
+                RedisNode::start_with(port(), &["--sentinel"], Some(&conf))
             })
             .collect();
         let setup = TestSentinel {
