@@ -325,6 +325,7 @@ async fn killing_a_master_under_load_loses_no_accepted_event() {
     let cluster = tokio::task::spawn_blocking(move || {
         let waited = std::time::Instant::now();
         let promoted = cluster.wait_new_master(slot, victim, Duration::from_secs(30));
+        let promoted_at = chrono::Utc::now();
         cluster.wait_healthy(Duration::from_secs(30));
         eprintln!(
             "failover: {promoted} took over from {victim} {:?} after the kill",
@@ -332,11 +333,12 @@ async fn killing_a_master_under_load_loses_no_accepted_event() {
         );
         cluster.node_mut(victim).restart();
         cluster.wait_healthy(Duration::from_secs(30));
-        cluster
+        (cluster, promoted_at)
     })
     .await
     .expect("failover");
+    let (cluster, promoted_at) = cluster;
     let answers = load.await.expect("the load");
-    assert_failover_lost_nothing(&app, &answers, &devices).await;
+    assert_failover_lost_nothing(&app, &answers, &devices, promoted_at).await;
     drop(cluster);
 }

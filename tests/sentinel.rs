@@ -56,6 +56,7 @@ async fn killing_the_primary_under_load_loses_no_accepted_event() {
             "the sentinels promote the replica",
             || setup.primary().is_some_and(|p| p != first),
         );
+        let promoted_at = chrono::Utc::now();
         eprintln!(
             "failover: the sentinels named a new primary {:?} after the kill",
             waited.elapsed()
@@ -63,11 +64,12 @@ async fn killing_the_primary_under_load_loses_no_accepted_event() {
         // The old primary returns; the sentinels make it the new one's replica.
         setup.node_mut(first).restart();
         setup.wait_synced(Duration::from_secs(30));
-        setup
+        (setup, promoted_at)
     })
     .await
     .expect("failover");
+    let (setup, promoted_at) = setup;
     let answers = load.await.expect("the load");
-    assert_failover_lost_nothing(&app, &answers, &devices).await;
+    assert_failover_lost_nothing(&app, &answers, &devices, promoted_at).await;
     drop(setup);
 }
