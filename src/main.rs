@@ -76,6 +76,11 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Process history still in the streams again.
     Replay(replay::ReplayArgs),
+    /// Service tokens for the API (api.tokens).
+    Token {
+        #[command(subcommand)]
+        command: herald::intake::auth::TokenCommand,
+    },
     /// VAPID keys.
     Vapid {
         #[command(subcommand)]
@@ -149,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run_cli(settings, args).await,
         Command::Replay(args) => replay::run_cli(settings, args).await,
         Command::Vapid { command } => vapid::run_cli(&settings, command),
+        Command::Token { command } => herald::intake::auth::run_cli(command),
         Command::Config { command } => command.run(&source, &settings),
     }
 }

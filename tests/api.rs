@@ -172,28 +172,6 @@ async fn a_notification_too_large_for_one_push_is_refused() {
 }
 
 #[tokio::test]
-async fn tokens_are_required_when_configured() {
-    let app =
-        TestApp::start_with(|s| s.api.tokens = vec![herald::shared::config::Secret::new("s3cret")])
-            .await;
-    let (status, body) = app.post("/v1/events", &event("u")).await;
-    assert_eq!(status, 401, "{body}");
-    assert_eq!(body["error"]["code"], "unauthorized");
-    let r = app
-        .http
-        .post(format!("{}/v1/events", app.api_url))
-        .bearer_auth("s3cret")
-        .json(&event("u"))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(r.status(), 202);
-    // The public key is public.
-    let (status, _) = app.get("/v1/vapid-public-key").await;
-    assert_eq!(status, 200);
-}
-
-#[tokio::test]
 async fn subscriptions_are_validated_listed_updated_and_deleted() {
     let app = TestApp::start().await;
     let (_, browser) = app.sink.new_subscription();

@@ -351,7 +351,10 @@ async fn a_whole_run_logs_no_secret_and_continues_the_producers_trace() {
     let api = format!("http://127.0.0.1:{port}");
     let token = "tok-9f8e7d6c5b4a39281706";
     let listen = format!("127.0.0.1:{port}");
-    let tokens = format!("[\"{token}\"]");
+    let tokens = format!(
+        "[{{name=\"observer\",sha256=\"{}\",scopes=[\"publish\",\"subscriptions\"]}}]",
+        herald::intake::auth::digest_hex(token)
+    );
     // The test's own API (in this process) holds the data dir's spool.
     let spool = app.data.path().join("spool-up");
     let spool = spool.to_str().expect("utf-8 path");

@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -21,9 +21,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::intake::auth::{Caller, Credentials};
+use crate::intake::limits::{Limited, Limits};
 use crate::intake::publish::{NotReplicated, PublishOutcome, Publisher, Ready};
 use crate::intake::spool::{Drainer, Spool, SpoolError};
-use crate::shared::config::{Secret, Settings};
+use crate::shared::config::{Scope, Settings};
 use crate::shared::db::Db;
 use crate::shared::event::{EventDefaults, EventInput, InvalidField};
 use crate::shared::subscriptions::{InterestsPatch, Store, Stored, SubscriptionInput};
@@ -35,6 +37,10 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// The scope a `403` says is needed.
+    scope: Option<&'static str>,
+    /// Seconds a `429` asks the caller to wait.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -44,15 +50,39 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            scope: None,
+            retry_after: None,
         }
     }
 
     fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "invalid_field",
-            message: message.into(),
             field: Some(field.into()),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+        }
+    }
+
+    /// `403` naming the field a subscriber token may not set.
+    fn forbidden_field(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            field: Some(field.into()),
+            ..ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+        }
+    }
+
+    fn limited(limited: Limited) -> ApiError {
+        crate::shared::metrics::rate_limited(limited.limit);
+        let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        ApiError {
+            retry_after: Some(seconds),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "over the rate {} allows this credential; retry after {seconds} s",
+                    limited.limit
+                ),
+            )
         }
     }
 
@@ -72,7 +102,16 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field {
             error["field"] = Value::String(field);
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        if let Some(scope) = self.scope {
+            error["scope"] = Value::String(scope.into());
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -96,7 +135,11 @@ struct Inner {
     endpoint_rules: crate::shared::endpoint::Rules,
     max_body_bytes: usize,
     max_batch: usize,
-    tokens: Vec<Secret>,
+    credentials: Credentials,
+    limits: Limits,
+    /// For `GET /v1/stats`.
+    spool_dir: std::path::PathBuf,
+    dead_letters: crate::shared::dead_letter::DeadLetters,
     vapid_public_key: String,
     /// Takes events while Redis cannot; `None` when `spool.enabled = false`.
     spool: Option<Arc<Spool>>,
@@ -122,8 +165,15 @@ impl Api {
         let listener = TcpListener::bind(settings.api.listen).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on api.listen = {}: {e}", settings.api.listen)
         })?;
-        if settings.api.tokens.is_empty() && !settings.api.listen.ip().is_loopback() {
-            tracing::warn!(listen = %settings.api.listen, "the API listens beyond loopback without api.tokens: anyone who reaches it can publish");
+        let credentials = Credentials::from_settings(settings)?;
+        if credentials.is_open() {
+            if !settings.api.listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "api.listen = {} reaches beyond this machine, and no api.tokens are set: anyone who reaches it could publish and read subscriptions; create tokens with `herald token create` or listen on 127.0.0.1",
+                    settings.api.listen
+                );
+            }
+            tracing::warn!(listen = %settings.api.listen, "open mode: no api.tokens, every request on loopback is allowed (the quickstart); set api.tokens before exposing the API");
         }
         let publisher = Publisher::new(db.clone(), settings);
         let spool = if settings.spool.enabled {
@@ -142,12 +192,21 @@ impl Api {
                 publisher,
                 spool,
                 store: Store::new(db.clone()),
-                db,
+                db: db.clone(),
                 defaults: settings.events.defaults(),
                 endpoint_rules: crate::shared::endpoint::Rules::from_settings(&settings.push),
                 max_body_bytes: settings.api.max_body_bytes,
                 max_batch: settings.api.max_batch,
-                tokens: settings.api.tokens.clone(),
+                credentials,
+                limits: Limits::from_settings(&settings.api.limits),
+                spool_dir: settings.spool_dir(),
+                dead_letters: crate::shared::dead_letter::DeadLetters::new(
+                    db.clone(),
+                    &settings.worker.group,
+                    Default::default(),
+                    crate::shared::retry::RetryPolicy::from_settings(&settings.retry).markers_ttl(),
+                    settings.events.defaults(),
+                ),
                 vapid_public_key,
                 draining: CancellationToken::new(),
             }),
@@ -201,7 +260,9 @@ pub fn router(state: ApiState) -> Router {
             "/v1/subscriptions/{id}",
             delete(delete_subscription).patch(patch_subscription),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/v1/stats", get(stats))
+        .route("/v1/admin/dead-letters", get(list_dead_letters))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)
         .route("/v1/vapid-public-key", get(vapid_public_key))
@@ -212,34 +273,50 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let tokens = &state.inner.tokens;
-    if tokens.is_empty() {
-        return next.run(request).await;
-    }
-    let given = request
+/// Names the caller (`401` when it cannot), takes one request from its
+/// bucket (`429` when empty), and hands the handlers a [`Caller`].
+async fn authenticate(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if tokens
-        .iter()
-        .any(|t| constant_time_eq(t.expose().as_bytes(), given.as_bytes()))
-    {
-        next.run(request).await
-    } else {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send a valid token as `Authorization: Bearer <token>` (api.tokens)",
-        )
-        .into_response()
+        .and_then(|v| v.to_str().ok());
+    let now = Utc::now().timestamp().max(0) as u64;
+    let caller = match state.inner.credentials.identify(authorization, now) {
+        Ok(caller) => caller,
+        Err(why) => {
+            crate::shared::metrics::api_refused("unauthorized");
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why.to_string())
+                .into_response();
+        }
+    };
+    if let Err(limited) = state.inner.limits.request(&caller) {
+        return ApiError::limited(limited).into_response();
     }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// `403` unless the caller holds `scope`.
+fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+    if caller.may(scope) {
+        return Ok(());
+    }
+    crate::shared::metrics::api_refused("forbidden");
+    let message = match caller {
+        Caller::Subscriber { .. } => format!(
+            "a subscriber token only manages its own user's subscriptions; this needs a service token with the `{}` scope",
+            scope.as_str()
+        ),
+        _ => format!(
+            "the token {:?} lacks the `{}` scope this needs (api.tokens)",
+            caller.label(),
+            scope.as_str()
+        ),
+    };
+    Err(ApiError {
+        scope: Some(scope.as_str()),
+        ..ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    })
 }
 
 /// Reads a JSON body: 415 for another content type, 413 over the limit, 400 for bad JSON.
@@ -303,10 +380,14 @@ fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ApiE
 
 async fn post_events(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let answer = publish_events(state, headers, body).await;
+    let answer = match require(&caller, Scope::Publish) {
+        Ok(()) => publish_events(state, &caller, headers, body).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &answer {
         crate::shared::metrics::event_rejected(e.code);
     }
@@ -315,6 +396,7 @@ async fn post_events(
 
 async fn publish_events(
     state: ApiState,
+    caller: &Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -343,6 +425,11 @@ async fn publish_events(
             ),
         ));
     }
+    state
+        .inner
+        .limits
+        .events(caller, items.len())
+        .map_err(ApiError::limited)?;
     let now = Utc::now();
     let mut ready = Vec::with_capacity(items.len());
     // Validate the whole batch first: a bad event means nothing of the request is accepted.
@@ -510,12 +597,40 @@ async fn spool_append(spool: Arc<Spool>, ready: Vec<Ready>) -> Result<Vec<Value>
 
 async fn post_subscription(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if !matches!(caller, Caller::Subscriber { .. }) {
+        require(&caller, Scope::Subscriptions)?;
+    }
     let value = read_json(&state, &headers, body).await?;
-    let input: SubscriptionInput = from_value(value, "")?;
+    let mut input: SubscriptionInput = from_value(value, "")?;
+    if let Caller::Subscriber { user, topics } = &caller {
+        own_interests(&mut input, user, topics)?;
+    }
     let sub = input.validate(&state.inner.endpoint_rules)?;
+    if let Caller::Subscriber { user, .. } = &caller {
+        // One user's token cannot take over a device registered to another.
+        let current = state
+            .inner
+            .store
+            .get(&sub.id)
+            .await
+            .map_err(ApiError::unavailable)?;
+        if let Some(Ok(current)) = current {
+            if current.user.as_deref() != Some(user.as_str()) {
+                return Err(ApiError {
+                    field: Some("subscription.endpoint".into()),
+                    ..ApiError::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "this endpoint is registered to another user; unsubscribe in the browser (pushManager) and subscribe again for a new endpoint",
+                    )
+                });
+            }
+        }
+    }
     let stored = state
         .inner
         .store
@@ -528,6 +643,39 @@ async fn post_subscription(
     };
     release_held(&state, sub.user.as_deref()).await;
     Ok((status, Json(json!({"id": sub.id, "created": created}))).into_response())
+}
+
+/// What a subscriber token may ask for: its own user (the body may repeat
+/// it, never name another), the topics its token lists, no header filter.
+fn own_interests(
+    input: &mut SubscriptionInput,
+    user: &str,
+    allowed: &[String],
+) -> Result<(), ApiError> {
+    match &input.user {
+        Some(named) if named != user => {
+            return Err(ApiError::forbidden_field(
+                "user",
+                "a subscriber token registers devices for its own user (its sub) only",
+            ))
+        }
+        _ => input.user = Some(user.to_string()),
+    }
+    for (i, pattern) in input.topics.iter().enumerate() {
+        if !allowed.contains(pattern) {
+            return Err(ApiError::forbidden_field(
+                &format!("topics[{i}]"),
+                format!("the subscriber token does not allow the pattern {pattern:?} (its topics claim lists what it may subscribe to)"),
+            ));
+        }
+    }
+    if input.headers.is_some() {
+        return Err(ApiError::forbidden_field(
+            "headers",
+            "header filters are set with a service token (scope subscriptions), not a subscriber token",
+        ));
+    }
+    Ok(())
 }
 
 /// Sends the events held for a user who has a subscription now back into the stream.
@@ -544,10 +692,12 @@ async fn release_held(state: &ApiState, user: Option<&str>) {
 /// `PATCH /v1/subscriptions/{id}`: changes the interests (user, topics, headers) of a subscription.
 async fn patch_subscription(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    require(&caller, Scope::Subscriptions)?;
     let value = read_json(&state, &headers, body).await?;
     let patch: InterestsPatch = from_value(value, "")?;
     let not_found = || {
@@ -603,15 +753,32 @@ struct ListQuery {
 
 async fn list_subscriptions(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let Some(user) = query.user.filter(|u| !u.is_empty()) else {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "missing_parameter",
-            message: "name the user: GET /v1/subscriptions?user=<user>".into(),
-            field: Some("user".into()),
-        });
+    let asked = query.user.filter(|u| !u.is_empty());
+    let user = match (&caller, asked) {
+        (Caller::Subscriber { user, .. }, None) => user.clone(),
+        (Caller::Subscriber { user, .. }, Some(asked)) if asked == *user => asked,
+        (Caller::Subscriber { .. }, Some(_)) => {
+            return Err(ApiError::forbidden_field(
+                "user",
+                "a subscriber token lists its own user's subscriptions only",
+            ))
+        }
+        (_, asked) => {
+            if !caller.may(Scope::Read) {
+                require(&caller, Scope::Subscriptions)?;
+            }
+            asked.ok_or_else(|| ApiError {
+                field: Some("user".into()),
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "missing_parameter",
+                    "name the user: GET /v1/subscriptions?user=<user>",
+                )
+            })?
+        }
     };
     let found = state
         .inner
@@ -631,14 +798,33 @@ async fn list_subscriptions(
 
 async fn delete_subscription(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !is_subscription_id(&id) {
-        return Err(ApiError::new(
+    let not_found = || {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no subscription has that id",
-        ));
+        )
+    };
+    if !is_subscription_id(&id) {
+        return Err(not_found());
+    }
+    match &caller {
+        // Another user's device is not found: the token learns nothing of it.
+        Caller::Subscriber { user, .. } => {
+            let stored = state
+                .inner
+                .store
+                .get(&id)
+                .await
+                .map_err(ApiError::unavailable)?;
+            if !matches!(stored, Some(Ok(sub)) if sub.user.as_deref() == Some(user.as_str())) {
+                return Err(not_found());
+            }
+        }
+        _ => require(&caller, Scope::Subscriptions)?,
     }
     match state
         .inner
@@ -654,6 +840,59 @@ async fn delete_subscription(
             "no subscription has that id",
         )),
     }
+}
+
+/// `GET /v1/stats`: what `herald stats --json` prints.
+async fn stats(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Read)?;
+    let stats = crate::operate::stats::collect(&state.inner.db, None, Some(&state.inner.spool_dir))
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(serde_json::to_value(stats).expect("serializes")).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeadLetterQuery {
+    reason: Option<String>,
+    topic: Option<String>,
+    user: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/admin/dead-letters`: the oldest dead letters matching the filter (100 unless `limit`, at most 1000).
+async fn list_dead_letters(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Admin)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError {
+            field: Some("limit".into()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                "limit must be 1 to 1000",
+            )
+        });
+    }
+    let filter = crate::shared::dead_letter::Filter {
+        reason: query.reason,
+        topic: query.topic,
+        user: query.user,
+        ..Default::default()
+    };
+    let found = state
+        .inner
+        .dead_letters
+        .list(&filter, limit)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(json!({ "dead_letters": found })).into_response())
 }
 
 async fn vapid_public_key(State(state): State<ApiState>) -> Response {

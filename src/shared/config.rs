@@ -348,8 +348,105 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Most events accepted in one `POST /v1/events` array.
     pub max_batch: usize,
-    /// Bearer tokens accepted on `/v1/*`; empty means no authentication.
-    pub tokens: Vec<Secret>,
+    /// Service credentials, each a name, the SHA-256 of its token and its scopes
+    /// (`herald token create` makes one). None: open mode, on loopback only.
+    pub tokens: Vec<ApiToken>,
+    /// Browser credentials: short-lived tokens for one user, signed by the app's backend.
+    pub subscriber_tokens: SubscriberTokenSettings,
+    /// Request and event rates allowed per credential (`429` beyond).
+    pub limits: LimitSettings,
+}
+
+/// One service credential. The token itself is never stored, only its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who holds it (logs and metrics say this, never the token).
+    pub name: String,
+    /// Lowercase hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    /// What it may do: `publish`, `subscriptions`, `read`, `admin`.
+    pub scopes: Vec<Scope>,
+}
+
+/// What a service credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// `POST /v1/events`.
+    Publish,
+    /// Create, change, list and delete any user's subscriptions.
+    Subscriptions,
+    /// Stats and lists (`GET /v1/stats`, `GET /v1/subscriptions`).
+    Read,
+    /// Dead letters and replay (`/v1/admin/…`); includes `read`.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [
+        Scope::Publish,
+        Scope::Subscriptions,
+        Scope::Read,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Publish => "publish",
+            Scope::Subscriptions => "subscriptions",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scope, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown scope {s:?}: use publish, subscriptions, read or admin")
+            })
+    }
+}
+
+/// Subscriber tokens: HS256 JWTs whose `sub` is the user, minted by the app's backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriberTokenSettings {
+    /// The shared HMAC secret (at least 32 bytes); better from the environment
+    /// (`HERALD_API__SUBSCRIBER_TOKENS__SECRET`) or `secret_file`. Both empty: off.
+    pub secret: Secret,
+    /// File holding the secret (trailing newline ignored); refused when group or others may read it.
+    pub secret_file: PathBuf,
+    /// The `aud` a token must carry, so tokens minted for another service do not work here.
+    pub audience: String,
+    /// The longest life a token may have: one whose `exp` is further ahead is refused.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+/// Token buckets per credential; a rate of 0 turns that limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Requests per second of one service token, and the burst it may save up.
+    pub token_requests: Rate,
+    /// Events per second one service token may publish (a batch counts each event).
+    pub token_events: Rate,
+    /// Requests per second of one subscriber (user), all its tokens together.
+    pub subscriber_requests: Rate,
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -497,6 +594,38 @@ impl Default for ApiSettings {
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
             tokens: Vec::new(),
+            subscriber_tokens: SubscriberTokenSettings::default(),
+            limits: LimitSettings::default(),
+        }
+    }
+}
+
+impl Default for SubscriberTokenSettings {
+    fn default() -> Self {
+        SubscriberTokenSettings {
+            secret: Secret::default(),
+            secret_file: PathBuf::new(),
+            audience: "herald".into(),
+            max_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            token_requests: Rate {
+                per_second: 2_000,
+                burst: 4_000,
+            },
+            token_events: Rate {
+                per_second: 20_000,
+                burst: 100_000,
+            },
+            subscriber_requests: Rate {
+                per_second: 2,
+                burst: 20,
+            },
         }
     }
 }
@@ -914,10 +1043,108 @@ impl Settings {
         if let Err(problem) = self.admin.address("worker") {
             return Err(Invalid::new("admin.listen", problem));
         }
-        if self.api.tokens.iter().any(Secret::is_empty) {
+        self.check_credentials()?;
+        Ok(())
+    }
+
+    /// API tokens, subscriber tokens and rate limits.
+    fn check_credentials(&self) -> Result<(), Invalid> {
+        let mut names = std::collections::HashSet::new();
+        let mut digests = std::collections::HashSet::new();
+        for token in &self.api.tokens {
+            let name = &token.name;
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(Invalid::new(
+                    "api.tokens",
+                    format!("name {name:?} must be 1 to 64 of A-Z a-z 0-9 . _ -"),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(Invalid::new(
+                    "api.tokens",
+                    format!("name {name:?} is used twice; names tell credentials apart"),
+                ));
+            }
+            let digest = &token.sha256;
+            if digest.len() != 64
+                || !digest
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(Invalid::new(
+                    "api.tokens",
+                    format!("{name}: sha256 must be the 64 lowercase hex digits of the token's SHA-256, not the token (`herald token create` prints the entry)"),
+                ));
+            }
+            if !digests.insert(digest) {
+                return Err(Invalid::new(
+                    "api.tokens",
+                    format!("{name}: the same token digest is listed twice"),
+                ));
+            }
+            if token.scopes.is_empty() {
+                return Err(Invalid::new(
+                    "api.tokens",
+                    format!(
+                        "{name}: name at least one scope (publish, subscriptions, read, admin)"
+                    ),
+                ));
+            }
+        }
+        let subscriber = &self.api.subscriber_tokens;
+        if !subscriber.secret.is_empty() && !subscriber.secret_file.as_os_str().is_empty() {
             return Err(Invalid::new(
-                "api.tokens",
-                "must not contain an empty token",
+                "api.subscriber_tokens.secret",
+                "set either secret or secret_file, not both",
+            ));
+        }
+        if !subscriber.secret.is_empty() && subscriber.secret.expose().len() < 32 {
+            return Err(Invalid::new(
+                "api.subscriber_tokens.secret",
+                "must be at least 32 bytes (e.g. `openssl rand -base64 32`)",
+            ));
+        }
+        if subscriber.audience.is_empty() {
+            return Err(Invalid::new(
+                "api.subscriber_tokens.audience",
+                "must not be empty",
+            ));
+        }
+        if subscriber.max_lifetime < Duration::from_secs(1)
+            || subscriber.max_lifetime > Duration::from_secs(30 * 24 * 3600)
+        {
+            return Err(Invalid::new(
+                "api.subscriber_tokens.max_lifetime",
+                "must be between 1s and 30 days",
+            ));
+        }
+        let limits = &self.api.limits;
+        for (key, rate) in [
+            ("api.limits.token_requests", limits.token_requests),
+            ("api.limits.token_events", limits.token_events),
+            ("api.limits.subscriber_requests", limits.subscriber_requests),
+        ] {
+            if rate.per_second > 0 && rate.burst == 0 {
+                return Err(Invalid::new(
+                    key,
+                    "burst must be at least 1 (per_second = 0 turns the limit off)",
+                ));
+            }
+        }
+        if limits.token_events.per_second > 0
+            && (limits.token_events.burst as usize) < self.api.max_batch
+        {
+            return Err(Invalid::new(
+                "api.limits.token_events",
+                format!(
+                    "burst ({}) must be at least api.max_batch ({}), or a full batch could never pass",
+                    limits.token_events.burst, self.api.max_batch
+                ),
             ));
         }
         Ok(())
@@ -978,12 +1205,9 @@ impl Settings {
         if !shown.alerts.webhook_url.is_empty() {
             shown.alerts.webhook_url = Secret::new("[redacted]");
         }
-        shown.api.tokens = shown
-            .api
-            .tokens
-            .iter()
-            .map(|_| Secret::new("[redacted]"))
-            .collect();
+        if !shown.api.subscriber_tokens.secret.is_empty() {
+            shown.api.subscriber_tokens.secret = Secret::new("[redacted]");
+        }
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
@@ -1132,7 +1356,7 @@ mod tests {
     fn secrets_do_not_print() {
         let mut s = Settings::default();
         s.redis.url = Secret::new("redis://:hunter2@db:6379");
-        s.api.tokens = vec![Secret::new("tok-hunter2")];
+        s.api.subscriber_tokens.secret = Secret::new("hunter2-hunter2-hunter2-hunter2-hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!s.to_redacted_toml().contains("hunter2"));
     }

@@ -9,6 +9,8 @@
 //! | `herald_build_info` | gauge | `version` | always 1 |
 //! | `herald_events_ingested_total` | counter | `result` (`added`, `duplicate`, `scheduled`, `spooled`) | events the API accepted |
 //! | `herald_events_rejected_total` | counter | `reason` (the API's error code) | requests refused, and events refused for a conflicting id (`conflict`) |
+//! | `herald_api_refused_total` | counter | `reason` (`unauthorized`: no valid token, `forbidden`: a scope or user it lacks) | API requests refused for their credential |
+//! | `herald_api_rate_limited_total` | counter | `limit` (the setting: `api.limits.token_requests`, `api.limits.token_events`, `api.limits.subscriber_requests`) | API requests answered `429` |
 //! | `herald_events_processed_total` | counter | `outcome` (`acked`, `unroutable` (a topic event nobody matches), `no_target` (a direct event not held), `held`, `pending`, `dead_lettered`, `superseded`, `taken_over`) | entries a worker finished processing |
 //! | `herald_pushes_total` | counter | `outcome` (`delivered`, `gone`, `retry`, `dead_lettered`, `not_sent` (breaker open, subscription waiting, service full), `expired` (TTL over: not sent)), `service` | push attempts |
 //! | `herald_push_duration_seconds` | histogram | `service` | one push request, sent to answered |
@@ -128,6 +130,14 @@ pub fn event_ingested(result: &'static str) {
 
 pub fn event_rejected(reason: &'static str) {
     counter!("herald_events_rejected_total", "reason" => reason).increment(1);
+}
+
+pub fn api_refused(reason: &'static str) {
+    counter!("herald_api_refused_total", "reason" => reason).increment(1);
+}
+
+pub fn rate_limited(limit: &'static str) {
+    counter!("herald_api_rate_limited_total", "limit" => limit).increment(1);
 }
 
 pub fn event_processed(outcome: &'static str) {

@@ -1,0 +1,759 @@
+//! Who may do what on the API: service tokens known by their digest and
+//! limited to their scopes, subscriber tokens limited to their own user, rate
+//! limits per credential, open mode on loopback only, `herald token create`.
+
+mod helpers;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use helpers::TestApp;
+use herald::intake::auth::digest_hex;
+use herald::shared::config::{ApiToken, Rate, Scope, Settings};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-secret-test-secret-test-secret-32";
+
+fn token(name: &str, scopes: &[Scope]) -> ApiToken {
+    ApiToken {
+        name: name.into(),
+        sha256: digest_hex(&format!("tok-{name}")),
+        scopes: scopes.to_vec(),
+    }
+}
+
+fn with_credentials(s: &mut Settings) {
+    s.api.tokens = vec![
+        token("publisher", &[Scope::Publish]),
+        token("manager", &[Scope::Subscriptions]),
+        token("reader", &[Scope::Read]),
+        token("operator", &[Scope::Admin]),
+        token("backend", &[Scope::Publish, Scope::Subscriptions]),
+    ];
+    s.api.subscriber_tokens.secret = herald::shared::config::Secret::new(SECRET);
+}
+
+/// A subscriber token as the README's snippets mint it.
+fn subscriber_token(claims: Value, secret: &str) -> String {
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed.as_bytes()));
+    format!("{signed}.{signature}")
+}
+
+fn now() -> u64 {
+    chrono::Utc::now().timestamp() as u64
+}
+
+fn for_user(user: &str) -> String {
+    subscriber_token(
+        json!({"sub": user, "aud": "herald", "exp": now() + 600, "topics": ["lot.7"]}),
+        SECRET,
+    )
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+}
+
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = app.http.request(method, format!("{}{path}", app.api_url));
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the api answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().expect("ascii").to_string());
+    let text = response.text().await.expect("a body");
+    Answer {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        retry_after,
+    }
+}
+
+fn event(user: &str) -> Value {
+    json!({"topic": "parking.exit", "user": user, "notification": {"title": "Exit"}})
+}
+
+#[tokio::test]
+async fn service_tokens_are_known_by_their_digest_and_held_to_their_scopes() {
+    let app = TestApp::start_with(with_credentials).await;
+    let tok = |name: &str| format!("tok-{name}");
+    let (_, browser) = app.sink.new_subscription();
+    let subscription = json!({"user": "u-1", "subscription": browser});
+
+    let missing = call(&app, Method::POST, "/v1/events", None, Some(event("u-1"))).await;
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    assert_eq!(missing.body["error"]["code"], "unauthorized");
+    assert!(missing.body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("Authorization: Bearer"));
+    let wrong = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some("tok-nobody"),
+        Some(event("u-1")),
+    )
+    .await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    // The digest itself is not a token.
+    let digest = digest_hex("tok-publisher");
+    let by_digest = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some(&digest),
+        Some(event("u-1")),
+    )
+    .await;
+    assert_eq!(by_digest.status, 401, "{}", by_digest.body);
+
+    // Each route, with a token lacking its scope, then with one holding it.
+    let forbidden = |answer: &Answer, scope: &str| {
+        assert_eq!(answer.status, 403, "{}", answer.body);
+        assert_eq!(answer.body["error"]["code"], "forbidden");
+        assert_eq!(answer.body["error"]["scope"], scope, "{}", answer.body);
+    };
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some(&tok("reader")),
+        Some(event("u-1")),
+    )
+    .await;
+    forbidden(&a, "publish");
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some(&tok("publisher")),
+        Some(event("u-1")),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&tok("publisher")),
+        Some(subscription.clone()),
+    )
+    .await;
+    forbidden(&a, "subscriptions");
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&tok("manager")),
+        Some(subscription.clone()),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id = a.body["id"].as_str().expect("id").to_string();
+
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/subscriptions?user=u-1",
+        Some(&tok("publisher")),
+        None,
+    )
+    .await;
+    forbidden(&a, "subscriptions");
+    for lister in ["reader", "manager", "operator"] {
+        let a = call(
+            &app,
+            Method::GET,
+            "/v1/subscriptions?user=u-1",
+            Some(&tok(lister)),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{lister}: {}", a.body);
+        assert_eq!(a.body["subscriptions"][0]["id"], json!(id));
+    }
+
+    let patch = json!({"topics": ["lot.*"]});
+    let path = format!("/v1/subscriptions/{id}");
+    let a = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&tok("reader")),
+        Some(patch.clone()),
+    )
+    .await;
+    forbidden(&a, "subscriptions");
+    let a = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&tok("manager")),
+        Some(patch),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/stats",
+        Some(&tok("publisher")),
+        None,
+    )
+    .await;
+    forbidden(&a, "read");
+    for reader in ["reader", "operator"] {
+        let a = call(&app, Method::GET, "/v1/stats", Some(&tok(reader)), None).await;
+        assert_eq!(a.status, 200, "{reader}: {}", a.body);
+        assert_eq!(a.body["streams"][0]["length"], 1, "{}", a.body);
+    }
+
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/admin/dead-letters",
+        Some(&tok("reader")),
+        None,
+    )
+    .await;
+    forbidden(&a, "admin");
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/admin/dead-letters?limit=5000",
+        Some(&tok("operator")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.body["error"]["field"]),
+        (400, &json!("limit")),
+        "{}",
+        a.body
+    );
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/admin/dead-letters",
+        Some(&tok("operator")),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["dead_letters"], json!([]));
+
+    let a = call(&app, Method::DELETE, &path, Some(&tok("publisher")), None).await;
+    forbidden(&a, "subscriptions");
+    let a = call(&app, Method::DELETE, &path, Some(&tok("manager")), None).await;
+    assert_eq!(a.status, 204);
+
+    // What is public stays public.
+    for open in ["/v1/vapid-public-key", "/livez", "/metrics"] {
+        let a = call(&app, Method::GET, open, None, None).await;
+        assert_eq!(a.status, 200, "{open}");
+    }
+    let metrics = call(&app, Method::GET, "/metrics", None, None).await.body;
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.contains(r#"herald_api_refused_total{reason="forbidden"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"herald_api_refused_total{reason="unauthorized"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_token_manages_its_own_users_subscriptions_and_nothing_else() {
+    let app = TestApp::start_with(with_credentials).await;
+    let mine = for_user("u-1");
+    let (sink_id, browser) = app.sink.new_subscription();
+
+    // The user comes from the token: the body need not name it, and may not name another.
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&mine),
+        Some(json!({"subscription": browser})),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id = a.body["id"].as_str().expect("id").to_string();
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&mine),
+        Some(json!({"user": "u-2", "subscription": browser})),
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.body["error"]["field"]),
+        (403, &json!("user")),
+        "{}",
+        a.body
+    );
+    // Topics only from the token's own list; no header filter.
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&mine),
+        Some(json!({"subscription": browser, "topics": ["#"]})),
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.body["error"]["field"]),
+        (403, &json!("topics[0]")),
+        "{}",
+        a.body
+    );
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&mine),
+        Some(json!({"subscription": browser, "headers": {"match": "all", "values": {"lot": "7"}}})),
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.body["error"]["field"]),
+        (403, &json!("headers")),
+        "{}",
+        a.body
+    );
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&mine),
+        Some(json!({"user": "u-1", "subscription": browser, "topics": ["lot.7"]})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // Listed: its own user, by default and by name; never another's.
+    let a = call(&app, Method::GET, "/v1/subscriptions", Some(&mine), None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["user"], "u-1");
+    assert_eq!(a.body["subscriptions"][0]["id"], json!(id));
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/subscriptions?user=u-2",
+        Some(&mine),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.body["error"]["field"]),
+        (403, &json!("user")),
+        "{}",
+        a.body
+    );
+
+    // Another user's device: not found for deletion, not taken over by registration.
+    let (_, theirs) = app.sink.new_subscription();
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some("tok-backend"),
+        Some(json!({"user": "u-2", "subscription": theirs})),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let their_id = a.body["id"].as_str().expect("id").to_string();
+    let a = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/subscriptions/{their_id}"),
+        Some(&mine),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&mine),
+        Some(json!({"subscription": theirs})),
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.body["error"]["code"]),
+        (409, &json!("conflict")),
+        "{}",
+        a.body
+    );
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/subscriptions?user=u-2",
+        Some("tok-backend"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        a.body["subscriptions"][0]["id"],
+        json!(their_id),
+        "u-2's device is untouched"
+    );
+
+    // Nothing else: no publishing, no changing interests, no stats.
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some(&mine),
+        Some(event("u-1")),
+    )
+    .await;
+    assert_eq!(
+        (a.status, &a.body["error"]["scope"]),
+        (403, &json!("publish")),
+        "{}",
+        a.body
+    );
+    let a = call(
+        &app,
+        Method::PATCH,
+        &format!("/v1/subscriptions/{id}"),
+        Some(&mine),
+        Some(json!({"topics": []})),
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = call(&app, Method::GET, "/v1/stats", Some(&mine), None).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+
+    // Forged, expired, foreign and eternal tokens are refused, each saying why.
+    let refused = |claims: Value, secret: &str| subscriber_token(claims, secret);
+    for (token, why) in [
+        (
+            refused(
+                json!({"sub": "u-1", "aud": "herald", "exp": now() + 600}),
+                "another-secret-another-secret-another",
+            ),
+            "signature",
+        ),
+        (
+            refused(
+                json!({"sub": "u-1", "aud": "herald", "exp": now() - 3600}),
+                SECRET,
+            ),
+            "expired",
+        ),
+        (
+            refused(
+                json!({"sub": "u-1", "aud": "chat", "exp": now() + 600}),
+                SECRET,
+            ),
+            "aud",
+        ),
+        (
+            refused(
+                json!({"sub": "u-1", "aud": "herald", "exp": now() + 400 * 24 * 3600}),
+                SECRET,
+            ),
+            "max_lifetime",
+        ),
+    ] {
+        let a = call(&app, Method::GET, "/v1/subscriptions", Some(&token), None).await;
+        assert_eq!(a.status, 401, "{why}: {}", a.body);
+        let message = a.body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(why), "{why}: {message}");
+    }
+
+    // The device registered with the subscriber token gets its user's events.
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some("tok-backend"),
+        Some(json!({"id": "evt-u1", "topic": "parking.exit", "user": "u-1", "notification": {"title": "Exit"}})),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    app.step().await;
+    assert_eq!(app.delivered_to(&sink_id), vec!["evt-u1".to_string()]);
+
+    // Deleting its own device works.
+    let a = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/subscriptions/{id}"),
+        Some(&mine),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 204, "{}", a.body);
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_per_credential_and_keep_what_they_refuse_out() {
+    let app = TestApp::start_with(|s| {
+        with_credentials(s);
+        s.api.max_batch = 10;
+        s.api.limits.token_requests = Rate {
+            per_second: 1,
+            burst: 4,
+        };
+        s.api.limits.token_events = Rate {
+            per_second: 1,
+            burst: 10,
+        };
+        s.api.limits.subscriber_requests = Rate {
+            per_second: 1,
+            burst: 2,
+        };
+    })
+    .await;
+    let batch: Vec<Value> = (0..10)
+        .map(|i| json!({"id": format!("e-{i}"), "topic": "t", "user": "u", "notification": {"title": "t"}}))
+        .collect();
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some("tok-publisher"),
+        Some(Value::Array(batch)),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some("tok-publisher"),
+        Some(json!({"id": "e-over", "topic": "t", "user": "u", "notification": {"title": "t"}})),
+    )
+    .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "rate_limited");
+    assert!(a.body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("api.limits.token_events"));
+    let wait: u64 = a
+        .retry_after
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(app.stream_len(), 10, "the refused event was not written");
+
+    // Requests: the bucket of one token, not of the others.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            call(&app, Method::GET, "/v1/stats", Some("tok-reader"), None)
+                .await
+                .status,
+        );
+    }
+    let a = call(&app, Method::GET, "/v1/stats", Some("tok-reader"), None).await;
+    assert_eq!(statuses, vec![200, 200, 200]);
+    let a2 = call(&app, Method::GET, "/v1/stats", Some("tok-reader"), None).await;
+    assert!(
+        a.status == 429 || a2.status == 429,
+        "{} {}",
+        a.body,
+        a2.body
+    );
+    let limited = if a.status == 429 { a } else { a2 };
+    assert!(limited.body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("api.limits.token_requests"));
+    assert!(limited.retry_after.is_some());
+    let a = call(&app, Method::GET, "/v1/stats", Some("tok-operator"), None).await;
+    assert_eq!(a.status, 200, "another token is not slowed: {}", a.body);
+
+    // A subscriber's bucket is its user's, whichever of its tokens it uses.
+    let first = for_user("u-9");
+    let second = subscriber_token(
+        json!({"sub": "u-9", "aud": "herald", "exp": now() + 300}),
+        SECRET,
+    );
+    let s1 = call(&app, Method::GET, "/v1/subscriptions", Some(&first), None)
+        .await
+        .status;
+    let s2 = call(&app, Method::GET, "/v1/subscriptions", Some(&second), None)
+        .await
+        .status;
+    let s3 = call(&app, Method::GET, "/v1/subscriptions", Some(&second), None).await;
+    assert_eq!((s1, s2, s3.status), (200, 200, 429), "{}", s3.body);
+    assert!(s3.body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("api.limits.subscriber_requests"));
+    let other = call(
+        &app,
+        Method::GET,
+        "/v1/subscriptions",
+        Some(&for_user("u-10")),
+        None,
+    )
+    .await;
+    assert_eq!(other.status, 200, "another user is not slowed");
+
+    let metrics = call(&app, Method::GET, "/metrics", None, None).await.body;
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.contains(r#"herald_api_rate_limited_total{limit="api.limits.token_events"}"#),
+        "{metrics}"
+    );
+}
+
+fn herald(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = std::process::Command::new(helpers::herald_bin());
+    command
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("REDIS_URL");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("herald runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn token_create_prints_a_token_once_and_the_entry_that_accepts_it() {
+    let (ok, out, err) = herald(
+        &[
+            "token",
+            "create",
+            "--name",
+            "parking-backend",
+            "--scope",
+            "publish",
+            "--scope",
+            "read",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let token = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("hrld_"))
+        .expect("the token")
+        .to_string();
+    let digest = digest_hex(&token);
+    assert!(out.contains(&format!("sha256 = \"{digest}\"")), "{out}");
+    assert!(out.contains(r#"scopes = ["publish", "read"]"#), "{out}");
+    // The environment line parses into the same credential.
+    let env_line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("HERALD_API__TOKENS='"))
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("an environment line");
+    let (ok, printed, err) = herald(&["config", "print"], &[("HERALD_API__TOKENS", env_line)]);
+    assert!(ok, "{err}");
+    assert!(
+        printed.contains(&digest) && printed.contains("parking-backend"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains(&token),
+        "the token itself is never printed"
+    );
+
+    let app = TestApp::start_with(|s| {
+        s.api.tokens = vec![ApiToken {
+            name: "parking-backend".into(),
+            sha256: digest.clone(),
+            scopes: vec![Scope::Publish, Scope::Read],
+        }]
+    })
+    .await;
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some(&token),
+        Some(event("u-1")),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+
+    let (ok, _, err) = herald(
+        &["token", "create", "--name", "x", "--scope", "everything"],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("publish, subscriptions, read or admin"),
+        "{err}"
+    );
+    let (ok, _, err) = herald(
+        &["token", "create", "--name", "two words", "--scope", "read"],
+        &[],
+    );
+    assert!(!ok && err.contains("--name"), "{err}");
+    let (ok, _, err) = herald(
+        &["config", "check"],
+        &[(
+            "HERALD_API__TOKENS",
+            r#"[{name="a",sha256="tok-plain",scopes=["publish"]}]"#,
+        )],
+    );
+    assert!(
+        !ok && err.contains("api.tokens") && err.contains("herald token create"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn open_mode_serves_loopback_only() {
+    let app = TestApp::start().await;
+    let a = call(&app, Method::POST, "/v1/events", None, Some(event("u-1"))).await;
+    assert_eq!(a.status, 202, "open on loopback: {}", a.body);
+    let mut settings = app.settings.clone();
+    settings.api.listen = "0.0.0.0:0".parse().expect("address");
+    let db = herald::shared::db::Db::connect(&settings)
+        .await
+        .expect("redis");
+    let refused = herald::intake::api::Api::bind(&settings, db, "key".into())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        refused.contains("herald token create") && refused.contains("0.0.0.0"),
+        "{refused}"
+    );
+}
