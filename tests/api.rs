@@ -458,3 +458,76 @@ async fn endpoints_that_lead_inside_or_to_odd_ports_are_refused_and_never_connec
         "nothing connected to the refused endpoint"
     );
 }
+
+/// A stand-in proxy: answers `201` to every request and keeps each request line.
+fn counting_proxy() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            record.lock().push(line.trim().to_string());
+            let mut stream = stream;
+            let _ = stream.write_all(
+                b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, seen)
+}
+
+/// `HTTPS_PROXY` and friends in the environment are never used (the address
+/// checks would apply to the proxy, not the push service); `push.proxy` is.
+#[tokio::test]
+async fn pushes_go_through_push_proxy_only_never_the_environments_proxy() {
+    let (env_proxy, env_seen) = counting_proxy();
+    let app = TestApp::start().await;
+    let device = app.register_device("u-1").await;
+    let _worker = helpers::spawn_role_with(
+        &app,
+        &["worker"],
+        "proxied-env",
+        &[
+            ("HTTPS_PROXY", &env_proxy),
+            ("HTTP_PROXY", &env_proxy),
+            ("ALL_PROXY", &env_proxy),
+            ("https_proxy", &env_proxy),
+            ("http_proxy", &env_proxy),
+        ],
+    );
+    let id = app.publish_to("u-1", "direct").await;
+    helpers::eventually(
+        "the worker pushes directly",
+        std::time::Duration::from_secs(20),
+        || app.delivered_to(&device).contains(&id),
+    )
+    .await;
+    assert!(
+        env_seen.lock().is_empty(),
+        "the environment's proxy saw {:?}",
+        env_seen.lock()
+    );
+
+    let (proxy, seen) = counting_proxy();
+    let proxied =
+        TestApp::start_with(|s| s.push.proxy = herald::shared::config::Secret::new(&proxy)).await;
+    let device = proxied.register_device("u-1").await;
+    proxied.publish_to("u-1", "through the proxy").await;
+    proxied.step().await;
+    let lines = seen.lock().clone();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("POST http://127.0.0.1:") && lines[0].contains("/push/"),
+        "the proxy was asked for the push service's URL: {lines:?}"
+    );
+    assert!(
+        proxied.attempts_at(&device).is_empty(),
+        "nothing went around the proxy"
+    );
+    assert_eq!(proxied.pending(), 0, "the proxy's 201 settled the push");
+}

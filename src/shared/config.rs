@@ -532,6 +532,10 @@ pub struct PushSettings {
     /// PEM file of certificate authorities trusted besides the built-in ones (a
     /// TLS-inspecting middlebox's, a test push service's); empty: none.
     pub extra_ca_file: PathBuf,
+    /// An HTTP(S) proxy every push goes through (`http://host:port`); empty:
+    /// none. `HTTPS_PROXY` and the like are ignored: the proxy resolves push
+    /// services' names, so it must refuse internal addresses itself.
+    pub proxy: Secret,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -668,6 +672,7 @@ impl Default for PushSettings {
             max_retry_after: Duration::from_secs(3600),
             service_share: 0.5,
             extra_ca_file: PathBuf::new(),
+            proxy: Secret::default(),
         }
     }
 }
@@ -1044,6 +1049,17 @@ impl Settings {
             return Err(Invalid::new("admin.listen", problem));
         }
         self.check_credentials()?;
+        let proxy = self.push.proxy.expose();
+        if !proxy.is_empty()
+            && !url::Url::parse(proxy).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/"
+            })
+        {
+            return Err(Invalid::new(
+                "push.proxy",
+                "must be an http:// or https:// proxy URL such as http://proxy.internal:3128",
+            ));
+        }
         Ok(())
     }
 
@@ -1204,6 +1220,10 @@ impl Settings {
             .collect();
         if !shown.alerts.webhook_url.is_empty() {
             shown.alerts.webhook_url = Secret::new("[redacted]");
+        }
+        if !shown.push.proxy.is_empty() {
+            shown.push.proxy =
+                Secret::new(crate::shared::db::redacted_url(shown.push.proxy.expose()));
         }
         if !shown.api.subscriber_tokens.secret.is_empty() {
             shown.api.subscriber_tokens.secret = Secret::new("[redacted]");

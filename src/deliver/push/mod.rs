@@ -118,12 +118,20 @@ impl Pusher {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .redirect(reqwest::redirect::Policy::none())
-            // HTTPS_PROXY/ALL_PROXY would move the address check to the proxy, not the target.
+            // HTTPS_PROXY/ALL_PROXY would move the address check to the proxy,
+            // not the target: only push.proxy, explicitly, is used.
             .no_proxy()
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")));
+        let proxy = push.proxy.expose();
+        if !proxy.is_empty() {
+            // Only the explicit setting: the proxy's own address is the operator's choice.
+            let proxy = reqwest::Proxy::all(proxy).context("push.proxy is not a proxy URL")?;
+            builder = builder.proxy(proxy);
+            tracing::info!(proxy = %crate::shared::db::redacted_url(push.proxy.expose()), "pushes go through push.proxy, which resolves push services' names");
+        }
         if push.allow_insecure_endpoints {
             tracing::warn!("push.allow_insecure_endpoints is on: plain-http and private-address endpoints are accepted; never use this in production");
-        } else {
+        } else if proxy.is_empty() {
             // A public name that resolves to a private address is refused at connect time too.
             builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
         }
