@@ -531,3 +531,95 @@ async fn pushes_go_through_push_proxy_only_never_the_environments_proxy() {
     );
     assert_eq!(proxied.pending(), 0, "the proxy's 201 settled the push");
 }
+
+/// Caps that keep one user or one pattern from costing everyone: words per
+/// topic and pattern, devices per user (checked atomically where they are stored).
+#[tokio::test]
+async fn words_per_topic_and_pattern_and_devices_per_user_are_capped() {
+    let app = TestApp::start_with(|s| s.api.max_subscriptions_per_user = 3).await;
+    let long = vec!["w"; 33].join(".");
+    let (status, body) = app
+        .post(
+            "/v1/events",
+            &json!({"topic": long, "notification": {"title": "t"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (422, &json!("topic")),
+        "{body}"
+    );
+    let (status, _) = app
+        .post(
+            "/v1/events",
+            &json!({"topic": vec!["w"; 32].join("."), "notification": {"title": "t"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    // A producer calling the function directly is held to the same cap.
+    let refused: redis::RedisResult<redis::Value> = redis::cmd("FCALL")
+        .arg("herald_publish")
+        .arg(1)
+        .arg(app.stream())
+        .arg("topic")
+        .arg(&long)
+        .arg("title")
+        .arg("t")
+        .query(&mut app.redis.conn());
+    let err = refused.expect_err("refused").to_string();
+    assert!(err.contains("topic") && err.contains("32 words"), "{err}");
+
+    let (_, browser) = app.sink.new_subscription();
+    let alternating: Vec<&str> = (0..33)
+        .map(|i| if i % 2 == 0 { "#" } else { "a" })
+        .collect();
+    let (status, body) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"subscription": browser, "topics": [alternating.join(".")]}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (422, &json!("topics[0]")),
+        "{body}"
+    );
+
+    for _ in 0..3 {
+        app.register_device("u-many").await;
+    }
+    let (_, fourth) = app.sink.new_subscription();
+    let (status, body) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"user": "u-many", "subscription": fourth}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_subscriptions");
+    assert_eq!(body["error"]["field"], "user");
+    let (_, listed) = app.get("/v1/subscriptions?user=u-many").await;
+    assert_eq!(listed["subscriptions"].as_array().map(Vec::len), Some(3));
+    // Re-registering one of the three is an update, not a fourth; another user is not affected.
+    let (status, _) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"user": "u-other", "subscription": fourth}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // Moving a device to the full user by PATCH is refused the same way.
+    let (_, other) = app.get("/v1/subscriptions?user=u-other").await;
+    let id = other["subscriptions"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let response = app
+        .http
+        .patch(format!("{}/v1/subscriptions/{id}", app.api_url))
+        .json(&json!({"user": "u-many"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 422);
+}

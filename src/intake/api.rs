@@ -191,7 +191,8 @@ impl Api {
             inner: Arc::new(Inner {
                 publisher,
                 spool,
-                store: Store::new(db.clone()),
+                store: Store::new(db.clone())
+                    .with_max_per_user(settings.api.max_subscriptions_per_user),
                 db: db.clone(),
                 defaults: settings.events.defaults(),
                 endpoint_rules: crate::shared::endpoint::Rules::from_settings(&settings.push),
@@ -640,9 +641,22 @@ async fn post_subscription(
     let (status, created) = match stored {
         Stored::Created => (StatusCode::CREATED, true),
         Stored::Updated => (StatusCode::OK, false),
+        Stored::UserFull { max } => return Err(user_full(max)),
     };
     release_held(&state, sub.user.as_deref()).await;
     Ok((status, Json(json!({"id": sub.id, "created": created}))).into_response())
+}
+
+/// `422`: the user has as many subscriptions as it may.
+fn user_full(max: u32) -> ApiError {
+    ApiError {
+        field: Some("user".into()),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_subscriptions",
+            format!("this user has {max} subscriptions already (api.max_subscriptions_per_user); delete one first"),
+        )
+    }
 }
 
 /// What a subscriber token may ask for: its own user (the body may repeat
@@ -731,12 +745,15 @@ async fn patch_subscription(
         None => return Err(not_found()),
     };
     let changed = patch.apply(&current)?;
-    state
+    let stored = state
         .inner
         .store
         .put(&changed)
         .await
         .map_err(ApiError::unavailable)?;
+    if let Stored::UserFull { max } = stored {
+        return Err(user_full(max));
+    }
     release_held(&state, changed.user.as_deref()).await;
     Ok(Json(serde_json::to_value(changed.view()).expect("serializes")).into_response())
 }

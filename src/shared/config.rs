@@ -348,6 +348,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Most events accepted in one `POST /v1/events` array.
     pub max_batch: usize,
+    /// Most subscriptions (devices) one user may have; 0: no limit.
+    pub max_subscriptions_per_user: u32,
     /// Service credentials, each a name, the SHA-256 of its token and its scopes
     /// (`herald token create` makes one). None: open mode, on loopback only.
     pub tokens: Vec<ApiToken>,
@@ -597,6 +599,7 @@ impl Default for ApiSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
+            max_subscriptions_per_user: 64,
             tokens: Vec::new(),
             subscriber_tokens: SubscriberTokenSettings::default(),
             limits: LimitSettings::default(),

@@ -443,9 +443,18 @@ pub(crate) fn check_identifier(field: &str, value: &str, max: usize) -> Result<(
     Ok(())
 }
 
+/// Most words in a topic or a topic pattern: routing's work grows with them.
+pub const MAX_TOPIC_WORDS: usize = 32;
+
 fn check_topic(topic: &str) -> Result<(), InvalidField> {
     if topic.is_empty() || topic.len() > 255 {
         return Err(InvalidField::new("topic", "must be 1 to 255 characters"));
+    }
+    if topic.split('.').count() > MAX_TOPIC_WORDS {
+        return Err(InvalidField::new(
+            "topic",
+            format!("must have at most {MAX_TOPIC_WORDS} words"),
+        ));
     }
     for word in topic.split('.') {
         if word.is_empty() {

@@ -43,6 +43,8 @@ local URGENCIES = { ['very-low'] = true, low = true, normal = true, high = true 
 -- Left out of the content's digest: they differ between two sends of one event.
 local NOT_CONTENT = { id = true, v = true, traceparent = true }
 -- Fields of the payload a device receives (Event::payload), besides publish_at.
+-- Most words in a topic (event::MAX_TOPIC_WORDS).
+local MAX_TOPIC_WORDS = 32
 local PAYLOAD = { id = true, topic = true, title = true, body = true, url = true, icon = true, tag = true }
 -- Control characters serde_json escapes in two bytes; the others take six.
 local SHORT_ESCAPE = { ['\b'] = true, ['\t'] = true, ['\n'] = true, ['\f'] = true, ['\r'] = true }
@@ -186,7 +188,10 @@ local function check(argv, first, clock)
   if not f.topic or #f.topic == 0 or #f.topic > 255 then
     invalid('topic', 'is required: 1 to 255 characters')
   end
+  local words = 0
   for word in string.gmatch(f.topic .. '.', '([^%.]*)%.') do
+    words = words + 1
+    if words > MAX_TOPIC_WORDS then invalid('topic', 'must have at most ' .. MAX_TOPIC_WORDS .. ' words') end
     if word == '' then invalid('topic', 'words between dots must not be empty') end
     if not string.match(word, '^[%w%-_:]+$') then
       invalid('topic', "words may only contain A-Z, a-z, 0-9, '-', '_' and ':'")

@@ -367,6 +367,12 @@ pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
     if pattern.is_empty() || pattern.len() > 255 {
         return Err("must be 1 to 255 characters".into());
     }
+    let max = crate::shared::event::MAX_TOPIC_WORDS;
+    if pattern.split('.').count() > max {
+        return Err(format!(
+            "must have at most {max} words (after runs of '#' are made one)"
+        ));
+    }
     for word in pattern.split('.') {
         let literal = !word.is_empty()
             && word
@@ -420,12 +426,18 @@ pub struct Change {
 pub enum Stored {
     Created,
     Updated,
+    /// Not stored: its user has `max` subscriptions already.
+    UserFull {
+        max: u32,
+    },
 }
 
 /// Subscriptions in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    /// Most subscriptions one user may have (0: no limit).
+    max_per_user: u32,
 }
 
 /// Attempts of an optimistic script before giving up (only concurrent re-registrations collide).
@@ -433,7 +445,18 @@ const ATTEMPTS: usize = 8;
 
 impl Store {
     pub fn new(db: Db) -> Store {
-        Store { db }
+        Store {
+            db,
+            max_per_user: 0,
+        }
+    }
+
+    /// A store that refuses a user's subscription beyond `max` (0: no limit).
+    pub fn with_max_per_user(self, max: u32) -> Store {
+        Store {
+            max_per_user: max,
+            ..self
+        }
     }
 
     pub async fn put(&self, sub: &Subscription) -> anyhow::Result<Stored> {
@@ -465,7 +488,8 @@ impl Store {
                 .arg(&sub.id)
                 .arg(&new_user)
                 .arg(&previous)
-                .arg(SUBSCRIPTION_CHANGES_KEPT);
+                .arg(SUBSCRIPTION_CHANGES_KEPT)
+                .arg(self.max_per_user);
             for (field, value) in sub.to_fields() {
                 inv.arg(field).arg(value);
             }
@@ -473,6 +497,11 @@ impl Store {
             match answer {
                 1 => return Ok(Stored::Created),
                 0 => return Ok(Stored::Updated),
+                -2 => {
+                    return Ok(Stored::UserFull {
+                        max: self.max_per_user,
+                    })
+                }
                 _ => continue,
             }
         }

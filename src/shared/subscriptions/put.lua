@@ -9,20 +9,27 @@
 -- ARGV[2] new user ('' for none)
 -- ARGV[3] previous user as the caller read it ('' for none)
 -- ARGV[4] about how many changes the stream keeps
--- ARGV[5..] field/value pairs of the hash
+-- ARGV[5] most subscriptions one user may have (0: no limit)
+-- ARGV[6..] field/value pairs of the hash
 -- Returns 1 when created, 0 when updated, -1 when the stored user changed since
--- the caller read it (the caller reads again and retries).
+-- the caller read it (the caller reads again and retries), -2 when the new user
+-- has ARGV[5] subscriptions already (nothing is changed).
 local stored_user = redis.call('HGET', KEYS[1], 'user') or ''
 local existed = redis.call('EXISTS', KEYS[1]) == 1
 if stored_user ~= ARGV[3] then
   return -1
+end
+local max = tonumber(ARGV[5])
+if ARGV[2] ~= '' and max > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0
+    and redis.call('SCARD', KEYS[4]) >= max then
+  return -2
 end
 if ARGV[3] ~= '' and ARGV[3] ~= ARGV[2] then
   redis.call('SREM', KEYS[5], ARGV[1])
 end
 local created = redis.call('HGET', KEYS[1], 'created_at')
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 if created then
   redis.call('HSET', KEYS[1], 'created_at', created)
 end
