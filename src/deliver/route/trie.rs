@@ -169,4 +169,55 @@ mod tests {
         assert!(matching(&["Parking.#"], "parking.lot").is_empty());
         assert_eq!(matching(&["parking.*"], "parking.x"), vec![0]);
     }
+
+    /// Matching by the definition, exponential on purpose: the reference.
+    fn by_definition(pattern: &[&str], topic: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => topic.is_empty(),
+            Some((&"#", rest)) => (0..=topic.len()).any(|skip| by_definition(rest, &topic[skip..])),
+            Some((&"*", rest)) => !topic.is_empty() && by_definition(rest, &topic[1..]),
+            Some((word, rest)) => topic.first() == Some(word) && by_definition(rest, &topic[1..]),
+        }
+    }
+
+    fn words(max: usize) -> impl proptest::strategy::Strategy<Value = Vec<&'static str>> {
+        proptest::collection::vec(proptest::sample::select(vec!["a", "b", "*", "#"]), 1..=max)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Adversarial pairs (patterns full of `#` and `*` against topics of
+        /// the words they mention): the answer is the definition's, and the
+        /// walk stays within its budget of nodes times positions.
+        #[test]
+        fn matching_agrees_with_the_definition_within_its_step_budget(
+            patterns in proptest::collection::vec(words(12), 1..8),
+            topic in proptest::collection::vec(proptest::sample::select(vec!["a", "b"]), 1..=32),
+        ) {
+            let mut trie = PatternTrie::default();
+            let mut nodes = 1;
+            for (i, pattern) in patterns.iter().enumerate() {
+                trie.insert(&pattern.join("."), i as u32);
+                nodes += pattern.len();
+            }
+            let mut out = HashSet::new();
+            let visited = trie.matches(&topic.join("."), &mut out);
+            proptest::prop_assert!(visited <= nodes * (topic.len() + 1), "visited {} of {} nodes", visited, nodes);
+            // The reference is exponential: only where it finishes quickly.
+            if topic.len() <= 12 {
+                let expected: HashSet<u32> = patterns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| by_definition(p, &topic))
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                proptest::prop_assert_eq!(out, expected);
+            }
+        }
+    }
 }
