@@ -358,17 +358,18 @@ async fn a_whole_run_logs_no_secret_and_continues_the_producers_trace() {
     // The test's own API (in this process) holds the data dir's spool.
     let spool = app.data.path().join("spool-up");
     let spool = spool.to_str().expect("utf-8 path");
-    let mut herald = spawn_role_with(
-        &app,
-        &["up"],
-        "up",
-        &[
-            ("HERALD_API__LISTEN", &listen),
-            ("HERALD_API__TOKENS", &tokens),
-            ("HERALD_SPOOL__DIR", spool),
-            ("RUST_LOG", "debug"),
-        ],
-    );
+    // Every secret comes from the environment here: the key, the token digests, the JWT secret.
+    let (_, vapid) = herald::deliver::push::vapid::VapidKey::generate();
+    let jwt_secret = "jwt-secret-5d41402abc4b2a76b9719d911017c592";
+    let env = [
+        ("HERALD_API__LISTEN", listen.as_str()),
+        ("HERALD_API__TOKENS", tokens.as_str()),
+        ("HERALD_API__SUBSCRIBER_TOKENS__SECRET", jwt_secret),
+        ("HERALD_PUSH__VAPID_PRIVATE_KEY", vapid.as_str()),
+        ("HERALD_SPOOL__DIR", spool),
+        ("RUST_LOG", "debug"),
+    ];
+    let mut herald = spawn_role_with(&app, &["up"], "up", &env);
     let http = app.http.clone();
     let call =
         |method: reqwest::Method, path: &str, body: Value, headers: Vec<(&'static str, String)>| {
@@ -395,7 +396,7 @@ async fn a_whole_run_logs_no_secret_and_continues_the_producers_trace() {
     }
 
     // Devices: one fine, one gone, one refused (400), one failing once (503), one slow past the timeout.
-    let mut secrets: Vec<String> = vec![token.to_string()];
+    let mut secrets: Vec<String> = vec![token.to_string(), jwt_secret.into(), vapid.clone()];
     let mut ids = Vec::new();
     for _ in 0..4 {
         let (id, subscription) = app.sink.new_subscription();
@@ -436,6 +437,35 @@ async fn a_whole_run_logs_no_secret_and_continues_the_producers_trace() {
         .map(|r| (r.status().as_u16(), ()))
         .expect("answers");
     assert_eq!(status, 401);
+    // A browser's subscriber token, and a forged one.
+    let jwt = |secret: &str| {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let exp = chrono::Utc::now().timestamp() + 600;
+        let signed = format!(
+            "{}.{}",
+            b64(r#"{"alg":"HS256"}"#),
+            b64(&format!(r#"{{"sub":"u-1","aud":"herald","exp":{exp}}}"#))
+        );
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(ring::hmac::sign(&key, signed.as_bytes()));
+        format!("{signed}.{signature}")
+    };
+    for (bearer, expected) in [
+        (jwt(jwt_secret), 200),
+        (jwt("forged-forged-forged-forged-forged"), 401),
+    ] {
+        let status = http
+            .get(format!("{api}/v1/subscriptions"))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .expect("answers")
+            .status();
+        assert_eq!(status, expected);
+        secrets.push(bearer.rsplit('.').next().expect("signature").to_string());
+    }
     let (status, _) = call(
         reqwest::Method::POST,
         "/v1/events",
@@ -458,13 +488,43 @@ async fn a_whole_run_logs_no_secret_and_continues_the_producers_trace() {
         },
     )
     .await;
+    // Nor do metrics, dead letters or `config print` hold any of them.
+    let scraped = http
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let dead = app.dead_letters().await;
+    assert!(!dead.is_empty(), "the 400 device made a dead letter");
+    let dead = format!("{dead:?}");
+    let printed = std::process::Command::new(helpers::herald_bin())
+        .args(["config", "print"])
+        .current_dir(app.data.path())
+        .envs(env)
+        .output()
+        .expect("config print");
+    assert!(printed.status.success());
+    let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
+    for (what, text) in [
+        ("metrics", &scraped),
+        ("dead letters", &dead),
+        ("config print", &printed),
+    ] {
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{what} contain a secret: {secret}"
+            );
+        }
+    }
+
     let status = terminate(&mut herald, Duration::from_secs(20));
     assert!(status.success());
 
     let logs = helpers::logs(&app, "up");
-    let vapid = std::fs::read_to_string(app.data.path().join("vapid_private_key"))
-        .expect("herald up wrote its VAPID key");
-    secrets.push(vapid.trim().to_string());
     assert!(
         logs.lines().count() > 20,
         "a debug run logs plenty:\n{logs}"

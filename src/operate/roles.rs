@@ -50,7 +50,7 @@ pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::
 /// `herald api`.
 pub async fn api(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let db = connect(&settings).await?;
-    let key = VapidKey::load_or_create(&settings.vapid_key_path(), settings.push.create_vapid_key)?;
+    let key = VapidKey::from_settings(&settings, settings.push.create_vapid_key)?;
     Api::bind(&settings, db, key.public_key)
         .await?
         .run(shutdown)
@@ -170,7 +170,7 @@ struct Parts {
 impl Parts {
     async fn connect(settings: &Settings, create_key: bool) -> anyhow::Result<Parts> {
         let db = connect(settings).await?;
-        let key = VapidKey::load_or_create(&settings.vapid_key_path(), create_key)?;
+        let key = VapidKey::from_settings(settings, create_key)?;
         let pusher = Arc::new(Pusher::new(settings, key)?);
         let (alerts, alert_loop) = alerts::channel(&settings.alerts);
         Ok(Parts {

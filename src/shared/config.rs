@@ -514,8 +514,13 @@ pub struct PushSettings {
     pub known_services: Vec<String>,
     /// VAPID `sub` claim: a `mailto:` or `https:` contact for the push services.
     pub vapid_subject: String,
-    /// File holding the VAPID private key (base64url, 32 bytes); empty means `<data_dir>/vapid_private_key`.
+    /// File holding the VAPID private key (base64url, 32 bytes); empty means
+    /// `<data_dir>/vapid_private_key`. Refused when group or others may read it.
     pub vapid_private_key_file: PathBuf,
+    /// The VAPID private key itself (base64url), for secret stores that hand
+    /// it over in the environment (`HERALD_PUSH__VAPID_PRIVATE_KEY`); when set,
+    /// no file is read.
+    pub vapid_private_key: Secret,
     /// Create the VAPID key file when it is missing (only `herald up` and `herald vapid generate` do).
     pub create_vapid_key: bool,
     /// Timeout for connecting to a push service.
@@ -669,6 +674,7 @@ impl Default for PushSettings {
             .to_vec(),
             vapid_subject: "mailto:push-admin@example.com".into(),
             vapid_private_key_file: PathBuf::new(),
+            vapid_private_key: Secret::default(),
             create_vapid_key: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
@@ -1052,6 +1058,14 @@ impl Settings {
             return Err(Invalid::new("admin.listen", problem));
         }
         self.check_credentials()?;
+        if !self.push.vapid_private_key.is_empty()
+            && !self.push.vapid_private_key_file.as_os_str().is_empty()
+        {
+            return Err(Invalid::new(
+                "push.vapid_private_key",
+                "set either vapid_private_key or vapid_private_key_file, not both",
+            ));
+        }
         let proxy = self.push.proxy.expose();
         if !proxy.is_empty()
             && !url::Url::parse(proxy).is_ok_and(|u| {
@@ -1223,6 +1237,9 @@ impl Settings {
             .collect();
         if !shown.alerts.webhook_url.is_empty() {
             shown.alerts.webhook_url = Secret::new("[redacted]");
+        }
+        if !shown.push.vapid_private_key.is_empty() {
+            shown.push.vapid_private_key = Secret::new("[redacted]");
         }
         if !shown.push.proxy.is_empty() {
             shown.push.proxy =

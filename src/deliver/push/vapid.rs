@@ -52,10 +52,44 @@ impl VapidKey {
         (key, text)
     }
 
-    /// Reads the key file; when it is missing and `create` is set, writes a new one (mode 0600).
+    /// The key `push.vapid_private_key` holds, or else the key file's (created
+    /// when missing and `create` is set).
+    pub fn from_settings(
+        settings: &crate::shared::config::Settings,
+        create: bool,
+    ) -> anyhow::Result<VapidKey> {
+        let inline = &settings.push.vapid_private_key;
+        if inline.is_empty() {
+            return VapidKey::load_or_create(&settings.vapid_key_path(), create);
+        }
+        // The parser's message could quote the key: say only which setting is wrong.
+        VapidKey::from_base64(inline.expose()).map_err(|_| {
+            anyhow::anyhow!(
+                "push.vapid_private_key is not a base64url P-256 private key (make one with `herald vapid generate`)"
+            )
+        })
+    }
+
+    /// Reads the key file, refusing one that group or others may read; when
+    /// it is missing and `create` is set, writes a new one (mode 0600).
     pub fn load_or_create(path: &Path, create: bool) -> anyhow::Result<VapidKey> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            anyhow::ensure!(
+                mode & 0o077 == 0,
+                "VAPID key file {} may be read by group or others (mode {mode:o}): `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
         match std::fs::read_to_string(path) {
-            Ok(text) => VapidKey::from_base64(&text).with_context(|| format!("VAPID key file {}", path.display())),
+            Ok(text) => VapidKey::from_base64(&text).map_err(|_| {
+                anyhow::anyhow!(
+                    "VAPID key file {} does not hold a base64url P-256 private key",
+                    path.display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let (key, text) = VapidKey::generate();
                 write_private(path, &text)?;
@@ -232,6 +266,43 @@ mod tests {
             .expect("must fail")
             .to_string();
         assert!(err.contains("herald vapid generate"), "{err}");
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused_and_a_bad_key_is_not_quoted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vapid_private_key");
+        let (_, text) = VapidKey::generate();
+        std::fs::write(&path, &text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let err = VapidKey::load_or_create(&path, false)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(VapidKey::load_or_create(&path, false).is_ok());
+
+        let mut settings = crate::shared::config::Settings::default();
+        settings.push.vapid_private_key = crate::shared::config::Secret::new(&text);
+        let from_env = VapidKey::from_settings(&settings, false).expect("inline key");
+        assert_eq!(
+            from_env.public_key,
+            VapidKey::load_or_create(&path, false)
+                .expect("file")
+                .public_key
+        );
+        let wrong = "not-a-key-but-secret-looking-AAAAAAAAAAAA";
+        settings.push.vapid_private_key = crate::shared::config::Secret::new(wrong);
+        let err = VapidKey::from_settings(&settings, false)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("push.vapid_private_key") && !err.contains(wrong),
+            "{err}"
+        );
     }
 
     #[test]
