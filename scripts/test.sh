@@ -33,6 +33,13 @@ if ! command -v python3 >/dev/null 2>&1; then
   need_root apt-get update -q
   need_root apt-get install -y -q python3 python3-pip
 fi
+# README's Node snippet (minting a subscriber token) runs in the tests.
+if ! command -v node >/dev/null 2>&1; then
+  echo "==> node not found: installing nodejs with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  need_root apt-get update -q
+  need_root apt-get install -y -q nodejs
+fi
 if ! PYTHONPATH=target/pydeps python3 -c 'import redis' 2>/dev/null; then
   echo "==> installing redis-py from PyPI into target/pydeps (for the Python producer example)"
   python3 -m pip install --quiet --disable-pip-version-check --target target/pydeps 'redis>=5,<6'

@@ -757,3 +757,80 @@ async fn open_mode_serves_loopback_only() {
         "{refused}"
     );
 }
+
+/// README's ways to mint a subscriber token: Node's crypto, Python's standard
+/// library, Rust's `jsonwebtoken`; herald accepts each for its user.
+#[tokio::test]
+async fn the_readme_snippets_mint_tokens_herald_accepts() {
+    let app = TestApp::start_with(with_credentials).await;
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let mut tokens = Vec::new();
+    for (program, script) in [
+        ("node", "examples/subscriber-tokens/mint.mjs"),
+        ("python3", "examples/subscriber-tokens/mint.py"),
+    ] {
+        let out = std::process::Command::new(program)
+            .arg(script)
+            .current_dir(repo)
+            .env("HERALD_USER", "u-42")
+            .env("HERALD_SUBSCRIBER_SECRET", SECRET)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program} (scripts/test.sh installs it): {e}"));
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokens.push((
+            script,
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_string(),
+        ));
+    }
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        aud: &'a str,
+        exp: u64,
+    }
+    let rust = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims {
+            sub: "u-42",
+            aud: "herald",
+            exp: now() + 3600,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("jsonwebtoken signs");
+    tokens.push(("jsonwebtoken", rust));
+    for (how, token) in tokens {
+        let a = call(&app, Method::GET, "/v1/subscriptions", Some(&token), None).await;
+        assert_eq!(a.status, 200, "{how}: {}", a.body);
+        assert_eq!(a.body["user"], "u-42", "{how}");
+    }
+    // The topics claim of the scripts lets the browser subscribe to that pattern.
+    let (_, browser) = app.sink.new_subscription();
+    let node = std::process::Command::new("node")
+        .arg("examples/subscriber-tokens/mint.mjs")
+        .current_dir(repo)
+        .env("HERALD_USER", "u-42")
+        .env("HERALD_SUBSCRIBER_SECRET", SECRET)
+        .output()
+        .expect("node");
+    let token = String::from_utf8(node.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&token),
+        Some(json!({"subscription": browser, "topics": ["parking.lot-7.*"]})),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+}
