@@ -432,6 +432,30 @@ async fn endpoints_that_lead_inside_or_to_odd_ports_are_refused_and_never_connec
         );
     }
 
+    // A name is resolved at registration too: this machine's own name leads to loopback.
+    let name = hostname::get()
+        .expect("hostname")
+        .to_string_lossy()
+        .into_owned();
+    let inside = tokio::net::lookup_host((name.as_str(), 443))
+        .await
+        .map(|addrs| addrs.map(|a| a.ip()).any(|ip| ip.is_loopback()))
+        .unwrap_or(false);
+    assert!(
+        inside,
+        "this test needs the machine's name ({name}) to resolve to a loopback address, as Debian's /etc/hosts makes it"
+    );
+    let (status, body) = app
+        .post("/v1/subscriptions", &keys(&format!("https://{name}/x")))
+        .await;
+    assert_eq!(status, 422, "{name}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("resolves to")),
+        "{body}"
+    );
+
     // One stored by hand, past the API: refused when its event is pushed.
     let (_, browser) = app.sink.new_subscription();
     let stored = herald::shared::subscriptions::Subscription {

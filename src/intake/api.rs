@@ -611,6 +611,11 @@ async fn post_subscription(
         own_interests(&mut input, user, topics)?;
     }
     let sub = input.validate(&state.inner.endpoint_rules)?;
+    if let Ok(url) = url::Url::parse(&sub.endpoint) {
+        crate::shared::endpoint::check_resolved(&url, &state.inner.endpoint_rules)
+            .await
+            .map_err(|message| ApiError::invalid("subscription.endpoint", message))?;
+    }
     if let Caller::Subscriber { user, .. } = &caller {
         // One user's token cannot take over a device registered to another.
         let current = state

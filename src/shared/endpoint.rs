@@ -98,6 +98,36 @@ pub fn check(endpoint: &str, rules: &Rules) -> Result<Url, String> {
     Ok(url)
 }
 
+/// How long registration waits for an endpoint's name to resolve.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// At registration, a name is resolved too, and refused when any of its
+/// addresses is not public. A name that does not resolve (yet, or not from
+/// here) is accepted: every push resolves it again and connects only to
+/// public addresses.
+pub async fn check_resolved(url: &Url, rules: &Rules) -> Result<(), String> {
+    let Some(Host::Domain(name)) = url.host() else {
+        return Ok(());
+    };
+    if rules.allow_insecure {
+        return Ok(());
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    let lookup = tokio::net::lookup_host((name, port));
+    let Ok(Ok(addrs)) = tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await else {
+        return Ok(());
+    };
+    for addr in addrs {
+        if !is_public_ip(addr.ip()) {
+            return Err(format!(
+                "{name} resolves to {}, not a public address (push.allow_insecure_endpoints allows it, for tests only)",
+                addr.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `scheme://host[:port]`: the VAPID audience and the key of per-service state.
 /// The port is kept when it is not the scheme's default (RFC 8292 §2).
 pub fn origin(url: &Url) -> String {
