@@ -142,9 +142,11 @@ impl Credentials {
         if self.is_open() {
             return Ok(Caller::Open);
         }
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(Unauthenticated::Missing)?;
         // Service tokens have no dots; a JWT has two.
@@ -398,6 +400,12 @@ mod tests {
         );
         assert_eq!(
             credentials().identify(Some("Basic tok-1"), NOW).err(),
+            Some(Unauthenticated::Missing)
+        );
+        assert!(credentials().identify(Some("bearer tok-1"), NOW).is_ok());
+        assert!(credentials().identify(Some("BEARER  tok-1 "), NOW).is_ok());
+        assert_eq!(
+            credentials().identify(Some("Bearer "), NOW).err(),
             Some(Unauthenticated::Missing)
         );
     }
