@@ -33,6 +33,13 @@ if ! command -v python3 >/dev/null 2>&1; then
   need_root apt-get update -q
   need_root apt-get install -y -q python3 python3-pip
 fi
+# promtool checks deploy/prometheus (config, rules, the alerts' unit tests).
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "==> promtool not found: installing Debian's prometheus package with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  need_root apt-get update -q
+  need_root apt-get install -y -q --no-install-recommends prometheus
+fi
 # README's Node snippet (minting a subscriber token) runs in the tests.
 if ! command -v node >/dev/null 2>&1; then
   echo "==> node not found: installing nodejs with apt-get"

@@ -126,6 +126,19 @@ async fn metrics_count_a_scripted_run() {
     for forbidden in ["u-1", "u-2", &fine, &gone, &refused, app.sink.base_url()] {
         assert!(!text.contains(forbidden), "/metrics mentions {forbidden}");
     }
+    // Every metric the dashboard and the alert rules query is in this scrape.
+    let scraped = referenced_metrics(&text);
+    for shipped in [
+        include_str!("../deploy/grafana/herald-dashboard.json"),
+        include_str!("../deploy/prometheus/alerts.yml"),
+    ] {
+        for name in referenced_metrics(shipped) {
+            assert!(
+                scraped.contains(&name),
+                "{name} is queried but not in a running herald's /metrics:\n{text}"
+            );
+        }
+    }
 }
 
 /// Every `herald_…` metric name the shipped dashboard and alert rules use.
@@ -542,4 +555,58 @@ async fn a_whole_run_logs_no_secret_and_continues_the_producers_trace() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .any(|l| l["span"]["trace_id"] == json!(trace_id) && l["span"]["name"] == json!("event"));
     assert!(continued, "no event span with trace_id {trace_id}:\n{logs}");
+}
+
+/// `promtool` (Debian's prometheus package) checks the Prometheus config and
+/// the alert rules, and runs their unit tests, in which every alert has a
+/// series that fires it and one that leaves it quiet.
+#[test]
+fn promtool_checks_the_config_and_every_alert_fires_and_stays_quiet_as_tested() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    for args in [
+        &["check", "config", "prometheus.yml"][..],
+        &["check", "rules", "alerts.yml"],
+        &["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/test.sh does: apt-get install prometheus)")
+            });
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../deploy/prometheus/alerts.yml")).expect("YAML");
+    let tests: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../deploy/prometheus/alerts.test.yml")).expect("YAML");
+    let (mut fires, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for test in tests["tests"].as_sequence().expect("tests") {
+        let series = test["input_series"].as_sequence().map_or(0, Vec::len);
+        for case in test["alert_rule_test"]
+            .as_sequence()
+            .expect("alert_rule_test")
+        {
+            let name = case["alertname"].as_str().expect("alertname").to_string();
+            let expected = case["exp_alerts"].as_sequence().map_or(0, Vec::len);
+            if expected > 0 {
+                fires.insert(name.clone());
+            }
+            // Quiet: nothing expected, or series beyond those expected to fire.
+            if expected < series {
+                quiet.insert(name);
+            }
+        }
+    }
+    for rule in rules["groups"][0]["rules"].as_sequence().expect("rules") {
+        let name = rule["alert"].as_str().expect("alert").to_string();
+        assert!(fires.contains(&name), "no unit test fires {name}");
+        assert!(quiet.contains(&name), "no unit test shows {name} quiet");
+    }
 }

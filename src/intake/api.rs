@@ -165,6 +165,8 @@ impl Api {
         let listener = TcpListener::bind(settings.api.listen).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on api.listen = {}: {e}", settings.api.listen)
         })?;
+        // First: what is recorded from here on (the spool's depth at open) is kept.
+        crate::shared::metrics::install();
         let credentials = Credentials::from_settings(settings)?;
         if credentials.is_open() {
             if !settings.api.listen.ip().is_loopback() {
@@ -212,7 +214,6 @@ impl Api {
                 draining: CancellationToken::new(),
             }),
         };
-        crate::shared::metrics::install();
         Ok(Api {
             listener,
             router: router(state.clone()),

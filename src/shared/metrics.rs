@@ -74,6 +74,13 @@ pub fn install() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was installed already; /metrics shows herald's only if it is this one");
         }
         gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        // Series that exist from the start, at their true value, so that
+        // `increase()` sees the first event and dashboards show 0, not "no data".
+        counter!("herald_entries_reclaimed_total").increment(0);
+        counter!("herald_spool_quarantined_total").increment(0);
+        for service in ["fcm", "mozilla", "apple", "windows", "other"] {
+            gauge!("herald_breakers_open", "service" => service).increment(0.0);
+        }
         // Histogram samples queue until they are folded into their buckets: at
         // every scrape, and here, so that a process nobody scrapes (admin off,
         // no Prometheus) does not keep every sample it ever recorded.
