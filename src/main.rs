@@ -118,6 +118,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Needs no configuration: it makes the entry a configuration will hold
+    // (and works while an old api.tokens entry makes the rest refuse to load).
+    if let Command::Token { command } = cli.command {
+        return herald::intake::auth::run_cli(command);
+    }
     let source = Source::discover(cli.config.as_deref())?;
     let o = &cli.overrides;
     let overrides = Overrides {
@@ -154,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run_cli(settings, args).await,
         Command::Replay(args) => replay::run_cli(settings, args).await,
         Command::Vapid { command } => vapid::run_cli(&settings, command),
-        Command::Token { command } => herald::intake::auth::run_cli(command),
+        Command::Token { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Config { command } => command.run(&source, &settings),
     }
 }

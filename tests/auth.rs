@@ -33,8 +33,11 @@ fn with_credentials(s: &mut Settings) {
     s.api.subscriber_tokens.secret = herald::shared::config::Secret::new(SECRET);
 }
 
-/// A subscriber token as the README's snippets mint it.
-fn subscriber_token(claims: Value, secret: &str) -> String {
+/// A subscriber token as the README's snippets mint it (`iat` now unless `claims` set it).
+fn subscriber_token(mut claims: Value, secret: &str) -> String {
+    if claims.get("iat").is_none() {
+        claims["iat"] = json!(now());
+    }
     let signed = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
@@ -724,6 +727,25 @@ async fn token_create_prints_a_token_once_and_the_entry_that_accepts_it() {
         &[],
     );
     assert!(!ok && err.contains("--name"), "{err}");
+    // A token written as api.tokens held them before scopes: refused saying what to write;
+    // `herald token create` still works beside it.
+    let (ok, _, err) = herald(
+        &["config", "check"],
+        &[("HERALD_API__TOKENS", r#"["s3cret"]"#)],
+    );
+    assert!(
+        !ok && err.contains("herald token create") && err.contains("sha256sum"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret"),
+        "the old token is not echoed: {err}"
+    );
+    let (ok, out, err) = herald(
+        &["token", "create", "--name", "new", "--scope", "publish"],
+        &[("HERALD_API__TOKENS", r#"["s3cret"]"#)],
+    );
+    assert!(ok && out.contains("hrld_"), "{err}");
     let (ok, _, err) = herald(
         &["config", "check"],
         &[(
@@ -793,6 +815,7 @@ async fn the_readme_snippets_mint_tokens_herald_accepts() {
     struct Claims<'a> {
         sub: &'a str,
         aud: &'a str,
+        iat: u64,
         exp: u64,
     }
     let rust = jsonwebtoken::encode(
@@ -800,6 +823,7 @@ async fn the_readme_snippets_mint_tokens_herald_accepts() {
         &Claims {
             sub: "u-42",
             aud: "herald",
+            iat: now(),
             exp: now() + 3600,
         },
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
@@ -833,4 +857,243 @@ async fn the_readme_snippets_mint_tokens_herald_accepts() {
     )
     .await;
     assert_eq!(a.status, 201, "{}", a.body);
+}
+
+// What a review attacked: each test failed before its fix.
+
+fn credentials_with_a_dotted_token() -> herald::intake::auth::Credentials {
+    let mut s = Settings::default();
+    with_credentials(&mut s);
+    s.api.tokens.push(ApiToken {
+        name: "dotted".into(),
+        sha256: digest_hex("svc.prod.0123456789abcdef"),
+        scopes: vec![Scope::Publish],
+    });
+    herald::intake::auth::Credentials::from_settings(&s).expect("credentials")
+}
+
+#[test]
+fn a_token_minted_for_a_year_is_never_accepted() {
+    let c = credentials_with_a_dotted_token();
+    let t0 = now();
+    let token = subscriber_token(
+        json!({"sub": "u-1", "aud": "herald", "exp": t0 + 365 * 24 * 3600}),
+        SECRET,
+    );
+    let header = format!("Bearer {token}");
+    assert!(
+        c.identify(Some(&header), t0).is_err(),
+        "refused when minted"
+    );
+    // 364 days later the same year-long token is accepted: max_lifetime bounds
+    // how far ahead exp is *now*, not how long the token lives.
+    assert!(
+        c.identify(Some(&header), t0 + 364 * 24 * 3600).is_err(),
+        "a year-long token is accepted during its last max_lifetime"
+    );
+}
+
+#[test]
+fn a_configured_service_token_with_a_dot_works() {
+    let c = credentials_with_a_dotted_token();
+    let got = c.identify(Some("Bearer svc.prod.0123456789abcdef"), now());
+    assert!(
+        matches!(got, Ok(herald::intake::auth::Caller::Service { .. })),
+        "configured digest, yet refused: {got:?}"
+    );
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let c = credentials_with_a_dotted_token();
+    // RFC 9110 §11.1 / RFC 6750: the auth-scheme is case-insensitive.
+    let got = c.identify(Some("bearer tok-publisher"), now());
+    assert!(got.is_ok(), "{got:?}");
+}
+
+#[test]
+fn exp_as_a_fractional_numeric_date_is_accepted() {
+    let c = credentials_with_a_dotted_token();
+    // RFC 7519 §2: NumericDate "can represent ... non-integer values".
+    let token = subscriber_token(
+        json!({"sub": "u-1", "aud": "herald", "exp": (now() + 600) as f64 + 0.5}),
+        SECRET,
+    );
+    let got = c.identify(Some(&format!("Bearer {token}")), now());
+    assert!(got.is_ok(), "{got:?}");
+}
+
+#[test]
+fn a_proxy_credential_in_the_user_part_is_not_printed() {
+    // Zyte/Crawlera-style: the API key is the user name, the password empty.
+    let proxy = "http://APIKEY5d41402abc4b:@proxy.example.com:8011";
+    let shown = herald::shared::config::redacted_proxy(proxy);
+    assert!(
+        !shown.contains("APIKEY5d41402abc4b"),
+        "redacted_url: {shown}"
+    );
+    let mut s = Settings::default();
+    s.push.proxy = herald::shared::config::Secret::new(proxy);
+    let printed = s.to_redacted_toml();
+    assert!(
+        !printed.contains("APIKEY5d41402abc4b"),
+        "config print shows the proxy key"
+    );
+}
+
+#[tokio::test]
+async fn another_users_endpoint_is_409_in_every_spelling() {
+    let app = TestApp::start_with(with_credentials).await;
+    // u-2's device, registered by the backend.
+    let (their_sink, theirs) = app.sink.new_subscription();
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some("tok-backend"),
+        Some(json!({"user": "u-2", "subscription": theirs})),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    // The plain spelling is refused (the existing test)...
+    let mine = for_user("u-1");
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&mine),
+        Some(json!({"subscription": theirs})),
+    )
+    .await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    // ...and so is the same device spelled with an empty query.
+    let mut variant = theirs.clone();
+    let endpoint = theirs["endpoint"].as_str().expect("endpoint").to_string();
+    variant["endpoint"] = json!(format!("{endpoint}?"));
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(&mine),
+        Some(json!({"subscription": variant})),
+    )
+    .await;
+    let status = a.status;
+    // Whatever it answered, u-1's events must not reach u-2's device.
+    let a2 = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some("tok-backend"),
+        Some(json!({"id": "evt-for-u1", "topic": "parking.exit", "user": "u-1", "notification": {"title": "for u-1 only"}})),
+    )
+    .await;
+    assert_eq!(a2.status, 202, "{}", a2.body);
+    app.step().await;
+    let reached = app.delivered_to(&their_sink);
+    assert!(
+        status == 409 && !reached.contains(&"evt-for-u1".to_string()),
+        "variant registration answered {status} {}; u-2's device received {reached:?}",
+        a.body
+    );
+}
+
+#[tokio::test]
+async fn a_refused_batch_does_not_spend_the_event_budget() {
+    let app = TestApp::start_with(|s| {
+        with_credentials(s);
+        s.api.max_batch = 10;
+        s.api.limits.token_events = Rate {
+            per_second: 1,
+            burst: 10,
+        };
+    })
+    .await;
+    // Ten events, one invalid: 422, nothing written.
+    let mut batch: Vec<Value> = (0..9)
+        .map(|i| json!({"id": format!("e-{i}"), "topic": "t", "user": "u", "notification": {"title": "t"}}))
+        .collect();
+    batch.push(json!({"id": "bad", "topic": "", "user": "u", "notification": {"title": "t"}}));
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some("tok-publisher"),
+        Some(Value::Array(batch)),
+    )
+    .await;
+    assert_eq!(a.status, 422, "{}", a.body);
+    // The corrected single event is now 429 for ~9 s.
+    let a = call(
+        &app,
+        Method::POST,
+        "/v1/events",
+        Some("tok-publisher"),
+        Some(json!({"id": "e-fixed", "topic": "t", "user": "u", "notification": {"title": "t"}})),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{} retry-after {:?}", a.body, a.retry_after);
+}
+
+#[tokio::test]
+async fn a_subscriber_never_takes_over_a_device_registered_concurrently_to_another_user() {
+    let app = TestApp::start_with(|s| {
+        with_credentials(s);
+        s.api.limits.subscriber_requests = Rate {
+            per_second: 0,
+            burst: 0,
+        };
+        s.api.limits.token_requests = Rate {
+            per_second: 0,
+            burst: 0,
+        };
+        s.api.max_subscriptions_per_user = 0;
+    })
+    .await;
+    let mine = for_user("u-1");
+    let mut taken = 0;
+    let trials = 100;
+    for _ in 0..trials {
+        let (_, device) = app.sink.new_subscription();
+        let (victim, attacker) = tokio::join!(
+            call(
+                &app,
+                Method::POST,
+                "/v1/subscriptions",
+                Some("tok-backend"),
+                Some(json!({"user": "u-2", "subscription": device.clone()}))
+            ),
+            call(
+                &app,
+                Method::POST,
+                "/v1/subscriptions",
+                Some(&mine),
+                Some(json!({"subscription": device.clone()}))
+            ),
+        );
+        // The backend created it for u-2 and the subscriber then *updated* it (200),
+        // i.e. moved u-2's existing device to u-1 without the 409.
+        if victim.status == 201 && attacker.status == 200 {
+            taken += 1;
+        }
+    }
+    let owned = |user: &'static str| {
+        let app = &app;
+        async move {
+            let a = call(
+                app,
+                Method::GET,
+                &format!("/v1/subscriptions?user={user}"),
+                Some("tok-backend"),
+                None,
+            )
+            .await;
+            a.body["subscriptions"]
+                .as_array()
+                .map(|v| v.len())
+                .unwrap_or(0)
+        }
+    };
+    let (u1, u2) = (owned("u-1").await, owned("u-2").await);
+    assert_eq!(taken, 0, "{taken} of {trials} concurrent registrations moved u-2's device to u-1 (now u-1 owns {u1}, u-2 owns {u2})");
 }

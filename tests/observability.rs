@@ -458,7 +458,10 @@ async fn a_whole_run_logs_no_secret_and_continues_the_producers_trace() {
         let signed = format!(
             "{}.{}",
             b64(r#"{"alg":"HS256"}"#),
-            b64(&format!(r#"{{"sub":"u-1","aud":"herald","exp":{exp}}}"#))
+            b64(&format!(
+                r#"{{"sub":"u-1","aud":"herald","iat":{},"exp":{exp}}}"#,
+                exp - 600
+            ))
         );
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
         let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD

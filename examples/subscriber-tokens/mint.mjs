@@ -7,7 +7,8 @@ import { createHmac } from "node:crypto";
 export function subscriberToken(user, secret, { ttlSeconds = 3600, topics } = {}) {
   const b64 = (text) => Buffer.from(text).toString("base64url");
   const header = b64(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const claims = { sub: user, aud: "herald", exp: Math.floor(Date.now() / 1000) + ttlSeconds };
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { sub: user, aud: "herald", iat: now, exp: now + ttlSeconds };
   if (topics) claims.topics = topics; // patterns this browser may subscribe to
   const payload = b64(JSON.stringify(claims));
   const signature = createHmac("sha256", secret).update(`${header}.${payload}`).digest("base64url");

@@ -17,7 +17,8 @@ def subscriber_token(user, secret, ttl_seconds=3600, topics=None):
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = {"sub": user, "aud": "herald", "exp": int(time.time()) + ttl_seconds}
+    now = int(time.time())
+    claims = {"sub": user, "aud": "herald", "iat": now, "exp": now + ttl_seconds}
     if topics:
         claims["topics"] = topics  # patterns this browser may subscribe to
     payload = b64(json.dumps(claims).encode())

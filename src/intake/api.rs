@@ -427,11 +427,6 @@ async fn publish_events(
             ),
         ));
     }
-    state
-        .inner
-        .limits
-        .events(caller, items.len())
-        .map_err(ApiError::limited)?;
     let now = Utc::now();
     let mut ready = Vec::with_capacity(items.len());
     // Validate the whole batch first: a bad event means nothing of the request is accepted.
@@ -452,6 +447,12 @@ async fn publish_events(
         })?;
         ready.push(Ready::new(&input, &event));
     }
+    // Charged once the request is valid: a refused batch costs nothing.
+    state
+        .inner
+        .limits
+        .events(caller, ready.len())
+        .map_err(ApiError::limited)?;
     // A W3C trace context travels with the events of the request, to the worker's span.
     if let Some(trace) = headers
         .get("traceparent")
@@ -617,40 +618,38 @@ async fn post_subscription(
             .await
             .map_err(|message| ApiError::invalid("subscription.endpoint", message))?;
     }
-    if let Caller::Subscriber { user, .. } = &caller {
-        // One user's token cannot take over a device registered to another.
-        let current = state
-            .inner
-            .store
-            .get(&sub.id)
-            .await
-            .map_err(ApiError::unavailable)?;
-        if let Some(Ok(current)) = current {
-            if current.user.as_deref() != Some(user.as_str()) {
-                return Err(ApiError {
-                    field: Some("subscription.endpoint".into()),
-                    ..ApiError::new(
-                        StatusCode::CONFLICT,
-                        "conflict",
-                        "this endpoint is registered to another user; unsubscribe in the browser (pushManager) and subscribe again for a new endpoint",
-                    )
-                });
-            }
-        }
-    }
+    // One user's token cannot take over a device registered to another
+    // (checked in the script that writes, so nothing slips in between).
+    let owner = match &caller {
+        Caller::Subscriber { user, .. } => user.as_str(),
+        _ => "",
+    };
     let stored = state
         .inner
         .store
-        .put(&sub)
+        .put_owned(&sub, owner)
         .await
         .map_err(ApiError::unavailable)?;
     let (status, created) = match stored {
         Stored::Created => (StatusCode::CREATED, true),
         Stored::Updated => (StatusCode::OK, false),
         Stored::UserFull { max } => return Err(user_full(max)),
+        Stored::OwnedByAnother => return Err(owned_by_another()),
     };
     release_held(&state, sub.user.as_deref()).await;
     Ok((status, Json(json!({"id": sub.id, "created": created}))).into_response())
+}
+
+/// `409`: a subscriber token registering a device another user has.
+fn owned_by_another() -> ApiError {
+    ApiError {
+        field: Some("subscription.endpoint".into()),
+        ..ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "this endpoint is registered to another user; unsubscribe in the browser (pushManager) and subscribe again for a new endpoint",
+        )
+    }
 }
 
 /// `422`: the user has as many subscriptions as it may.
@@ -757,8 +756,10 @@ async fn patch_subscription(
         .put(&changed)
         .await
         .map_err(ApiError::unavailable)?;
-    if let Stored::UserFull { max } = stored {
-        return Err(user_full(max));
+    match stored {
+        Stored::UserFull { max } => return Err(user_full(max)),
+        Stored::OwnedByAnother => return Err(owned_by_another()),
+        Stored::Created | Stored::Updated => {}
     }
     release_held(&state, changed.user.as_deref()).await;
     Ok(Json(serde_json::to_value(changed.view()).expect("serializes")).into_response())
@@ -834,34 +835,24 @@ async fn delete_subscription(
     if !is_subscription_id(&id) {
         return Err(not_found());
     }
-    match &caller {
-        // Another user's device is not found: the token learns nothing of it.
-        Caller::Subscriber { user, .. } => {
-            let stored = state
-                .inner
-                .store
-                .get(&id)
-                .await
-                .map_err(ApiError::unavailable)?;
-            if !matches!(stored, Some(Ok(sub)) if sub.user.as_deref() == Some(user.as_str())) {
-                return Err(not_found());
-            }
+    // Another user's device is not found: the token learns nothing of it
+    // (checked in the script that deletes).
+    let owner = match &caller {
+        Caller::Subscriber { user, .. } => user.as_str(),
+        _ => {
+            require(&caller, Scope::Subscriptions)?;
+            ""
         }
-        _ => require(&caller, Scope::Subscriptions)?,
-    }
+    };
     match state
         .inner
         .store
-        .delete(&id)
+        .delete_owned(&id, owner)
         .await
         .map_err(ApiError::unavailable)?
     {
         true => Ok(StatusCode::NO_CONTENT.into_response()),
-        false => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no subscription has that id",
-        )),
+        false => Err(not_found()),
     }
 }
 

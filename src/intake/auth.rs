@@ -149,7 +149,14 @@ impl Credentials {
             .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(Unauthenticated::Missing)?;
-        // Service tokens have no dots; a JWT has two.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((name, scopes)) = self.services.get(&digest) {
+            return Ok(Caller::Service {
+                name: name.clone(),
+                scopes: scopes.clone(),
+            });
+        }
+        // Not a service token: a JWT has two dots.
         if token.contains('.') {
             let key = self
                 .subscribers
@@ -159,14 +166,7 @@ impl Credentials {
                 .verify(token, now)
                 .map_err(Unauthenticated::BadSubscriberToken);
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        match self.services.get(&digest) {
-            Some((name, scopes)) => Ok(Caller::Service {
-                name: name.clone(),
-                scopes: scopes.clone(),
-            }),
-            None => Err(Unauthenticated::UnknownToken),
-        }
+        Err(Unauthenticated::UnknownToken)
     }
 }
 
@@ -217,24 +217,26 @@ impl SubscriberKey {
                 self.audience
             ));
         }
-        let exp = claims
-            .get("exp")
-            .and_then(|e| e.as_u64())
-            .ok_or("exp (Unix seconds) is required")?;
+        let exp = numeric_date(&claims, "exp")?.ok_or("exp (Unix seconds) is required")?;
+        let iat = numeric_date(&claims, "iat")?
+            .ok_or("iat (Unix seconds, when it was minted) is required")?;
         if exp.saturating_add(LEEWAY_SECS) < now {
             return Err("it has expired (exp); ask the app's backend for a new one".into());
         }
-        if exp > now + self.max_lifetime_secs + LEEWAY_SECS {
+        if iat > now + LEEWAY_SECS {
+            return Err("iat is in the future".into());
+        }
+        // Its whole life, not what is left of it: a year-long token is refused
+        // on its last day too.
+        if exp.saturating_sub(iat) > self.max_lifetime_secs {
             return Err(format!(
-                "exp is more than {} s ahead (api.subscriber_tokens.max_lifetime); mint short-lived tokens",
+                "it lives longer than {} s from iat to exp (api.subscriber_tokens.max_lifetime); mint short-lived tokens",
                 self.max_lifetime_secs
             ));
         }
-        if let Some(nbf) = claims.get("nbf") {
-            match nbf.as_u64() {
-                Some(nbf) if nbf <= now + LEEWAY_SECS => {}
-                Some(_) => return Err("it is not valid yet (nbf)".into()),
-                None => return Err("nbf must be Unix seconds".into()),
+        if let Some(nbf) = numeric_date(&claims, "nbf")? {
+            if nbf > now + LEEWAY_SECS {
+                return Err("it is not valid yet (nbf)".into());
             }
         }
         let user = claims
@@ -256,6 +258,20 @@ impl SubscriberKey {
             user: user.to_string(),
             topics,
         })
+    }
+}
+
+/// A NumericDate claim (RFC 7519 §2: seconds, maybe fractional), in whole
+/// seconds; `None` when absent.
+fn numeric_date(claims: &serde_json::Value, name: &str) -> Result<Option<u64>, String> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(value) => match value.as_f64() {
+            Some(seconds) if seconds.is_finite() && (0.0..1e15).contains(&seconds) => {
+                Ok(Some(seconds.floor() as u64))
+            }
+            _ => Err(format!("{name} must be Unix seconds")),
+        },
     }
 }
 
@@ -362,7 +378,15 @@ mod tests {
         Credentials::from_settings(&s).expect("credentials")
     }
 
-    fn jwt(header: &str, claims: serde_json::Value, secret: &str) -> String {
+    /// Signs `claims`, with `iat` = [`NOW`] unless they set it (or null it).
+    fn jwt(header: &str, mut claims: serde_json::Value, secret: &str) -> String {
+        match claims.get("iat") {
+            None => claims["iat"] = serde_json::json!(NOW),
+            Some(serde_json::Value::Null) => {
+                claims.as_object_mut().expect("object").remove("iat");
+            }
+            Some(_) => {}
+        }
         let signed = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header),
@@ -444,7 +468,8 @@ mod tests {
         let with = |change: serde_json::Value| {
             let mut c = claims.clone();
             for (k, v) in change.as_object().expect("object") {
-                if v.is_null() {
+                // A null iat reaches `jwt`, which then leaves iat out.
+                if v.is_null() && k != "iat" {
                     c.as_object_mut().expect("object").remove(k);
                 } else {
                     c[k] = v.clone();
@@ -456,6 +481,14 @@ mod tests {
         assert!(with(serde_json::json!({"exp": null})).contains("exp"));
         assert!(with(serde_json::json!({"exp": -5})).contains("exp"));
         assert!(with(serde_json::json!({"exp": NOW + 2 * 24 * 3600})).contains("max_lifetime"));
+        // Minted for a year, shown on its last day: still refused.
+        assert!(
+            with(serde_json::json!({"iat": NOW - 364 * 24 * 3600, "exp": NOW + 3600}))
+                .contains("max_lifetime")
+        );
+        assert!(with(serde_json::json!({"iat": null})).contains("iat"));
+        assert!(with(serde_json::json!({"iat": NOW + 600})).contains("iat"));
+        assert!(with(serde_json::json!({"exp": "soon"})).contains("exp"));
         assert!(with(serde_json::json!({"aud": "other"})).contains("aud"));
         assert!(with(serde_json::json!({"aud": null})).contains("aud"));
         assert!(with(serde_json::json!({"sub": null})).contains("sub"));

@@ -360,8 +360,7 @@ pub struct ApiSettings {
 }
 
 /// One service credential. The token itself is never stored, only its digest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiToken {
     /// Who holds it (logs and metrics say this, never the token).
     pub name: String,
@@ -369,6 +368,44 @@ pub struct ApiToken {
     pub sha256: String,
     /// What it may do: `publish`, `subscriptions`, `read`, `admin`.
     pub scopes: Vec<Scope>,
+}
+
+/// The fields of an `api.tokens` entry, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiTokenFields {
+    name: String,
+    sha256: String,
+    scopes: Vec<Scope>,
+}
+
+impl<'de> Deserialize<'de> for ApiToken {
+    /// A table; a bare string (the token itself, as `api.tokens` held before
+    /// scopes) is refused saying what to write instead.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ApiToken, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = ApiToken;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table {name, sha256, scopes}")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<ApiToken, E> {
+                Err(E::custom(
+                    "an api.tokens entry is a table {name, sha256, scopes}, not the token itself: herald keeps only its SHA-256 now. `herald token create --name NAME --scope publish` makes a new one; for an existing token write {name = \"NAME\", sha256 = \"<printf %s TOKEN | sha256sum>\", scopes = [\"publish\", \"subscriptions\", \"read\", \"admin\"]}",
+                ))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<ApiToken, M::Error> {
+                let fields =
+                    ApiTokenFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ApiToken {
+                    name: fields.name,
+                    sha256: fields.sha256,
+                    scopes: fields.scopes,
+                })
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
 }
 
 /// What a service credential may do.
@@ -426,7 +463,7 @@ pub struct SubscriberTokenSettings {
     pub secret_file: PathBuf,
     /// The `aud` a token must carry, so tokens minted for another service do not work here.
     pub audience: String,
-    /// The longest life a token may have: one whose `exp` is further ahead is refused.
+    /// The longest life a token may have, from its `iat` to its `exp`.
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
 }
@@ -1068,6 +1105,15 @@ impl Settings {
         }
         let proxy = self.push.proxy.expose();
         if !proxy.is_empty()
+            && !self.push.known_services_only
+            && !self.push.allow_insecure_endpoints
+        {
+            return Err(Invalid::new(
+                "push.proxy",
+                "needs push.known_services_only = true: through a proxy, the proxy resolves endpoints' names and herald cannot refuse one that leads inside",
+            ));
+        }
+        if !proxy.is_empty()
             && !url::Url::parse(proxy).is_ok_and(|u| {
                 matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/"
             })
@@ -1242,14 +1288,28 @@ impl Settings {
             shown.push.vapid_private_key = Secret::new("[redacted]");
         }
         if !shown.push.proxy.is_empty() {
-            shown.push.proxy =
-                Secret::new(crate::shared::db::redacted_url(shown.push.proxy.expose()));
+            shown.push.proxy = Secret::new(redacted_proxy(shown.push.proxy.expose()));
         }
         if !shown.api.subscriber_tokens.secret.is_empty() {
             shown.api.subscriber_tokens.secret = Secret::new("[redacted]");
         }
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+/// A proxy URL to show: some proxies take their key as the user name, so
+/// both user and password are hidden.
+pub fn redacted_proxy(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                let _ = parsed.set_username("redacted");
+                let _ = parsed.set_password(None);
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(unparsable url)".into(),
     }
 }
 
@@ -1399,6 +1459,18 @@ mod tests {
         s.api.subscriber_tokens.secret = Secret::new("hunter2-hunter2-hunter2-hunter2-hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!s.to_redacted_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_push_proxy_needs_the_known_services_allowlist_and_never_prints_its_credentials() {
+        let mut s = Settings::default();
+        s.push.proxy = Secret::new("http://key-5d41402a:@proxy.internal:3128");
+        assert_eq!(s.validate().expect_err("refused").key, "push.proxy");
+        s.push.known_services_only = true;
+        s.validate().expect("valid with the allowlist");
+        assert!(!s.to_redacted_toml().contains("key-5d41402a"));
+        s.push.proxy = Secret::new("socks5://proxy.internal:1080");
+        assert_eq!(s.validate().expect_err("refused").key, "push.proxy");
     }
 
     #[test]

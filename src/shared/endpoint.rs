@@ -95,7 +95,57 @@ pub fn check(endpoint: &str, rules: &Rules) -> Result<Url, String> {
                 .into(),
         );
     }
-    Ok(url)
+    Ok(canonical(url))
+}
+
+/// One spelling per endpoint (RFC 3986 §6.2.2), so that a subscription's id,
+/// a digest of it, is the same however a caller spells the same URL:
+/// percent-encoded unreserved characters decoded, the other escapes in upper
+/// case, an empty query dropped, a trailing dot of the host dropped. (The
+/// host is lowercased and a default port dropped by the parser already.)
+fn canonical(mut url: Url) -> Url {
+    // `push.example.net.` is the same name to DNS: one spelling, without the dot.
+    if let Some(Host::Domain(name)) = url.host() {
+        if let Some(bare) = name.strip_suffix('.').map(str::to_string) {
+            let _ = url.set_host(Some(&bare));
+        }
+    }
+    let path = normalize_escapes(url.path());
+    url.set_path(&path);
+    match url.query().map(normalize_escapes) {
+        Some(query) if query.is_empty() => url.set_query(None),
+        Some(query) => url.set_query(Some(&query)),
+        None => {}
+    }
+    url
+}
+
+fn normalize_escapes(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let byte = (hi * 16 + lo) as u8;
+                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                    out.push(byte as char);
+                } else {
+                    out.push('%');
+                    out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                    out.push(bytes[i + 2].to_ascii_uppercase() as char);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // Whole characters: the text is a URL's, ASCII after parsing.
+        let c = text[i..].chars().next().expect("in bounds");
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
 }
 
 /// How long registration waits for an endpoint's name to resolve.
@@ -221,6 +271,26 @@ fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_spelling_of_one_endpoint_is_one_url() {
+        let rules = Rules::strict();
+        let one = |e: &str| check(e, &rules).expect(e).to_string();
+        let plain = one("https://push.example.net/p/AbC-1");
+        for spelling in [
+            "https://push.example.net/p/AbC-1?",
+            "https://PUSH.example.net:443/p/%41bC-1",
+            "https://push.example.net/p/A%62C%2d1",
+            "https://push.example.net./p/AbC-1",
+        ] {
+            assert_eq!(one(spelling), plain, "{spelling}");
+        }
+        // Reserved characters stay escaped (in upper case); queries are kept.
+        assert_eq!(
+            one("https://db5.notify.windows.com/w/?token=AbC%2b%2fx%41"),
+            "https://db5.notify.windows.com/w/?token=AbC%2B%2FxA"
+        );
+    }
 
     #[test]
     fn the_origin_keeps_a_non_default_port() {

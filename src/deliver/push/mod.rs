@@ -127,7 +127,7 @@ impl Pusher {
             // Only the explicit setting: the proxy's own address is the operator's choice.
             let proxy = reqwest::Proxy::all(proxy).context("push.proxy is not a proxy URL")?;
             builder = builder.proxy(proxy);
-            tracing::info!(proxy = %crate::shared::db::redacted_url(push.proxy.expose()), "pushes go through push.proxy, which resolves push services' names");
+            tracing::info!(proxy = %crate::shared::config::redacted_proxy(push.proxy.expose()), "pushes go through push.proxy, which resolves push services' names");
         }
         if push.allow_insecure_endpoints {
             tracing::warn!("push.allow_insecure_endpoints is on: plain-http and private-address endpoints are accepted; never use this in production");

@@ -7,13 +7,18 @@
 -- ARGV[1] subscription id
 -- ARGV[2] its user as the caller read it ('' for none)
 -- ARGV[3] about how many changes the stream keeps
--- Returns 1 when deleted, 0 when there was none, -1 when the stored user
--- changed since the caller read it (the caller reads again and retries).
+-- ARGV[4] the user it must belong to ('' for anyone): a subscriber token's
+-- Returns 1 when deleted, 0 when there was none (or it is another user's than
+-- ARGV[4]), -1 when the stored user changed since the caller read it (the
+-- caller reads again and retries).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[2], ARGV[1])
   return 0
 end
 local stored_user = redis.call('HGET', KEYS[1], 'user') or ''
+if ARGV[4] ~= '' and stored_user ~= ARGV[4] then
+  return 0
+end
 if stored_user ~= ARGV[2] then
   return -1
 end

@@ -430,6 +430,8 @@ pub enum Stored {
     UserFull {
         max: u32,
     },
+    /// Not stored: it exists for another user than the one it had to belong to.
+    OwnedByAnother,
 }
 
 /// Subscriptions in Redis. Cheap to clone.
@@ -460,6 +462,12 @@ impl Store {
     }
 
     pub async fn put(&self, sub: &Subscription) -> anyhow::Result<Stored> {
+        self.put_owned(sub, "").await
+    }
+
+    /// [`Store::put`], when an existing subscription of this endpoint belongs to
+    /// `owner` (or `owner` is empty): checked in the script that writes.
+    pub async fn put_owned(&self, sub: &Subscription, owner: &str) -> anyhow::Result<Stored> {
         let keys = &self.db.keys;
         let sub_key = keys.subscription(&sub.id);
         let mut conn = self.db.conn();
@@ -489,7 +497,8 @@ impl Store {
                 .arg(&new_user)
                 .arg(&previous)
                 .arg(SUBSCRIPTION_CHANGES_KEPT)
-                .arg(self.max_per_user);
+                .arg(self.max_per_user)
+                .arg(owner);
             for (field, value) in sub.to_fields() {
                 inv.arg(field).arg(value);
             }
@@ -502,6 +511,7 @@ impl Store {
                         max: self.max_per_user,
                     })
                 }
+                -3 => return Ok(Stored::OwnedByAnother),
                 _ => continue,
             }
         }
@@ -513,6 +523,12 @@ impl Store {
 
     /// Deletes a subscription; false when there was none.
     pub async fn delete(&self, id: &str) -> anyhow::Result<bool> {
+        self.delete_owned(id, "").await
+    }
+
+    /// [`Store::delete`], only when it belongs to `owner` (or `owner` is
+    /// empty); another user's is `false`, as if there were none.
+    pub async fn delete_owned(&self, id: &str, owner: &str) -> anyhow::Result<bool> {
         let keys = &self.db.keys;
         let sub_key = keys.subscription(id);
         let mut conn = self.db.conn();
@@ -537,6 +553,7 @@ impl Store {
                 .arg(id)
                 .arg(&user)
                 .arg(SUBSCRIPTION_CHANGES_KEPT)
+                .arg(owner)
                 .invoke_async(&mut conn)
                 .await?;
             match answer {

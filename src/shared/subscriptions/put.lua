@@ -10,12 +10,18 @@
 -- ARGV[3] previous user as the caller read it ('' for none)
 -- ARGV[4] about how many changes the stream keeps
 -- ARGV[5] most subscriptions one user may have (0: no limit)
--- ARGV[6..] field/value pairs of the hash
+-- ARGV[6] the user an existing subscription must belong to ('' for anyone):
+--         a subscriber token's, checked here so no write slips in between
+-- ARGV[7..] field/value pairs of the hash
 -- Returns 1 when created, 0 when updated, -1 when the stored user changed since
 -- the caller read it (the caller reads again and retries), -2 when the new user
--- has ARGV[5] subscriptions already (nothing is changed).
+-- has ARGV[5] subscriptions already, -3 when it exists for another user than
+-- ARGV[6] (nothing is changed for either).
 local stored_user = redis.call('HGET', KEYS[1], 'user') or ''
 local existed = redis.call('EXISTS', KEYS[1]) == 1
+if ARGV[6] ~= '' and existed and stored_user ~= ARGV[6] then
+  return -3
+end
 if stored_user ~= ARGV[3] then
   return -1
 end
@@ -29,7 +35,7 @@ if ARGV[3] ~= '' and ARGV[3] ~= ARGV[2] then
 end
 local created = redis.call('HGET', KEYS[1], 'created_at')
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 if created then
   redis.call('HSET', KEYS[1], 'created_at', created)
 end
