@@ -49,7 +49,7 @@ pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::
 
 /// `herald api`.
 pub async fn api(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let db = connect(&settings).await?;
+    let db = connect(&settings, true).await?;
     let key = VapidKey::from_settings(&settings, settings.push.create_vapid_key)?;
     Api::bind(&settings, db, key.public_key)
         .await?
@@ -59,7 +59,7 @@ pub async fn api(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 /// `herald worker`.
 pub async fn worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let parts = Parts::connect(&settings, settings.push.create_vapid_key).await?;
+    let parts = Parts::connect(&settings, settings.push.create_vapid_key, false).await?;
     let worker = parts.worker(&settings);
     let mut roles = Roles::new(shutdown);
     let admin = Admin::bind(&settings, "worker", parts.db.clone(), roles.stop()).await?;
@@ -75,7 +75,7 @@ pub async fn audit(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let crate::operate::audit::AuditArgs { group, out } = args;
-    let db = connect(&settings).await?;
+    let db = connect(&settings, false).await?;
     // The audit's own consumer name: stable across restarts, so it re-reads what it left pending.
     let consumer = if settings.worker.consumer.is_empty() {
         "audit".to_string()
@@ -111,7 +111,7 @@ async fn with_admin(
 
 /// `herald reclaimer`.
 pub async fn reclaimer(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let parts = Parts::connect(&settings, settings.push.create_vapid_key).await?;
+    let parts = Parts::connect(&settings, settings.push.create_vapid_key, false).await?;
     let reclaimer = Reclaimer::new(parts.worker(&settings), &settings);
     let mut roles = Roles::new(shutdown);
     let admin = Admin::bind(&settings, "reclaimer", parts.db.clone(), roles.stop()).await?;
@@ -123,7 +123,7 @@ pub async fn reclaimer(settings: Settings, shutdown: CancellationToken) -> anyho
 }
 
 async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let parts = Parts::connect(settings, true).await?;
+    let parts = Parts::connect(settings, true, true).await?;
     let api = Api::bind(
         settings,
         parts.db.clone(),
@@ -151,12 +151,28 @@ async fn run_roles(settings: &Settings, shutdown: CancellationToken) -> anyhow::
 
 /// Connects, checks that Redis keeps what it accepts (`redis.require_durable`)
 /// and loads the publish functions, so producers can `FCALL herald_publish`
-/// as soon as any herald role runs.
-async fn connect(settings: &Settings) -> anyhow::Result<Db> {
+/// as soon as any herald role runs. A role that does not publish goes on when
+/// its Redis user may not load them: least privilege gives `FUNCTION LOAD`
+/// to the API's user only (README, "Redis ACLs per role").
+async fn connect(settings: &Settings, publishes: bool) -> anyhow::Result<Db> {
     let db = Db::connect(settings).await?;
     db.check_durability(settings.redis.require_durable).await?;
-    crate::intake::publish::library::load(&db, settings).await?;
+    match crate::intake::publish::library::load(&db, settings).await {
+        Ok(()) => {}
+        Err(e) if !publishes && refused_by_acl(&e) => tracing::warn!(
+            error = %format!("{e:#}"),
+            "this role's Redis user may not load herald's function library; it does not publish, so it goes on (the API's user loads it)"
+        ),
+        Err(e) => return Err(e),
+    }
     Ok(db)
+}
+
+/// Whether Redis refused a command for the user's ACL (`NOPERM`).
+fn refused_by_acl(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<redis::RedisError>())
+        .any(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm))
 }
 
 /// What the pushing roles share: Redis, the pusher, the alert channel.
@@ -168,8 +184,13 @@ struct Parts {
 }
 
 impl Parts {
-    async fn connect(settings: &Settings, create_key: bool) -> anyhow::Result<Parts> {
-        let db = connect(settings).await?;
+    /// `publishes`: whether these roles publish (so need the function library).
+    async fn connect(
+        settings: &Settings,
+        create_key: bool,
+        publishes: bool,
+    ) -> anyhow::Result<Parts> {
+        let db = connect(settings, publishes).await?;
         let key = VapidKey::from_settings(settings, create_key)?;
         let pusher = Arc::new(Pusher::new(settings, key)?);
         let (alerts, alert_loop) = alerts::channel(&settings.alerts);

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 /// Everything herald can be told, for every role.
@@ -337,6 +339,14 @@ pub struct RedisSettings {
     /// How long a publish waits for `wait_replicas` confirmations.
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
+    /// PEM file of the CA (or CAs) that signed a `rediss://` server's
+    /// certificate; empty trusts the system's certificate store instead.
+    pub tls_ca_file: PathBuf,
+    /// PEM file of this client's certificate, for a server that asks for one
+    /// (`tls-auth-clients yes`); goes with `tls_key_file`.
+    pub tls_cert_file: PathBuf,
+    /// PEM file of the private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -631,6 +641,9 @@ impl Default for RedisSettings {
             require_durable: false,
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            tls_ca_file: PathBuf::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -944,6 +957,7 @@ impl Settings {
                 "redis://[:password@]host:port, one per seed node",
             )?;
         }
+        self.redis.check_tls()?;
         ensure_name("redis.key_prefix", &self.redis.key_prefix)?;
         ensure_name("worker.group", &self.worker.group)?;
         if !self.worker.consumer.is_empty() {
@@ -1313,6 +1327,128 @@ pub fn redacted_proxy(url: &str) -> String {
     }
 }
 
+impl RedisSettings {
+    /// Whether any of the TLS files is set.
+    pub fn has_tls_files(&self) -> bool {
+        [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file]
+            .iter()
+            .any(|f| !f.as_os_str().is_empty())
+    }
+
+    /// TLS only where it was tested (one Redis at `redis.url`), with files
+    /// that exist and hold what they should: a wrong file is said at start,
+    /// not at the first connection.
+    fn check_tls(&self) -> Result<(), Invalid> {
+        let tls = |url: &Secret| {
+            url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "rediss" | "valkeys"))
+        };
+        let elsewhere = [
+            ("redis.cluster_nodes", &self.cluster_nodes),
+            ("redis.sentinel.nodes", &self.sentinel.nodes),
+        ];
+        for (key, nodes) in elsewhere {
+            if nodes.iter().any(tls) {
+                return Err(Invalid::new(
+                    key,
+                    "uses rediss://: TLS is supported with redis.url (one Redis) only, not yet with Redis Cluster or Sentinel",
+                ));
+            }
+        }
+        if !self.has_tls_files() {
+            return Ok(());
+        }
+        if !tls(&self.url) {
+            let key = match (
+                self.tls_ca_file.as_os_str().is_empty(),
+                self.tls_cert_file.as_os_str().is_empty(),
+            ) {
+                (false, _) => "redis.tls_ca_file",
+                (true, false) => "redis.tls_cert_file",
+                (true, true) => "redis.tls_key_file",
+            };
+            return Err(Invalid::new(
+                key,
+                "is set but redis.url does not start with rediss://: TLS files are used only for a rediss:// redis.url (TLS is not supported with Redis Cluster or Sentinel yet)",
+            ));
+        }
+        if !self.tls_ca_file.as_os_str().is_empty() {
+            let certs = read_pem_certs("redis.tls_ca_file", &self.tls_ca_file)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    Invalid::new(
+                        "redis.tls_ca_file",
+                        format!(
+                            "holds a certificate that cannot be a trust anchor ({e}): {}",
+                            self.tls_ca_file.display()
+                        ),
+                    )
+                })?;
+            }
+        }
+        match (
+            self.tls_cert_file.as_os_str().is_empty(),
+            self.tls_key_file.as_os_str().is_empty(),
+        ) {
+            (true, true) => {}
+            (false, true) => {
+                return Err(Invalid::new(
+                    "redis.tls_key_file",
+                    "is empty but redis.tls_cert_file is set: a client certificate needs its private key",
+                ))
+            }
+            (true, false) => {
+                return Err(Invalid::new(
+                    "redis.tls_cert_file",
+                    "is empty but redis.tls_key_file is set: a private key needs its client certificate",
+                ))
+            }
+            (false, false) => {
+                read_pem_certs("redis.tls_cert_file", &self.tls_cert_file)?;
+                let pem = read_file("redis.tls_key_file", &self.tls_key_file)?;
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                    Invalid::new(
+                        "redis.tls_key_file",
+                        format!(
+                            "holds no PEM private key ({e}): {}",
+                            self.tls_key_file.display()
+                        ),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, Invalid> {
+    std::fs::read(path)
+        .map_err(|e| Invalid::new(key, format!("cannot be read ({e}): {}", path.display())))
+}
+
+/// The certificates of a PEM file; at least one.
+fn read_pem_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Invalid> {
+    let pem = read_file(key, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Invalid::new(
+                key,
+                format!("is not a PEM certificate file ({e}): {}", path.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(Invalid::new(
+            key,
+            format!(
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----): {}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(certs)
+}
+
 /// A Redis URL the client accepts, with a scheme herald knows.
 fn check_redis_url(key: &'static str, url: &str, expected: &str) -> Result<(), Invalid> {
     let scheme_ok = url::Url::parse(url).is_ok_and(|u| {
@@ -1549,6 +1685,77 @@ mod tests {
         s.redis.sentinel.nodes = vec![Secret::new("redis://:hunter2@127.0.0.1:26379")];
         s.redis.cluster_nodes = vec![Secret::new("redis://:hunter2@127.0.0.1:7000")];
         assert!(!s.to_redacted_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_naming_the_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write a test file");
+            path
+        };
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("a certificate");
+        let ca = write("ca.pem", &cert.pem());
+        let client_key = write("key.pem", &key.serialize_pem());
+        let junk = write("junk.pem", "not a certificate");
+        let check = |change: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::default();
+            s.redis.url = Secret::new("rediss://127.0.0.1:6380");
+            change(&mut s);
+            s.validate()
+        };
+        let refused = |change: &dyn Fn(&mut Settings)| {
+            let e = check(change).expect_err("must fail");
+            (e.key, e.message)
+        };
+        check(&|s| {
+            s.redis.tls_ca_file = ca.clone();
+            s.redis.tls_cert_file = ca.clone();
+            s.redis.tls_key_file = client_key.clone();
+        })
+        .expect("a CA, a certificate and its key are accepted");
+        let (key, message) = refused(&|s| s.redis.tls_ca_file = dir.path().join("missing.pem"));
+        assert_eq!(key, "redis.tls_ca_file");
+        assert!(message.contains("cannot be read"), "{message}");
+        let (key, message) = refused(&|s| s.redis.tls_ca_file = junk.clone());
+        assert_eq!(key, "redis.tls_ca_file");
+        assert!(message.contains("holds no PEM certificate"), "{message}");
+        let (key, message) = refused(&|s| {
+            s.redis.url = Secret::new("redis://127.0.0.1:6379");
+            s.redis.tls_ca_file = ca.clone();
+        });
+        assert_eq!(key, "redis.tls_ca_file");
+        assert!(message.contains("rediss://"), "{message}");
+        assert_eq!(
+            refused(&|s| s.redis.tls_cert_file = ca.clone()).0,
+            "redis.tls_key_file"
+        );
+        assert_eq!(
+            refused(&|s| s.redis.tls_key_file = client_key.clone()).0,
+            "redis.tls_cert_file"
+        );
+        assert_eq!(
+            refused(&|s| {
+                s.redis.tls_cert_file = ca.clone();
+                s.redis.tls_key_file = junk.clone();
+            })
+            .0,
+            "redis.tls_key_file"
+        );
+        let (key, message) = refused(&|s| {
+            s.redis.url = Secret::default();
+            s.redis.cluster_nodes = vec![Secret::new("rediss://127.0.0.1:7000")];
+        });
+        assert_eq!(key, "redis.cluster_nodes");
+        assert!(
+            message.contains("TLS is supported with redis.url"),
+            "{message}"
+        );
     }
 
     #[test]

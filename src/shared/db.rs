@@ -24,6 +24,11 @@
 //! `redis.command_timeout` (a check, then the command); a refused connection
 //! fails at once.
 //!
+//! **TLS**: a `rediss://` `redis.url` is spoken over TLS (rustls), trusting
+//! `redis.tls_ca_file` when set, the system's certificate store otherwise, and
+//! presenting `redis.tls_cert_file` to a server that asks for a client
+//! certificate. Not with Cluster or Sentinel: validation refuses it there.
+//!
 //! **Redis Cluster** (`redis.cluster_nodes`): the same handles over redis-rs's
 //! cluster client, which learns the topology from any reachable node, sends
 //! each command to the master of its key's slot and follows `MOVED`/`ASK` and
@@ -227,7 +232,8 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_millis(200);
 /// Where one Redis is: a fixed address, or the primary Redis Sentinel names.
 #[derive(Clone)]
 enum Source {
-    Fixed(redis::Client),
+    /// Boxed: a client with TLS settings is several times the size of the other variant.
+    Fixed(Box<redis::Client>),
     Sentinel(Arc<Primary>),
 }
 
@@ -235,7 +241,7 @@ impl Source {
     /// The client to connect with now, and for Sentinel how many times the primary moved.
     fn client(&self) -> (u64, redis::Client) {
         match self {
-            Source::Fixed(client) => (0, client.clone()),
+            Source::Fixed(client) => (0, client.as_ref().clone()),
             Source::Sentinel(primary) => primary.client(),
         }
     }
@@ -775,9 +781,18 @@ impl Db {
             ),
             false => redacted_url(settings.redis.url.expose()),
         };
+        let tls = !cluster
+            && !settings.redis.sentinel.is_set()
+            && url::Url::parse(settings.redis.url.expose())
+                .is_ok_and(|u| matches!(u.scheme(), "rediss" | "valkeys"));
+        // A refused handshake names only what TLS saw: say which settings decide it.
+        let hint = match tls {
+            true => " (over TLS: redis.tls_ca_file must hold the CA that signed the server's certificate unless the system trusts it, and a server with tls-auth-clients yes needs redis.tls_cert_file and redis.tls_key_file)",
+            false => "",
+        };
         db.ping()
             .await
-            .with_context(|| format!("cannot reach Redis at {place}"))?;
+            .with_context(|| format!("cannot reach Redis at {place}{hint}"))?;
         let replicated = cluster || settings.redis.sentinel.is_set();
         if replicated && settings.redis.wait_replicas == 0 {
             tracing::warn!("redis.wait_replicas is 0: a failover can lose events a primary accepted but had not yet passed to its replica; set it to 1 (README, Guarantees)");
@@ -794,7 +809,7 @@ impl Db {
                 !url.is_empty(),
                 "redis.url is empty: set it (or redis.cluster_nodes, or redis.sentinel), or run `herald up` to start an embedded redis-server"
             );
-            Source::Fixed(redis::Client::open(url).context("redis.url is not a valid Redis URL")?)
+            Source::Fixed(Box::new(client(settings)?))
         };
         let timeout = settings.redis.command_timeout;
         let shared = (0..settings.redis.connections)
@@ -1059,6 +1074,39 @@ async fn cluster_durability(conn: &Conn) -> redis::RedisResult<Durability> {
         true => Durability::Durable,
         false => Durability::Risky(problems),
     })
+}
+
+/// The client for `redis.url`: with `redis.tls_ca_file` (and a client
+/// certificate) when set, so a `rediss://` server signed by a private CA is
+/// trusted; otherwise a `rediss://` URL trusts the system's certificate store.
+fn client(settings: &Settings) -> anyhow::Result<redis::Client> {
+    let redis = &settings.redis;
+    let url = redis.url.expose();
+    if !redis.has_tls_files() {
+        return redis::Client::open(url).context("redis.url is not a valid Redis URL");
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {key} {}", path.display()))
+    };
+    let root_cert = match redis.tls_ca_file.as_os_str().is_empty() {
+        true => None,
+        false => Some(read("redis.tls_ca_file", &redis.tls_ca_file)?),
+    };
+    let client_tls = match redis.tls_cert_file.as_os_str().is_empty() {
+        true => None,
+        false => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls_cert_file", &redis.tls_cert_file)?,
+            client_key: read("redis.tls_key_file", &redis.tls_key_file)?,
+        }),
+    };
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .context("cannot set up TLS for redis.url with redis.tls_ca_file, redis.tls_cert_file and redis.tls_key_file")
 }
 
 /// Publishes get connections of their own only when they `WAIT`.

@@ -4,6 +4,8 @@
 //! every role loads it at start, replacing a loaded copy whose code differs
 //! (an older herald's, or other settings'), and again whenever Redis answers
 //! that it has no such function (a restart without persistence, a flush).
+//! Roles that do not publish (worker, reclaimer) go on without it when their
+//! Redis user may not load functions (README, "Redis ACLs per role").
 
 use super::PublishOutcome;
 use crate::shared::config::Settings;
@@ -51,7 +53,8 @@ async fn load_code(db: &Db, code: &str) -> anyhow::Result<()> {
         .query_async(&mut conn)
         .await
         .map_err(|e| {
-            anyhow::anyhow!("cannot list Redis Functions (herald needs Redis 7 or later): {e}")
+            anyhow::Error::new(e)
+                .context("cannot list Redis Functions (herald needs Redis 7 or later)")
         })?;
     if loaded_code(&listed).as_deref() == Some(code) {
         return Ok(());
@@ -66,7 +69,9 @@ async fn load_replace(conn: &mut crate::shared::db::Conn, code: &str) -> anyhow:
         .arg(code)
         .query_async(conn)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot load herald's Redis Function library: {e}"))?;
+        .map_err(|e| {
+            anyhow::Error::new(e).context("cannot load herald's Redis Function library")
+        })?;
     tracing::info!("loaded the herald function library (FCALL herald_publish)");
     Ok(())
 }
