@@ -39,6 +39,10 @@ if ! command -v promtool >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   need_root apt-get update -q
   need_root apt-get install -y -q --no-install-recommends prometheus
+  # Only promtool is wanted: the server the package starts is stopped again.
+  if command -v systemctl >/dev/null 2>&1; then
+    need_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 # README's Node snippet (minting a subscriber token) runs in the tests.
 if ! command -v node >/dev/null 2>&1; then

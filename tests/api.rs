@@ -652,3 +652,44 @@ async fn words_per_topic_and_pattern_and_devices_per_user_are_capped() {
         .expect("answer");
     assert_eq!(response.status(), 422);
 }
+
+/// Endpoints are stored in one spelling; a device stored before that under
+/// another spelling (`…?`) is kept once when its page registers it again.
+#[tokio::test]
+async fn a_device_stored_under_its_former_spelling_is_kept_once_after_registering_again() {
+    let app = TestApp::start().await;
+    let (_, browser) = app.sink.new_subscription();
+    let spelled = format!("{}?", browser["endpoint"].as_str().expect("endpoint"));
+    let former = herald::shared::subscriptions::Subscription {
+        id: herald::shared::subscriptions::id_for_endpoint(&spelled),
+        user: Some("u-1".into()),
+        endpoint: spelled.clone(),
+        p256dh: browser["keys"]["p256dh"].as_str().expect("p256dh").into(),
+        auth: browser["keys"]["auth"].as_str().expect("auth").into(),
+        topics: Vec::new(),
+        headers: None,
+        created_at: String::new(),
+    };
+    herald::shared::subscriptions::Store::new(app.db.clone())
+        .put(&former)
+        .await
+        .expect("store it as an older herald did");
+    let mut again = browser.clone();
+    again["endpoint"] = json!(spelled);
+    let (status, body) = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"user": "u-1", "subscription": again}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_ne!(
+        body["id"],
+        json!(former.id),
+        "stored under its one spelling"
+    );
+    let (_, listed) = app.get("/v1/subscriptions?user=u-1").await;
+    let subs = listed["subscriptions"].as_array().expect("array");
+    assert_eq!(subs.len(), 1, "one device, one subscription: {listed}");
+    assert_eq!(subs[0]["id"], body["id"]);
+}

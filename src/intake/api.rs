@@ -87,6 +87,14 @@ impl ApiError {
     }
 
     fn unavailable(e: anyhow::Error) -> ApiError {
+        if format!("{e:#}").contains("NOPERM") {
+            tracing::error!(error = %format!("{e:#}"), "herald's Redis user may not run a command an API request needs (see README, Redis ACLs per role)");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "redis_permission",
+                "herald's Redis user may not run a command this request needs (README, \"Redis ACLs per role\"); nothing was changed",
+            );
+        }
         tracing::error!(error = %format!("{e:#}"), "redis unavailable for an API request");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -613,6 +621,12 @@ async fn post_subscription(
         own_interests(&mut input, user, topics)?;
     }
     let sub = input.validate(&state.inner.endpoint_rules)?;
+    // Before endpoints were stored in one spelling, this one may have been
+    // stored as given: that record is this device's too, and goes.
+    let as_given = url::Url::parse(&input.subscription.endpoint)
+        .map(|u| crate::shared::subscriptions::id_for_endpoint(u.as_str()))
+        .ok()
+        .filter(|id| *id != sub.id);
     if let Ok(url) = url::Url::parse(&sub.endpoint) {
         crate::shared::endpoint::check_resolved(&url, &state.inner.endpoint_rules)
             .await
@@ -636,6 +650,11 @@ async fn post_subscription(
         Stored::UserFull { max } => return Err(user_full(max)),
         Stored::OwnedByAnother => return Err(owned_by_another()),
     };
+    if let Some(old) = as_given {
+        if let Err(e) = state.inner.store.delete_owned(&old, owner).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot delete a subscription stored under its endpoint's former spelling");
+        }
+    }
     release_held(&state, sub.user.as_deref()).await;
     Ok((status, Json(json!({"id": sub.id, "created": created}))).into_response())
 }

@@ -106,7 +106,8 @@ pub fn check(endpoint: &str, rules: &Rules) -> Result<Url, String> {
 fn canonical(mut url: Url) -> Url {
     // `push.example.net.` is the same name to DNS: one spelling, without the dot.
     if let Some(Host::Domain(name)) = url.host() {
-        if let Some(bare) = name.strip_suffix('.').map(str::to_string) {
+        if name.ends_with('.') {
+            let bare = name.trim_end_matches('.').to_string();
             let _ = url.set_host(Some(&bare));
         }
     }
@@ -148,6 +149,9 @@ fn normalize_escapes(text: &str) -> String {
     out
 }
 
+/// Registration lookups at once; beyond them, names are checked at send only.
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+
 /// How long registration waits for an endpoint's name to resolve.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -159,9 +163,15 @@ pub async fn check_resolved(url: &Url, rules: &Rules) -> Result<(), String> {
     let Some(Host::Domain(name)) = url.host() else {
         return Ok(());
     };
-    if rules.allow_insecure {
+    // The allowlist names the push services already.
+    if rules.allow_insecure || rules.known_services.is_some() {
         return Ok(());
     }
+    // A lookup outlives its timeout on a blocking thread (getaddrinfo cannot
+    // be cancelled): a few at once, so slow names cannot take every thread.
+    let Ok(_permit) = LOOKUPS.try_acquire() else {
+        return Ok(());
+    };
     let port = url.port_or_known_default().unwrap_or(443);
     let lookup = tokio::net::lookup_host((name, port));
     let Ok(Ok(addrs)) = tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await else {
@@ -282,6 +292,7 @@ mod tests {
             "https://PUSH.example.net:443/p/%41bC-1",
             "https://push.example.net/p/A%62C%2d1",
             "https://push.example.net./p/AbC-1",
+            "https://push.example.net../p/AbC-1",
         ] {
             assert_eq!(one(spelling), plain, "{spelling}");
         }
