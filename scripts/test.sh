@@ -44,6 +44,13 @@ if ! command -v promtool >/dev/null 2>&1; then
     need_root systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 fi
+# The console's tests drive a real headless browser.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  echo "==> chromium or chromedriver not found: installing chromium and chromium-driver with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  need_root apt-get update -q
+  need_root apt-get install -y -q --no-install-recommends chromium chromium-driver
+fi
 # README's Node snippet (minting a subscriber token) runs in the tests.
 if ! command -v node >/dev/null 2>&1; then
   echo "==> node not found: installing nodejs with apt-get"

@@ -44,7 +44,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -55,7 +59,15 @@ impl ApiError {
         }
     }
 
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    /// The same error, naming `field`.
+    pub(crate) fn with_field(self, field: impl Into<String>) -> ApiError {
+        ApiError {
+            field: Some(field.into()),
+            ..self
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError {
             field: Some(field.into()),
             ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
@@ -86,7 +98,7 @@ impl ApiError {
         }
     }
 
-    fn unavailable(e: anyhow::Error) -> ApiError {
+    pub(crate) fn unavailable(e: anyhow::Error) -> ApiError {
         if format!("{e:#}").contains("NOPERM") {
             tracing::error!(error = %format!("{e:#}"), "herald's Redis user may not run a command an API request needs (see README, Redis ACLs per role)");
             return ApiError::new(
@@ -133,6 +145,22 @@ impl From<InvalidField> for ApiError {
 #[derive(Clone)]
 pub struct ApiState {
     inner: Arc<Inner>,
+}
+
+/// What the console's handlers (`crate::operate::console`) read.
+impl ApiState {
+    pub(crate) fn db(&self) -> &Db {
+        &self.inner.db
+    }
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub(crate) fn dead_letters(&self) -> &crate::shared::dead_letter::DeadLetters {
+        &self.inner.dead_letters
+    }
+    pub(crate) fn spool_dir(&self) -> &std::path::Path {
+        &self.inner.spool_dir
+    }
 }
 
 struct Inner {
@@ -270,12 +298,12 @@ pub fn router(state: ApiState) -> Router {
             "/v1/subscriptions/{id}",
             delete(delete_subscription).patch(patch_subscription),
         )
-        .route("/v1/stats", get(stats))
-        .route("/v1/admin/dead-letters", get(list_dead_letters))
+        .merge(crate::operate::console::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)
         .route("/v1/vapid-public-key", get(vapid_public_key))
+        .merge(crate::operate::console::page_routes())
         .route("/livez", get(crate::shared::health::livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::shared::health::metrics))
@@ -307,7 +335,7 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
 }
 
 /// `403` unless the caller holds `scope`.
-fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+pub(crate) fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
     if caller.may(scope) {
         return Ok(());
     }
@@ -330,7 +358,11 @@ fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
 }
 
 /// Reads a JSON body: 415 for another content type, 413 over the limit, 400 for bad JSON.
-async fn read_json(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+pub(crate) async fn read_json(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -361,7 +393,7 @@ async fn read_json(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<
 }
 
 /// Deserializes with the path of the failing field in the error.
-fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ApiError> {
+pub(crate) fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut parts: Vec<String> = Vec::new();
         if !prefix.is_empty() {
@@ -873,59 +905,6 @@ async fn delete_subscription(
         true => Ok(StatusCode::NO_CONTENT.into_response()),
         false => Err(not_found()),
     }
-}
-
-/// `GET /v1/stats`: what `herald stats --json` prints.
-async fn stats(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-) -> Result<Response, ApiError> {
-    require(&caller, Scope::Read)?;
-    let stats = crate::operate::stats::collect(&state.inner.db, None, Some(&state.inner.spool_dir))
-        .await
-        .map_err(ApiError::unavailable)?;
-    Ok(Json(serde_json::to_value(stats).expect("serializes")).into_response())
-}
-
-#[derive(Deserialize)]
-struct DeadLetterQuery {
-    reason: Option<String>,
-    topic: Option<String>,
-    user: Option<String>,
-    limit: Option<usize>,
-}
-
-/// `GET /v1/admin/dead-letters`: the oldest dead letters matching the filter (100 unless `limit`, at most 1000).
-async fn list_dead_letters(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Query(query): Query<DeadLetterQuery>,
-) -> Result<Response, ApiError> {
-    require(&caller, Scope::Admin)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError {
-            field: Some("limit".into()),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                "limit must be 1 to 1000",
-            )
-        });
-    }
-    let filter = crate::shared::dead_letter::Filter {
-        reason: query.reason,
-        topic: query.topic,
-        user: query.user,
-        ..Default::default()
-    };
-    let found = state
-        .inner
-        .dead_letters
-        .list(&filter, limit)
-        .await
-        .map_err(ApiError::unavailable)?;
-    Ok(Json(json!({ "dead_letters": found })).into_response())
 }
 
 async fn vapid_public_key(State(state): State<ApiState>) -> Response {

@@ -5,6 +5,7 @@
 //!   `worker`, `reclaimer`, `audit`), with an [`embedded_redis`] for the
 //!   quickstart.
 //! - [`admin`]: the health and metrics listener of the worker, reclaimer and audit.
+//! - [`console`]: the operators' web page (`/console`) and the `/v1/admin/…` API it calls.
 //! - [`stats`]: `herald stats`, and the gauges sampled from Redis.
 //! - [`dlq`]: `herald dlq list / show / replay / purge`.
 //! - [`replay`]: `herald replay`, history processed again.
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod console;
 pub mod dlq;
 pub mod embedded_redis;
 pub mod replay;

@@ -3,6 +3,7 @@
 //! and the sink, a push service that really verifies and decrypts.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod sentinel;
 

@@ -1,0 +1,404 @@
+//! The operators' console: `/console`, one page served from the binary (no
+//! CDN, no build step), and the JSON API it calls, which scripts may call too:
+//!
+//! | route | scope | what |
+//! | --- | --- | --- |
+//! | `GET /v1/stats` | `read` | streams, groups, lag, pending, consumers, push services, spool (`herald stats --json`) |
+//! | `GET /v1/admin/dead-letters` | `admin` | dead letters by `reason`, `topic`, `user`, `since`, `until`, at most `limit` |
+//! | `GET /v1/admin/dead-letters/{id}` | `admin` | one, every field |
+//! | `POST /v1/admin/dead-letters/replay` | `admin` | put back those named by `ids`, a `filter` or `all` |
+//! | `POST /v1/admin/dead-letters/purge` | `admin` | delete them, the same way |
+//! | `GET /v1/admin/events/{id}` | `admin` | an event: its entry, each device's state, dead letters, scheduled or held |
+//! | `GET /v1/admin/users/{user}/subscriptions` | `admin` | a user's devices (origin, interests; never keys or paths) |
+//!
+//! The page itself holds no data: it asks for a token (kept in the tab's
+//! session storage) unless the API is open, and calls these routes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::intake::api::{from_value, read_json, require, ApiError, ApiState};
+use crate::intake::auth::Caller;
+use crate::shared::config::Scope;
+use crate::shared::dead_letter::{DeadLetterEntry, Filter};
+
+/// Most dead letters one replay or purge request handles: narrow the filter, or repeat.
+pub const MAX_PER_REQUEST: usize = 10_000;
+
+/// The JSON routes (behind authentication).
+pub fn admin_routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/stats", get(stats))
+        .route("/v1/admin/dead-letters", get(list_dead_letters))
+        .route("/v1/admin/dead-letters/replay", post(replay_dead_letters))
+        .route("/v1/admin/dead-letters/purge", post(purge_dead_letters))
+        .route("/v1/admin/dead-letters/{id}", get(show_dead_letter))
+        .route("/v1/admin/events/{id}", get(show_event))
+        .route(
+            "/v1/admin/users/{user}/subscriptions",
+            get(user_subscriptions),
+        )
+}
+
+/// The page (public: it holds nothing until a token is given).
+pub fn page_routes() -> Router<ApiState> {
+    Router::new().route("/console", get(page))
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything is inline and same-origin; nothing may load from elsewhere.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+            ),
+        ],
+        Html(include_str!("page.html")),
+    )
+        .into_response()
+}
+
+/// `GET /v1/stats`: what `herald stats --json` prints.
+async fn stats(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Read)?;
+    let stats = crate::operate::stats::collect(state.db(), None, Some(state.spool_dir()))
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(serde_json::to_value(stats).expect("serializes")).into_response())
+}
+
+/// Which dead letters, as a query string or a JSON body's `filter`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterInput {
+    reason: Option<String>,
+    topic: Option<String>,
+    user: Option<String>,
+    /// RFC 3339, or a duration ago (`2h`).
+    since: Option<String>,
+    until: Option<String>,
+}
+
+impl FilterInput {
+    fn to_filter(&self, prefix: &str) -> Result<Filter, ApiError> {
+        let when = |name: &str, text: &Option<String>| -> Result<Option<DateTime<Utc>>, ApiError> {
+            text.as_deref()
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    crate::operate::dlq::parse_when(t)
+                        .map_err(|e| ApiError::invalid(format!("{prefix}{name}"), format!("{e:#}")))
+                })
+                .transpose()
+        };
+        let text = |v: &Option<String>| v.clone().filter(|t| !t.is_empty());
+        Ok(Filter {
+            reason: text(&self.reason),
+            topic: text(&self.topic),
+            user: text(&self.user),
+            since: when("since", &self.since)?,
+            until: when("until", &self.until)?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        [
+            &self.reason,
+            &self.topic,
+            &self.user,
+            &self.since,
+            &self.until,
+        ]
+        .iter()
+        .all(|v| v.as_deref().is_none_or(str::is_empty))
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(flatten)]
+    filter: FilterInput,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/admin/dead-letters`: the oldest matching the filter (100 unless `limit`, at most 1000), and how many match.
+async fn list_dead_letters(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Admin)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "limit must be 1 to 1000",
+        )
+        .with_field("limit"));
+    }
+    let filter = query.filter.to_filter("")?;
+    let matching = state
+        .dead_letters()
+        .list(&filter, usize::MAX)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let total = matching.len();
+    let shown: Vec<&DeadLetterEntry> = matching.iter().take(limit).collect();
+    Ok(Json(json!({ "total": total, "dead_letters": shown })).into_response())
+}
+
+async fn show_dead_letter(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Admin)?;
+    match state
+        .dead_letters()
+        .show(&id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        Some(entry) => Ok(Json(json!({ "dead_letter": entry })).into_response()),
+        None => Err(no_dead_letter(&id)),
+    }
+}
+
+fn no_dead_letter(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no dead letter has id {id}"),
+    )
+}
+
+/// The body of a replay or purge: `ids`, or a `filter`, or `"all": true`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Selection {
+    #[serde(default)]
+    ids: Vec<String>,
+    filter: Option<FilterInput>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn select(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Vec<DeadLetterEntry>, ApiError> {
+    let value = read_json(state, headers, body).await?;
+    let selection: Selection = from_value(value, "")?;
+    let ways = [
+        !selection.ids.is_empty(),
+        selection.filter.as_ref().is_some_and(|f| !f.is_empty()),
+        selection.all,
+    ];
+    if ways.iter().filter(|w| **w).count() != 1 {
+        return Err(ApiError::invalid(
+            "body",
+            "name the dead letters one way: \"ids\": [...], a non-empty \"filter\": {reason, topic, user, since, until}, or \"all\": true",
+        ));
+    }
+    let dl = state.dead_letters();
+    let chosen = if !selection.ids.is_empty() {
+        if selection.ids.len() > MAX_PER_REQUEST {
+            return Err(ApiError::invalid(
+                "ids",
+                format!("at most {MAX_PER_REQUEST} per request"),
+            ));
+        }
+        let mut found = Vec::with_capacity(selection.ids.len());
+        for (i, id) in selection.ids.iter().enumerate() {
+            match dl.show(id).await.map_err(ApiError::unavailable)? {
+                Some(e) => found.push(e),
+                None => return Err(no_dead_letter(id).with_field(format!("ids[{i}]"))),
+            }
+        }
+        found
+    } else {
+        let filter = match &selection.filter {
+            Some(f) if !selection.all => f.to_filter("filter.")?,
+            _ => Filter::default(),
+        };
+        dl.list(&filter, MAX_PER_REQUEST + 1)
+            .await
+            .map_err(ApiError::unavailable)?
+    };
+    if chosen.len() > MAX_PER_REQUEST {
+        return Err(ApiError::invalid(
+            "filter",
+            format!("more than {MAX_PER_REQUEST} dead letters match: narrow the filter (since/until) or repeat after this batch"),
+        ));
+    }
+    Ok(chosen)
+}
+
+/// `POST /v1/admin/dead-letters/replay`: each one's new stream id, or why it failed.
+async fn replay_dead_letters(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Admin)?;
+    let chosen = select(&state, &headers, body).await?;
+    let results = crate::operate::dlq::replay_all(state.dead_letters(), &chosen, 0.0).await;
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|(id, result)| match result {
+            Ok(stream_id) => json!({"id": id, "stream_id": stream_id}),
+            Err(error) => json!({"id": id, "error": error}),
+        })
+        .collect();
+    tracing::info!(
+        caller = caller.label(),
+        replayed = results.len() - failed,
+        failed,
+        "dead letters replayed from the API"
+    );
+    Ok(
+        Json(json!({"replayed": results.len() - failed, "failed": failed, "results": results}))
+            .into_response(),
+    )
+}
+
+/// `POST /v1/admin/dead-letters/purge`: how many were deleted.
+async fn purge_dead_letters(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Admin)?;
+    let chosen = select(&state, &headers, body).await?;
+    let purged = state
+        .dead_letters()
+        .purge(&chosen)
+        .await
+        .map_err(ApiError::unavailable)?;
+    tracing::info!(
+        caller = caller.label(),
+        purged,
+        "dead letters purged from the API"
+    );
+    Ok(Json(json!({ "purged": purged })).into_response())
+}
+
+/// `GET /v1/admin/events/{id}`: everything Redis still knows of one event.
+async fn show_event(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Admin)?;
+    crate::shared::event::check_identifier("id", &id, 128).map_err(ApiError::from)?;
+    let db = state.db();
+    let keys = &db.keys;
+    let mut conn = db.conn();
+    let mut found = Vec::new();
+    for partition in 0..keys.partitions() {
+        let (dedup, outcomes, scheduled_at, held): (
+            Option<String>,
+            HashMap<String, String>,
+            Option<f64>,
+            Option<String>,
+        ) = redis::pipe()
+            .get(keys.dedup(partition, &id))
+            .hgetall(keys.outcomes(partition, &id))
+            .zscore(keys.scheduled(partition), &id)
+            .hget(keys.held_events(partition), &id)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ApiError::unavailable(e.into()))?;
+        // "<digest> <stream id>", "<digest> scheduled" or "<digest> p<N>" (README, "Redis keys").
+        let place = dedup
+            .as_deref()
+            .and_then(|d| d.split_once(' '))
+            .map(|(_, place)| place.to_string());
+        let stream_id = place.clone().filter(|p| p.contains('-'));
+        let mut entry = None;
+        if let Some(sid) = &stream_id {
+            let rows: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(keys.stream(partition))
+                .arg(sid)
+                .arg(sid)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| ApiError::unavailable(e.into()))?;
+            entry = rows
+                .into_iter()
+                .next()
+                .map(|(_, fields)| fields.into_iter().collect::<BTreeMap<_, _>>());
+        }
+        if place.is_none() && outcomes.is_empty() && scheduled_at.is_none() && held.is_none() {
+            continue;
+        }
+        let held: Option<Value> =
+            held.map(|h| serde_json::from_str(&h).unwrap_or(Value::String(h)));
+        found.push(json!({
+            "partition": partition,
+            "stream_id": stream_id,
+            "dedup": place,
+            "entry": entry,
+            "in_stream": entry.is_some(),
+            "devices": outcomes.into_iter().collect::<BTreeMap<_, _>>(),
+            "scheduled_at": scheduled_at.and_then(|ms| DateTime::<Utc>::from_timestamp_millis(ms as i64)).map(crate::shared::event::format_time),
+            "held": held,
+        }));
+    }
+    let dead: Vec<DeadLetterEntry> = state
+        .dead_letters()
+        .list(&Filter::default(), usize::MAX)
+        .await
+        .map_err(ApiError::unavailable)?
+        .into_iter()
+        .filter(|d| d.event_id.as_deref() == Some(id.as_str()))
+        .collect();
+    if found.is_empty() && dead.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("Redis knows nothing of event {id} (never published, or past events.dedup_window and the stream's retention)"),
+        ));
+    }
+    Ok(Json(json!({"id": id, "partitions": found, "dead_letters": dead})).into_response())
+}
+
+/// `GET /v1/admin/users/{user}/subscriptions`.
+async fn user_subscriptions(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Scope::Admin)?;
+    crate::shared::event::check_identifier("user", &user, 128).map_err(ApiError::from)?;
+    let found = state
+        .store()
+        .for_user(&user)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let views: Vec<Value> = found
+        .into_iter()
+        .map(|r| match r {
+            Ok(sub) => serde_json::to_value(sub.view()).expect("serializes"),
+            Err(bad) => json!({"id": bad.id, "error": bad.problem}),
+        })
+        .collect();
+    Ok(Json(json!({"user": user, "subscriptions": views})).into_response())
+}
