@@ -304,6 +304,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(protected)
         .route("/v1/vapid-public-key", get(vapid_public_key))
         .merge(crate::operate::console::page_routes())
+        .merge(crate::operate::demo::routes())
         .route("/livez", get(crate::shared::health::livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::shared::health::metrics))

@@ -6,6 +6,7 @@
 //!   quickstart.
 //! - [`admin`]: the health and metrics listener of the worker, reclaimer and audit.
 //! - [`console`]: the operators' web page (`/console`) and the `/v1/admin/…` API it calls.
+//! - [`demo`]: `/demo/`, a page and a service worker that show herald's pushes in a browser.
 //! - [`stats`]: `herald stats`, and the gauges sampled from Redis.
 //! - [`dlq`]: `herald dlq list / show / replay / purge`.
 //! - [`replay`]: `herald replay`, history processed again.
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod audit;
 pub mod console;
+pub mod demo;
 pub mod dlq;
 pub mod embedded_redis;
 pub mod replay;

@@ -222,6 +222,16 @@ impl Browser {
         path
     }
 
+    /// Runs a Chrome DevTools Protocol command (chromedriver's `goog/cdp/execute`).
+    pub async fn cdp(&self, command: &str, params: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": command, "params": params})),
+        )
+        .await
+    }
+
     /// The page's console messages at level SEVERE (errors) so far.
     pub async fn console_errors(&self) -> Vec<String> {
         let logs = self
