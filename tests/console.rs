@@ -102,7 +102,7 @@ async fn the_console_shows_a_dead_letter_and_replays_it_to_its_device() {
     browser.click("#dead-table input[type=checkbox]").await;
     browser.click("#replay-selected").await;
     let asked = browser.accept_dialog().await;
-    assert!(asked.contains("Replay 1 dead letter"), "{asked}");
+    assert!(asked.contains("Replay 1 selected dead letter"), "{asked}");
     browser
         .wait_text("#dead-result", "Replayed 1, failed 0")
         .await;
@@ -124,14 +124,64 @@ async fn the_console_shows_a_dead_letter_and_replays_it_to_its_device() {
     browser.screenshot("console-lookups").await;
 
     // The first call without a token is answered 401 (how the page learns it
-    // needs one), which the browser logs; nothing else may be logged.
-    let errors: Vec<String> = browser
-        .console_errors()
+    // needs one), which the browser logs; nothing else may be logged, and the
+    // page shows no error of its own.
+    let mut errors = browser.console_errors().await;
+    let first_401 = errors.iter().position(|e| e.contains("status of 401"));
+    assert!(
+        first_401.is_some(),
+        "the page asked without a token first: {errors:?}"
+    );
+    errors.remove(first_401.expect("checked"));
+    assert!(errors.is_empty(), "the page logged errors: {errors:?}");
+    assert_eq!(browser.text("#status").await, "");
+}
+
+/// "Purge all matching" acts on what the list shows, after a confirmation
+/// naming the filter: a filter typed but not shown is shown first, and
+/// nothing else is purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_all_matching_purges_what_the_confirmation_named() {
+    let app = TestApp::start_with(with_admin_token).await;
+    for user in ["u-keep-1", "u-keep-2", "u-drop"] {
+        let device = register(&app, user).await;
+        app.sink.add_faults(&device, vec![Fault::status(400)]);
+        publish(&app, &format!("evt-{user}"), user, "refused").await;
+    }
+    app.step().await;
+    assert_eq!(app.dead_letters().await.len(), 3);
+
+    let browser = Browser::start(1280, 900).await;
+    browser.goto(&format!("{}/console", app.api_url)).await;
+    browser.type_into("#token", ADMIN).await;
+    browser.click("#login-form button").await;
+    browser.click("nav button[data-tab=dead]").await;
+    browser.wait_text("#dead-count", "3 matching").await;
+    // A filter typed, not shown: the first press shows it and does nothing else.
+    browser
+        .type_into("#dead-filter input[name=user]", "u-drop")
+        .await;
+    browser.click("#purge-matching").await;
+    browser
+        .wait_text("#dead-result", "The filter changed")
+        .await;
+    browser.wait_text("#dead-count", "1 matching").await;
+    assert_eq!(app.dead_letters().await.len(), 3, "nothing purged yet");
+    browser.click("#purge-matching").await;
+    let asked = browser.accept_dialog().await;
+    assert!(
+        asked.contains("1 dead letter(s) matching user=u-drop"),
+        "{asked}"
+    );
+    browser.wait_text("#dead-result", "Purged 1.").await;
+    let left: Vec<String> = app
+        .dead_letters()
         .await
         .into_iter()
-        .filter(|e| !e.contains("status of 401"))
+        .filter_map(|d| d.user)
         .collect();
-    assert!(errors.is_empty(), "the page logged errors: {errors:?}");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&"u-drop".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,6 +269,12 @@ async fn the_admin_api_replays_and_purges_by_ids_filter_or_all() {
         (json!({}), "body"),
         (json!({"ids": [first], "all": true}), "body"),
         (json!({"ids": ["0-1"]}), "ids[0]"),
+        (json!({"ids": ["not-an-id"]}), "ids[0]"),
+        (json!({"ids": [first, first]}), "ids[1]"),
+        (
+            json!({"filter": {"since": "1000000000years"}}),
+            "filter.since",
+        ),
         (
             json!({"filter": {"since": "yesterday-ish"}}),
             "filter.since",
@@ -265,12 +321,25 @@ async fn the_admin_api_replays_and_purges_by_ids_filter_or_all() {
     let mut got = app.delivered_to(&a);
     got.sort();
     assert_eq!(got, vec!["a-0", "a-1", "a-2"]);
-    // Purge all that is left: u-b's two.
+    // Purge all that is left, u-b's two, once the count confirmed is right.
+    let (status, changed) = admin(
+        &app,
+        reqwest::Method::POST,
+        "/v1/admin/dead-letters/purge",
+        Some(json!({"all": true, "expect": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, &changed["error"]["code"]),
+        (409, &json!("changed")),
+        "{changed}"
+    );
+    assert_eq!(app.dead_letters().await.len(), 2, "nothing purged");
     let (status, purged) = admin(
         &app,
         reqwest::Method::POST,
         "/v1/admin/dead-letters/purge",
-        Some(json!({"all": true})),
+        Some(json!({"all": true, "expect": 2})),
     )
     .await;
     assert_eq!((status, &purged["purged"]), (200, &json!(2)), "{purged}");
@@ -310,4 +379,148 @@ async fn the_admin_api_replays_and_purges_by_ids_filter_or_all() {
         .await
         .expect("answers");
     assert_eq!(response.status(), 403);
+}
+
+/// Two partitions' dead-letter streams can hold the same id: naming it alone
+/// is refused, naming its partition acts on that one only.
+#[tokio::test]
+async fn a_dead_letter_id_two_partitions_hold_must_name_its_partition() {
+    let app = TestApp::start_with(|s| {
+        with_admin_token(s);
+        s.redis.partitions = 2;
+    })
+    .await;
+    let keys = herald::shared::keys::Keys::new(&app.settings.redis.key_prefix, 2, false);
+    let mut conn = app.redis.conn();
+    for partition in 0..2 {
+        let _: String = redis::cmd("XADD")
+            .arg(keys.dead_letters(partition))
+            .arg("1764000000000-0")
+            .arg("dlq.reason")
+            .arg("max_deliveries")
+            .arg("id")
+            .arg(format!("evt-{partition}"))
+            .query(&mut conn)
+            .expect("XADD");
+    }
+    let (status, answer) = admin(
+        &app,
+        reqwest::Method::GET,
+        "/v1/admin/dead-letters/1764000000000-0",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (409, &json!("ambiguous")),
+        "{answer}"
+    );
+    let (status, answer) = admin(
+        &app,
+        reqwest::Method::GET,
+        "/v1/admin/dead-letters/1764000000000-0?partition=1",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["dead_letter"]["event_id"]),
+        (200, &json!("evt-1")),
+        "{answer}"
+    );
+    let (status, answer) = admin(
+        &app,
+        reqwest::Method::POST,
+        "/v1/admin/dead-letters/purge",
+        Some(json!({"ids": ["1764000000000-0"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["error"]["field"]),
+        (409, &json!("ids[0]")),
+        "{answer}"
+    );
+    let (status, answer) = admin(
+        &app,
+        reqwest::Method::POST,
+        "/v1/admin/dead-letters/purge",
+        Some(json!({"ids": [{"partition": 1, "id": "1764000000000-0"}]})),
+    )
+    .await;
+    assert_eq!((status, &answer["purged"]), (200, &json!(1)), "{answer}");
+    let left: Vec<String> = app
+        .dead_letters()
+        .await
+        .into_iter()
+        .filter_map(|d| d.event_id)
+        .collect();
+    assert_eq!(left, vec!["evt-0".to_string()]);
+    let (status, _) = admin(
+        &app,
+        reqwest::Method::GET,
+        "/v1/admin/dead-letters/((",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "a malformed id is not found, not an outage");
+}
+
+/// An open herald (no tokens: the loopback quickstart) answers this machine's
+/// names and pages only: a page whose name was rebound to 127.0.0.1, or
+/// another site's page, is refused; and the demo exists only there.
+#[tokio::test]
+async fn an_open_herald_answers_localhost_only_and_serves_the_demo_only_then() {
+    let app = TestApp::start().await;
+    let get = |host: &'static str, origin: Option<&'static str>| {
+        let mut request = app
+            .http
+            .get(format!("{}/v1/admin/dead-letters", app.api_url))
+            .header("host", host);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        async move { request.send().await.expect("answers").status().as_u16() }
+    };
+    assert_eq!(get("127.0.0.1", None).await, 200);
+    assert_eq!(
+        get("localhost:8080", Some("http://localhost:8080")).await,
+        200
+    );
+    assert_eq!(get("[::1]:8080", None).await, 200);
+    assert_eq!(get("rebind.attacker.example:8080", None).await, 403);
+    assert_eq!(
+        get("127.0.0.1", Some("https://attacker.example")).await,
+        403
+    );
+    let demo = app
+        .http
+        .get(format!("{}/demo/", app.api_url))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(demo.status(), 200);
+    let policy = demo.headers()["content-security-policy"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(policy.contains("script-src 'sha256-"), "{policy}");
+    assert!(!policy.contains("script-src 'unsafe-inline'"), "{policy}");
+
+    let secured = TestApp::start_with(with_admin_token).await;
+    let demo = secured
+        .http
+        .get(format!("{}/demo/", secured.api_url))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(demo.status(), 404, "no demo beside a configured API");
+    // With tokens, the Host is not this check's business (a load balancer's name).
+    let response = secured
+        .http
+        .get(format!("{}/v1/stats", secured.api_url))
+        .header("host", "herald.example.com")
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 200);
 }

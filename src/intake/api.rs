@@ -304,7 +304,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(protected)
         .route("/v1/vapid-public-key", get(vapid_public_key))
         .merge(crate::operate::console::page_routes())
-        .merge(crate::operate::demo::routes())
+        .merge(demo_routes(&state))
         .route("/livez", get(crate::shared::health::livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::shared::health::metrics))
@@ -314,6 +314,16 @@ pub fn router(state: ApiState) -> Router {
 
 /// Names the caller (`401` when it cannot), takes one request from its
 /// bucket (`429` when empty), and hands the handlers a [`Caller`].
+/// The browser demo, in open mode only (the loopback quickstart): beside a
+/// configured API it would be one more page on the console's origin.
+fn demo_routes(state: &ApiState) -> Router<ApiState> {
+    if state.inner.credentials.is_open() {
+        crate::operate::demo::routes()
+    } else {
+        Router::new()
+    }
+}
+
 async fn authenticate(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let authorization = request
         .headers()
@@ -328,11 +338,58 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
                 .into_response();
         }
     };
+    if matches!(caller, Caller::Open) {
+        if let Err(why) = loopback_request(request.headers()) {
+            crate::shared::metrics::api_refused("forbidden");
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+        }
+    }
     if let Err(limited) = state.inner.limits.request(&caller) {
         return ApiError::limited(limited).into_response();
     }
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// Open mode serves this machine only: a request naming another host (a web
+/// page whose name was rebound to 127.0.0.1) or sent from another origin's
+/// page is refused.
+fn loopback_request(headers: &HeaderMap) -> Result<(), String> {
+    let local = |host: &str| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+        // Strip the port: `127.0.0.1:8080`, `[::1]:8080`, `localhost`.
+        let name = match host.rsplit_once(':') {
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') =>
+            {
+                name
+            }
+            _ => host,
+        };
+        if !local(name) {
+            return Err(format!(
+                "this herald is open (no api.tokens) and answers requests for localhost only, not Host {host:?}; set api.tokens to serve other names"
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let from_here = url::Url::parse(origin)
+            .ok()
+            .and_then(|u| u.host_str().map(local))
+            .unwrap_or(false);
+        if !from_here {
+            return Err(format!(
+                "this herald is open (no api.tokens) and answers pages of localhost only, not {origin:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `403` unless the caller holds `scope`.

@@ -21,7 +21,10 @@ pub fn parse_when(text: &str) -> anyhow::Result<DateTime<Utc>> {
     let ago = humantime::parse_duration(text).map_err(|_| {
         anyhow::anyhow!("{text:?} is neither an RFC 3339 time (2026-11-21T10:00:00Z) nor a duration (30m, 2h, 7days)")
     })?;
-    Ok(Utc::now() - chrono::Duration::from_std(ago)?)
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|ago| Utc::now().checked_sub_signed(ago))
+        .ok_or_else(|| anyhow::anyhow!("{text:?} reaches further back than a calendar can"))
 }
 
 /// The table `herald dlq list` prints.
@@ -145,6 +148,7 @@ impl DlqFilter {
             until = Some(until.map_or(cut, |u| u.min(cut)));
         }
         let filter = Filter {
+            event_id: None,
             reason: self.reason.clone(),
             topic: self.topic.clone(),
             user: self.user.clone(),

@@ -11,9 +11,25 @@ use serde_json::{json, Value};
 /// A browser session; the driver (and its browser) stop when it is dropped.
 pub struct Browser {
     http: reqwest::Client,
-    driver: Child,
     session: String,
     base: String,
+    // Last: dropped after the session is ended.
+    _driver: Driver,
+}
+
+/// chromedriver in a process group of its own, killed whole when dropped
+/// (also when a test panics half-way through starting it).
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = self.0.id() as libc::pid_t;
+        // SAFETY: kill(2) on the process group this struct started.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
 }
 
 /// WebDriver's name for an element reference.
@@ -23,16 +39,23 @@ impl Browser {
     /// Starts chromedriver on a free port and opens a headless window of `width` × `height`.
     pub async fn start(width: u32, height: u32) -> Browser {
         let port = herald::operate::embedded_redis::free_port().expect("a free port");
+        use std::os::unix::process::CommandExt;
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
+            .map(Driver)
             .unwrap_or_else(|e| {
                 panic!("cannot start chromedriver ({e}): install Debian's chromium and chromium-driver (scripts/test.sh does: apt-get install chromium chromium-driver)")
             });
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        // A WebDriver call that hangs fails the test instead of the suite.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if http.get(format!("{base}/status")).send().await.is_ok() {
@@ -66,9 +89,9 @@ impl Browser {
             .to_string();
         Browser {
             http,
-            driver,
             session,
             base,
+            _driver: driver,
         }
     }
 
@@ -256,7 +279,7 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // Ending the session closes the browser (a plain HTTP request: Drop
-        // cannot await); then the driver goes.
+        // cannot await); then the driver's whole group goes (`Driver`).
         use std::io::{Read, Write};
         let host = self.base.trim_start_matches("http://").to_string();
         if let Ok(mut stream) = std::net::TcpStream::connect(&host) {
@@ -269,7 +292,5 @@ impl Drop for Browser {
                 let _ = stream.read_to_end(&mut Vec::new());
             }
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }

@@ -53,19 +53,43 @@ pub fn page_routes() -> Router<ApiState> {
     Router::new().route("/console", get(page))
 }
 
+const PAGE: &str = include_str!("page.html");
+
 async fn page() -> Response {
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let policy = POLICY.get_or_init(|| content_policy(PAGE, "connect-src 'self'; img-src data:"));
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            // Everything is inline and same-origin; nothing may load from elsewhere.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
-            ),
+            (header::CONTENT_SECURITY_POLICY, policy.as_str()),
         ],
-        Html(include_str!("page.html")),
+        Html(PAGE),
     )
         .into_response()
+}
+
+/// A Content-Security-Policy for a page of ours: its own inline scripts only
+/// (by their SHA-256: an injected script would not run), inline styles,
+/// nothing loaded from elsewhere, no framing, no `<base>`, no form posts.
+pub(crate) fn content_policy(html: &str, extra: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut hashes = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<script>") {
+        let body = &rest[start + "<script>".len()..];
+        let end = body.find("</script>").expect("a page's script is closed");
+        let digest = sha2::Sha256::digest(&body.as_bytes()[..end]);
+        hashes.push(format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        ));
+        rest = &body[end..];
+    }
+    format!(
+        "default-src 'none'; script-src {}; style-src 'unsafe-inline'; {extra}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        hashes.join(" ")
+    )
 }
 
 /// `GET /v1/stats`: what `herald stats --json` prints.
@@ -110,6 +134,7 @@ impl FilterInput {
             user: text(&self.user),
             since: when("since", &self.since)?,
             until: when("until", &self.until)?,
+            event_id: None,
         })
     }
 
@@ -133,7 +158,26 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-/// `GET /v1/admin/dead-letters`: the oldest matching the filter (100 unless `limit`, at most 1000), and how many match.
+/// A filter as the answer of a list repeats it, times made absolute: what a
+/// replay or purge of "all matching" sends back, so it means what was shown.
+fn resolved(filter: &Filter) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, value) in [
+        ("reason", filter.reason.clone()),
+        ("topic", filter.topic.clone()),
+        ("user", filter.user.clone()),
+        ("since", filter.since.map(crate::shared::event::format_time)),
+        ("until", filter.until.map(crate::shared::event::format_time)),
+    ] {
+        if let Some(value) = value {
+            out.insert(name.into(), Value::String(value));
+        }
+    }
+    Value::Object(out)
+}
+
+/// `GET /v1/admin/dead-letters`: the oldest matching the filter (100 unless
+/// `limit`, at most 1000), how many match, and the filter with absolute times.
 async fn list_dead_letters(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -150,50 +194,117 @@ async fn list_dead_letters(
         .with_field("limit"));
     }
     let filter = query.filter.to_filter("")?;
-    let matching = state
+    let (total, shown) = state
         .dead_letters()
-        .list(&filter, usize::MAX)
+        .count_and_list(&filter, None, limit)
         .await
         .map_err(ApiError::unavailable)?;
-    let total = matching.len();
-    let shown: Vec<&DeadLetterEntry> = matching.iter().take(limit).collect();
-    Ok(Json(json!({ "total": total, "dead_letters": shown })).into_response())
+    Ok(
+        Json(json!({ "total": total, "dead_letters": shown, "filter": resolved(&filter) }))
+            .into_response(),
+    )
+}
+
+/// Whether `id` has a stream id's shape (`<ms>-<seq>`, or `<ms>`).
+fn is_stream_id(id: &str) -> bool {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    !ms.is_empty()
+        && !seq.is_empty()
+        && ms.len() <= 20
+        && seq.len() <= 20
+        && (ms.bytes().chain(seq.bytes())).all(|b| b.is_ascii_digit())
+}
+
+#[derive(Deserialize)]
+struct ShowQuery {
+    partition: Option<u32>,
+}
+
+/// A dead letter by its id, in its partition when given; an id two
+/// partitions' streams both hold must name one.
+async fn find_dead_letter(
+    state: &ApiState,
+    partition: Option<u32>,
+    id: &str,
+) -> Result<DeadLetterEntry, ApiError> {
+    if !is_stream_id(id) {
+        return Err(no_dead_letter(id));
+    }
+    let dl = state.dead_letters();
+    if let Some(partition) = partition {
+        return dl
+            .show_at(partition, id)
+            .await
+            .map_err(ApiError::unavailable)?
+            .ok_or_else(|| no_dead_letter(id));
+    }
+    let mut found = Vec::new();
+    for partition in 0..state.db().keys.partitions() {
+        if let Some(entry) = dl
+            .show_at(partition, id)
+            .await
+            .map_err(ApiError::unavailable)?
+        {
+            found.push(entry);
+        }
+    }
+    match found.len() {
+        0 => Err(no_dead_letter(id)),
+        1 => Ok(found.remove(0)),
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous",
+            format!(
+                "partitions {} each hold a dead letter {id}: name its partition",
+                found
+                    .iter()
+                    .map(|e| e.partition.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        )),
+    }
 }
 
 async fn show_dead_letter(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(query): Query<ShowQuery>,
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Admin)?;
-    match state
-        .dead_letters()
-        .show(&id)
-        .await
-        .map_err(ApiError::unavailable)?
-    {
-        Some(entry) => Ok(Json(json!({ "dead_letter": entry })).into_response()),
-        None => Err(no_dead_letter(&id)),
-    }
+    let entry = find_dead_letter(&state, query.partition, &id).await?;
+    Ok(Json(json!({ "dead_letter": entry })).into_response())
 }
 
 fn no_dead_letter(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no dead letter has id {id}"),
+        format!("no dead letter has id {id:?} (ids look like 1764000000000-0)"),
     )
 }
 
-/// The body of a replay or purge: `ids`, or a `filter`, or `"all": true`.
+/// A dead letter named in a replay or purge: its id, or its partition and id.
+#[derive(Deserialize, PartialEq, Eq, Hash, Clone)]
+#[serde(untagged)]
+enum DeadLetterRef {
+    Id(String),
+    At { partition: u32, id: String },
+}
+
+/// The body of a replay or purge: `ids`, or a `filter`, or `"all": true`;
+/// with `expect`, how many the caller confirmed: any other number matching
+/// now is a `409` and nothing is done.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Selection {
     #[serde(default)]
-    ids: Vec<String>,
+    ids: Vec<DeadLetterRef>,
     filter: Option<FilterInput>,
     #[serde(default)]
     all: bool,
+    expect: Option<u64>,
 }
 
 async fn select(
@@ -222,12 +333,20 @@ async fn select(
                 format!("at most {MAX_PER_REQUEST} per request"),
             ));
         }
+        let mut seen = std::collections::HashSet::new();
         let mut found = Vec::with_capacity(selection.ids.len());
-        for (i, id) in selection.ids.iter().enumerate() {
-            match dl.show(id).await.map_err(ApiError::unavailable)? {
-                Some(e) => found.push(e),
-                None => return Err(no_dead_letter(id).with_field(format!("ids[{i}]"))),
+        for (i, named) in selection.ids.iter().enumerate() {
+            if !seen.insert(named.clone()) {
+                return Err(ApiError::invalid(format!("ids[{i}]"), "is named twice"));
             }
+            let (partition, id) = match named {
+                DeadLetterRef::Id(id) => (None, id),
+                DeadLetterRef::At { partition, id } => (Some(*partition), id),
+            };
+            let entry = find_dead_letter(state, partition, id)
+                .await
+                .map_err(|e| e.with_field(format!("ids[{i}]")))?;
+            found.push(entry);
         }
         found
     } else {
@@ -244,6 +363,19 @@ async fn select(
             "filter",
             format!("more than {MAX_PER_REQUEST} dead letters match: narrow the filter (since/until) or repeat after this batch"),
         ));
+    }
+    if let Some(expected) = selection.expect {
+        if chosen.len() as u64 != expected {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "changed",
+                format!(
+                    "{} dead letters match now, not the {expected} expected: nothing was done; look again",
+                    chosen.len()
+                ),
+            )
+            .with_field("expect"));
+        }
     }
     Ok(chosen)
 }
@@ -270,6 +402,7 @@ async fn replay_dead_letters(
         caller = caller.label(),
         replayed = results.len() - failed,
         failed,
+        ids = ?chosen.iter().map(|e| format!("{}/{}", e.partition, e.id)).collect::<Vec<_>>(),
         "dead letters replayed from the API"
     );
     Ok(
@@ -295,6 +428,7 @@ async fn purge_dead_letters(
     tracing::info!(
         caller = caller.label(),
         purged,
+        ids = ?chosen.iter().map(|e| format!("{}/{}", e.partition, e.id)).collect::<Vec<_>>(),
         "dead letters purged from the API"
     );
     Ok(Json(json!({ "purged": purged })).into_response())
@@ -331,7 +465,12 @@ async fn show_event(
             .as_deref()
             .and_then(|d| d.split_once(' '))
             .map(|(_, place)| place.to_string());
-        let stream_id = place.clone().filter(|p| p.contains('-'));
+        // An entry written with plain XADD has no dedup record: its id names it.
+        let stream_id = place.clone().filter(|p| p.contains('-')).or_else(|| {
+            id.strip_prefix(crate::shared::event::DERIVED_ID_PREFIX)
+                .filter(|sid| is_stream_id(sid))
+                .map(str::to_string)
+        });
         let mut entry = None;
         if let Some(sid) = &stream_id {
             let rows: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
@@ -346,7 +485,12 @@ async fn show_event(
                 .next()
                 .map(|(_, fields)| fields.into_iter().collect::<BTreeMap<_, _>>());
         }
-        if place.is_none() && outcomes.is_empty() && scheduled_at.is_none() && held.is_none() {
+        if entry.is_none()
+            && place.is_none()
+            && outcomes.is_empty()
+            && scheduled_at.is_none()
+            && held.is_none()
+        {
             continue;
         }
         let held: Option<Value> =
@@ -362,14 +506,22 @@ async fn show_event(
             "held": held,
         }));
     }
-    let dead: Vec<DeadLetterEntry> = state
+    // A dead letter is newer than its entry: read the dead letters from the
+    // oldest entry of this event on (all of them when no entry is known).
+    let oldest = found
+        .iter()
+        .filter_map(|p| p["stream_id"].as_str())
+        .min()
+        .map(str::to_string);
+    let filter = Filter {
+        event_id: Some(id.clone()),
+        ..Filter::default()
+    };
+    let (_, dead) = state
         .dead_letters()
-        .list(&Filter::default(), usize::MAX)
+        .count_and_list(&filter, oldest.as_deref(), 100)
         .await
-        .map_err(ApiError::unavailable)?
-        .into_iter()
-        .filter(|d| d.event_id.as_deref() == Some(id.as_str()))
-        .collect();
+        .map_err(ApiError::unavailable)?;
     if found.is_empty() && dead.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

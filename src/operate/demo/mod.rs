@@ -1,4 +1,5 @@
-//! The browser demo of `herald up`: `/demo/` serves a page and `/demo/sw.js` a
+//! The browser demo of `herald up` (served in open mode only, the loopback
+//! quickstart): `/demo/` serves a page and `/demo/sw.js` a
 //! service worker. The page asks for notification permission, subscribes the
 //! browser with herald's VAPID key, registers it for a user through the API,
 //! and publishes a test event to that user; the worker shows each push as a
@@ -11,7 +12,7 @@ use axum::Router;
 
 use crate::intake::api::ApiState;
 
-/// The demo's routes (public: they hold nothing; the API calls they make are checked as usual).
+/// The demo's routes (they hold nothing; the API calls they make are checked as usual).
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/demo", get(|| async { Redirect::permanent("/demo/") }))
@@ -19,16 +20,19 @@ pub fn routes() -> Router<ApiState> {
         .route("/demo/sw.js", get(service_worker))
 }
 
+const PAGE: &str = include_str!("page.html");
+
 async fn page() -> Response {
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let policy = POLICY.get_or_init(|| {
+        crate::operate::console::content_policy(PAGE, "connect-src 'self'; worker-src 'self'")
+    });
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; worker-src 'self'; frame-ancestors 'none'",
-            ),
+            (header::CONTENT_SECURITY_POLICY, policy.as_str()),
         ],
-        include_str!("page.html"),
+        PAGE,
     )
         .into_response()
 }

@@ -56,9 +56,21 @@ pub struct Filter {
     pub user: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// Only the dead letters of this event.
+    pub event_id: Option<String>,
 }
 
 impl Filter {
+    /// Whether it lets every dead letter through.
+    pub fn is_empty(&self) -> bool {
+        self.reason.is_none()
+            && self.topic.is_none()
+            && self.user.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.event_id.is_none()
+    }
+
     pub fn matches(&self, e: &DeadLetterEntry) -> bool {
         let eq = |want: &Option<String>, have: &Option<String>| {
             want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
@@ -69,6 +81,7 @@ impl Filter {
         self.reason.as_ref().is_none_or(|r| &e.reason == r)
             && eq(&self.topic, &e.topic)
             && eq(&self.user, &e.user)
+            && eq(&self.event_id, &e.event_id)
             && self.since.is_none_or(|s| dead_at.is_some_and(|d| d >= s))
             && self.until.is_none_or(|u| dead_at.is_some_and(|d| d < u))
     }
@@ -203,6 +216,62 @@ impl DeadLetters {
         Ok(id)
     }
 
+    /// How many dead letters match `filter`, and the oldest `keep` of them;
+    /// each partition's stream read from `from` (a stream id) on. Memory stays
+    /// within `keep` whatever the streams hold; without a filter the count is
+    /// their lengths and only `keep` are read.
+    pub async fn count_and_list(
+        &self,
+        filter: &Filter,
+        from: Option<&str>,
+        keep: usize,
+    ) -> anyhow::Result<(u64, Vec<DeadLetterEntry>)> {
+        let mut conn = self.db.conn();
+        let unfiltered = filter.is_empty() && from.is_none();
+        if unfiltered {
+            let mut total = 0u64;
+            for partition in 0..self.db.keys.partitions() {
+                let n: u64 = redis::cmd("XLEN")
+                    .arg(self.db.keys.dead_letters(partition))
+                    .query_async(&mut conn)
+                    .await?;
+                total += n;
+            }
+            return Ok((total, self.list(filter, keep).await?));
+        }
+        let (mut total, mut kept) = (0u64, Vec::new());
+        for partition in 0..self.db.keys.partitions() {
+            let key = self.db.keys.dead_letters(partition);
+            let mut start = from.unwrap_or("-").to_string();
+            loop {
+                let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await?;
+                let Some((last, _)) = page.last() else { break };
+                start = format!("({last}");
+                let full = page.len() == 500;
+                for (id, fields) in page {
+                    let entry = entry(partition, id, fields);
+                    if filter.matches(&entry) {
+                        total += 1;
+                        if kept.len() < keep {
+                            kept.push(entry);
+                        }
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok((total, kept))
+    }
+
     /// Dead letters of every partition, oldest first, that match `filter`; at most `limit`.
     pub async fn list(
         &self,
@@ -241,6 +310,27 @@ impl DeadLetters {
             }
         }
         Ok(out)
+    }
+
+    /// One dead letter of one partition's stream.
+    pub async fn show_at(
+        &self,
+        partition: u32,
+        id: &str,
+    ) -> anyhow::Result<Option<DeadLetterEntry>> {
+        if partition >= self.db.keys.partitions() {
+            return Ok(None);
+        }
+        let found: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(self.db.keys.dead_letters(partition))
+            .arg(id)
+            .arg(id)
+            .query_async(&mut self.db.conn())
+            .await?;
+        Ok(found
+            .into_iter()
+            .next()
+            .map(|(id, fields)| entry(partition, id, fields)))
     }
 
     /// One dead letter by id (searched in every partition).
