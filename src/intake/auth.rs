@@ -81,7 +81,8 @@ pub struct Credentials {
 }
 
 struct SubscriberKey {
-    key: hmac::Key,
+    /// The secret, then the previous one while a rotation is under way.
+    keys: Vec<hmac::Key>,
     audience: String,
     max_lifetime_secs: u64,
 }
@@ -117,8 +118,21 @@ impl Credentials {
         } else {
             None
         };
+        let previous = if !config.previous_secret_file.as_os_str().is_empty() {
+            Some(read_secret_file(
+                &config.previous_secret_file,
+                "api.subscriber_tokens.previous_secret_file",
+            )?)
+        } else if !config.previous_secret.is_empty() {
+            Some(config.previous_secret.clone())
+        } else {
+            None
+        };
         let subscribers = secret.map(|secret| SubscriberKey {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes()),
+            keys: std::iter::once(secret)
+                .chain(previous)
+                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.expose().as_bytes()))
+                .collect(),
             audience: config.audience.clone(),
             max_lifetime_secs: config.max_lifetime.as_secs(),
         });
@@ -194,14 +208,17 @@ impl SubscriberKey {
             return Err("alg must be HS256".into());
         }
         let signed_len = token.len() - signature.len() - 1;
-        hmac::verify(
-            &self.key,
-            &token.as_bytes()[..signed_len],
-            &decode(signature, "signature")?,
-        )
-        .map_err(|_| {
-            "the signature does not verify with api.subscriber_tokens' secret".to_string()
-        })?;
+        let signature = decode(signature, "signature")?;
+        let signed = &token.as_bytes()[..signed_len];
+        if !self
+            .keys
+            .iter()
+            .any(|key| hmac::verify(key, signed, &signature).is_ok())
+        {
+            return Err(
+                "the signature does not verify with api.subscriber_tokens' secret".to_string(),
+            );
+        }
         let claims: serde_json::Value = serde_json::from_slice(&decode(payload, "payload")?)
             .map_err(|_| "its payload is not JSON".to_string())?;
         let audience_ok = match claims.get("aud") {
@@ -508,6 +525,26 @@ mod tests {
         let mut parts: Vec<&str> = good.split('.').collect();
         parts[1] = other.split('.').nth(1).expect("payload");
         assert!(refusal(&parts.join(".")).contains("signature"));
+    }
+
+    #[test]
+    fn while_a_secret_rotates_tokens_signed_with_either_are_accepted() {
+        let old = "old-secret-old-secret-old-secret-0";
+        let mut s = Settings::default();
+        s.api.subscriber_tokens.secret = Secret::new(SECRET);
+        s.api.subscriber_tokens.previous_secret = Secret::new(old);
+        let rotating = Credentials::from_settings(&s).expect("credentials");
+        let claims = serde_json::json!({"sub": "u-42", "aud": "herald", "exp": NOW + 600});
+        for secret in [SECRET, old] {
+            let token = jwt(HS256, claims.clone(), secret);
+            assert!(rotating
+                .identify(Some(&format!("Bearer {token}")), NOW)
+                .is_ok());
+        }
+        let other = jwt(HS256, claims, "third-secret-third-secret-third-0");
+        assert!(rotating
+            .identify(Some(&format!("Bearer {other}")), NOW)
+            .is_err());
     }
 
     #[test]

@@ -471,6 +471,11 @@ pub struct SubscriberTokenSettings {
     pub secret: Secret,
     /// File holding the secret (trailing newline ignored); refused when group or others may read it.
     pub secret_file: PathBuf,
+    /// While rotating: the secret before, still accepted until the tokens
+    /// signed with it have expired (`max_lifetime`); then remove it.
+    pub previous_secret: Secret,
+    /// The previous secret from a file (same rules as `secret_file`).
+    pub previous_secret_file: PathBuf,
     /// The `aud` a token must carry, so tokens minted for another service do not work here.
     pub audience: String,
     /// The longest life a token may have, from its `iat` to its `exp`.
@@ -667,6 +672,8 @@ impl Default for SubscriberTokenSettings {
         SubscriberTokenSettings {
             secret: Secret::default(),
             secret_file: PathBuf::new(),
+            previous_secret: Secret::default(),
+            previous_secret_file: PathBuf::new(),
             audience: "herald".into(),
             max_lifetime: Duration::from_secs(24 * 3600),
         }
@@ -1196,6 +1203,31 @@ impl Settings {
                 "set either secret or secret_file, not both",
             ));
         }
+        if !subscriber.previous_secret.is_empty()
+            && !subscriber.previous_secret_file.as_os_str().is_empty()
+        {
+            return Err(Invalid::new(
+                "api.subscriber_tokens.previous_secret",
+                "set either previous_secret or previous_secret_file, not both",
+            ));
+        }
+        let has_previous = !subscriber.previous_secret.is_empty()
+            || !subscriber.previous_secret_file.as_os_str().is_empty();
+        let has_secret =
+            !subscriber.secret.is_empty() || !subscriber.secret_file.as_os_str().is_empty();
+        if has_previous && !has_secret {
+            return Err(Invalid::new(
+                "api.subscriber_tokens.previous_secret",
+                "is for a rotation: set the new secret too",
+            ));
+        }
+        if !subscriber.previous_secret.is_empty() && subscriber.previous_secret.expose().len() < 32
+        {
+            return Err(Invalid::new(
+                "api.subscriber_tokens.previous_secret",
+                "must be at least 32 bytes",
+            ));
+        }
         if !subscriber.secret.is_empty() && subscriber.secret.expose().len() < 32 {
             return Err(Invalid::new(
                 "api.subscriber_tokens.secret",
@@ -1306,6 +1338,9 @@ impl Settings {
         }
         if !shown.api.subscriber_tokens.secret.is_empty() {
             shown.api.subscriber_tokens.secret = Secret::new("[redacted]");
+        }
+        if !shown.api.subscriber_tokens.previous_secret.is_empty() {
+            shown.api.subscriber_tokens.previous_secret = Secret::new("[redacted]");
         }
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
