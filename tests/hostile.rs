@@ -301,6 +301,23 @@ async fn one_devices_429_slows_that_device_and_opens_no_breaker() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(state.waiting_subscriptions, 1, "{state:?}");
+    // The count of accepted pushes the console's delivery rate comes from: the
+    // five good devices' pushes (reported after they were made).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = herald::operate::stats::collect(&app.db, None, None)
+            .await
+            .expect("stats");
+        let delivered = stats.push_services.first().map_or(0, |s| s.delivered);
+        if delivered >= 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker reports its delivered pushes: {delivered}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         state.open_breakers.is_empty(),
         "one device opens no breaker: {state:?}"

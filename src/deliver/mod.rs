@@ -283,6 +283,7 @@ impl Worker {
                 "at_ms": chrono::Utc::now().timestamp_millis(),
                 "open_breakers": state.open_breakers,
                 "waiting_subscriptions": state.waiting_subscriptions,
+                "delivered": state.delivered,
             });
             let written: anyhow::Result<()> = async {
                 let mut conn = self.db.conn();

@@ -35,6 +35,8 @@ pub struct PushServices {
     pub open_breakers: Vec<(String, f64)>,
     /// Subscriptions left alone after their `429`.
     pub waiting_subscriptions: u64,
+    /// Pushes accepted since that worker started (rates come from two reports).
+    pub delivered: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,6 +202,7 @@ pub async fn collect(
                 open_breakers: serde_json::from_value(report["open_breakers"].clone())
                     .unwrap_or_default(),
                 waiting_subscriptions: report["waiting_subscriptions"].as_u64().unwrap_or(0),
+                delivered: report["delivered"].as_u64().unwrap_or(0),
             })
         })
         .collect();

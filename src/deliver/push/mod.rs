@@ -92,6 +92,8 @@ pub struct PushState {
     pub open_breakers: Vec<(String, f64)>,
     /// Subscriptions waiting out a `429` in this process.
     pub waiting_subscriptions: usize,
+    /// Pushes the push services accepted since this process started.
+    pub delivered: u64,
 }
 
 /// Sends pushes. One per process; cheap to share behind an `Arc`.
@@ -106,6 +108,8 @@ pub struct Pusher {
     endpoint_rules: endpoint::Rules,
     max_retry_after: Duration,
     hook: Option<PushHook>,
+    /// Pushes accepted so far (the console's delivery rate comes from it).
+    delivered: std::sync::atomic::AtomicU64,
 }
 
 impl Pusher {
@@ -162,6 +166,7 @@ impl Pusher {
             endpoint_rules: endpoint::Rules::from_settings(push),
             max_retry_after: push.max_retry_after,
             hook: None,
+            delivered: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -189,6 +194,7 @@ impl Pusher {
         PushState {
             open_breakers,
             waiting_subscriptions: self.pacing.waiting_count(now),
+            delivered: self.delivered.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -212,7 +218,11 @@ impl Pusher {
         let service = crate::shared::metrics::service_class_of(sub.endpoint());
         let report = self.push_inner(sub, notice, ttl, service, may_send).await;
         let outcome = match report.outcome {
-            Outcome::Delivered => "delivered",
+            Outcome::Delivered => {
+                self.delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                "delivered"
+            }
             Outcome::Gone => "gone",
             Outcome::Retry { .. } if report.not_sent => "not_sent",
             Outcome::Retry { .. } => "retry",
