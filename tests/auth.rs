@@ -1097,3 +1097,53 @@ async fn a_subscriber_never_takes_over_a_device_registered_concurrently_to_anoth
     let (u1, u2) = (owned("u-1").await, owned("u-2").await);
     assert_eq!(taken, 0, "{taken} of {trials} concurrent registrations moved u-2's device to u-1 (now u-1 owns {u1}, u-2 owns {u2})");
 }
+
+/// A key or secret file that group or others may read stops the role that
+/// reads it at start, through the real start-up (the API's binding, the
+/// `herald api` role), saying how to fix it.
+#[tokio::test]
+async fn key_and_secret_files_others_may_read_stop_the_roles_that_read_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let readable = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        path
+    };
+
+    let mut settings = app.settings.clone();
+    settings.api.listen = "127.0.0.1:0".parse().expect("address");
+    settings.api.subscriber_tokens.secret_file = readable("jwt-secret", SECRET);
+    let db = herald::shared::db::Db::connect(&settings)
+        .await
+        .expect("redis");
+    let refused = herald::intake::api::Api::bind(&settings, db, "key".into())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        refused.contains("secret_file") && refused.contains("chmod 600"),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains(SECRET),
+        "the secret is not quoted: {refused}"
+    );
+
+    let (_, key) = herald::deliver::push::vapid::VapidKey::generate();
+    let mut settings = app.settings.clone();
+    settings.api.listen = "127.0.0.1:0".parse().expect("address");
+    settings.push.vapid_private_key_file = readable("vapid", &key);
+    let started = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        herald::operate::roles::api(settings, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("herald api stops at once");
+    let refused = format!("{:#}", started.expect_err("refused"));
+    assert!(refused.contains("chmod 600"), "{refused}");
+    assert!(!refused.contains(&key), "the key is not quoted: {refused}");
+}

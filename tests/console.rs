@@ -251,6 +251,50 @@ async fn the_admin_api_replays_and_purges_by_ids_filter_or_all() {
         .as_str()
         .expect("id")
         .to_string();
+    // Query parameters of any shape are answered in the API's JSON, naming them.
+    for (query, field) in [
+        ("limit=-1", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=99999999999999999999999", "limit"),
+        ("limit=5&limit=6", "limit"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, answer) = admin(
+            &app,
+            reqwest::Method::GET,
+            &format!("/v1/admin/dead-letters?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["error"]["field"]),
+            (400, &json!(field)),
+            "{query}: {answer}"
+        );
+    }
+    let (status, answer) = admin(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/admin/dead-letters/{first}?partition=x"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["error"]["field"]),
+        (400, &json!("partition")),
+        "{answer}"
+    );
+    let (status, _) = admin(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/admin/dead-letters/{first}?partition=4000000000"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "a partition herald does not have holds nothing"
+    );
     let (status, one) = admin(
         &app,
         reqwest::Method::GET,

@@ -152,9 +152,6 @@ impl ApiState {
     pub(crate) fn db(&self) -> &Db {
         &self.inner.db
     }
-    pub(crate) fn store(&self) -> &Store {
-        &self.inner.store
-    }
     pub(crate) fn dead_letters(&self) -> &crate::shared::dead_letter::DeadLetters {
         &self.inner.dead_letters
     }
@@ -913,6 +910,12 @@ async fn list_subscriptions(
             })?
         }
     };
+    subscriptions_of(&state, user).await
+}
+
+/// `{"user", "subscriptions"}`: a user's subscriptions as listed (origin and
+/// interests; never keys or endpoint paths), an unreadable one with its problem.
+pub(crate) async fn subscriptions_of(state: &ApiState, user: String) -> Result<Response, ApiError> {
     let found = state
         .inner
         .store

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -151,11 +151,51 @@ impl FilterInput {
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    #[serde(flatten)]
-    filter: FilterInput,
-    limit: Option<usize>,
+/// A query string's parameters, each named in `known` at most once; anything
+/// else is a `400` in the API's JSON shape naming the parameter.
+fn query_params(raw: Option<String>, known: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let mut params = HashMap::new();
+    for (name, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        let bad = |why: &str| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                why.to_string(),
+            )
+            .with_field(name.to_string())
+        };
+        if !known.contains(&name.as_ref()) {
+            return Err(bad(&format!("unknown parameter; use {}", known.join(", "))));
+        }
+        if params.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(bad("is given twice"));
+        }
+    }
+    Ok(params)
+}
+
+/// A whole-number parameter within `range`.
+fn number_param<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+    params: &HashMap<String, String>,
+    name: &str,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<Option<T>, ApiError> {
+    let Some(text) = params.get(name) else {
+        return Ok(None);
+    };
+    match text.parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            format!(
+                "{name} must be a whole number from {} to {} (got {text:?})",
+                range.start(),
+                range.end()
+            ),
+        )
+        .with_field(name)),
+    }
 }
 
 /// A filter as the answer of a list repeats it, times made absolute: what a
@@ -181,19 +221,19 @@ fn resolved(filter: &Filter) -> Value {
 async fn list_dead_letters(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<ListQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Admin)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            "limit must be 1 to 1000",
-        )
-        .with_field("limit"));
+    let params = query_params(raw, &["reason", "topic", "user", "since", "until", "limit"])?;
+    let limit = number_param(&params, "limit", 1..=1000usize)?.unwrap_or(100);
+    let filter = FilterInput {
+        reason: params.get("reason").cloned(),
+        topic: params.get("topic").cloned(),
+        user: params.get("user").cloned(),
+        since: params.get("since").cloned(),
+        until: params.get("until").cloned(),
     }
-    let filter = query.filter.to_filter("")?;
+    .to_filter("")?;
     let (total, shown) = state
         .dead_letters()
         .count_and_list(&filter, None, limit)
@@ -213,11 +253,6 @@ fn is_stream_id(id: &str) -> bool {
         && ms.len() <= 20
         && seq.len() <= 20
         && (ms.bytes().chain(seq.bytes())).all(|b| b.is_ascii_digit())
-}
-
-#[derive(Deserialize)]
-struct ShowQuery {
-    partition: Option<u32>,
 }
 
 /// A dead letter by its id, in its partition when given; an id two
@@ -270,10 +305,12 @@ async fn show_dead_letter(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Query(query): Query<ShowQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Admin)?;
-    let entry = find_dead_letter(&state, query.partition, &id).await?;
+    let params = query_params(raw, &["partition"])?;
+    let partition = number_param(&params, "partition", 0..=u32::MAX)?;
+    let entry = find_dead_letter(&state, partition, &id).await?;
     Ok(Json(json!({ "dead_letter": entry })).into_response())
 }
 
@@ -540,17 +577,5 @@ async fn user_subscriptions(
 ) -> Result<Response, ApiError> {
     require(&caller, Scope::Admin)?;
     crate::shared::event::check_identifier("user", &user, 128).map_err(ApiError::from)?;
-    let found = state
-        .store()
-        .for_user(&user)
-        .await
-        .map_err(ApiError::unavailable)?;
-    let views: Vec<Value> = found
-        .into_iter()
-        .map(|r| match r {
-            Ok(sub) => serde_json::to_value(sub.view()).expect("serializes"),
-            Err(bad) => json!({"id": bad.id, "error": bad.problem}),
-        })
-        .collect();
-    Ok(Json(json!({"user": user, "subscriptions": views})).into_response())
+    crate::intake::api::subscriptions_of(&state, user).await
 }

@@ -239,6 +239,30 @@ impl DeadLetters {
             }
             return Ok((total, self.list(filter, keep).await?));
         }
+        self.scan(filter, from, keep, false).await
+    }
+
+    /// Dead letters of every partition, oldest first, that match `filter`; at most `limit`.
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> anyhow::Result<Vec<DeadLetterEntry>> {
+        Ok(self.scan(filter, None, limit, true).await?.1)
+    }
+
+    /// Reads every partition's dead letters from `from` (or the start) on,
+    /// counting those `filter` lets through and keeping the first `keep`;
+    /// with `stop_when_kept`, stops reading once it has them (the count is
+    /// then `keep`).
+    async fn scan(
+        &self,
+        filter: &Filter,
+        from: Option<&str>,
+        keep: usize,
+        stop_when_kept: bool,
+    ) -> anyhow::Result<(u64, Vec<DeadLetterEntry>)> {
+        let mut conn = self.db.conn();
         let (mut total, mut kept) = (0u64, Vec::new());
         for partition in 0..self.db.keys.partitions() {
             let key = self.db.keys.dead_letters(partition);
@@ -257,11 +281,15 @@ impl DeadLetters {
                 let full = page.len() == 500;
                 for (id, fields) in page {
                     let entry = entry(partition, id, fields);
-                    if filter.matches(&entry) {
-                        total += 1;
-                        if kept.len() < keep {
-                            kept.push(entry);
-                        }
+                    if !filter.matches(&entry) {
+                        continue;
+                    }
+                    total += 1;
+                    if kept.len() < keep {
+                        kept.push(entry);
+                    }
+                    if stop_when_kept && kept.len() >= keep {
+                        return Ok((total, kept));
                     }
                 }
                 if !full {
@@ -270,46 +298,6 @@ impl DeadLetters {
             }
         }
         Ok((total, kept))
-    }
-
-    /// Dead letters of every partition, oldest first, that match `filter`; at most `limit`.
-    pub async fn list(
-        &self,
-        filter: &Filter,
-        limit: usize,
-    ) -> anyhow::Result<Vec<DeadLetterEntry>> {
-        let mut out = Vec::new();
-        let mut conn = self.db.conn();
-        for partition in 0..self.db.keys.partitions() {
-            let key = self.db.keys.dead_letters(partition);
-            let mut start = "-".to_string();
-            loop {
-                let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(&start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn)
-                    .await?;
-                let Some((last, _)) = page.last() else { break };
-                start = format!("({last}");
-                let full = page.len() == 500;
-                for (id, fields) in page {
-                    let entry = entry(partition, id, fields);
-                    if filter.matches(&entry) {
-                        out.push(entry);
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
-                    }
-                }
-                if !full {
-                    break;
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// One dead letter of one partition's stream.
