@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
                     .to_string(),
                 topics: vec!["lot.#".into()],
                 headers: None,
+                format: Default::default(),
                 created_at: String::new(),
             };
             let store = store.clone();
@@ -126,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         "notification": {"title": "Lot 7 closes at 22:00"},
     }))?;
     let event = input
-        .validate(settings.events.defaults(), chrono::Utc::now())
+        .validate(&settings.events.defaults(), chrono::Utc::now())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let publisher = Publisher::new(db.clone(), &settings);
     let started = Instant::now();

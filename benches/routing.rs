@@ -29,6 +29,7 @@ fn main() {
                     mode: MatchMode::All,
                     values: BTreeMap::from([("kind".to_string(), "entry".to_string())]),
                 }),
+                format: Default::default(),
                 created_at: String::new(),
             }
         })

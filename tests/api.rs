@@ -471,6 +471,7 @@ async fn endpoints_that_lead_inside_or_to_odd_ports_are_refused_and_never_connec
         auth: browser["keys"]["auth"].as_str().expect("auth").into(),
         topics: Vec::new(),
         headers: None,
+        format: Default::default(),
         created_at: String::new(),
     };
     herald::shared::subscriptions::Store::new(app.db.clone())
@@ -668,6 +669,7 @@ async fn a_device_stored_under_its_former_spelling_is_kept_once_after_registerin
         auth: browser["keys"]["auth"].as_str().expect("auth").into(),
         topics: Vec::new(),
         headers: None,
+        format: Default::default(),
         created_at: String::new(),
     };
     herald::shared::subscriptions::Store::new(app.db.clone())

@@ -40,7 +40,7 @@ async fn the_demo_registers_its_worker_which_shows_a_delivered_push_as_a_notific
     }))
     .expect("an event");
     let event = input
-        .validate(app.settings.events.defaults(), chrono::Utc::now())
+        .validate(&app.settings.events.defaults(), chrono::Utc::now())
         .expect("valid");
     let payload = String::from_utf8(event.payload()).expect("JSON text");
     browser.cdp("ServiceWorker.enable", json!({})).await;

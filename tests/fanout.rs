@@ -45,6 +45,7 @@ async fn a_fan_out_to_10000_devices_survives_a_killed_worker_without_a_second_pu
                 auth: json["keys"]["auth"].as_str().expect("auth").into(),
                 topics: vec!["lot.#".into()],
                 headers: None,
+                format: Default::default(),
                 created_at: herald::shared::event::format_time(chrono::Utc::now()),
             };
             let store = store.clone();

@@ -440,7 +440,7 @@ async fn a_damaged_spool_record_is_moved_aside_and_every_other_one_drains() {
                     json!({"id": format!("spooled-{n}"), "topic": "t.a", "user": "u-1", "notification": {"title": format!("n{n}")}}),
                 )
                 .expect("input");
-                let event = input.validate(defaults, chrono::Utc::now()).expect("valid");
+                let event = input.validate(&defaults, chrono::Utc::now()).expect("valid");
                 Ready::new(&input, &event)
             })
             .collect();

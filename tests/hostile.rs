@@ -412,7 +412,7 @@ async fn a_half_open_probe_that_ends_before_any_request_gives_its_slot_back() {
         )
         .expect("input");
         input
-            .validate(app.settings.events.defaults(), chrono::Utc::now())
+            .validate(&app.settings.events.defaults(), chrono::Utc::now())
             .expect("valid")
     };
     app.sink.add_faults("*", vec![Fault::status(503); 3]);

@@ -229,7 +229,7 @@ async fn a_hold_that_crosses_a_registration_is_released_by_the_worker() {
         )
         .expect("an event")
     }
-    .validate(app.settings.events.defaults(), Utc::now())
+    .validate(&app.settings.events.defaults(), Utc::now())
     .expect("valid");
     assert_eq!(
         holding.hold(0, "u-race", &event).await.expect("hold"),

@@ -314,18 +314,44 @@ async fn a_value_that_is_not_utf8_is_dead_lettered_naming_its_field() {
     assert!(titles(&app, &device).is_empty());
 }
 
-/// The largest title the API takes with this id and topic (its payload limit, exactly).
-async fn largest_title(app: &TestApp, unit: &str, round: usize) -> usize {
-    let (mut ok, mut too_big) = (1, 4000);
+/// An event's entry fields as README's entry contract writes them: the
+/// notification's members flat (text as is, true/false, digits, JSON text for
+/// vibrate, actions and data), `data` of a data push as JSON text.
+fn contract_fields(event: &serde_json::Value) -> Vec<(String, String)> {
+    let flat = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut fields = Vec::new();
+    for (name, value) in event.as_object().expect("an object") {
+        match name.as_str() {
+            "notification" => {
+                for (member, value) in value.as_object().expect("an object") {
+                    fields.push((member.clone(), flat(value)));
+                }
+            }
+            _ => fields.push((name.clone(), flat(value))),
+        }
+    }
+    fields
+}
+
+/// The largest `n` for which the API takes `make(n, id)` (its payload limit, exactly).
+async fn largest(
+    app: &TestApp,
+    round: usize,
+    make: &dyn Fn(usize, &str) -> serde_json::Value,
+) -> usize {
+    let (mut ok, mut too_big) = (0, 4000);
     while too_big - ok > 1 {
         let n = (ok + too_big) / 2;
-        let event = serde_json::json!({"id": format!("p{round}{n:04}"), "topic": "a.b", "user": "u-1",
-            "notification": {"title": unit.repeat(n)}});
-        let (status, _) = app.post("/v1/events", &event).await;
-        if status == 202 {
-            ok = n
-        } else {
-            too_big = n
+        let (status, body) = app
+            .post("/v1/events", &make(n, &format!("p{round:02}{n:04}")))
+            .await;
+        match status {
+            202 => ok = n,
+            422 => too_big = n,
+            _ => panic!("{status}: {body}"),
         }
     }
     ok
@@ -334,38 +360,68 @@ async fn largest_title(app: &TestApp, unit: &str, round: usize) -> usize {
 #[tokio::test]
 async fn the_function_takes_exactly_the_payloads_the_api_takes() {
     let app = TestApp::start().await;
-    // ASCII, characters JSON escapes in two bytes, in six, and multi-byte UTF-8.
-    // Ids of one length throughout: the id is part of the payload.
-    for (round, unit) in ["x", "\"", "\u{1}", "é"].into_iter().enumerate() {
-        let n = largest_title(&app, unit, round).await;
-        let id = format!("f{round}{n:04}");
-        let title = unit.repeat(n);
-        let fits = [
-            ("id", id.as_str()),
-            ("topic", "a.b"),
-            ("user", "u-1"),
-            ("title", title.as_str()),
-        ];
-        assert_eq!(
-            fcall(&app, &fits).expect("fits").1,
-            "added",
-            "{unit:?} x {n}"
-        );
-        let title = unit.repeat(n + 1);
-        let over_id = format!("o{round}{n:04}");
-        let over = [
-            ("id", over_id.as_str()),
-            ("topic", "a.b"),
-            ("user", "u-1"),
-            ("title", title.as_str()),
-        ];
-        let refused = fcall(&app, &over).expect_err("one more is too big");
-        assert!(
-            refused
-                .detail()
-                .is_some_and(|d| d.starts_with("notification:")),
-            "{unit:?}: {refused}"
-        );
+    let every_option = serde_json::json!({
+        "title": "Exit", "icon": "/i/car.png", "image": "https://cdn.example/plate.jpg",
+        "badge": "/i/b.png", "url": "/visits/981", "tag": "visit-981", "renotify": true,
+        "require_interaction": true, "silent": false, "timestamp": 1764580000000u64, "lang": "ko-KR",
+        "dir": "rtl", "vibrate": [200, 100, 200],
+        "actions": [{"action": "pay", "title": "Pay \"now\"", "url": "/pay/981", "icon": "/i/pay.png"},
+                    {"action": "later", "title": "Later"}],
+        "data": {"visit": 981, "fee": 3.5, "note": "é\u{1}"}, "app_badge": 7, "mutable": true});
+    type Make = Box<dyn Fn(&str, usize, &str) -> serde_json::Value>;
+    let shapes: Vec<(&str, Make, &[&str])> = vec![
+        // ASCII, characters JSON escapes in two bytes, in six, and multi-byte UTF-8.
+        (
+            "title and body",
+            Box::new(|unit, n, id| {
+                serde_json::json!({"id": id, "topic": "a.b", "user": "u-1",
+            "notification": {"title": "t", "body": unit.repeat(n)}})
+            }),
+            &["x", "\"", "\u{1}", "é"],
+        ),
+        (
+            "every option",
+            Box::new(move |unit, n, id| {
+                let mut notification = every_option.clone();
+                notification["body"] = serde_json::json!(unit.repeat(n));
+                serde_json::json!({"id": id, "topic": "a.b", "user": "u-1", "notification": notification})
+            }),
+            &["x", "\u{1}"],
+        ),
+        (
+            "a data push",
+            Box::new(|unit, n, id| {
+                serde_json::json!({"id": id, "topic": "a.b", "user": "u-1",
+            "data": {"note": unit.repeat(n)}})
+            }),
+            &["x", "é"],
+        ),
+    ];
+    let mut round = 0;
+    for (shape, make, units) in &shapes {
+        for unit in units.iter() {
+            round += 1;
+            let n = largest(&app, round, &|n, id| make(unit, n, id)).await;
+            assert!(n > 0, "{shape}: nothing fits");
+            let fits = contract_fields(&make(unit, n, &format!("f{round:02}{n:04}")));
+            let fits: Vec<(&str, &str)> =
+                fits.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(
+                fcall(&app, &fits).expect("fits").1,
+                "added",
+                "{shape}: {unit:?} x {n}"
+            );
+            let over = contract_fields(&make(unit, n + 1, &format!("o{round:02}{n:04}")));
+            let over: Vec<(&str, &str)> =
+                over.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let refused = fcall(&app, &over).expect_err("one more is too big");
+            assert!(
+                refused
+                    .detail()
+                    .is_some_and(|d| d.starts_with("notification:") || d.starts_with("data:")),
+                "{shape}: {unit:?}: {refused}"
+            );
+        }
     }
 }
 

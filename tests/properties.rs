@@ -18,6 +18,7 @@ fn defaults() -> EventDefaults {
     EventDefaults {
         ttl: 3600,
         max_clock_skew: std::time::Duration::from_secs(300),
+        site_url: None,
     }
 }
 
@@ -120,7 +121,7 @@ fn plausible_event() -> impl Strategy<Value = Value> {
 /// The stream entry as Redis hands it back: a map of its fields.
 fn through_the_stream(event: &Event) -> Event {
     let fields: HashMap<String, String> = event.to_fields().into_iter().collect();
-    Event::from_fields(&fields, defaults()).expect("a valid event's entry reads back")
+    Event::from_fields(&fields, &defaults()).expect("a valid event's entry reads back")
 }
 
 fn validate(body: Value) -> Option<Event> {
@@ -131,7 +132,7 @@ fn validate(body: Value) -> Option<Event> {
         .single()
         .expect("a time");
     let input: EventInput = serde_json::from_value(body).ok()?;
-    input.validate(defaults(), now).ok()
+    input.validate(&defaults(), now).ok()
 }
 
 proptest! {
@@ -172,21 +173,21 @@ proptest! {
     fn no_stream_entry_makes_reading_it_panic(
         fields in prop::collection::hash_map(key(), ".{0,80}", 0..12),
     ) {
-        let _ = Event::from_fields(&fields, defaults());
+        let _ = Event::from_fields(&fields, &defaults());
     }
 
     #[test]
     fn no_subscription_body_makes_parsing_panic(body in any_json(), endpoint in ".{0,200}") {
         let rules = Rules::strict();
         if let Ok(input) = serde_json::from_value::<SubscriptionInput>(body) {
-            let _ = input.validate(&rules);
+            let _ = input.validate(&rules, Default::default());
         }
         let shaped = json!({
             "user": "u-1",
             "subscription": {"endpoint": endpoint, "keys": {"p256dh": "AAAA", "auth": "AAAA"}},
         });
         if let Ok(input) = serde_json::from_value::<SubscriptionInput>(shaped) {
-            let _ = input.validate(&rules);
+            let _ = input.validate(&rules, Default::default());
         }
     }
 

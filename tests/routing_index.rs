@@ -25,6 +25,7 @@ fn owned_sub(id: &str, topics: &[&str], user: Option<&str>) -> Subscription {
         auth: String::new(),
         topics: topics.iter().map(|t| t.to_string()).collect(),
         headers: None,
+        format: Default::default(),
         created_at: String::new(),
     }
 }

@@ -139,11 +139,14 @@ fn subscription(sink: &SinkHandle) -> Subscription {
     let input: SubscriptionInput =
         serde_json::from_value(json!({"user": "u-1", "subscription": browser})).expect("input");
     input
-        .validate(&herald::shared::endpoint::Rules {
-            allow_insecure: true,
-            ports: vec![443],
-            known_services: None,
-        })
+        .validate(
+            &herald::shared::endpoint::Rules {
+                allow_insecure: true,
+                ports: vec![443],
+                known_services: None,
+            },
+            Default::default(),
+        )
         .expect("valid")
 }
 
@@ -152,9 +155,10 @@ fn event(title: &str) -> herald::shared::event::Event {
         .expect("input");
     input
         .validate(
-            EventDefaults {
+            &EventDefaults {
                 ttl: 60,
                 max_clock_skew: Duration::from_secs(300),
+                site_url: None,
             },
             chrono::Utc::now(),
         )

@@ -87,7 +87,7 @@ impl<'a> EntryCtx<'a> {
             writing_marks: tokio::sync::Mutex::default(),
             remaining: AtomicUsize::new(0),
             released: AtomicBool::new(false),
-            notice: Notice::of(event),
+            notice: Notice::of(event, worker.event_defaults.site_url.as_deref()),
             entry,
             fields,
             event,

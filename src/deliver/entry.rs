@@ -34,7 +34,7 @@ impl Worker {
                 },
             };
         };
-        let event = Event::from_fields(fields, self.event_defaults).and_then(|event| {
+        let event = Event::from_fields(fields, &self.event_defaults).and_then(|event| {
             // The schedule hands events over once due; only a plain XADD holds one not due yet.
             let skew = chrono::Duration::from_std(self.event_defaults.max_clock_skew)
                 .unwrap_or(chrono::Duration::MAX);

@@ -166,6 +166,7 @@ struct Inner {
     store: Store,
     defaults: EventDefaults,
     endpoint_rules: crate::shared::endpoint::Rules,
+    formats: crate::shared::subscriptions::FormatRules,
     max_body_bytes: usize,
     max_batch: usize,
     credentials: Credentials,
@@ -231,6 +232,7 @@ impl Api {
                 db: db.clone(),
                 defaults: settings.events.defaults(),
                 endpoint_rules: crate::shared::endpoint::Rules::from_settings(&settings.push),
+                formats: crate::shared::subscriptions::FormatRules::of(settings),
                 max_body_bytes: settings.api.max_body_bytes,
                 max_batch: settings.api.max_batch,
                 credentials,
@@ -532,7 +534,7 @@ async fn publish_events(
             String::new()
         };
         let input: EventInput = from_value(item, &prefix)?;
-        let event = input.validate(state.inner.defaults, now).map_err(|e| {
+        let event = input.validate(&state.inner.defaults, now).map_err(|e| {
             let field = if batch {
                 format!("[{i}].{}", e.field)
             } else {
@@ -707,7 +709,7 @@ async fn post_subscription(
     if let Caller::Subscriber { user, topics } = &caller {
         own_interests(&mut input, user, topics)?;
     }
-    let sub = input.validate(&state.inner.endpoint_rules)?;
+    let sub = input.validate(&state.inner.endpoint_rules, state.inner.formats)?;
     // Before endpoints were stored in one spelling, this one may have been
     // stored as given: that record is this device's too, and goes.
     let as_given = url::Url::parse(&input.subscription.endpoint)

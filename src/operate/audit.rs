@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::shared::db::Db;
-use crate::shared::event::{format_time, Event};
+use crate::shared::event::{format_time, Content, Event};
 use crate::shared::stream::{is_nogroup, parse_entries, Entry};
 
 /// `herald audit`.
@@ -86,7 +86,7 @@ pub struct Audit {
 
 /// One entry as an audit line: the event as the API took it, or, when the
 /// entry cannot be read as an event, its raw fields and why.
-pub fn line(entry: &Entry, defaults: crate::shared::event::EventDefaults) -> Value {
+pub fn line(entry: &Entry, defaults: &crate::shared::event::EventDefaults) -> Value {
     let mut line = json!({"stream": entry.stream, "stream_id": entry.id});
     if let Some(original) = entry
         .fields
@@ -114,12 +114,15 @@ pub fn line(entry: &Entry, defaults: crate::shared::event::EventDefaults) -> Val
                 "user": e.user,
                 "key": e.key,
                 "headers": e.headers,
-                "notification": e.notification,
                 "publish_at": format_time(e.publish_at),
                 "deliver_at": e.deliver_at.map(format_time),
                 "ttl": e.ttl,
                 "urgency": e.urgency.as_str(),
             });
+            match &e.content {
+                Content::Notification(n) => line["event"]["notification"] = json!(n),
+                Content::Data(data) => line["event"]["data"] = json!(data),
+            }
         }
         Some(Err(problem)) => {
             line["error"] = json!(problem.to_string());
@@ -240,7 +243,7 @@ impl Audit {
         }
         let mut lines = Vec::new();
         for entry in &entries {
-            serde_json::to_writer(&mut lines, &line(entry, self.defaults))?;
+            serde_json::to_writer(&mut lines, &line(entry, &self.defaults))?;
             lines.push(b'\n');
         }
         // A short blocking write: this process does nothing else meanwhile.

@@ -88,7 +88,7 @@ enum Choice {
 fn choose(
     fields: &HashMap<String, String>,
     topic: Option<&PatternTrie>,
-    defaults: EventDefaults,
+    defaults: &EventDefaults,
 ) -> Choice {
     if fields.contains_key(REPLAY_OF) {
         return Choice::Copy;
@@ -201,7 +201,7 @@ impl Replayer {
         self.walk(plan, |_, page| {
             n += page
                 .iter()
-                .filter(|(_, f)| matches!(choose(f, trie.as_ref(), self.defaults), Choice::Replay))
+                .filter(|(_, f)| matches!(choose(f, trie.as_ref(), &self.defaults), Choice::Replay))
                 .count() as u64;
             async { Ok(()) }
         })
@@ -218,7 +218,7 @@ impl Replayer {
             ..Summary::default()
         };
         let db = self.db.clone();
-        let defaults = self.defaults;
+        let defaults = &self.defaults;
         let summary_ref = &mut summary;
         let progress_ref = &mut progress;
         self.walk(plan, |partition, page| {

@@ -367,6 +367,10 @@ pub struct ApiSettings {
     pub subscriber_tokens: SubscriberTokenSettings,
     /// Request and event rates allowed per credential (`429` beyond).
     pub limits: LimitSettings,
+    /// The payload format of a subscription registered without `format`:
+    /// `herald` (herald's JSON, for the app's service worker) or `declarative`
+    /// (Declarative Web Push; needs `events.site_url`).
+    pub default_subscription_format: crate::shared::notification::Format,
 }
 
 /// One service credential. The token itself is never stored, only its digest.
@@ -608,6 +612,11 @@ pub struct EventSettings {
     /// How far in the future a `publish_at` may be (producer clocks drift); later ones get 422.
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// The web app's `https:` address (`https://parking.example/`). Declarative
+    /// Web Push messages need absolute URLs: root-relative ones (`/visits/981`)
+    /// are joined to it, and a notification without `url` opens it. Empty:
+    /// none (then no subscription may ask for the declarative format).
+    pub site_url: String,
 }
 
 impl Default for Settings {
@@ -663,6 +672,7 @@ impl Default for ApiSettings {
             tokens: Vec::new(),
             subscriber_tokens: SubscriberTokenSettings::default(),
             limits: LimitSettings::default(),
+            default_subscription_format: crate::shared::notification::Format::Herald,
         }
     }
 }
@@ -749,7 +759,15 @@ impl EventSettings {
         crate::shared::event::EventDefaults {
             ttl: self.default_ttl,
             max_clock_skew: self.max_clock_skew,
+            site_url: self.site().map(std::sync::Arc::new),
         }
+    }
+}
+
+impl EventSettings {
+    /// `site_url`, parsed (checked by [`Settings::validate`]); `None` when empty.
+    pub fn site(&self) -> Option<url::Url> {
+        url::Url::parse(&self.site_url).ok()
     }
 }
 
@@ -759,6 +777,7 @@ impl Default for EventSettings {
             default_ttl: 3600,
             dedup_window: Duration::from_secs(24 * 3600),
             max_clock_skew: Duration::from_secs(300),
+            site_url: String::new(),
         }
     }
 }
@@ -1018,6 +1037,28 @@ impl Settings {
             0,
             crate::shared::event::MAX_TTL as u64,
         )?;
+        if !self.events.site_url.is_empty() {
+            match url::Url::parse(&self.events.site_url) {
+                Ok(site) if site.scheme() == "https" && site.host().is_some() => {}
+                _ => {
+                    return Err(Invalid::new(
+                        "events.site_url",
+                        format!(
+                            "{:?} is not an absolute https: URL like https://parking.example/",
+                            self.events.site_url
+                        ),
+                    ))
+                }
+            }
+        }
+        if self.api.default_subscription_format == crate::shared::notification::Format::Declarative
+            && self.events.site_url.is_empty()
+        {
+            return Err(Invalid::new(
+                "api.default_subscription_format",
+                "declarative needs events.site_url: Declarative Web Push messages carry absolute URLs only",
+            ));
+        }
         if self.worker.block < Duration::from_millis(10)
             || self.worker.block > Duration::from_secs(5)
         {

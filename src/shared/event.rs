@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::shared::notification::{self};
+pub use crate::shared::notification::{Content, Json, Notification};
+
 /// Longest Web Push TTL accepted, in seconds (28 days, what push services keep at most).
 pub const MAX_TTL: u32 = 28 * 24 * 3600;
 /// How far ahead `deliver_at` may be.
@@ -33,7 +36,12 @@ pub struct EventInput {
     pub key: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    pub notification: Notification,
+    /// What the device shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Notification>,
+    /// A data push: JSON for the service worker alone, without `notification`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Json<serde_json::Value>>,
     /// Producer time, RFC 3339; default now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_at: Option<String>,
@@ -45,21 +53,6 @@ pub struct EventInput {
     pub ttl: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub urgency: Option<Urgency>,
-}
-
-/// What the device shows.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Notification {
-    pub title: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub icon: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
 }
 
 /// Web Push `Urgency` (RFC 8030 §5.3).
@@ -102,7 +95,7 @@ pub struct Event {
     pub user: Option<String>,
     pub key: Option<String>,
     pub headers: BTreeMap<String, String>,
-    pub notification: Notification,
+    pub content: Content,
     pub publish_at: DateTime<Utc>,
     pub deliver_at: Option<DateTime<Utc>>,
     pub ttl: u32,
@@ -127,18 +120,21 @@ impl InvalidField {
 }
 
 /// Defaults applied while validating.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EventDefaults {
     pub ttl: u32,
     /// How far ahead of now a `publish_at` may be.
     pub max_clock_skew: std::time::Duration,
+    /// `events.site_url`: where root-relative URLs lead in a Declarative Web
+    /// Push message (whose size is checked too, when it can be made).
+    pub site_url: Option<std::sync::Arc<url::Url>>,
 }
 
 impl EventInput {
     /// Validates and fills defaults.
     pub fn validate(
         &self,
-        defaults: EventDefaults,
+        defaults: &EventDefaults,
         now: DateTime<Utc>,
     ) -> Result<Event, InvalidField> {
         let id = match &self.id {
@@ -172,9 +168,28 @@ impl EventInput {
                 ));
             }
         }
-        if self.notification.title.trim().is_empty() {
-            return Err(InvalidField::new("notification.title", "must not be empty"));
-        }
+        let content = match (&self.notification, &self.data) {
+            (Some(n), None) => {
+                n.check()?;
+                Content::Notification(Box::new(n.clone()))
+            }
+            (None, Some(data)) => {
+                notification::check_data("data", data)?;
+                Content::Data(data.clone())
+            }
+            (Some(_), Some(_)) => {
+                return Err(InvalidField::new(
+                    "data",
+                    "an event with a notification carries its data in notification.data",
+                ))
+            }
+            (None, None) => {
+                return Err(InvalidField::new(
+                    "notification",
+                    "is required (or data alone, for a data push)",
+                ))
+            }
+        };
         let publish_at = match &self.publish_at {
             Some(text) => parse_time("publish_at", text)?,
             None => now,
@@ -216,7 +231,7 @@ impl EventInput {
             user: self.user.clone(),
             key: self.key.clone(),
             headers: self.headers.clone(),
-            notification: self.notification.clone(),
+            content,
             publish_at,
             deliver_at,
             ttl,
@@ -225,9 +240,17 @@ impl EventInput {
         let size = event.payload().len();
         if size > MAX_PAYLOAD_BYTES {
             return Err(InvalidField::new(
-                "notification",
+                event.content_field(),
                 format!("the push payload would be {size} bytes; at most {MAX_PAYLOAD_BYTES} fit in one Web Push message"),
             ));
+        }
+        if let Some(Ok(message)) = event.declarative(defaults.site_url.as_deref()) {
+            if message.len() > MAX_PAYLOAD_BYTES {
+                return Err(InvalidField::new(
+                    "notification",
+                    format!("the Declarative Web Push message would be {} bytes (its URLs made absolute with events.site_url); at most {MAX_PAYLOAD_BYTES} fit in one Web Push message", message.len()),
+                ));
+            }
         }
         Ok(event)
     }
@@ -276,17 +299,9 @@ impl Event {
         }
         put("ttl", &self.ttl.to_string());
         put("urgency", self.urgency.as_str());
-        put("title", &self.notification.title);
-        let n = &self.notification;
-        for (name, value) in [
-            ("body", &n.body),
-            ("url", &n.url),
-            ("icon", &n.icon),
-            ("tag", &n.tag),
-        ] {
-            if let Some(value) = value {
-                put(name, value);
-            }
+        match &self.content {
+            Content::Notification(n) => n.to_fields(&mut |k, v| f.push((k.to_string(), v))),
+            Content::Data(data) => f.push(("data".to_string(), data.text().to_string())),
         }
         for (name, value) in &self.headers {
             f.push((format!("h.{name}"), value.clone()));
@@ -301,7 +316,7 @@ impl Event {
     /// rule of the API applies. An error here makes the entry a poison message.
     pub fn from_fields(
         fields: &HashMap<String, String>,
-        defaults: EventDefaults,
+        defaults: &EventDefaults,
     ) -> Result<Event, InvalidField> {
         let get = |name: &str| fields.get(name).cloned();
         let need = |name: &str| get(name).ok_or_else(|| InvalidField::new(name, "is required"));
@@ -333,6 +348,30 @@ impl Event {
             })?),
             None => None,
         };
+        let (notification, data) = match get("title") {
+            Some(title) => (Some(Notification::from_fields(title, &get)?), None),
+            None => {
+                if let Some(other) = notification::FIELDS
+                    .iter()
+                    .find(|name| **name != "data" && fields.contains_key(**name))
+                {
+                    return Err(InvalidField::new(
+                        "title",
+                        format!("is required with {other} (an entry without title is a data push: data alone)"),
+                    ));
+                }
+                let data = get("data")
+                    .map(|text| Json::parse(&text).map_err(|e| InvalidField::new("data", e)))
+                    .transpose()?;
+                if data.is_none() {
+                    return Err(InvalidField::new(
+                        "title",
+                        "is required (or data alone, for a data push)",
+                    ));
+                }
+                (None, data)
+            }
+        };
         let input = EventInput {
             id: Some(need("id")?),
             topic: need("topic")?,
@@ -345,13 +384,8 @@ impl Event {
                         .map(|name| (name.to_string(), v.clone()))
                 })
                 .collect(),
-            notification: Notification {
-                title: need("title")?,
-                body: get("body"),
-                url: get("url"),
-                icon: get("icon"),
-                tag: get("tag"),
-            },
+            notification,
+            data,
             publish_at: get("publish_at"),
             deliver_at: get("deliver_at"),
             ttl,
@@ -360,28 +394,33 @@ impl Event {
         input.validate(defaults, Utc::now())
     }
 
-    /// The plaintext a device receives: small JSON its service worker shows.
+    /// The plaintext a device receives in herald's format: small JSON its
+    /// service worker shows (README, "herald's payload").
     pub fn payload(&self) -> Vec<u8> {
-        let n = &self.notification;
-        let body = serde_json::json!({
-            "id": self.id,
-            "topic": self.topic,
-            "title": n.title,
-            "body": n.body,
-            "url": n.url,
-            "icon": n.icon,
-            "tag": n.tag,
-            "publish_at": format_time(self.publish_at),
-        });
-        // Leave out absent fields: every byte counts against the push size limit.
-        let compact: serde_json::Map<String, serde_json::Value> = body
-            .as_object()
-            .expect("built as an object")
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        serde_json::to_vec(&compact).expect("json always serializes")
+        notification::herald_payload(
+            &self.id,
+            &self.topic,
+            &format_time(self.publish_at),
+            &self.content,
+        )
+    }
+
+    /// The Declarative Web Push message, for a notification (a data push has
+    /// none: every subscription gets herald's payload); `Err` when a URL needs
+    /// `events.site_url` and it is not set.
+    pub fn declarative(&self, site: Option<&url::Url>) -> Option<Result<Vec<u8>, &'static str>> {
+        match &self.content {
+            Content::Notification(n) => Some(n.declarative(site)),
+            Content::Data(_) => None,
+        }
+    }
+
+    /// The field an error about the whole content names.
+    fn content_field(&self) -> &'static str {
+        match self.content {
+            Content::Notification(_) => "notification",
+            Content::Data(_) => "data",
+        }
     }
 }
 
@@ -493,6 +532,7 @@ mod tests {
     const DEFAULTS: EventDefaults = EventDefaults {
         ttl: 3600,
         max_clock_skew: std::time::Duration::from_secs(300),
+        site_url: None,
     };
 
     fn sample() -> EventInput {
@@ -512,11 +552,11 @@ mod tests {
 
     #[test]
     fn an_event_survives_the_round_trip_through_stream_fields() {
-        let event = sample().validate(DEFAULTS, Utc::now()).expect("valid");
+        let event = sample().validate(&DEFAULTS, Utc::now()).expect("valid");
         let fields: HashMap<String, String> = event.to_fields().into_iter().collect();
         assert_eq!(fields["h.lot"], "7");
         assert_eq!(
-            Event::from_fields(&fields, DEFAULTS).expect("decodes"),
+            Event::from_fields(&fields, &DEFAULTS).expect("decodes"),
             event
         );
     }
@@ -528,7 +568,7 @@ mod tests {
         )
         .expect("parses");
         let now = Utc::now();
-        let event = input.validate(DEFAULTS, now).expect("valid");
+        let event = input.validate(&DEFAULTS, now).expect("valid");
         assert!(!event.id.is_empty());
         assert_eq!(event.publish_at, now);
         assert_eq!(event.ttl, 3600);
@@ -567,14 +607,14 @@ mod tests {
                 value[k] = v.clone();
             }
             let input: EventInput = serde_json::from_value(value).expect("parses");
-            let err = input.validate(DEFAULTS, Utc::now()).expect_err(field);
+            let err = input.validate(&DEFAULTS, Utc::now()).expect_err(field);
             assert_eq!(err.field, field, "{err}");
         }
     }
 
     #[test]
     fn the_ttl_counts_down_from_when_the_event_was_due() {
-        let mut event = sample().validate(DEFAULTS, Utc::now()).expect("valid");
+        let mut event = sample().validate(&DEFAULTS, Utc::now()).expect("valid");
         let due = event.due_at();
         let at = |s: i64| due + chrono::Duration::milliseconds(s);
         assert_eq!(event.ttl_left(at(0)), Some(600));
@@ -609,7 +649,7 @@ mod tests {
     fn a_plain_xadd_entry_needs_only_topic_and_title() {
         let event = Event::from_fields(
             &entry(&[("topic", "parking.lot-1.entry"), ("title", "In")]),
-            DEFAULTS,
+            &DEFAULTS,
         )
         .expect("the minimal entry is an event");
         assert_eq!(
@@ -628,7 +668,7 @@ mod tests {
             ("title", "t"),
             ("ttl", "60"),
         ]);
-        let event = Event::from_fields(&given, DEFAULTS).expect("an event");
+        let event = Event::from_fields(&given, &DEFAULTS).expect("an event");
         assert_eq!((event.id.as_str(), event.ttl), ("e-1", 60));
     }
 
@@ -658,7 +698,7 @@ mod tests {
             ),
             (&[("topic", "a"), ("title", "  ")][..], "notification.title"),
         ] {
-            let problem = Event::from_fields(&entry(pairs), DEFAULTS).expect_err("refused");
+            let problem = Event::from_fields(&entry(pairs), &DEFAULTS).expect_err("refused");
             assert_eq!(problem.field, field, "{pairs:?}: {problem}");
         }
     }

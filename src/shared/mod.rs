@@ -15,6 +15,7 @@ pub mod event;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod notification;
 pub mod retry;
 pub mod shutdown;
 pub mod stream;

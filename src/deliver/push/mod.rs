@@ -32,7 +32,7 @@ use super::route::Device;
 use crate::shared::config::Settings;
 use crate::shared::endpoint;
 use crate::shared::event::Event;
-use crate::shared::subscriptions::Subscription;
+use crate::shared::subscriptions::{Format, Subscription};
 pub use outcome::Outcome;
 use vapid::{Signer, VapidKey};
 
@@ -110,6 +110,8 @@ pub struct Pusher {
     hook: Option<PushHook>,
     /// Pushes accepted so far (the console's delivery rate comes from it).
     delivered: std::sync::atomic::AtomicU64,
+    /// `events.site_url`, for Declarative Web Push messages.
+    site_url: Option<url::Url>,
 }
 
 impl Pusher {
@@ -167,6 +169,7 @@ impl Pusher {
             max_retry_after: push.max_retry_after,
             hook: None,
             delivered: std::sync::atomic::AtomicU64::new(0),
+            site_url: settings.events.site(),
         })
     }
 
@@ -201,7 +204,8 @@ impl Pusher {
     /// Pushes `event` to `sub` with a `TTL` of `ttl` seconds and says what came of it.
     /// Never panics on bad input from outside.
     pub async fn push(&self, sub: &Subscription, event: &Event, ttl: u32) -> PushReport {
-        self.push_checked(&Device::new(sub), &Notice::of(event), ttl, &|| true)
+        let notice = Notice::of(event, self.site_url.as_ref());
+        self.push_checked(&Device::new(sub), &notice, ttl, &|| true)
             .await
     }
 
@@ -339,7 +343,15 @@ impl Pusher {
             )
         };
         let (ua_public, auth) = sub.keys().map_err(|problem| invalid(problem.to_string()))?;
-        let body = encrypt::encrypt(ua_public, auth, &notice.payload).map_err(|e| match e {
+        let payload = notice.payload_for(sub.format()).map_err(|problem| {
+            PushReport::failed(
+                Outcome::DeadLetter {
+                    reason: "no_site_url",
+                },
+                problem.to_string(),
+            )
+        })?;
+        let body = encrypt::encrypt(ua_public, auth, payload).map_err(|e| match e {
             encrypt::EncryptError::BadPublicKey | encrypt::EncryptError::BadAuthSecret(_) => {
                 invalid(e.to_string())
             }
@@ -501,8 +513,11 @@ fn extra_authorities(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Cert
 /// What is pushed to every device of one event, made once per event.
 #[derive(Debug, Clone)]
 pub struct Notice {
-    /// The plaintext each device receives ([`Event::payload`]).
+    /// The plaintext a device receives in herald's format ([`Event::payload`]).
     pub payload: Vec<u8>,
+    /// The Declarative Web Push message ([`Event::declarative`]), for devices
+    /// that asked for it; `None` for a data push (herald's payload for all).
+    pub declarative: Option<Result<Vec<u8>, &'static str>>,
     /// The `Urgency` header.
     pub urgency: &'static str,
     /// The `Topic` header, from the event's ordering key.
@@ -510,11 +525,23 @@ pub struct Notice {
 }
 
 impl Notice {
-    pub fn of(event: &Event) -> Notice {
+    /// `site`: `events.site_url`, which declarative messages need.
+    pub fn of(event: &Event, site: Option<&url::Url>) -> Notice {
         Notice {
             payload: event.payload(),
+            declarative: event.declarative(site),
             urgency: event.urgency.as_str(),
             topic: event.key.as_deref().map(topic_for_key),
+        }
+    }
+}
+
+impl Notice {
+    /// The plaintext for a device that asked for `format`.
+    pub fn payload_for(&self, format: Format) -> Result<&[u8], &'static str> {
+        match (format, &self.declarative) {
+            (Format::Declarative, Some(message)) => message.as_deref().map_err(|e| *e),
+            _ => Ok(&self.payload),
         }
     }
 }

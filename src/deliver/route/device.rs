@@ -5,7 +5,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use crate::shared::subscriptions::{HeaderFilter, Subscription};
+use crate::shared::subscriptions::{Format, HeaderFilter, Subscription};
 
 /// One device to push to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Device {
     keys: Keys,
     /// Only topic routing needs it: `None` for most.
     headers: Option<Box<HeaderFilter>>,
+    /// The payload it asked for.
+    format: Format,
 }
 
 /// The user agent's keys (RFC 8291), or why the stored ones cannot be used.
@@ -45,6 +47,7 @@ impl Device {
             id_len: sub.id.len() as u32,
             keys,
             headers: sub.headers.clone().map(Box::new),
+            format: sub.format,
         }
     }
 
@@ -68,6 +71,10 @@ impl Device {
 
     pub fn headers(&self) -> Option<&HeaderFilter> {
         self.headers.as_deref()
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
     }
 }
 
@@ -101,6 +108,7 @@ mod tests {
             auth: URL_SAFE_NO_PAD.encode([9u8; 16]),
             topics: vec!["a.#".into()],
             headers: None,
+            format: Format::Herald,
             created_at: String::new(),
         };
         let device = Device::new(&sub);

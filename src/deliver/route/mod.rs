@@ -542,6 +542,7 @@ mod tests {
             p256dh: String::new(),
             auth: String::new(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
+            format: Default::default(),
             headers: headers.map(|(mode, values)| HeaderFilter {
                 mode,
                 values: values

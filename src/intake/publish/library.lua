@@ -34,7 +34,18 @@ local MAX_DELAY_MS = __MAX_DELAY_DAYS__ * 86400000
 local MAX_PAYLOAD_BYTES = __MAX_PAYLOAD_BYTES__
 local ENTRY_VERSION = '__ENTRY_VERSION__'
 
-local NOTIFICATION = { title = true, body = true, url = true, icon = true, tag = true }
+-- The notification's fields (notification::FIELDS), and how each is written.
+local NOTIFICATION = {
+  title = 'text', body = 'text', url = 'url', icon = 'url', image = 'url', badge = 'url',
+  tag = 'text', renotify = 'flag', require_interaction = 'flag', silent = 'flag',
+  timestamp = 'number', lang = 'text', dir = 'text', vibrate = 'json', actions = 'json',
+  data = 'json', app_badge = 'number', mutable = 'flag',
+}
+-- Limits of notification.rs.
+local MAX_ACTIONS, MAX_VIBRATE, MAX_VIBRATE_MS, MAX_DATA_BYTES = 4, 32, 10000, 2048
+local MAX_URL_BYTES, MAX_TITLE_BYTES, MAX_TAG_BYTES, MAX_LANG_BYTES = 1024, 256, 128, 35
+local MAX_ACTION_ID_BYTES, MAX_ACTION_TITLE_BYTES = 64, 128
+local MAX_JS_INTEGER = 9007199254740991
 local KNOWN = {
   v = true, id = true, topic = true, user = true, key = true, publish_at = true,
   deliver_at = true, ttl = true, urgency = true, traceparent = true,
@@ -45,7 +56,15 @@ local NOT_CONTENT = { id = true, v = true, traceparent = true }
 -- Fields of the payload a device receives (Event::payload), besides publish_at.
 -- Most words in a topic (event::MAX_TOPIC_WORDS).
 local MAX_TOPIC_WORDS = 32
-local PAYLOAD = { id = true, topic = true, title = true, body = true, url = true, icon = true, tag = true }
+-- The payload's members (NOTIFICATION's, with id and topic): text ones are
+-- written as JSON strings, the others as the entry holds them.
+local PAYLOAD = {
+  id = 'text', topic = 'text',
+  title = 'text', body = 'text', url = 'url', icon = 'url', image = 'url', badge = 'url',
+  tag = 'text', renotify = 'flag', require_interaction = 'flag', silent = 'flag',
+  timestamp = 'number', lang = 'text', dir = 'text', vibrate = 'json', actions = 'json',
+  data = 'json', app_badge = 'number', mutable = 'flag',
+}
 -- Control characters serde_json escapes in two bytes; the others take six.
 local SHORT_ESCAPE = { ['\b'] = true, ['\t'] = true, ['\n'] = true, ['\f'] = true, ['\r'] = true }
 
@@ -119,17 +138,30 @@ local function json_len(s)
   return n
 end
 
--- The payload's size (Event::payload: the present fields and publish_at, 24
--- characters); an absent id is counted as the shortest derived one.
+-- JSON text as herald embeds it: without surrounding whitespace.
+local function trimmed(s)
+  return string.match(s, '^[ \t\n\r]*(.-)[ \t\n\r]*$')
+end
+
+-- The payload's size (notification::herald_payload: the present fields and
+-- publish_at, 24 characters); an absent id is counted as the shortest derived one.
 local function payload_len(f)
   local n, members = 2, 0
-  for name in pairs(PAYLOAD) do
+  for name, kind in pairs(PAYLOAD) do
     local value = f[name]
     if name == 'id' and not value then
       value = 'xadd-0000000000000-0'
     end
     if value then
-      n = n + json_len(name) + 1 + json_len(value)
+      local size
+      if kind == 'text' or kind == 'url' then
+        size = json_len(value)
+      elseif kind == 'json' then
+        size = #trimmed(value)
+      else
+        size = #value
+      end
+      n = n + json_len(name) + 1 + size
       members = members + 1
     end
   end
@@ -144,6 +176,139 @@ local function blank(s)
   s = string.gsub(s, '\226\129\159', '')
   s = string.gsub(s, '\227\128\128', '')
   return not string.match(s, '%S')
+end
+
+-- Spaces and control characters, as Rust's is_whitespace and is_control see them.
+local function has_space(s)
+  return string.find(s, '[%z\1-\32\127]') or string.find(s, '\194[\128-\160]')
+    or string.find(s, '\225\154\128') or string.find(s, '\226\128[\128-\138\168\169\175]')
+    or string.find(s, '\226\129\159') or string.find(s, '\227\128\128')
+end
+
+-- A URL a notification may carry: absolute https:, or a path starting with one '/'.
+local function url(field, value)
+  if #value > MAX_URL_BYTES then invalid(field, 'must be at most ' .. MAX_URL_BYTES .. ' bytes') end
+  if has_space(value) then invalid(field, 'must not contain spaces or control characters') end
+  if string.sub(value, 1, 1) == '/' then
+    if string.sub(value, 2, 2) == '/' or string.find(value, '\\', 1, true) then
+      invalid(field, "a relative URL starts with one '/' (like /visits/981); '//' and '\\' are not allowed")
+    end
+    return
+  end
+  local host = string.lower(string.sub(value, 1, 8)) == 'https://' and string.match(value, '^........([^/?#]*)')
+  if not host or string.gsub(host, '^.*@', '') == '' then
+    invalid(field, "must be an absolute https: URL or a path starting with '/' (like /visits/981)")
+  end
+end
+
+local function text_max(field, value, max)
+  if #value > max then invalid(field, 'must be at most ' .. max .. ' bytes (got ' .. #value .. ')') end
+end
+
+local function json_value(field, text)
+  if #trimmed(text) == 0 then invalid(field, 'must be JSON') end
+  local ok, value = pcall(cjson.decode, text)
+  if not ok then invalid(field, 'is not JSON: ' .. tostring(value)) end
+  return value
+end
+
+-- Whether a decoded table is a JSON array (cjson gives both as tables).
+local function array(field, text, value)
+  if type(value) ~= 'table' or string.sub(trimmed(text), 1, 1) ~= '[' then
+    invalid(field, 'must be a JSON array')
+  end
+  return value
+end
+
+-- The notification's options, as notification::Notification::check has them.
+local function check_notification(f)
+  if not f.title then
+    for name in pairs(NOTIFICATION) do
+      if f[name] and name ~= 'data' then
+        invalid('title', 'is required with ' .. name .. ' (an entry without title is a data push: data alone)')
+      end
+    end
+    if not f.data then invalid('title', 'is required (or data alone, for a data push)') end
+  else
+    if blank(f.title) then invalid('title', 'is required and must not be blank') end
+    text_max('title', f.title, MAX_TITLE_BYTES)
+  end
+  for name, kind in pairs(NOTIFICATION) do
+    local value = f[name]
+    if value and kind == 'url' then url(name, value) end
+    if value and kind == 'flag' and value ~= 'true' and value ~= 'false' then
+      invalid(name, 'must be true or false')
+    end
+    if value and kind == 'number' then
+      if not (value == '0' or string.match(value, '^[1-9]%d*$')) or #value > 16 or tonumber(value) > MAX_JS_INTEGER then
+        invalid(name, 'must be a whole number from 0 to 2^53-1, digits only')
+      end
+    end
+  end
+  if f.tag then text_max('tag', f.tag, MAX_TAG_BYTES) end
+  if f.renotify == 'true' and (f.tag or '') == '' then
+    invalid('renotify', 'needs a tag: renotify alerts again for a notification replacing one of the same tag')
+  end
+  if f.lang then
+    local ok = #f.lang <= MAX_LANG_BYTES
+    local first = true
+    for part in string.gmatch(f.lang .. '-', '([^%-]*)%-') do
+      if first then
+        ok = ok and #part >= 2 and #part <= 8 and string.match(part, '^%a+$') ~= nil
+      else
+        ok = ok and #part >= 1 and #part <= 8 and string.match(part, '^%w+$') ~= nil
+      end
+      first = false
+    end
+    if not ok then invalid('lang', 'must be a language tag like en or pt-BR') end
+  end
+  if f.dir and f.dir ~= 'auto' and f.dir ~= 'ltr' and f.dir ~= 'rtl' then
+    invalid('dir', 'must be auto, ltr or rtl')
+  end
+  if f.vibrate then
+    local text = trimmed(f.vibrate)
+    if not string.match(text, '^%[[%s%d,]*%]$') or string.find(text, '%f[%d]0%d') then
+      invalid('vibrate', 'must be a JSON array of whole milliseconds, like [200,100,200]')
+    end
+    local pattern = array('vibrate', text, json_value('vibrate', text))
+    if #pattern > MAX_VIBRATE then invalid('vibrate', 'at most ' .. MAX_VIBRATE .. ' durations') end
+    for _, ms in ipairs(pattern) do
+      if ms > MAX_VIBRATE_MS then invalid('vibrate', 'each duration is at most ' .. MAX_VIBRATE_MS .. ' ms') end
+    end
+    if f.silent == 'true' then invalid('vibrate', 'must be left out when silent is true') end
+  end
+  if f.actions then
+    local actions = array('actions', f.actions, json_value('actions', f.actions))
+    local count = 0
+    for _ in pairs(actions) do count = count + 1 end
+    if count ~= #actions then invalid('actions', 'must be a JSON array') end
+    if #actions > MAX_ACTIONS then invalid('actions', 'at most ' .. MAX_ACTIONS .. ' actions') end
+    local seen = {}
+    for i, a in ipairs(actions) do
+      local at = 'actions[' .. (i - 1) .. ']'
+      if type(a) ~= 'table' then invalid(at, 'must be an object with action and title') end
+      for key, value in pairs(a) do
+        if key ~= 'action' and key ~= 'title' and key ~= 'icon' and key ~= 'url' then
+          invalid(at .. '.' .. tostring(key), 'is not a member of an action (action, title, icon, url)')
+        end
+        if type(value) ~= 'string' then invalid(at .. '.' .. key, 'must be a string') end
+      end
+      if not a.action or blank(a.action) then invalid(at .. '.action', 'is required and must not be blank') end
+      text_max(at .. '.action', a.action, MAX_ACTION_ID_BYTES)
+      if seen[a.action] then invalid(at .. '.action', 'is used by an earlier action') end
+      seen[a.action] = true
+      if not a.title or blank(a.title) then invalid(at .. '.title', 'is required and must not be blank') end
+      text_max(at .. '.title', a.title, MAX_ACTION_TITLE_BYTES)
+      if a.icon then url(at .. '.icon', a.icon) end
+      if a.url then url(at .. '.url', a.url) end
+    end
+  end
+  if f.data then
+    json_value('data', f.data)
+    if #trimmed(f.data) > MAX_DATA_BYTES then
+      invalid('data', 'must be at most ' .. MAX_DATA_BYTES .. ' bytes of JSON')
+    end
+  end
 end
 
 local function now_ms()
@@ -199,9 +364,7 @@ local function check(argv, first, clock)
   end
   if f.user then identifier('user', f.user, 128) end
   if f.key and (#f.key == 0 or #f.key > 256) then invalid('key', 'must be 1 to 256 bytes') end
-  if not f.title or blank(f.title) then
-    invalid('title', 'is required and must not be blank')
-  end
+  check_notification(f)
   if f.ttl then
     local ttl = string.match(f.ttl, '^%+?%d+$') and tonumber(f.ttl)
     if not ttl or ttl > MAX_TTL then
@@ -222,7 +385,7 @@ local function check(argv, first, clock)
   if headers > 32 then invalid('headers', 'at most 32 headers (h.<name> fields)') end
   local size = payload_len(f)
   if size > MAX_PAYLOAD_BYTES then
-    invalid('notification', 'the push payload would be ' .. size .. ' bytes; at most ' .. MAX_PAYLOAD_BYTES .. ' fit in one Web Push message')
+    invalid(f.title and 'notification' or 'data', 'the push payload would be ' .. size .. ' bytes; at most ' .. MAX_PAYLOAD_BYTES .. ' fit in one Web Push message')
   end
   local now = now_ms()
   local publish_at = f.publish_at and time_ms('publish_at', f.publish_at)

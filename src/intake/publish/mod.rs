@@ -367,20 +367,19 @@ pub async fn run_cli(
                 user: args.user.clone(),
                 key: args.key.clone(),
                 headers: Default::default(),
-                notification: Notification {
+                notification: Some(Notification {
                     title: args.title.clone(),
                     body: args.body.clone(),
-                    url: None,
-                    icon: None,
-                    tag: None,
-                },
+                    ..Notification::default()
+                }),
+                data: None,
                 publish_at: None,
                 deliver_at: None,
                 ttl: None,
                 urgency: None,
             };
             let event = input
-                .validate(defaults, chrono::Utc::now())
+                .validate(&defaults, chrono::Utc::now())
                 .map_err(|e| anyhow::anyhow!("--{e}"))?;
             batch.push(Ready::new(&input, &event));
         }

@@ -12,6 +12,7 @@
 //! `GET /admin/arrivals`, `GET /admin/count`.
 
 pub mod crypto;
+pub mod formats;
 mod hostile;
 mod tls;
 
@@ -138,6 +139,13 @@ pub struct Arrival {
     /// The decrypted payload (JSON when it parses, a string otherwise); absent in fast mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plaintext: Option<Value>,
+    /// What the payload is: `herald` (herald's JSON) or `declarative`
+    /// (Declarative Web Push); absent when neither, or in fast mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// What a browser would refuse in a declarative message (empty: it would show it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub format_problems: Vec<String>,
     pub headers: BTreeHeaders,
     /// The status the sink answered.
     pub status: u16,
@@ -399,6 +407,8 @@ async fn receive(
         subscription: id.clone(),
         event_id: None,
         plaintext: None,
+        format: None,
+        format_problems: Vec::new(),
         headers: BTreeHeaders {
             ttl: header("ttl"),
             urgency: header("urgency"),
@@ -506,6 +516,9 @@ fn check_push(
     let value = serde_json::from_slice::<Value>(&plaintext)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&plaintext).into_owned()));
     arrival.event_id = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
+    let (format, problems) = formats::classify(&value);
+    arrival.format = format.map(str::to_string);
+    arrival.format_problems = problems;
     arrival.plaintext = Some(value);
     Ok(())
 }

@@ -369,7 +369,7 @@ impl DeadLetters {
             .collect();
         // Its TTL counts from when it was due, as for any retry: once it is over there is
         // nothing left to deliver, and the dead letter stays (rather than vanish quietly).
-        if let Ok(event) = crate::shared::event::Event::from_fields(&fields, self.defaults) {
+        if let Ok(event) = crate::shared::event::Event::from_fields(&fields, &self.defaults) {
             if event.ttl_left(Utc::now()).is_none() {
                 anyhow::bail!(
                     "dead letter {}: the event's TTL ({} s from {}) is over, so a push service would drop it; nothing replayed (publish it again with a new id, or purge it with `herald dlq purge {} --yes`)",

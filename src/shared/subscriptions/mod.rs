@@ -17,6 +17,7 @@ use crate::shared::db::Db;
 use crate::shared::endpoint;
 use crate::shared::event::{format_time, hex_lower, InvalidField};
 use crate::shared::keys::SUBSCRIPTION_CHANGES_KEPT;
+pub use crate::shared::notification::Format;
 
 /// `POST /v1/subscriptions` body.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -30,6 +31,10 @@ pub struct SubscriptionInput {
     pub topics: Vec<String>,
     #[serde(default)]
     pub headers: Option<HeaderFilter>,
+    /// The payload this device receives: `herald` or `declarative`;
+    /// `api.default_subscription_format` when absent.
+    #[serde(default)]
+    pub format: Option<Format>,
 }
 
 /// The browser's `PushSubscription.toJSON()`.
@@ -78,6 +83,7 @@ pub struct Subscription {
     pub auth: String,
     pub topics: Vec<String>,
     pub headers: Option<HeaderFilter>,
+    pub format: Format,
     pub created_at: String,
 }
 
@@ -92,6 +98,7 @@ pub struct SubscriptionView {
     pub topics: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeaderFilter>,
+    pub format: Format,
     pub created_at: String,
 }
 
@@ -105,6 +112,7 @@ impl Subscription {
                 .unwrap_or_default(),
             topics: self.topics.clone(),
             headers: self.headers.clone(),
+            format: self.format,
             created_at: self.created_at.clone(),
         }
     }
@@ -130,6 +138,10 @@ impl Subscription {
                 serde_json::to_string(headers).expect("filter serializes"),
             ));
         }
+        // Absent is herald's format: what every subscription of earlier versions gets.
+        if self.format != Format::Herald {
+            fields.push(("format", self.format.as_str().to_string()));
+        }
         fields
     }
 
@@ -154,9 +166,16 @@ impl Subscription {
             ),
             None => None,
         };
+        let format = match fields.get("format") {
+            None => Format::Herald,
+            Some(text) => Format::parse(text).ok_or_else(|| {
+                format!("subscription {id}: format {text:?} is not herald or declarative")
+            })?,
+        };
         Ok(Subscription {
             id: id.to_string(),
             user: fields.get("user").cloned(),
+            format,
             endpoint: need("endpoint")?,
             p256dh: need("p256dh")?,
             auth: need("auth")?,
@@ -173,8 +192,14 @@ pub fn id_for_endpoint(endpoint: &str) -> String {
 }
 
 impl SubscriptionInput {
-    /// Validates everything a push will need, so a bad subscription fails here and not at send time.
-    pub fn validate(&self, rules: &endpoint::Rules) -> Result<Subscription, InvalidField> {
+    /// Validates everything a push will need, so a bad subscription fails here
+    /// and not at send time. `formats`: the default format, and whether the
+    /// declarative one can be made (`events.site_url` is set).
+    pub fn validate(
+        &self,
+        rules: &endpoint::Rules,
+        formats: FormatRules,
+    ) -> Result<Subscription, InvalidField> {
         let endpoint = endpoint::check(&self.subscription.endpoint, rules)
             .map_err(|message| InvalidField::new("subscription.endpoint", message))?;
         check_p256dh(&self.subscription.keys.p256dh)?;
@@ -191,7 +216,15 @@ impl SubscriptionInput {
         }
         let topics = normalized(&self.topics);
         check_interests(self.user.as_deref(), &topics, self.headers.as_ref())?;
+        let format = self.format.unwrap_or(formats.default);
+        if format == Format::Declarative && !formats.declarative_ready {
+            return Err(InvalidField::new(
+                "format",
+                "declarative needs events.site_url set on herald (Declarative Web Push messages carry absolute URLs only); ask the operator, or register with format herald",
+            ));
+        }
         Ok(Subscription {
+            format,
             id: id_for_endpoint(endpoint.as_str()),
             user: self.user.clone(),
             endpoint: endpoint.to_string(),
@@ -206,6 +239,24 @@ impl SubscriptionInput {
             headers: self.headers.clone(),
             created_at: format_time(Utc::now()),
         })
+    }
+}
+
+/// What decides a new subscription's payload format.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FormatRules {
+    /// `api.default_subscription_format`.
+    pub default: Format,
+    /// `events.site_url` is set.
+    pub declarative_ready: bool,
+}
+
+impl FormatRules {
+    pub fn of(settings: &crate::shared::config::Settings) -> FormatRules {
+        FormatRules {
+            default: settings.api.default_subscription_format,
+            declarative_ready: settings.events.site().is_some(),
+        }
     }
 }
 
@@ -722,12 +773,14 @@ mod tests {
             "a.#.#.b.#".into(),
             "#.#.*.#".into(),
         ];
-        let stored = sub.validate(&endpoint::Rules::strict()).expect("valid");
+        let stored = sub
+            .validate(&endpoint::Rules::strict(), FormatRules::default())
+            .expect("valid");
         assert_eq!(stored.topics, vec!["#", "a.#.b.#", "#.*.#"]);
 
         sub.topics = (0..=MAX_PATTERNS).map(|i| format!("t{i}.#")).collect();
         let err = sub
-            .validate(&endpoint::Rules::strict())
+            .validate(&endpoint::Rules::strict(), FormatRules::default())
             .expect_err("too many");
         assert_eq!(err.field, "topics");
 
@@ -739,7 +792,7 @@ mod tests {
                 .collect(),
         });
         let err = sub
-            .validate(&endpoint::Rules::strict())
+            .validate(&endpoint::Rules::strict(), FormatRules::default())
             .expect_err("too many headers");
         assert_eq!(err.field, "headers.values");
 
@@ -748,7 +801,7 @@ mod tests {
             values: [("lot".to_string(), "x".repeat(MAX_HEADER_VALUE + 1))].into(),
         });
         let err = sub
-            .validate(&endpoint::Rules::strict())
+            .validate(&endpoint::Rules::strict(), FormatRules::default())
             .expect_err("long value");
         assert_eq!(err.field, "headers.values.lot");
     }
@@ -756,7 +809,7 @@ mod tests {
     #[test]
     fn a_browser_subscription_is_accepted() {
         let sub = input("https://fcm.googleapis.com/fcm/send/abc", &good_key(), AUTH)
-            .validate(&endpoint::Rules::strict())
+            .validate(&endpoint::Rules::strict(), FormatRules::default())
             .expect("valid");
         assert_eq!(
             sub.id,
@@ -780,13 +833,13 @@ mod tests {
             ("not base64!", AUTH, "subscription.keys.p256dh"),
         ] {
             let err = input(ep, p256dh, auth)
-                .validate(&endpoint::Rules::strict())
+                .validate(&endpoint::Rules::strict(), FormatRules::default())
                 .expect_err("must fail");
             assert_eq!(err.field, field, "{err}");
         }
         let key = good_key();
         let err = input(ep, &key, "AAAA")
-            .validate(&endpoint::Rules::strict())
+            .validate(&endpoint::Rules::strict(), FormatRules::default())
             .expect_err("short auth");
         assert_eq!(err.field, "subscription.keys.auth");
     }
@@ -795,15 +848,18 @@ mod tests {
     fn insecure_endpoints_need_the_setting() {
         let key = good_key();
         let err = input("http://127.0.0.1:9000/push/1", &key, AUTH)
-            .validate(&endpoint::Rules::strict())
+            .validate(&endpoint::Rules::strict(), FormatRules::default())
             .expect_err("insecure");
         assert_eq!(err.field, "subscription.endpoint");
         input("http://127.0.0.1:9000/push/1", &key, AUTH)
-            .validate(&endpoint::Rules {
-                allow_insecure: true,
-                ports: vec![443],
-                known_services: None,
-            })
+            .validate(
+                &endpoint::Rules {
+                    allow_insecure: true,
+                    ports: vec![443],
+                    known_services: None,
+                },
+                FormatRules::default(),
+            )
             .expect("allowed when configured");
     }
 
