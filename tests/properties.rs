@@ -56,6 +56,21 @@ fn key() -> impl Strategy<Value = String> {
             "url",
             "icon",
             "tag",
+            "image",
+            "badge",
+            "renotify",
+            "require_interaction",
+            "silent",
+            "timestamp",
+            "lang",
+            "dir",
+            "vibrate",
+            "actions",
+            "action",
+            "data",
+            "app_badge",
+            "mutable",
+            "format",
             "publish_at",
             "deliver_at",
             "ttl",
@@ -75,8 +90,59 @@ fn key() -> impl Strategy<Value = String> {
     ]
 }
 
-/// An event body that is valid more often than not, with any text in its strings.
+/// Notification options, each in a valid form (their combination may not be).
+fn options() -> impl Strategy<Value = Vec<(&'static str, Value)>> {
+    let action = (
+        "[a-z]{1,8}",
+        ".{1,20}",
+        proptest::option::of("/[a-z0-9/]{0,12}"),
+    )
+        .prop_map(|(id, title, url)| match url {
+            Some(url) => json!({"action": id, "title": title, "url": url}),
+            None => json!({"action": id, "title": title}),
+        });
+    prop::collection::vec(
+        prop_oneof![
+            ".{0,40}".prop_map(|t| ("tag", json!(t))),
+            any::<bool>().prop_map(|b| ("renotify", json!(b))),
+            any::<bool>().prop_map(|b| ("require_interaction", json!(b))),
+            any::<bool>().prop_map(|b| ("silent", json!(b))),
+            any::<bool>().prop_map(|b| ("mutable", json!(b))),
+            (0u64..=(1 << 53) - 1).prop_map(|t| ("timestamp", json!(t))),
+            (0u64..1000).prop_map(|n| ("app_badge", json!(n))),
+            prop::collection::vec(0u32..=10_000, 0..5).prop_map(|v| ("vibrate", json!(v))),
+            prop::collection::vec(action, 0..4).prop_map(|a| ("actions", json!(a))),
+            any_json().prop_map(|d| ("data", d)),
+            prop::sample::select(vec!["auto", "ltr", "rtl"]).prop_map(|d| ("dir", json!(d))),
+            "[a-z]{2,3}(-[A-Z]{2})?".prop_map(|l| ("lang", json!(l))),
+            "https://[a-z]{1,10}\\.example/[a-z0-9/]{0,20}".prop_map(|u| ("image", json!(u))),
+            "/[a-z0-9/]{0,20}".prop_map(|u| ("icon", json!(u))),
+            "/[a-z0-9/]{0,20}".prop_map(|u| ("badge", json!(u))),
+        ],
+        0..8,
+    )
+}
+
+/// An event body that is valid more often than not, with any text in its
+/// strings and any of the notification options; now and then a data push.
 fn plausible_event() -> impl Strategy<Value = Value> {
+    (simple_event(), options(), any_json(), 0u8..10).prop_map(|(mut event, options, data, dice)| {
+        if dice == 0 {
+            event
+                .as_object_mut()
+                .expect("an object")
+                .remove("notification");
+            event["data"] = data;
+            return event;
+        }
+        for (name, value) in options {
+            event["notification"][name] = value;
+        }
+        event
+    })
+}
+
+fn simple_event() -> impl Strategy<Value = Value> {
     (
         "[a-z0-9_:-]{1,8}(\\.[a-z0-9_:-]{1,8}){0,6}",
         proptest::option::of("[A-Za-z0-9._:@-]{1,40}"),
