@@ -2,7 +2,11 @@
 //! an event with every option reaches one device in herald's format and one in
 //! the declarative format, each as README documents it (the sink decrypts both
 //! and checks the declarative one as a browser would); bad options are a 422
-//! naming the field; the entry contract carries the same options.
+//! naming the field; the entry contract carries the same options. A review's
+//! attacks follow: what the Redis Function takes, the worker reads (JSON that
+//! Redis's cjson takes and serde_json refuses, URLs, duplicate members); the
+//! declarative size never costs the other devices an event; entries herald
+//! wrote before still read.
 
 mod helpers;
 
@@ -443,4 +447,280 @@ async fn a_producers_entry_carries_every_option_as_the_contract_says() {
     );
     let dead = app.dead_letters().await.pop().expect("a dead letter");
     assert!(dead.fields["dlq.last_error"].contains("dir"), "{dead:?}");
+}
+
+fn fcall(app: &TestApp, fields: &[(&str, &str)]) -> redis::RedisResult<(String, String)> {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("herald_publish").arg(1).arg(app.stream());
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    cmd.query(&mut app.redis.conn())
+}
+
+fn xadd(app: &TestApp, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(app.stream()).arg("*");
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    cmd.query(&mut app.redis.conn()).expect("XADD")
+}
+
+/// For each case: if FCALL herald_publish takes it, the worker must deliver
+/// it (not dead-letter it). Collects every case where the two disagree.
+async fn fcall_accepts_but_worker_refuses(
+    app: &TestApp,
+    cases: &[(&str, Vec<(&str, String)>)],
+) -> Vec<String> {
+    let mut broken = Vec::new();
+    for (label, fields) in cases {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        match fcall(app, &fields) {
+            Err(e) => println!("{label}: FCALL refused ({e}) — consistent"),
+            Ok((_, outcome)) => {
+                let batch = app.step().await;
+                let outcome_w = &batch.entries.last().expect("one entry").1;
+                if let EntryOutcome::DeadLettered { reason } = outcome_w {
+                    let dead = app.dead_letters().await.pop().expect("a dead letter");
+                    broken.push(format!(
+                        "{label}: FCALL {outcome}, worker dead-lettered ({reason}): {}",
+                        dead.fields
+                            .get("dlq.last_error")
+                            .cloned()
+                            .unwrap_or_default()
+                    ));
+                } else {
+                    println!("{label}: delivered ({outcome_w:?})");
+                }
+            }
+        }
+    }
+    broken
+}
+
+fn base(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut f = vec![
+        ("topic", "a.b".to_string()),
+        ("user", "u-1".to_string()),
+        ("title", "t".to_string()),
+    ];
+    f.extend(extra.iter().cloned());
+    f
+}
+
+/// cjson (Redis's Lua JSON) takes numbers serde_json refuses and
+/// nesting deeper than serde_json's 128 levels; `data` is only cjson-decoded.
+#[tokio::test]
+async fn data_the_function_takes_is_data_the_worker_reads() {
+    let app = TestApp::start().await;
+    app.register_device("u-1").await;
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let mut cases = Vec::new();
+    for (label, data) in [
+        ("NaN", r#"{"fee":NaN}"#.to_string()),
+        ("Infinity", "[Infinity]".to_string()),
+        ("hex", "[0x10]".to_string()),
+        ("leading zero", "[01]".to_string()),
+        ("plus sign", "[+1]".to_string()),
+        ("trailing dot", "[1.]".to_string()),
+        ("1e400", "[1e400]".to_string()),
+        ("200 levels deep", deep.clone()),
+        ("raw tab in a string", "[\"a\tb\"]".to_string()),
+    ] {
+        cases.push((label, base(&[("data", data.clone())])));
+    }
+    // A data push (no title) likewise.
+    cases.push((
+        "data push NaN",
+        vec![
+            ("topic", "a.b".to_string()),
+            ("user", "u-1".to_string()),
+            ("data", "[NaN]".to_string()),
+        ],
+    ));
+    let broken = fcall_accepts_but_worker_refuses(&app, &cases).await;
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// an action object with a member twice: cjson keeps the last,
+/// serde's derived Deserialize refuses "duplicate field".
+#[tokio::test]
+async fn actions_the_function_takes_are_actions_the_worker_reads() {
+    let app = TestApp::start().await;
+    app.register_device("u-1").await;
+    let cases = vec![
+        (
+            "raw newline in a title",
+            base(&[(
+                "actions",
+                "[{\"action\":\"pay\",\"title\":\"Pay\nnow\"}]".to_string(),
+            )]),
+        ),
+        (
+            "duplicate member",
+            base(&[(
+                "actions",
+                r#"[{"action":"pay","title":"Pay","title":"Pay now"}]"#.to_string(),
+            )]),
+        ),
+    ];
+    let broken = fcall_accepts_but_worker_refuses(&app, &cases).await;
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// the Lua URL check only looks for `https://` and a non-empty
+/// host text; the worker parses the URL (WHATWG) and refuses invalid hosts/ports.
+#[tokio::test]
+async fn urls_the_function_takes_are_urls_the_worker_takes() {
+    let app = TestApp::start().await;
+    app.register_device("u-1").await;
+    let mut cases = Vec::new();
+    for (label, url) in [
+        ("percent in host", "https://exa%mple.com/x"),
+        ("unclosed IPv6", "https://[::1/x"),
+        ("port out of range", "https://a.example:99999/x"),
+        ("forbidden host code point", "https://a<b.example/x"),
+        ("bad IPv4", "https://1.2.3.256/x"),
+        ("non-numeric port", "https://a.example:https/x"),
+    ] {
+        cases.push((label, base(&[("url", url.to_string())])));
+    }
+    cases.push((
+        "action icon, bad port",
+        base(&[(
+            "actions",
+            r#"[{"action":"a","title":"A","icon":"https://a.example:70000/i.png"}]"#.to_string(),
+        )]),
+    ));
+    let broken = fcall_accepts_but_worker_refuses(&app, &cases).await;
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// A notification whose herald payload is small but whose declarative form
+/// repeats `navigate` for every action: 1 long absolute url + 4 actions.
+fn long_navigate() -> (String, String) {
+    let url = format!("https://parking.example/{}", "p".repeat(950));
+    let actions = json!((0..4)
+        .map(|i| json!({"action": format!("a{i}"), "title": "A"}))
+        .collect::<Vec<_>>())
+    .to_string();
+    (url, actions)
+}
+
+/// FCALL takes it (it counts herald's payload only), the worker
+/// then refuses the whole event for the declarative size — even with no
+/// `events.site_url` (so no subscription can be declarative at all).
+#[tokio::test]
+async fn the_declarative_size_does_not_dead_letter_what_the_function_took() {
+    let app = TestApp::start().await; // site_url empty: declarative impossible
+    let device = app.register_device("u-1").await;
+    let (url, actions) = long_navigate();
+    let cases = vec![(
+        "long url + 4 actions",
+        base(&[("url", url), ("actions", actions)]),
+    )];
+    let broken = fcall_accepts_but_worker_refuses(&app, &cases).await;
+    println!(
+        "delivered to herald device: {:?}",
+        app.delivered_to(&device)
+    );
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// the API refuses it too, though with site_url empty no device
+/// could ever be sent the declarative message.
+#[tokio::test]
+async fn the_api_does_not_refuse_for_a_format_no_device_can_have() {
+    let app = TestApp::start().await;
+    let (url, actions) = long_navigate();
+    let actions: serde_json::Value = serde_json::from_str(&actions).expect("json");
+    let (status, body) = app
+        .post(
+            "/v1/events",
+            &json!({"topic": "a.b", "user": "u-1",
+                    "notification": {"title": "t", "url": url, "actions": actions}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+}
+
+/// entries written by the previous version (6448bfe), which never
+/// checked url/icon or title/tag lengths, and were delivered by it: pending,
+/// scheduled or dead-lettered at upgrade, the new worker dead-letters them.
+#[tokio::test]
+async fn entries_of_the_previous_version_still_decode() {
+    let app = TestApp::start().await;
+    let device = app.register_device("u-1").await;
+    let long_title = "T".repeat(300);
+    let long_tag = "g".repeat(200);
+    let old: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("http url", vec![("url", "http://legacy.example/visits/1")]),
+        ("relative url without slash", vec![("url", "visits/1")]),
+        ("icon file name", vec![("icon", "icon.png")]),
+        ("url with a space", vec![("url", "/visits/a b")]),
+        ("title over 256 bytes", vec![("title", long_title.as_str())]),
+        ("tag over 128 bytes", vec![("tag", long_tag.as_str())]),
+    ];
+    let mut broken = Vec::new();
+    for (label, extra) in &old {
+        let mut fields = vec![("v", "1"), ("topic", "a.b"), ("user", "u-1")];
+        if !extra.iter().any(|(k, _)| *k == "title") {
+            fields.push(("title", "Entry"));
+        }
+        fields.extend(extra.iter().cloned());
+        xadd(&app, &fields);
+        let batch = app.step().await;
+        if let EntryOutcome::DeadLettered { reason } = &batch.entries[0].1 {
+            let dead = app.dead_letters().await.pop().expect("a dead letter");
+            broken.push(format!(
+                "{label}: dead-lettered ({reason}): {}",
+                dead.fields
+                    .get("dlq.last_error")
+                    .cloned()
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    println!("delivered: {}", app.delivered_to(&device).len());
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// the API takes URLs the function refuses (WHATWG
+/// parses `https:host` and `https:\\host`); producers and the API disagree.
+#[tokio::test]
+async fn the_function_takes_the_urls_the_api_takes() {
+    let app = TestApp::start().await;
+    let mut disagree = Vec::new();
+    for (i, url) in [
+        "https:parking.example/x",
+        "https:\\\\parking.example/x",
+        "https:/parking.example/x",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, _) = app
+            .post(
+                "/v1/events",
+                &json!({"id": format!("api-{i}"), "topic": "a.b", "user": "u-1",
+                        "notification": {"title": "t", "url": url}}),
+            )
+            .await;
+        let id = format!("fc-{i}");
+        let by_fcall = fcall(
+            &app,
+            &[
+                ("id", &id),
+                ("topic", "a.b"),
+                ("user", "u-1"),
+                ("title", "t"),
+                ("url", url),
+            ],
+        );
+        if (status == 202) != by_fcall.is_ok() {
+            disagree.push(format!("{url:?}: API {status}, FCALL {by_fcall:?}"));
+        }
+    }
+    assert!(disagree.is_empty(), "{}", disagree.join("\n"));
 }

@@ -131,11 +131,36 @@ pub struct EventDefaults {
 }
 
 impl EventInput {
-    /// Validates and fills defaults.
+    /// Validates and fills defaults, as intake does: every rule, and, when
+    /// `events.site_url` is set (declarative devices may exist), the size of
+    /// the Declarative Web Push message too.
     pub fn validate(
         &self,
         defaults: &EventDefaults,
         now: DateTime<Utc>,
+    ) -> Result<Event, InvalidField> {
+        let event = self.check(defaults, now, false)?;
+        if let Some(site) = &defaults.site_url {
+            if let Some(Ok(message)) = event.declarative(Some(site)) {
+                if message.len() > MAX_PAYLOAD_BYTES {
+                    return Err(InvalidField::new(
+                        "notification",
+                        format!("the Declarative Web Push message would be {} bytes (every action repeats a URL to open, relative URLs are joined to events.site_url); at most {MAX_PAYLOAD_BYTES} fit in one Web Push message", message.len()),
+                    ));
+                }
+            }
+        }
+        Ok(event)
+    }
+
+    /// Every rule but the declarative size, which intake checks and a worker
+    /// does not (a device whose message is too big fails alone). `legacy`:
+    /// see [`Notification::check`].
+    fn check(
+        &self,
+        defaults: &EventDefaults,
+        now: DateTime<Utc>,
+        legacy: bool,
     ) -> Result<Event, InvalidField> {
         let id = match &self.id {
             Some(id) => {
@@ -170,7 +195,7 @@ impl EventInput {
         }
         let content = match (&self.notification, &self.data) {
             (Some(n), None) => {
-                n.check()?;
+                n.check(legacy)?;
                 Content::Notification(Box::new(n.clone()))
             }
             (None, Some(data)) => {
@@ -243,14 +268,6 @@ impl EventInput {
                 event.content_field(),
                 format!("the push payload would be {size} bytes; at most {MAX_PAYLOAD_BYTES} fit in one Web Push message"),
             ));
-        }
-        if let Some(Ok(message)) = event.declarative(defaults.site_url.as_deref()) {
-            if message.len() > MAX_PAYLOAD_BYTES {
-                return Err(InvalidField::new(
-                    "notification",
-                    format!("the Declarative Web Push message would be {} bytes (its URLs made absolute with events.site_url); at most {MAX_PAYLOAD_BYTES} fit in one Web Push message", message.len()),
-                ));
-            }
         }
         Ok(event)
     }
@@ -391,7 +408,10 @@ impl Event {
             ttl,
             urgency,
         };
-        input.validate(defaults, Utc::now())
+        // An entry herald wrote as version 1 was checked then, by the rules of
+        // its time; a producer's entry without `v` gets every rule.
+        let legacy = fields.get("v").map(String::as_str) == Some(ENTRY_VERSION);
+        input.check(defaults, Utc::now(), legacy)
     }
 
     /// The plaintext a device receives in herald's format: small JSON its

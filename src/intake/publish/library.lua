@@ -185,20 +185,157 @@ local function has_space(s)
     or string.find(s, '\226\129\159') or string.find(s, '\227\128\128')
 end
 
+-- `https://` (any case), a host name, an optional port, then nothing or a
+-- path, query or fragment: notification.rs's absolute_https, exactly.
+local function absolute_https(value)
+  if string.lower(string.sub(value, 1, 8)) ~= 'https://' then return false end
+  local authority = string.match(string.sub(value, 9), '^[^/?#]*')
+  local host, port = authority, nil
+  local colon = string.find(authority, ':', 1, true)
+  if colon then
+    host, port = string.sub(authority, 1, colon - 1), string.sub(authority, colon + 1)
+    if #port < 1 or #port > 5 or not string.match(port, '^%d+$') or tonumber(port) > 65535 then
+      return false
+    end
+  end
+  if #host > 253 then return false end
+  local last
+  for label in string.gmatch(host .. '.', '([^.]*)%.') do
+    if #label < 1 or #label > 63 or not string.match(label, '^[%w%-]+$')
+        or string.sub(label, 1, 1) == '-' or string.sub(label, -1) == '-' then
+      return false
+    end
+    last = label
+  end
+  return last ~= nil and string.match(last, '^%a') ~= nil
+end
+
 -- A URL a notification may carry: absolute https:, or a path starting with one '/'.
 local function url(field, value)
   if #value > MAX_URL_BYTES then invalid(field, 'must be at most ' .. MAX_URL_BYTES .. ' bytes') end
   if has_space(value) then invalid(field, 'must not contain spaces or control characters') end
+  if string.find(value, '\\', 1, true) then invalid(field, "must not contain '\\'") end
   if string.sub(value, 1, 1) == '/' then
-    if string.sub(value, 2, 2) == '/' or string.find(value, '\\', 1, true) then
-      invalid(field, "a relative URL starts with one '/' (like /visits/981); '//' and '\\' are not allowed")
+    if string.sub(value, 2, 2) == '/' then
+      invalid(field, "a relative URL starts with one '/' (like /visits/981), not '//'")
     end
     return
   end
-  local host = string.lower(string.sub(value, 1, 8)) == 'https://' and string.match(value, '^........([^/?#]*)')
-  if not host or string.gsub(host, '^.*@', '') == '' then
-    invalid(field, "must be an absolute https: URL or a path starting with '/' (like /visits/981)")
+  if not absolute_https(value) then
+    invalid(field, "must be an absolute https: URL with a host name (https://parking.example/...) or a path starting with '/' (like /visits/981)")
   end
+end
+
+-- Checks that `text` is JSON as serde_json reads it (RFC 8259 exactly: no
+-- NaN, Infinity, hex, '+', leading zeros or bare '1.'; no raw control
+-- characters or lone surrogates in strings; numbers within a double's range),
+-- without a member named twice in one object, at most 100 levels deep:
+-- Redis's cjson takes much that serde_json refuses.
+local function strict_json(field, text)
+  local pos, depth = 1, 0
+  local function fail(why) invalid(field, 'is not JSON: ' .. why .. ' at byte ' .. pos) end
+  local function ws() pos = string.find(text, '[^ \t\n\r]', pos) or (#text + 1) end
+  local function hex4(at)
+    local h = string.match(text, '^%x%x%x%x', at)
+    if not h then fail('a bad \\u escape') end
+    return tonumber(h, 16)
+  end
+  local function str()
+    local start = pos
+    pos = pos + 1
+    while true do
+      local c = string.byte(text, pos)
+      if not c then fail('an unterminated string') end
+      if c == 34 then break end
+      if c < 32 then fail('a raw control character in a string') end
+      if c == 92 then
+        local e = string.sub(text, pos + 1, pos + 1)
+        if e == 'u' then
+          local code = hex4(pos + 2)
+          pos = pos + 6
+          if code >= 0xDC00 and code <= 0xDFFF then fail('a lone surrogate') end
+          if code >= 0xD800 and code <= 0xDBFF then
+            if string.sub(text, pos, pos + 1) ~= '\\u' then fail('a lone surrogate') end
+            local low = hex4(pos + 2)
+            if low < 0xDC00 or low > 0xDFFF then fail('a lone surrogate') end
+            pos = pos + 6
+          end
+        elseif e ~= '' and string.find('"\\/bfnrt', e, 1, true) then
+          pos = pos + 2
+        else
+          fail('a bad escape')
+        end
+      else
+        pos = pos + 1
+      end
+    end
+    pos = pos + 1
+    return string.sub(text, start, pos - 1)
+  end
+  local function number()
+    local start = pos
+    local int = string.match(text, '^%-?%d+', pos)
+    if not int then fail('an unexpected character') end
+    if string.match(int, '^%-?0%d') then fail('a leading zero') end
+    pos = pos + #int
+    local frac = string.match(text, '^%.%d*', pos)
+    if frac then
+      if #frac == 1 then fail('a decimal point without digits') end
+      pos = pos + #frac
+    end
+    local exp = string.match(text, '^[eE][%+%-]?%d*', pos)
+    if exp then
+      if not string.match(exp, '%d$') then fail('an exponent without digits') end
+      pos = pos + #exp
+    end
+    local n = tonumber(string.sub(text, start, pos - 1))
+    if not n or n == math.huge or n == -math.huge then fail('a number out of range') end
+  end
+  local value
+  local function container(close, member)
+    depth = depth + 1
+    if depth > 100 then fail('more than 100 levels of nesting') end
+    pos = pos + 1
+    ws()
+    local names = {}
+    if string.sub(text, pos, pos) == close then
+      pos = pos + 1
+    else
+      while true do
+        if member then
+          if string.sub(text, pos, pos) ~= '"' then fail('a member name expected') end
+          local name = str()
+          if names[name] then fail('a member named twice') end
+          names[name] = true
+          ws()
+          if string.sub(text, pos, pos) ~= ':' then fail("':' expected") end
+          pos = pos + 1
+          ws()
+        end
+        value()
+        ws()
+        local c = string.sub(text, pos, pos)
+        pos = pos + 1
+        if c == close then break end
+        if c ~= ',' then fail("',' or '" .. close .. "' expected") end
+        ws()
+      end
+    end
+    depth = depth - 1
+  end
+  value = function()
+    local c = string.sub(text, pos, pos)
+    if c == '{' then container('}', true)
+    elseif c == '[' then container(']', false)
+    elseif c == '"' then str()
+    elseif string.sub(text, pos, pos + 3) == 'true' or string.sub(text, pos, pos + 3) == 'null' then pos = pos + 4
+    elseif string.sub(text, pos, pos + 4) == 'false' then pos = pos + 5
+    else number() end
+  end
+  ws()
+  value()
+  ws()
+  if pos <= #text then fail('text after the value') end
 end
 
 local function text_max(field, value, max)
@@ -207,6 +344,7 @@ end
 
 local function json_value(field, text)
   if #trimmed(text) == 0 then invalid(field, 'must be JSON') end
+  strict_json(field, text)
   local ok, value = pcall(cjson.decode, text)
   if not ok then invalid(field, 'is not JSON: ' .. tostring(value)) end
   return value
@@ -304,7 +442,9 @@ local function check_notification(f)
     end
   end
   if f.data then
-    json_value('data', f.data)
+    if json_value('data', f.data) == cjson.null then
+      invalid('data', 'must not be null (leave it out instead)')
+    end
     if #trimmed(f.data) > MAX_DATA_BYTES then
       invalid('data', 'must be at most ' .. MAX_DATA_BYTES .. ' bytes of JSON')
     end
