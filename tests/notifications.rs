@@ -342,6 +342,44 @@ async fn the_declarative_format_needs_a_site_url_and_a_default_can_choose_it() {
     );
 }
 
+/// A device left declarative after `events.site_url` was removed (stored
+/// here past the API, which would refuse it now) is dead-lettered alone, with
+/// a reason saying what to set; the user's other device gets the event.
+#[tokio::test]
+async fn a_declarative_device_without_a_site_url_is_dead_lettered_alone() {
+    let app = TestApp::start().await;
+    let classic = app.register_device("u-1").await;
+    let (_, browser) = app.sink.new_subscription();
+    let stale = herald::shared::subscriptions::Subscription {
+        id: "stale-declarative".into(),
+        user: Some("u-1".into()),
+        endpoint: browser["endpoint"].as_str().expect("endpoint").into(),
+        p256dh: browser["keys"]["p256dh"].as_str().expect("p256dh").into(),
+        auth: browser["keys"]["auth"].as_str().expect("auth").into(),
+        topics: Vec::new(),
+        headers: None,
+        format: herald::shared::notification::Format::Declarative,
+        created_at: String::new(),
+    };
+    herald::shared::subscriptions::Store::new(app.db.clone())
+        .put(&stale)
+        .await
+        .expect("stored");
+    let id = app.publish_to("u-1", "Entry").await;
+    app.step().await;
+    assert_eq!(app.delivered_to(&classic), vec![id]);
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].subscription.as_deref()),
+        ("no_site_url", Some("stale-declarative"))
+    );
+    assert!(
+        dead[0].fields["dlq.last_error"].contains("events.site_url"),
+        "{dead:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_producers_entry_carries_every_option_as_the_contract_says() {
     let app = start().await;

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use super::route::Device;
 use crate::shared::config::Settings;
 use crate::shared::endpoint;
-use crate::shared::event::Event;
+use crate::shared::event::{Content, Event};
 use crate::shared::subscriptions::{Format, Subscription};
 pub use outcome::Outcome;
 use vapid::{Signer, VapidKey};
@@ -525,11 +525,20 @@ pub struct Notice {
 }
 
 impl Notice {
-    /// `site`: `events.site_url`, which declarative messages need.
+    /// `site`: `events.site_url`, which declarative messages need. Without
+    /// it no device may ask for them (a registration is refused), so none is
+    /// made: a device left declarative from before is told why.
     pub fn of(event: &Event, site: Option<&url::Url>) -> Notice {
+        let declarative = match site {
+            Some(site) => event.declarative(Some(site)),
+            None => match event.content {
+                Content::Notification(_) => Some(Err(crate::shared::notification::NO_SITE_URL)),
+                Content::Data(_) => None,
+            },
+        };
         Notice {
             payload: event.payload(),
-            declarative: event.declarative(site),
+            declarative,
             urgency: event.urgency.as_str(),
             topic: event.key.as_deref().map(topic_for_key),
         }

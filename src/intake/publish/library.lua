@@ -144,13 +144,15 @@ local function trimmed(s)
 end
 
 -- The payload's size (notification::herald_payload: the present fields and
--- publish_at, 24 characters); an absent id is counted as the shortest derived one.
+-- publish_at, 24 characters); an absent id is counted as the longest derived
+-- one (a stream id's sequence may have up to 20 digits), so that what the
+-- function takes always fits, whatever id the entry gets.
 local function payload_len(f)
   local n, members = 2, 0
   for name, kind in pairs(PAYLOAD) do
     local value = f[name]
     if name == 'id' and not value then
-      value = 'xadd-0000000000000-0'
+      value = 'xadd-0000000000000-00000000000000000000'
     end
     if value then
       local size
