@@ -125,7 +125,80 @@ local function time_ms(field, text)
   if #frac > 1 then
     ms = math.floor(tonumber('0' .. frac) * 1000)
   end
-  return (days_from_civil(tonumber(y), mo, d) * 86400 + h * 3600 + mi * 60 + s) * 1000 + ms - offset
+  local at = (days_from_civil(tonumber(y), mo, d) * 86400 + h * 3600 + mi * 60 + s) * 1000 + ms - offset
+  -- The payload writes it in UTC as 24 characters: years 1970 to 9999 only.
+  if at < 0 or at >= 253402300800000 then
+    invalid(field, 'must be between 1970 and 9999 in UTC')
+  end
+  return at
+end
+
+-- Whether `s` is UTF-8 as Rust's str takes it (no overlong forms, no
+-- surrogates, nothing above U+10FFFF): the worker refuses any other field.
+local function utf8_ok(s)
+  if not string.find(s, '[\128-\255]') then return true end
+  local i, n = 1, #s
+  while i <= n do
+    local c = string.byte(s, i)
+    if c < 0x80 then
+      i = i + 1
+    else
+      local len
+      if c >= 0xC2 and c <= 0xDF then len = 2
+      elseif c >= 0xE0 and c <= 0xEF then len = 3
+      elseif c >= 0xF0 and c <= 0xF4 then len = 4
+      else return false end
+      local code = c % (2 ^ (7 - len))
+      for k = 1, len - 1 do
+        local b = string.byte(s, i + k)
+        if not b or b < 0x80 or b > 0xBF then return false end
+        code = code * 64 + (b - 0x80)
+      end
+      if (len == 3 and (code < 0x800 or (code >= 0xD800 and code <= 0xDFFF)))
+          or (len == 4 and (code < 0x10000 or code > 0x10FFFF)) then
+        return false
+      end
+      i = i + len
+    end
+  end
+  return true
+end
+
+-- The UTF-8 bytes of a code point.
+local function utf8_char(code)
+  if code < 0x80 then return string.char(code) end
+  if code < 0x800 then return string.char(0xC0 + math.floor(code / 64), 0x80 + code % 64) end
+  if code < 0x10000 then
+    return string.char(0xE0 + math.floor(code / 4096), 0x80 + math.floor(code / 64) % 64, 0x80 + code % 64)
+  end
+  return string.char(0xF0 + math.floor(code / 262144), 0x80 + math.floor(code / 4096) % 64,
+    0x80 + math.floor(code / 64) % 64, 0x80 + code % 64)
+end
+
+local UNESCAPED = { ['"'] = '"', ['\\'] = '\\', ['/'] = '/', b = '\b', f = '\f', n = '\n', r = '\r', t = '\t' }
+
+-- The text of a JSON string (quotes included, escapes already checked), unescaped.
+local function unescape(raw)
+  local out, i, n = {}, 2, #raw - 1
+  while i <= n do
+    local c = string.sub(raw, i, i)
+    if c ~= '\\' then
+      out[#out + 1] = c
+      i = i + 1
+    elseif string.sub(raw, i + 1, i + 1) == 'u' then
+      local code = tonumber(string.sub(raw, i + 2, i + 5), 16)
+      i = i + 6
+      if code >= 0xD800 and code <= 0xDBFF then
+        code = 0x10000 + (code - 0xD800) * 1024 + (tonumber(string.sub(raw, i + 2, i + 5), 16) - 0xDC00)
+        i = i + 6
+      end
+      out[#out + 1] = utf8_char(code)
+    else
+      out[#out + 1] = UNESCAPED[string.sub(raw, i + 1, i + 1)]
+      i = i + 2
+    end
+  end
+  return table.concat(out)
 end
 
 -- Bytes of `s` as a JSON string, quotes included, as serde_json writes it.
@@ -291,7 +364,8 @@ local function strict_json(field, text)
       pos = pos + #exp
     end
     local n = tonumber(string.sub(text, start, pos - 1))
-    if not n or n == math.huge or n == -math.huge then fail('a number out of range') end
+    -- serde_json's reading of numbers near the largest double overflows.
+    if not n or n ~= n or math.abs(n) > 1e308 then fail('a number out of range') end
   end
   local value
   local function container(close, member)
@@ -306,7 +380,8 @@ local function strict_json(field, text)
       while true do
         if member then
           if string.sub(text, pos, pos) ~= '"' then fail('a member name expected') end
-          local name = str()
+          -- Compared unescaped: "a" and "\u0061" are one name to serde_json.
+          local name = unescape(str())
           if names[name] then fail('a member named twice') end
           names[name] = true
           ws()
@@ -479,6 +554,12 @@ local function check(argv, first, clock)
   local names = {}
   for i = first, #argv, 2 do
     local name, value = argv[i], argv[i + 1]
+    if not utf8_ok(name) then
+      invalid('fields', 'a field name is not UTF-8 text')
+    end
+    if not utf8_ok(value) then
+      invalid(name, 'is not UTF-8 text')
+    end
     if f[name] then
       invalid(name, 'is given twice')
     end
