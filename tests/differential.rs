@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 
 use helpers::*;
-use herald::shared::event::{complete_entry, Event, EventDefaults, MAX_PAYLOAD_BYTES, NOT_UTF8};
+use herald::shared::event::{Event, EventDefaults, MAX_PAYLOAD_BYTES};
 use herald::shared::notification::check_url;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -140,34 +140,12 @@ impl Probe {
             .arg(id)
             .query(&mut *conn)
             .expect("XDEL");
-        let redis::Value::Array(mut entries) = value else {
-            panic!("XRANGE answer {value:?}")
-        };
-        let redis::Value::Array(mut entry) = entries.remove(0) else {
-            panic!("entry shape")
-        };
-        let redis::Value::Array(flat) = entry.remove(1) else {
-            panic!("fields shape")
-        };
-        let mut map = HashMap::new();
-        let mut not_utf8 = Vec::new();
-        let mut it = flat.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            let (redis::Value::BulkString(k), redis::Value::BulkString(v)) = (k, v) else {
-                panic!("field shape")
-            };
-            let (k, k_ok) = lossy(k);
-            let (v, v_ok) = lossy(v);
-            if !(k_ok && v_ok) {
-                not_utf8.push(k.clone());
-            }
-            map.insert(k, v);
-        }
-        if !not_utf8.is_empty() {
-            map.insert(NOT_UTF8.into(), not_utf8.join(" "));
-        }
-        complete_entry(id, &mut map);
-        map
+        // The worker's own parser: non-UTF-8 fields marked, then completed.
+        let entry = herald::shared::stream::parse_entry_list(&self.stream, value, 1)
+            .expect("an XRANGE answer")
+            .pop()
+            .expect("the entry");
+        entry.fields.expect("its fields")
     }
 
     fn judge(&self, fields: &Fields) -> Verdict {
@@ -184,13 +162,6 @@ impl Probe {
     fn next_id(&self) -> String {
         self.serial.set(self.serial.get() + 1);
         format!("d-{}", self.serial.get())
-    }
-}
-
-fn lossy(bytes: Vec<u8>) -> (String, bool) {
-    match String::from_utf8(bytes) {
-        Ok(text) => (text, true),
-        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), false),
     }
 }
 

@@ -487,24 +487,6 @@ async fn a_producers_entry_carries_every_option_as_the_contract_says() {
     assert!(dead.fields["dlq.last_error"].contains("dir"), "{dead:?}");
 }
 
-fn fcall(app: &TestApp, fields: &[(&str, &str)]) -> redis::RedisResult<(String, String)> {
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg("herald_publish").arg(1).arg(app.stream());
-    for (k, v) in fields {
-        cmd.arg(k).arg(v);
-    }
-    cmd.query(&mut app.redis.conn())
-}
-
-fn xadd(app: &TestApp, fields: &[(&str, &str)]) -> String {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(app.stream()).arg("*");
-    for (k, v) in fields {
-        cmd.arg(k).arg(v);
-    }
-    cmd.query(&mut app.redis.conn()).expect("XADD")
-}
-
 /// For each case: if FCALL herald_publish takes it, the worker must deliver
 /// it (not dead-letter it). Collects every case where the two disagree.
 async fn fcall_accepts_but_worker_refuses(

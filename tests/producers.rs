@@ -7,7 +7,7 @@ mod helpers;
 
 use std::process::Command;
 
-use helpers::TestApp;
+use helpers::{fcall, xadd, TestApp};
 use herald::deliver::EntryOutcome;
 
 /// The titles a device got, sorted (events without a key may arrive in any order).
@@ -24,24 +24,6 @@ fn titles(app: &TestApp, device: &str) -> Vec<String> {
         .collect();
     titles.sort();
     titles
-}
-
-fn xadd(app: &TestApp, fields: &[(&str, &str)]) -> String {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(app.stream()).arg("*");
-    for (k, v) in fields {
-        cmd.arg(k).arg(v);
-    }
-    cmd.query(&mut app.redis.conn()).expect("XADD")
-}
-
-fn fcall(app: &TestApp, fields: &[(&str, &str)]) -> redis::RedisResult<(String, String)> {
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg("herald_publish").arg(1).arg(app.stream());
-    for (k, v) in fields {
-        cmd.arg(k).arg(v);
-    }
-    cmd.query(&mut app.redis.conn())
 }
 
 #[tokio::test]

@@ -792,3 +792,23 @@ pub async fn assert_failover_lost_nothing(
         );
     }
 }
+
+/// A plain `XADD` of `fields` to the app's stream, as a producer writes one; its stream id.
+pub fn xadd(app: &TestApp, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(app.stream()).arg("*");
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    cmd.query(&mut app.redis.conn()).expect("XADD")
+}
+
+/// `FCALL herald_publish 1 <stream> fields…`, as a producer calls it: (stream id, outcome).
+pub fn fcall(app: &TestApp, fields: &[(&str, &str)]) -> redis::RedisResult<(String, String)> {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("herald_publish").arg(1).arg(app.stream());
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    cmd.query(&mut app.redis.conn())
+}

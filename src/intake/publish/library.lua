@@ -56,15 +56,6 @@ local NOT_CONTENT = { id = true, v = true, traceparent = true }
 -- Fields of the payload a device receives (Event::payload), besides publish_at.
 -- Most words in a topic (event::MAX_TOPIC_WORDS).
 local MAX_TOPIC_WORDS = 32
--- The payload's members (NOTIFICATION's, with id and topic): text ones are
--- written as JSON strings, the others as the entry holds them.
-local PAYLOAD = {
-  id = 'text', topic = 'text',
-  title = 'text', body = 'text', url = 'url', icon = 'url', image = 'url', badge = 'url',
-  tag = 'text', renotify = 'flag', require_interaction = 'flag', silent = 'flag',
-  timestamp = 'number', lang = 'text', dir = 'text', vibrate = 'json', actions = 'json',
-  data = 'json', app_badge = 'number', mutable = 'flag',
-}
 -- Control characters serde_json escapes in two bytes; the others take six.
 local SHORT_ESCAPE = { ['\b'] = true, ['\t'] = true, ['\n'] = true, ['\f'] = true, ['\r'] = true }
 
@@ -222,7 +213,10 @@ end
 -- function takes always fits, whatever id the entry gets.
 local function payload_len(f)
   local n, members = 2, 0
-  for name, kind in pairs(PAYLOAD) do
+  -- The notification's members, and the event's id and topic (as text).
+  local kinds = { id = 'text', topic = 'text' }
+  for name, kind in pairs(NOTIFICATION) do kinds[name] = kind end
+  for name, kind in pairs(kinds) do
     local value = f[name]
     if name == 'id' and not value then
       value = 'xadd-0000000000000-00000000000000000000'
