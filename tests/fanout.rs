@@ -132,13 +132,24 @@ async fn a_fan_out_to_10000_devices_survives_a_killed_worker_without_a_second_pu
     assert_eq!(seen.len(), DEVICES + 1);
 }
 
-/// A call of `settle.lua` that writes states only (no acknowledgement, no
-/// release), markers living 60 s; the triples are added by the caller.
-fn settle_call<'s>(
-    script: &'s redis::Script,
+/// The settle script as the worker runs it: one call (`settle.lua`), run by
+/// the batch (`batch.lua`).
+fn settle_script() -> redis::Script {
+    redis::Script::new(concat!(
+        include_str!("../src/deliver/settle.lua"),
+        include_str!("../src/deliver/batch.lua")
+    ))
+}
+
+/// A batch of one call of `settle.lua` that writes `triples` only (no
+/// acknowledgement, no release), markers living 60 s: the call's reply.
+fn settle_call(
+    conn: &mut redis::Connection,
     outcomes: &str,
     holder: &str,
-) -> redis::ScriptInvocation<'s> {
+    triples: &[(String, String, String)],
+) -> i64 {
+    let script = settle_script();
     let mut call = script.prepare_invoke();
     for key in [
         outcomes,
@@ -149,6 +160,7 @@ fn settle_call<'s>(
     ] {
         call.key(key);
     }
+    call.arg(1).arg(5).arg(8 + 3 * triples.len());
     call.arg(60)
         .arg(holder)
         .arg("")
@@ -157,7 +169,12 @@ fn settle_call<'s>(
         .arg("w")
         .arg("")
         .arg(1000);
-    call
+    for (mode, sub, state) in triples {
+        call.arg(mode).arg(sub).arg(state);
+    }
+    let replies: Vec<i64> = call.invoke(conn).expect("one call");
+    assert_eq!(replies.len(), 1, "one reply per call");
+    replies[0]
 }
 
 /// `settle.lua` writes the states of any number of devices in one call (Lua
@@ -179,17 +196,17 @@ fn the_states_of_ten_thousand_devices_are_written_in_one_call() {
             .arg(format!("pushing {holder} 99999999999999"));
     }
     let _: () = claimed.query(&mut conn).expect("claims");
-    let script = redis::Script::new(include_str!("../src/deliver/settle.lua"));
-    let mut call = settle_call(&script, outcomes, holder);
-    for i in 0..10_000 {
-        let (mode, state) = match i % 3 {
-            0 => ("mark", "delivered"),
-            1 => ("fail", "failed 503 unavailable"),
-            _ => ("unclaim", ""),
-        };
-        call.arg(mode).arg(claim(i)).arg(state);
-    }
-    let written: i64 = call.invoke(&mut conn).expect("one call");
+    let triples: Vec<(String, String, String)> = (0..10_000)
+        .map(|i| {
+            let (mode, state) = match i % 3 {
+                0 => ("mark", "delivered"),
+                1 => ("fail", "failed 503 unavailable"),
+                _ => ("unclaim", ""),
+            };
+            (mode.to_string(), claim(i), state.to_string())
+        })
+        .collect();
+    let written = settle_call(&mut conn, outcomes, holder, &triples);
     assert_eq!(written, 10_000);
     let states: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(outcomes)
@@ -225,17 +242,16 @@ fn the_states_of_one_call_apply_in_order() {
         .arg(&claim)
         .query(&mut conn)
         .expect("claims");
-    let script = redis::Script::new(include_str!("../src/deliver/settle.lua"));
-    let mut call = settle_call(&script, outcomes, holder);
-    for (mode, sub, state) in [
+    let triples: Vec<(String, String, String)> = [
         ("mark", "a", "delivered"),
         ("fail", "a", "failed 503 late"),
         ("fail", "b", "failed 503 first"),
         ("unclaim", "b", ""),
-    ] {
-        call.arg(mode).arg(sub).arg(state);
-    }
-    let written: i64 = call.invoke(&mut conn).expect("one call");
+    ]
+    .iter()
+    .map(|(m, s, t)| (m.to_string(), s.to_string(), t.to_string()))
+    .collect();
+    let written = settle_call(&mut conn, outcomes, holder, &triples);
     assert_eq!(
         written, 2,
         "a's mark and b's failure; the rest found no claim of theirs"

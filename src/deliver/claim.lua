@@ -1,5 +1,6 @@
--- Claims an entry and its devices before pushing: one round trip per chunk of
--- devices. The first call for an entry also checks that the entry is still this
+-- Claims an entry and its devices before pushing: one call per chunk of
+-- devices, many entries' calls in one round trip (see batch.lua, which ends this
+-- script). The first call for an entry also checks that the entry is still this
 -- consumer's (XPENDING), that no other process works on it (its lease), and
 -- takes the lock of its ordering key (one event of a key in progress at a
 -- time); later calls only claim more devices.
@@ -12,6 +13,7 @@
 -- of its key for that device. So an event is superseded only for the devices
 -- that got (or are getting) a newer one.
 --
+-- One call (`one`, below: KEYS and ARGV are the call's own):
 -- KEYS[1] the stream
 -- KEYS[2] the event's outcomes hash (subscription -> state)
 -- KEYS[3] the entry's lease
@@ -36,112 +38,128 @@
 -- nothing was changed). Per device: 'claimed', or 'claimed <previous state>'
 -- after a failed attempt; 'done <state>'; 'busy'; 'superseded <due ms> <event id>';
 -- with 'inspect', the state as stored ('' for none).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ordered = ARGV[10] ~= ''
-if ARGV[6] == '1' then
-  if ARGV[4] ~= '1' then
-    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-    if #pending == 0 or pending[1][2] ~= ARGV[2] then
-      return {'taken'}
+-- `now` is the batch's TIME in ms; `defer` is unused here.
+local function one(KEYS, ARGV, now, defer)
+  local ordered = ARGV[10] ~= ''
+  if ARGV[6] == '1' then
+    if ARGV[4] ~= '1' then
+      local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+      if #pending == 0 or pending[1][2] ~= ARGV[2] then
+        return {'taken'}
+      end
     end
-  end
-  -- 'ended <holder>': an attempt released it (settle.lua); as good as free.
-  local lessee = redis.call('GET', KEYS[3])
-  if lessee and lessee ~= ARGV[2] and string.sub(lessee, 1, 6) ~= 'ended ' then
+    local locking = ordered and ARGV[12] ~= 'inspect'
+    -- Without a key's lock to take first, a lease nobody holds (an entry's
+    -- first attempt) is taken in one write.
+    if locking or not redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5], 'NX') then
+      -- 'ended <holder>': an attempt released it (settle.lua); as good as free.
+      local lessee = redis.call('GET', KEYS[3])
+      if lessee and lessee ~= ARGV[2] and string.sub(lessee, 1, 6) ~= 'ended ' then
+        return {'taken'}
+      end
+      if locking then
+        local lock = redis.call('GET', KEYS[4])
+        if lock and lock ~= ARGV[7] and string.sub(lock, 1, 6) ~= 'ended ' then
+          return {'busy', lock}
+        end
+        redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[5])
+      end
+      redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
+    end
+  elseif redis.call('GET', KEYS[3]) ~= ARGV[2] then
+    -- A later chunk: only while the entry's lease is still this consumer's.
     return {'taken'}
   end
-  if ordered and ARGV[12] ~= 'inspect' then
-    local lock = redis.call('GET', KEYS[4])
-    if lock and lock ~= ARGV[7] and string.sub(lock, 1, 6) ~= 'ended ' then
-      return {'busy', lock}
-    end
-    redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[5])
+  local settled = {delivered = true, gone = true, dead = true, superseded = true, expired = true}
+  local mine_ms, mine_id
+  if ordered then
+    mine_ms, mine_id = string.match(ARGV[10], '^(%d+) (.*)$')
+    mine_ms = tonumber(mine_ms)
   end
-  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
-elseif redis.call('GET', KEYS[3]) ~= ARGV[2] then
-  -- A later chunk: only while the entry's lease is still this consumer's.
-  return {'taken'}
-end
-local settled = {delivered = true, gone = true, dead = true, superseded = true, expired = true}
-local mine_ms, mine_id
-if ordered then
-  mine_ms, mine_id = string.match(ARGV[10], '^(%d+) (.*)$')
-  mine_ms = tonumber(mine_ms)
-end
-local reply = {'ok'}
--- One read and one write of each hash per chunk, however many devices.
-local subs = {}
-for i = 13, #ARGV do
-  subs[#subs + 1] = ARGV[i]
-end
-if #subs == 0 then
-  if ARGV[6] == '1' then
+  local reply = {'ok'}
+  -- One read and one write of each hash per chunk, however many devices.
+  local subs = {}
+  for i = 13, #ARGV do
+    subs[#subs + 1] = ARGV[i]
+  end
+  -- One device of an unordered event with nothing stored for it yet (a first
+  -- attempt): claimed in one write, as the general way below would.
+  if #subs == 1 and not ordered and ARGV[12] ~= 'inspect' then
+    local claim = 'pushing ' .. ARGV[7] .. ' ' .. (now + tonumber(ARGV[8]))
+    if redis.call('HSETNX', KEYS[2], subs[1], claim) == 1 then
+      redis.call('EXPIRE', KEYS[2], ARGV[9])
+      reply[2] = 'claimed'
+      return reply
+    end
+  end
+  if #subs == 0 then
+    if ARGV[6] == '1' then
+      redis.call('EXPIRE', KEYS[2], ARGV[9])
+    end
+    return reply
+  end
+  local states = redis.call('HMGET', KEYS[2], unpack(subs))
+  local currents = {}
+  if ordered and ARGV[12] ~= 'inspect' then
+    currents = redis.call('HMGET', KEYS[5], unpack(subs))
+  end
+  local writes, registers = {}, {}
+  for i, sub in ipairs(subs) do
+    local state = states[i]
+    local word = state and string.match(state, '^(%S+)') or ''
+    if ARGV[12] == 'inspect' then
+      reply[#reply + 1] = state or ''
+    elseif settled[word] then
+      reply[#reply + 1] = 'done ' .. word
+    else
+      local busy = false
+      if word == 'pushing' then
+        local who, until_ms = string.match(state, '^pushing (%S+) (%d+)$')
+        busy = who ~= ARGV[7] and tonumber(until_ms or '0') > now
+      end
+      local newer = false
+      if not busy and ordered then
+        local current = currents[i]
+        if current then
+          local ms, id = string.match(current, '^(%d+) (.*)$')
+          ms = tonumber(ms)
+          if ms and (ms > mine_ms or (ms == mine_ms and id > mine_id)) then
+            newer = current
+          end
+        end
+      end
+      if busy then
+        reply[#reply + 1] = 'busy'
+      elseif newer then
+        writes[#writes + 1] = sub
+        writes[#writes + 1] = 'superseded'
+        reply[#reply + 1] = 'superseded ' .. newer
+      else
+        if ordered then
+          registers[#registers + 1] = sub
+          registers[#registers + 1] = ARGV[10]
+        end
+        writes[#writes + 1] = sub
+        writes[#writes + 1] = 'pushing ' .. ARGV[7] .. ' ' .. (now + tonumber(ARGV[8]))
+        if word == 'failed' then
+          reply[#reply + 1] = 'claimed ' .. state
+        else
+          reply[#reply + 1] = 'claimed'
+        end
+      end
+    end
+  end
+  local wrote = #writes > 0
+  if wrote then
+    redis.call('HSET', KEYS[2], unpack(writes))
+  end
+  if #registers > 0 then
+    redis.call('HSET', KEYS[5], unpack(registers))
+    redis.call('EXPIRE', KEYS[5], ARGV[11])
+  end
+  -- Markers outlive the last attempt of their entry by their whole life.
+  if wrote or ARGV[6] == '1' then
     redis.call('EXPIRE', KEYS[2], ARGV[9])
   end
   return reply
 end
-local states = redis.call('HMGET', KEYS[2], unpack(subs))
-local currents = {}
-if ordered and ARGV[12] ~= 'inspect' then
-  currents = redis.call('HMGET', KEYS[5], unpack(subs))
-end
-local writes, registers = {}, {}
-for i, sub in ipairs(subs) do
-  local state = states[i]
-  local word = state and string.match(state, '^(%S+)') or ''
-  if ARGV[12] == 'inspect' then
-    reply[#reply + 1] = state or ''
-  elseif settled[word] then
-    reply[#reply + 1] = 'done ' .. word
-  else
-    local busy = false
-    if word == 'pushing' then
-      local who, until_ms = string.match(state, '^pushing (%S+) (%d+)$')
-      busy = who ~= ARGV[7] and tonumber(until_ms or '0') > now
-    end
-    local newer = false
-    if not busy and ordered then
-      local current = currents[i]
-      if current then
-        local ms, id = string.match(current, '^(%d+) (.*)$')
-        ms = tonumber(ms)
-        if ms and (ms > mine_ms or (ms == mine_ms and id > mine_id)) then
-          newer = current
-        end
-      end
-    end
-    if busy then
-      reply[#reply + 1] = 'busy'
-    elseif newer then
-      writes[#writes + 1] = sub
-      writes[#writes + 1] = 'superseded'
-      reply[#reply + 1] = 'superseded ' .. newer
-    else
-      if ordered then
-        registers[#registers + 1] = sub
-        registers[#registers + 1] = ARGV[10]
-      end
-      writes[#writes + 1] = sub
-      writes[#writes + 1] = 'pushing ' .. ARGV[7] .. ' ' .. (now + tonumber(ARGV[8]))
-      if word == 'failed' then
-        reply[#reply + 1] = 'claimed ' .. state
-      else
-        reply[#reply + 1] = 'claimed'
-      end
-    end
-  end
-end
-local wrote = #writes > 0
-if wrote then
-  redis.call('HSET', KEYS[2], unpack(writes))
-end
-if #registers > 0 then
-  redis.call('HSET', KEYS[5], unpack(registers))
-  redis.call('EXPIRE', KEYS[5], ARGV[11])
-end
--- Markers outlive the last attempt of their entry by their whole life.
-if wrote or ARGV[6] == '1' then
-  redis.call('EXPIRE', KEYS[2], ARGV[9])
-end
-return reply

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis::Script;
 
+use super::batch::Call;
 use super::ordering::Order;
 use super::push::Notice;
 use super::Worker;
@@ -26,10 +27,9 @@ use crate::shared::db::script;
 use crate::shared::event::Event;
 use crate::shared::stream::Entry;
 
-static CLAIM: OnceLock<Script> = OnceLock::new();
 static REFRESH: OnceLock<Script> = OnceLock::new();
 
-/// Devices claimed per round trip.
+/// Devices claimed per call.
 pub(super) const CHUNK: usize = 64;
 
 /// One entry in progress, and the names it goes by in Redis.
@@ -180,9 +180,8 @@ impl Worker {
             .order
             .as_ref()
             .map_or(ctx.outcomes.as_str(), |o| o.register.as_str());
-        let mut invocation = script(&CLAIM, include_str!("claim.lua")).prepare_invoke();
-        invocation
-            .key(&ctx.entry.stream)
+        let mut call = Call::default();
+        call.key(&ctx.entry.stream)
             .key(&ctx.outcomes)
             .key(&ctx.lease)
             .key(lock)
@@ -200,10 +199,10 @@ impl Worker {
             .arg(self.register_ttl.as_secs().max(1))
             .arg(if inspect { "inspect" } else { "claim" });
         for device in devices {
-            invocation.arg(*device);
+            call.arg(device);
         }
-        let mut conn = self.db.conn();
-        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        let reply: Vec<String> =
+            redis::from_redis_value(self.claims.call(&ctx.entry.stream, call).await?)?;
         let mut items = reply.into_iter();
         match items.next().as_deref() {
             Some("ok") => {

@@ -20,6 +20,7 @@
 //!    time, and the acknowledgement (with the last states and the release of
 //!    the lease, in one round trip).
 
+mod batch;
 mod claim;
 mod entry;
 mod fanout;
@@ -133,6 +134,10 @@ pub struct Worker {
     entry_permits: Arc<Semaphore>,
     /// Ids of the entries in progress in this process.
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Claims (`claim.lua`) and settlements (`settle.lua`) of the entries in
+    /// flight, many in one round trip (see [`batch`]).
+    claims: Arc<batch::Batcher>,
+    settles: Arc<batch::Batcher>,
 }
 
 impl Worker {
@@ -175,6 +180,14 @@ impl Worker {
             grace: settings.worker.shutdown_grace,
             entry_permits: Arc::new(Semaphore::new(concurrency.max(settings.worker.batch_size))),
             in_flight: Arc::default(),
+            claims: batch::Batcher::new(
+                db.clone(),
+                concat!(include_str!("claim.lua"), include_str!("batch.lua")),
+            ),
+            settles: batch::Batcher::new(
+                db.clone(),
+                concat!(include_str!("settle.lua"), include_str!("batch.lua")),
+            ),
             db,
         }
     }

@@ -1,8 +1,10 @@
 -- Settles devices' states for an event, after their pushes (or not-pushes), in
--- one round trip. With 'release', also releases the entry's lease and its key's
+-- one call; many entries' calls go in one round trip (see batch.lua, which ends
+-- this script). With 'release', also releases the entry's lease and its key's
 -- lock, each only if it is still this process's (the end of an attempt); with
 -- 'finish', also acknowledges the entry and forgets its retry hint first (the
 -- end of an entry whose every device is settled).
+-- One call (`one`, below: KEYS and ARGV are the call's own):
 -- KEYS[1] the event's outcomes hash
 -- KEYS[2] the stream
 -- KEYS[3] the partition's retry hints (retry-at)
@@ -23,84 +25,93 @@
 --         settled state); 'unclaim': nothing was sent, the previous state goes
 --         back ('' for none), also only while the claim is this holder's.
 -- Returns the number of states written.
--- One read (of the states that are conditional) and one write per call, in
--- slices: Lua unpacks at most about 8,000 values at once.
-local SLICE = 1000 -- even: HSET field-value pairs never split
-local function in_slices(command, key, values)
-  local out = {}
-  for first = 1, #values, SLICE do
-    local got = redis.call(command, key, unpack(values, first, math.min(first + SLICE - 1, #values)))
-    if type(got) == 'table' then
-      for _, v in ipairs(got) do
-        out[#out + 1] = v
+-- `now` is unused here; `defer(command, key, first argument, value)` has the
+-- batch run one command with every call's value at its end.
+local function one(KEYS, ARGV, now, defer)
+  -- One read (of the states that are conditional) and one write per call, in
+  -- slices: Lua unpacks at most about 8,000 values at once.
+  local SLICE = 1000 -- even: HSET field-value pairs never split
+  local function in_slices(command, key, values)
+    local out = {}
+    for first = 1, #values, SLICE do
+      local got = redis.call(command, key, unpack(values, first, math.min(first + SLICE - 1, #values)))
+      if type(got) == 'table' then
+        for _, v in ipairs(got) do
+          out[#out + 1] = v
+        end
       end
     end
+    return out
   end
-  return out
-end
-local written = 0
-local mine = 'pushing ' .. ARGV[2] .. ' '
-local conditional = {}
-for i = 9, #ARGV, 3 do
-  if ARGV[i] ~= 'mark' then
-    conditional[#conditional + 1] = ARGV[i + 1]
-  end
-end
-local current = {}
-if #conditional > 0 then
-  local values = in_slices('HMGET', KEYS[1], conditional)
-  for i, sub in ipairs(conditional) do
-    current[sub] = values[i]
-  end
-end
--- As if one after the other: a later triple of a device sees what an earlier
--- one wrote; each device's last value is what gets written.
-local last, order = {}, {}
-for i = 9, #ARGV, 3 do
-  local mode, sub, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local ours = true
-  if mode ~= 'mark' then
-    local now = current[sub]
-    ours = now and string.sub(now, 1, #mine) == mine
-  end
-  if ours then
-    if last[sub] == nil then
-      order[#order + 1] = sub
+  local written = 0
+  local mine = 'pushing ' .. ARGV[2] .. ' '
+  local conditional = {}
+  for i = 9, #ARGV, 3 do
+    if ARGV[i] ~= 'mark' then
+      conditional[#conditional + 1] = ARGV[i + 1]
     end
-    last[sub] = state
-    current[sub] = state ~= '' and state or false
-    written = written + 1
   end
-end
-local sets, dels = {}, {}
-for _, sub in ipairs(order) do
-  if last[sub] == '' then
-    dels[#dels + 1] = sub
-  else
-    sets[#sets + 1] = sub
-    sets[#sets + 1] = last[sub]
+  local current = {}
+  if #conditional > 0 then
+    local values = in_slices('HMGET', KEYS[1], conditional)
+    for i, sub in ipairs(conditional) do
+      current[sub] = values[i]
+    end
   end
-end
-in_slices('HSET', KEYS[1], sets)
-in_slices('HDEL', KEYS[1], dels)
-if written > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-end
-if ARGV[3] == 'finish' then
-  redis.call('XACK', KEYS[2], ARGV[4], ARGV[5])
-  redis.call('HDEL', KEYS[3], ARGV[5])
-end
--- Released, not deleted: the lease and the lock are left as 'ended <holder>'
--- for a while, which every reader takes for free, and which a heartbeat of
--- this attempt still on its way (on a connection of its own) finds instead of
--- a lapsed lease it would take again (see refresh.lua).
-if ARGV[3] ~= '' then
-  local ended = 'ended ' .. ARGV[2]
-  if redis.call('GET', KEYS[4]) == ARGV[6] then
-    redis.call('SET', KEYS[4], ended, 'PX', ARGV[8])
+  -- As if one after the other: a later triple of a device sees what an earlier
+  -- one wrote; each device's last value is what gets written.
+  local last, order = {}, {}
+  for i = 9, #ARGV, 3 do
+    local mode, sub, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local ours = true
+    if mode ~= 'mark' then
+      local now = current[sub]
+      ours = now and string.sub(now, 1, #mine) == mine
+    end
+    if ours then
+      if last[sub] == nil then
+        order[#order + 1] = sub
+      end
+      last[sub] = state
+      current[sub] = state ~= '' and state or false
+      written = written + 1
+    end
   end
-  if ARGV[7] ~= '' and redis.call('GET', KEYS[5]) == ARGV[7] then
-    redis.call('SET', KEYS[5], ended, 'PX', ARGV[8])
+  local sets, dels = {}, {}
+  for _, sub in ipairs(order) do
+    if last[sub] == '' then
+      dels[#dels + 1] = sub
+    else
+      sets[#sets + 1] = sub
+      sets[#sets + 1] = last[sub]
+    end
   end
+  in_slices('HSET', KEYS[1], sets)
+  in_slices('HDEL', KEYS[1], dels)
+  if written > 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+  end
+  if ARGV[3] == 'finish' then
+    -- With the batch's other acknowledgements: one XACK and one HDEL for all.
+    defer('XACK', KEYS[2], ARGV[4], ARGV[5])
+    defer('HDEL', KEYS[3], nil, ARGV[5])
+  end
+  -- Released, not deleted: the lease and the lock are left as 'ended <holder>'
+  -- for a while, which every reader takes for free, and which a heartbeat of
+  -- this attempt still on its way (on a connection of its own) finds instead of
+  -- a lapsed lease it would take again (see refresh.lua).
+  if ARGV[3] ~= '' then
+    local ended = 'ended ' .. ARGV[2]
+    -- One write that reads what it replaced; the rare lease that was no longer
+    -- ours (it lapsed and another took it) is put back, for a lease's time. A
+    -- lapsed one nobody took is left released too (free to every reader).
+    local was = redis.call('SET', KEYS[4], ended, 'PX', ARGV[8], 'GET')
+    if was and was ~= ARGV[6] then
+      redis.call('SET', KEYS[4], was, 'PX', ARGV[8])
+    end
+    if ARGV[7] ~= '' and redis.call('GET', KEYS[5]) == ARGV[7] then
+      redis.call('SET', KEYS[5], ended, 'PX', ARGV[8])
+    end
+  end
+  return written
 end
-return written

@@ -17,22 +17,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use redis::Script;
-
+use super::batch::Call;
 use super::claim::{Begun, EntryCtx, Verdict, CHUNK};
 use super::holding::Held;
 use super::push::{Outcome, PushReport};
 use super::route::Target;
 use super::{EntryOutcome, Worker};
-use crate::shared::db::script;
 use crate::shared::dead_letter::DeadLetter;
 use crate::shared::event::Event;
 use crate::shared::stream::Entry;
-
-static SETTLE: OnceLock<Script> = OnceLock::new();
 
 /// How long a worker keeps trying to record a device's settled state while Redis is away.
 const MARKER_PATIENCE: Duration = Duration::from_secs(30);
@@ -155,9 +150,8 @@ impl Worker {
         end: End,
     ) -> anyhow::Result<()> {
         let (lock, lock_holder) = ctx.lock();
-        let mut invocation = script(&SETTLE, include_str!("settle.lua")).prepare_invoke();
-        invocation
-            .key(&ctx.outcomes)
+        let mut call = Call::default();
+        call.key(&ctx.outcomes)
             .key(&ctx.entry.stream)
             .key(self.db.keys.retry_at(ctx.partition))
             .key(&ctx.lease)
@@ -175,17 +169,15 @@ impl Worker {
             .arg(lock_holder)
             .arg(self.policy.lease().as_millis() as u64);
         for (mode, sub, state) in states {
-            invocation
-                .arg(match mode {
-                    Mode::Mark => "mark",
-                    Mode::Fail => "fail",
-                    Mode::Unclaim => "unclaim",
-                })
-                .arg(*sub)
-                .arg(*state);
+            call.arg(match mode {
+                Mode::Mark => "mark",
+                Mode::Fail => "fail",
+                Mode::Unclaim => "unclaim",
+            })
+            .arg(*sub)
+            .arg(*state);
         }
-        let mut conn = self.db.conn();
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        let _: i64 = redis::from_redis_value(self.settles.call(&ctx.entry.stream, call).await?)?;
         Ok(())
     }
 

@@ -1,0 +1,60 @@
+
+-- The batch: many calls of `one` (above) in one round trip, each as if alone.
+-- ARGV[1] the number of calls; then per call: its number of keys, its number of
+--         arguments, its arguments. KEYS: every call's keys, in call order.
+-- Returns one reply per call; a call that failed replies {'!error', message},
+-- and the calls before and after it stand (a script is never rolled back).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local later, order = {}, {}
+local call = 0
+-- A command run once at the end with every call's value (an XACK of many ids).
+local function defer(command, key, first, value)
+  local name = command .. '\0' .. key .. '\0' .. (first or '')
+  local job = later[name]
+  if not job then
+    job = {command = command, key = key, first = first, values = {}, calls = {}}
+    later[name] = job
+    order[#order + 1] = job
+  end
+  job.values[#job.values + 1] = value
+  job.calls[#job.calls + 1] = call
+end
+local function failure(e)
+  if type(e) == 'table' and e.err then
+    return {'!error', e.err}
+  end
+  return {'!error', tostring(e)}
+end
+local replies = {}
+local k, a = 0, 2
+for c = 1, tonumber(ARGV[1]) do
+  call = c
+  local nkeys, nargs = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local keys, args = {}, {}
+  for i = 1, nkeys do
+    keys[i] = KEYS[k + i]
+  end
+  for i = 1, nargs do
+    args[i] = ARGV[a + 1 + i]
+  end
+  k, a = k + nkeys, a + 2 + nargs
+  local ok, reply = pcall(one, keys, args, now, defer)
+  replies[c] = ok and reply or failure(reply)
+end
+for _, job in ipairs(order) do
+  local args = {}
+  if job.first then
+    args[1] = job.first
+  end
+  for _, v in ipairs(job.values) do
+    args[#args + 1] = v
+  end
+  local ok, e = pcall(redis.call, job.command, job.key, unpack(args))
+  if not ok then
+    for _, c in ipairs(job.calls) do
+      replies[c] = failure(e)
+    end
+  end
+end
+return replies

@@ -1,0 +1,198 @@
+//! Many entries' script calls in one round trip. The claim and the settle
+//! scripts are made of one call (`one` in `claim.lua`, `settle.lua`) and the
+//! batch that runs many of them (`batch.lua`): while a batch is on its way to
+//! Redis, the calls the other entries in flight make meanwhile gather, and go
+//! together as the next one. A call alone goes at once; under load, one
+//! round trip (and one script run) serves dozens of entries, which is most of
+//! what Redis spends per event.
+//!
+//! Calls gather by stream: every key of one call shares its stream's hash tag,
+//! so a batch's keys stay in one slot of a Redis Cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use redis::{Script, Value};
+use tokio::sync::oneshot;
+
+use crate::shared::db::Db;
+
+/// Most calls in one batch.
+const MOST_CALLS: usize = 128;
+/// Most arguments in one batch, past which a batch closes early (a fan-out's
+/// settled states can be thousands per call).
+const MOST_ARGS: usize = 50_000;
+
+/// One call: its keys and arguments, as the single call's script numbers them.
+#[derive(Debug, Default)]
+pub(super) struct Call {
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+}
+
+impl Call {
+    pub fn key(&mut self, key: impl Into<String>) -> &mut Call {
+        self.keys.push(key.into());
+        self
+    }
+
+    pub fn arg(&mut self, arg: impl ToString) -> &mut Call {
+        self.args.push(arg.to_string());
+        self
+    }
+}
+
+struct Waiting {
+    call: Call,
+    answer: oneshot::Sender<anyhow::Result<Value>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// A batch of this stream is on its way: later calls wait for the next.
+    sending: bool,
+    waiting: Vec<Waiting>,
+}
+
+/// The calls of one script, gathered by stream.
+pub(super) struct Batcher {
+    script: Script,
+    db: Db,
+    queues: Mutex<HashMap<String, Queue>>,
+}
+
+impl Batcher {
+    /// `source`: the single call's script followed by `batch.lua`.
+    pub fn new(db: Db, source: &str) -> Arc<Batcher> {
+        Arc::new(Batcher {
+            script: Script::new(source),
+            db,
+            queues: Mutex::default(),
+        })
+    }
+
+    /// Runs `call` (for an entry of `stream`) in the next batch of its stream,
+    /// and answers with its own reply. An error of the round trip itself is a
+    /// `redis::RedisError` (so `db::unreachable` can tell a Redis blip); one
+    /// of the call alone is the script's message.
+    pub async fn call(self: &Arc<Self>, stream: &str, call: Call) -> anyhow::Result<Value> {
+        let (answer, reply) = oneshot::channel();
+        let start = {
+            let mut queues = self.queues.lock();
+            let queue = queues.entry(stream.to_string()).or_default();
+            queue.waiting.push(Waiting { call, answer });
+            !std::mem::replace(&mut queue.sending, true)
+        };
+        if start {
+            tokio::spawn(self.clone().send_all(stream.to_string()));
+        }
+        reply
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the batch of this call was dropped")))
+    }
+
+    /// Sends the stream's waiting calls, batch after batch, until none is left.
+    async fn send_all(self: Arc<Self>, stream: String) {
+        let mut done = Done {
+            batcher: &self,
+            stream: &stream,
+            finished: false,
+        };
+        while let Some(batch) = self.next_batch(&stream) {
+            let replies = self.send(&batch).await;
+            match replies {
+                Ok(replies) => {
+                    for (waiting, reply) in batch.into_iter().zip(replies) {
+                        let _ = waiting.answer.send(reply);
+                    }
+                }
+                Err(e) => {
+                    for waiting in batch {
+                        let _ = waiting.answer.send(Err(e.clone().into()));
+                    }
+                }
+            }
+        }
+        // next_batch marked the stream idle: a call from now on starts a new task.
+        done.finished = true;
+    }
+
+    /// The next calls to send, or none (and the stream is idle again).
+    fn next_batch(&self, stream: &str) -> Option<Vec<Waiting>> {
+        let mut queues = self.queues.lock();
+        let queue = queues.get_mut(stream)?;
+        if queue.waiting.is_empty() {
+            queues.remove(stream);
+            return None;
+        }
+        let mut args = 0;
+        let mut take = 0;
+        for waiting in &queue.waiting {
+            if take == MOST_CALLS || (take > 0 && args + waiting.call.args.len() > MOST_ARGS) {
+                break;
+            }
+            args += waiting.call.args.len();
+            take += 1;
+        }
+        Some(queue.waiting.drain(..take).collect())
+    }
+
+    async fn send(&self, batch: &[Waiting]) -> redis::RedisResult<Vec<anyhow::Result<Value>>> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(batch.len());
+        for waiting in batch {
+            for key in &waiting.call.keys {
+                invocation.key(key);
+            }
+            invocation
+                .arg(waiting.call.keys.len())
+                .arg(waiting.call.args.len());
+            for arg in &waiting.call.args {
+                invocation.arg(arg);
+            }
+        }
+        let mut conn = self.db.conn();
+        let replies: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+        if replies.len() != batch.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the batch script answered for another number of calls",
+                format!("{} replies to {} calls", replies.len(), batch.len()),
+            )));
+        }
+        Ok(replies.into_iter().map(own_reply).collect())
+    }
+}
+
+/// A call's reply, or the error it alone met (`{'!error', message}`).
+fn own_reply(reply: Value) -> anyhow::Result<Value> {
+    if let Value::Array(items) = &reply {
+        if let [Value::BulkString(marker), message] = items.as_slice() {
+            if marker == b"!error" {
+                let message: String =
+                    redis::from_redis_value_ref(message).unwrap_or_else(|_| "(no message)".into());
+                anyhow::bail!("{message}");
+            }
+        }
+    }
+    Ok(reply)
+}
+
+/// Fails a stream's waiting calls when its sending task ends without finishing
+/// (a panic, or the runtime shutting down), rather than leaving them waiting
+/// for a batch that never comes.
+struct Done<'b> {
+    batcher: &'b Arc<Batcher>,
+    stream: &'b str,
+    finished: bool,
+}
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropping the waiting calls' answers tells each of them.
+            self.batcher.queues.lock().remove(self.stream);
+        }
+    }
+}
