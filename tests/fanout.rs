@@ -160,7 +160,7 @@ fn settle_call(
     ] {
         call.key(key);
     }
-    call.arg(1).arg(5).arg(8 + 3 * triples.len());
+    call.arg(1).arg(5).arg(9 + 3 * triples.len());
     call.arg(60)
         .arg(holder)
         .arg("")
@@ -168,7 +168,8 @@ fn settle_call(
         .arg("1-0")
         .arg("w")
         .arg("")
-        .arg(1000);
+        .arg(1000)
+        .arg("refresh");
     for (mode, sub, state) in triples {
         call.arg(mode).arg(sub).arg(state);
     }
@@ -265,5 +266,110 @@ fn the_states_of_one_call_apply_in_order() {
         states.get("b").map(String::as_str),
         Some("failed 503 first"),
         "the unclaim came after b's failure replaced the claim"
+    );
+}
+
+/// One batch of the settle script, three entries' calls each finishing its
+/// entry: the middle one meets a key of the wrong type and alone fails (its
+/// reply says why, its entry is not acknowledged); the others' states are
+/// written and both are acknowledged, by one XACK at the batch's end.
+#[test]
+fn a_call_that_fails_in_a_batch_fails_alone() {
+    let redis = helpers::TestRedis::start();
+    let mut conn = redis.conn();
+    let stream = "{t:p0}:events";
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .query(&mut conn)
+            .expect("XADD");
+        ids.push(id);
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("g")
+        .arg("0")
+        .query(&mut conn)
+        .expect("XGROUP CREATE");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("w")
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query(&mut conn)
+        .expect("XREADGROUP");
+    // The middle entry's outcomes key holds a string: HSET on it fails.
+    let _: () = redis::cmd("SET")
+        .arg("{t:p0}:outcomes:e1")
+        .arg("not a hash")
+        .query(&mut conn)
+        .expect("SET");
+    let script = settle_script();
+    let mut batch = script.prepare_invoke();
+    batch.arg(3);
+    for (n, id) in ids.iter().enumerate() {
+        let holder = format!("w#00000001/{id}");
+        for key in [
+            format!("{{t:p0}}:outcomes:e{n}"),
+            stream.to_string(),
+            "{t:p0}:retry-at".to_string(),
+            format!("{{t:p0}}:lease:{id}"),
+            format!("{{t:p0}}:lease:{id}"),
+        ] {
+            batch.key(key);
+        }
+        batch.arg(5).arg(12);
+        batch
+            .arg(60)
+            .arg(&holder)
+            .arg("finish")
+            .arg("g")
+            .arg(id)
+            .arg("w")
+            .arg("")
+            .arg(1000)
+            .arg("refresh")
+            .arg("mark")
+            .arg("d")
+            .arg("delivered");
+    }
+    let replies: Vec<redis::Value> = batch.invoke(&mut conn).expect("one batch");
+    assert_eq!(replies.len(), 3);
+    assert_eq!(replies[0], redis::Value::Int(1));
+    assert_eq!(replies[2], redis::Value::Int(1));
+    let redis::Value::Array(failed) = &replies[1] else {
+        panic!("the middle call's reply is an error: {:?}", replies[1]);
+    };
+    assert_eq!(failed[0], redis::Value::BulkString(b"!error".to_vec()));
+    let message: String = redis::from_redis_value_ref(&failed[1]).expect("a message");
+    assert!(message.contains("WRONGTYPE"), "{message}");
+    for n in [0, 2] {
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(format!("{{t:p0}}:outcomes:e{n}"))
+            .arg("d")
+            .query(&mut conn)
+            .expect("HGET");
+        assert_eq!(state.as_deref(), Some("delivered"));
+    }
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("g")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query(&mut conn)
+        .expect("XPENDING");
+    let pending: Vec<&str> = pending.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(
+        pending,
+        [ids[1].as_str()],
+        "only the failed call's entry is left pending"
     );
 }

@@ -330,3 +330,94 @@ async fn a_fan_out_wider_than_the_concurrency_reaches_every_device_once() {
         devices
     );
 }
+
+/// The entries in flight claim and settle their devices in shared round trips
+/// (`src/deliver/batch.rs`): 200 queued single-device events take far fewer
+/// script runs than the two each would take alone, and every device still
+/// gets each of its events exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_in_flight_share_their_claim_and_settle_round_trips() {
+    const EVENTS: usize = 200;
+    // Heartbeats (scripts too) every 5 s: none in a run this short, as a rule.
+    let app = TestApp::start_with(|s| {
+        s.retry.base_delay = Duration::from_secs(10);
+        s.retry.max_delay = Duration::from_secs(20);
+    })
+    .await;
+    let mut users = Vec::new();
+    for n in 0..20 {
+        let user = format!("u-batch-{n}");
+        app.register_device(&user).await;
+        users.push(user);
+    }
+    for round in 0..EVENTS / 100 {
+        let events: Vec<_> = (0..100)
+            .map(|i| json!({"topic": "parking.lot-7.exit", "user": users[i % users.len()], "notification": {"title": format!("round {round} event {i}")}}))
+            .collect();
+        let (status, body) = app.post("/v1/events", &json!(events)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let mut conn = app.redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .expect("reset the command counts");
+    let worker = app.run_worker();
+    eventually(
+        "every event to be delivered",
+        Duration::from_secs(60),
+        || app.sink.delivered().len() >= EVENTS,
+    )
+    .await;
+    eventually(
+        "every entry to be acknowledged",
+        Duration::from_secs(10),
+        || app.pending() == 0,
+    )
+    .await;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .expect("INFO commandstats");
+    // A command's `calls` or `failed_calls`.
+    let count = |command: &str, what: &str| -> usize {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))
+            .and_then(|rest| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{what}=")))
+            })
+            .map_or(0, |n| n.parse().expect("a count"))
+    };
+    let calls = |command: &str| count(command, "calls");
+    // Alone, each event would run the claim and the settle script once (and
+    // acknowledge with an XACK of its own): 400 script runs, 200 XACKs. Not
+    // counted: runs refused before the script was loaded (NOSCRIPT), and
+    // heartbeats (refresh.lua: one XCLAIM each) should a slow run have any.
+    let scripts = (calls("evalsha") + calls("eval"))
+        .saturating_sub(count("evalsha", "failed_calls"))
+        .saturating_sub(calls("xclaim"));
+    assert!(
+        scripts <= EVENTS,
+        "{scripts} script runs for {EVENTS} events: the entries in flight did not share round trips\n{stats}"
+    );
+    assert!(
+        calls("xack") < EVENTS / 2,
+        "{} XACKs for {EVENTS} events\n{stats}",
+        calls("xack")
+    );
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for arrival in app.sink.delivered() {
+        *seen
+            .entry(arrival.event_id.expect("a decrypted payload with an id"))
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), EVENTS, "every event reached its device");
+    assert!(seen.values().all(|n| *n == 1), "no event pushed twice");
+    app.shutdown.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stops cleanly");
+}

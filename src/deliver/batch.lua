@@ -4,8 +4,18 @@
 --         arguments, its arguments. KEYS: every call's keys, in call order.
 -- Returns one reply per call; a call that failed replies {'!error', message},
 -- and the calls before and after it stand (a script is never rolled back).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The script above defines `one(KEYS, ARGV, now, defer, shared)`, one call,
+-- and `prepare(calls, shared)`, which reads once what every call would read
+-- (a failed `prepare` leaves `shared` empty: each call reads for itself).
+-- The batch's time in ms, read once (TIME) when a call first asks.
+local now_ms
+local function now()
+  if not now_ms then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_ms
+end
 local later, order = {}, {}
 local call = 0
 -- A command run once at the end with every call's value (an XACK of many ids).
@@ -26,10 +36,9 @@ local function failure(e)
   end
   return {'!error', tostring(e)}
 end
-local replies = {}
+local calls = {}
 local k, a = 0, 2
 for c = 1, tonumber(ARGV[1]) do
-  call = c
   local nkeys, nargs = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local keys, args = {}, {}
   for i = 1, nkeys do
@@ -39,7 +48,18 @@ for c = 1, tonumber(ARGV[1]) do
     args[i] = ARGV[a + 1 + i]
   end
   k, a = k + nkeys, a + 2 + nargs
-  local ok, reply = pcall(one, keys, args, now, defer)
+  calls[c] = {keys = keys, args = args}
+end
+-- What the calls can share is read once for all of them (see `prepare` above).
+local shared = {}
+local prepared = pcall(prepare, calls, shared)
+if not prepared then
+  shared = {}
+end
+local replies = {}
+for c, one_call in ipairs(calls) do
+  call = c
+  local ok, reply = pcall(one, one_call.keys, one_call.args, now, defer, shared)
   replies[c] = ok and reply or failure(reply)
 end
 for _, job in ipairs(order) do

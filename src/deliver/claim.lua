@@ -38,13 +38,88 @@
 -- nothing was changed). Per device: 'claimed', or 'claimed <previous state>'
 -- after a failed attempt; 'done <state>'; 'busy'; 'superseded <due ms> <event id>';
 -- with 'inspect', the state as stored ('' for none).
--- `now` is the batch's TIME in ms; `defer` is unused here.
-local function one(KEYS, ARGV, now, defer)
+
+-- Whether stream id x comes before y (ids as text: '<ms>-<seq>', each a
+-- decimal that may exceed what a Lua number holds exactly).
+local function before(x, y)
+  local xm, xs = string.match(x, '^(%d+)-(%d+)$')
+  local ym, ys = string.match(y, '^(%d+)-(%d+)$')
+  if #xm ~= #ym then
+    return #xm < #ym
+  end
+  if xm ~= ym then
+    return xm < ym
+  end
+  if #xs ~= #ys then
+    return #xs < #ys
+  end
+  return xs < ys
+end
+
+local function owner_key(stream, group, consumer)
+  return stream .. '\0' .. group .. '\0' .. consumer
+end
+
+-- For the batch's first calls: which entries are pending to their consumer,
+-- read with one XPENDING per stream, group and consumer over the span of
+-- their ids (shared.mine[<owner key>\0<id>]: true or false), instead of one
+-- per entry. A span whose answer may be cut short (as many rows as asked
+-- for) is left out: its calls ask for themselves.
+local function prepare(calls, shared)
+  local spans, names = {}, {}
+  for _, call in ipairs(calls) do
+    local K, A = call.keys, call.args
+    if A[6] == '1' and A[4] ~= '1' and string.match(A[3], '^%d+%-%d+$') then
+      local name = owner_key(K[1], A[1], A[2])
+      if not spans[name] then
+        spans[name] = {stream = K[1], group = A[1], consumer = A[2], ids = {}}
+        names[#names + 1] = name
+      end
+      local ids = spans[name].ids
+      ids[#ids + 1] = A[3]
+    end
+  end
+  shared.mine = {}
+  for _, name in ipairs(names) do
+    local span = spans[name]
+    if #span.ids > 1 then
+      local low, high = span.ids[1], span.ids[1]
+      for _, id in ipairs(span.ids) do
+        if before(id, low) then
+          low = id
+        end
+        if before(high, id) then
+          high = id
+        end
+      end
+      local most = 2 * #span.ids + 128
+      local rows = redis.call('XPENDING', span.stream, span.group, low, high, most, span.consumer)
+      if #rows < most then
+        local pending = {}
+        for _, row in ipairs(rows) do
+          pending[row[1]] = true
+        end
+        for _, id in ipairs(span.ids) do
+          shared.mine[name .. '\0' .. id] = pending[id] == true
+        end
+      end
+    end
+  end
+end
+
+-- `now()` is the batch's time in ms; `defer` is unused here; `shared` is what
+-- `prepare` read.
+local function one(KEYS, ARGV, now, defer, shared)
+  local now = now()
   local ordered = ARGV[10] ~= ''
   if ARGV[6] == '1' then
     if ARGV[4] ~= '1' then
-      local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-      if #pending == 0 or pending[1][2] ~= ARGV[2] then
+      local mine = shared.mine and shared.mine[owner_key(KEYS[1], ARGV[1], ARGV[2]) .. '\0' .. ARGV[3]]
+      if mine == nil then
+        local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+        mine = #pending > 0 and pending[1][2] == ARGV[2]
+      end
+      if not mine then
         return {'taken'}
       end
     end

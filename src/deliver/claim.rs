@@ -50,6 +50,13 @@ pub(super) struct EntryCtx<'a> {
     pub claimed: Mutex<HashSet<String>>,
     /// When the entry's claim or last heartbeat landed.
     last_beat: Mutex<Instant>,
+    /// When the entry's first claim was sent, once it landed: the outcome
+    /// markers' expiry it set lasts their life past any write made within the
+    /// worker's margin (see settle.lua, 'kept').
+    pub first_claim: Mutex<Option<Instant>>,
+    /// A heartbeat of this attempt was sent: one may still be on its way when
+    /// the attempt ends, so the release must leave its lease marked ended.
+    pub beat_sent: AtomicBool,
     /// Another consumer took the entry over.
     lost: AtomicBool,
     /// How long without a landed heartbeat this processor may still send.
@@ -81,6 +88,8 @@ impl<'a> EntryCtx<'a> {
             holder: format!("{}#{:08x}/{}", worker.consumer, worker.nonce, entry.id),
             claimed: Mutex::default(),
             last_beat: Mutex::new(Instant::now()),
+            first_claim: Mutex::new(None),
+            beat_sent: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             send_window: worker.policy.lease(),
             marks: Mutex::default(),
@@ -194,13 +203,14 @@ impl Worker {
             .arg(if first { "1" } else { "0" })
             .arg(&ctx.holder)
             .arg(self.claim_life.as_millis() as u64)
-            .arg(self.policy.markers_ttl().as_secs().max(1))
+            .arg(self.outcomes_life.as_secs().max(1))
             .arg(ctx.order.as_ref().map_or("", |o| o.point.as_str()))
             .arg(self.register_ttl.as_secs().max(1))
             .arg(if inspect { "inspect" } else { "claim" });
         for device in devices {
             call.arg(device);
         }
+        let sent = Instant::now();
         let reply: Vec<String> =
             redis::from_redis_value(self.claims.call(&ctx.entry.stream, call).await?)?;
         let mut items = reply.into_iter();
@@ -208,6 +218,7 @@ impl Worker {
             Some("ok") => {
                 if first {
                     ctx.beat_landed();
+                    ctx.first_claim.lock().get_or_insert(sent);
                 }
             }
             Some("taken") => {
@@ -287,6 +298,7 @@ impl Worker {
     pub(super) async fn heartbeat(&self, ctx: &EntryCtx<'_>) {
         let (lock, holder) = ctx.lock();
         let devices: Vec<String> = ctx.claimed.lock().iter().cloned().collect();
+        ctx.beat_sent.store(true, Ordering::Relaxed);
         let call = async {
             let mut conn = self.db.side_conn();
             let mut invocation = script(&REFRESH, include_str!("refresh.lua")).prepare_invoke();

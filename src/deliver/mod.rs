@@ -126,6 +126,12 @@ pub struct Worker {
     /// wait for its service's slot, the request) and a lease more, so a push
     /// already sent stays covered even if this process freezes right after.
     claim_life: Duration,
+    /// How long the outcome markers live after a write: `retry.markers_ttl`
+    /// and `outcomes_margin`.
+    outcomes_life: Duration,
+    /// How long after the entry's first claim its expiry of the markers still
+    /// covers their whole life past a settlement.
+    outcomes_margin: Duration,
     /// Tells this process's claims from another's with the same consumer name.
     nonce: u32,
     /// How often the push services' state is reported to Redis (for `herald stats`).
@@ -146,6 +152,20 @@ impl Worker {
         let store = Store::new(db.clone());
         let concurrency = settings.worker.concurrency;
         let policy = RetryPolicy::from_settings(&settings.retry);
+        let claim_life = settings
+            .push
+            .connect_timeout
+            .saturating_mul(2)
+            .saturating_add(settings.push.request_timeout)
+            .saturating_add(policy.lease());
+        // Every write of the outcome markers during an attempt gives them their
+        // life and a margin (whole seconds: EXPIRE's unit), so a settlement
+        // within the margin after the first claim need not give it again (see
+        // settle.lua, 'kept'). The margin is at most a tenth of their life, and
+        // none when that is under a second.
+        let markers = Duration::from_secs(policy.markers_ttl().as_secs().max(1));
+        let outcomes_margin = Duration::from_secs(claim_life.min(markers / 10).as_secs());
+        let outcomes_life = markers + outcomes_margin;
         Worker {
             router: Router::new(store.clone()),
             store,
@@ -155,17 +175,14 @@ impl Worker {
                 db.clone(),
                 &settings.worker.group,
                 alerts,
-                policy.markers_ttl(),
+                outcomes_life,
                 settings.events.defaults(),
             ),
             event_defaults: settings.events.defaults(),
             register_ttl: policy.markers_ttl().max(settings.events.dedup_window),
-            claim_life: settings
-                .push
-                .connect_timeout
-                .saturating_mul(2)
-                .saturating_add(settings.push.request_timeout)
-                .saturating_add(policy.lease()),
+            claim_life,
+            outcomes_life,
+            outcomes_margin,
             nonce: rand::random(),
             policy,
             group: settings.worker.group.clone(),

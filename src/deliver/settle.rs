@@ -156,18 +156,34 @@ impl Worker {
             .key(self.db.keys.retry_at(ctx.partition))
             .key(&ctx.lease)
             .key(lock)
-            .arg(self.policy.markers_ttl().as_secs().max(1))
+            .arg(self.outcomes_life.as_secs().max(1))
             .arg(&ctx.holder)
             .arg(match end {
                 End::Nothing => "",
                 End::Release => "release",
+                // Nothing can come looking for a lease no heartbeat refreshed, and
+                // no key lock was taken: it expires by itself.
+                End::Finish if ctx.order.is_none() && !ctx.beat_sent.load(Ordering::Relaxed) => {
+                    "ack"
+                }
                 End::Finish => "finish",
             })
             .arg(&self.group)
             .arg(&ctx.entry.id)
             .arg(&self.consumer)
             .arg(lock_holder)
-            .arg(self.policy.lease().as_millis() as u64);
+            .arg(self.policy.lease().as_millis() as u64)
+            .arg(
+                if ctx
+                    .first_claim
+                    .lock()
+                    .is_some_and(|sent| sent.elapsed() < self.outcomes_margin)
+                {
+                    "kept"
+                } else {
+                    "refresh"
+                },
+            );
         for (mode, sub, state) in states {
             call.arg(match mode {
                 Mode::Mark => "mark",
