@@ -139,6 +139,9 @@ pushes, devices, tck = int(pushes), int(devices), int(tck)
 events = pushes // devices
 secs = float(end) - float(start)
 calls = {m[0]: int(m[1]) for m in re.findall(r"cmdstat_(\S+?):calls=(\d+),", stats)}
+usec = {m[0]: int(m[1]) for m in re.findall(r"cmdstat_(\S+?):calls=\d+,usec=(\d+),", stats)}
+# A script's time includes the commands it runs (each also counted on its own).
+scripts = sum(usec.get(c, 0) for c in ("evalsha", "eval", "fcall"))
 top = sorted(calls.items(), key=lambda kv: -kv[1])
 print(json.dumps({
     "name": name, "devices": devices, "pushes": pushes, "secs": secs,
@@ -146,11 +149,12 @@ print(json.dumps({
     "cpu_us_per_push": int(cpu) / tck / pushes * 1e6,
     "redis_cpu_us_per_event": int(redis_cpu) / tck / events * 1e6,
     "commands_per_event": sum(calls.values()) / events,
+    "script_us_per_event": scripts / events,
     "peak_rss_mb": int(rss_kb) / 1024,
     "commands": ", ".join(f"{k} {v / events:.2f}" for k, v in top if v / events >= 0.01),
 }))
 PY
-  tail -1 "$results" | jq -r '"\(.name): \(.pushes) pushes in \(.secs|.*100|round/100) s, \(.rate|round) pushes/s, \(.cpu_us_per_push|round) us CPU per push, Redis \(.redis_cpu_us_per_event|round) us CPU and \(.commands_per_event|.*10|round/10) commands per event"' >&2
+  tail -1 "$results" | jq -r '"\(.name): \(.pushes) pushes in \(.secs|.*100|round/100) s, \(.rate|round) pushes/s, \(.cpu_us_per_push|round) us CPU per push, Redis \(.redis_cpu_us_per_event|round) us CPU (\(.script_us_per_event|round) us of it in scripts) and \(.commands_per_event|.*10|round/10) commands per event"' >&2
 }
 
 herald_workers() {   # herald_workers N: starts N `herald worker` processes

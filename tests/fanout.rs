@@ -373,3 +373,86 @@ fn a_call_that_fails_in_a_batch_fails_alone() {
         "only the failed call's entry is left pending"
     );
 }
+
+/// A Redis user from before claims used `HSETNX` (an ACL not updated on an
+/// upgrade): an event's one device is still claimed, the general way.
+#[test]
+fn a_user_without_hsetnx_still_claims_a_single_device() {
+    let redis = helpers::TestRedis::start();
+    let mut admin = redis.conn();
+    let stream = "{t:p0}:events";
+    let id: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("n")
+        .arg(1)
+        .query(&mut admin)
+        .expect("XADD");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("g")
+        .arg("0")
+        .query(&mut admin)
+        .expect("XGROUP CREATE");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("w")
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query(&mut admin)
+        .expect("XREADGROUP");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("old-worker")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-hsetnx")
+        .query(&mut admin)
+        .expect("ACL SETUSER");
+    let url = redis
+        .url()
+        .replacen("redis://", "redis://old-worker:pw@", 1);
+    let mut old = redis::Client::open(url)
+        .expect("url")
+        .get_connection()
+        .expect("connect as the old user");
+    let script = redis::Script::new(concat!(
+        include_str!("../src/deliver/claim.lua"),
+        include_str!("../src/deliver/batch.lua")
+    ));
+    let outcomes = "{t:p0}:outcomes:e1";
+    let holder = format!("w#00000001/{id}");
+    let mut batch = script.prepare_invoke();
+    let lease = format!("{{t:p0}}:lease:{id}");
+    for key in [stream, outcomes, lease.as_str(), outcomes, outcomes] {
+        batch.key(key);
+    }
+    batch.arg(1).arg(5).arg(13);
+    batch
+        .arg("g")
+        .arg("w")
+        .arg(&id)
+        .arg("0")
+        .arg(30_000)
+        .arg("1")
+        .arg(&holder)
+        .arg(90_000)
+        .arg(60)
+        .arg("")
+        .arg(60)
+        .arg("claim")
+        .arg("d");
+    let replies: Vec<Vec<String>> = batch.invoke(&mut old).expect("one batch");
+    assert_eq!(replies, vec![vec!["ok".to_string(), "claimed".to_string()]]);
+    let state: String = redis::cmd("HGET")
+        .arg(outcomes)
+        .arg("d")
+        .query(&mut admin)
+        .expect("HGET");
+    assert!(state.starts_with(&format!("pushing {holder} ")), "{state}");
+}

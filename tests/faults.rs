@@ -503,3 +503,79 @@ async fn an_entry_pushed_while_redis_refuses_writes_is_still_acknowledged() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.delivered_to(&device).len(), 1, "pushed once");
 }
+
+/// A failover right after a push: the primary turns read-only (as a demoted
+/// one does) the moment the push goes out, and takes writes again 2 s later
+/// (as the new primary the worker's connection reaches). The device's state
+/// and the acknowledgement wait it out, as for a Redis that is away, instead
+/// of being lost: once the device's claim is past, a retry finds the device
+/// delivered and pushes nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_read_only_for_two_seconds_after_a_push_pushes_nothing_twice() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::OnceLock;
+
+    let url: Arc<OnceLock<String>> = Arc::default();
+    let armed = Arc::new(AtomicBool::new(false));
+    let (hook_url, hook_armed) = (url.clone(), armed.clone());
+    let app = TestApp::start_hooked(
+        |_| {},
+        Arc::new(move |_device| {
+            if !hook_armed.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            let url = hook_url.get().expect("the url is set before the push");
+            let mut conn = redis::Client::open(url.as_str())
+                .expect("url")
+                .get_connection()
+                .expect("connect");
+            // A replica of nothing (port 1): writes refused with READONLY, data kept.
+            let _: () = redis::cmd("REPLICAOF")
+                .arg("127.0.0.1")
+                .arg(1)
+                .query(&mut conn)
+                .expect("REPLICAOF");
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                let _: () = redis::cmd("REPLICAOF")
+                    .arg("NO")
+                    .arg("ONE")
+                    .query(&mut conn)
+                    .expect("REPLICAOF NO ONE");
+            });
+        }),
+    )
+    .await;
+    url.set(app.redis.url()).expect("set once");
+    let device = app.register_device("u-1").await;
+    app.publish_to("u-1", "during a failover").await;
+    armed.store(true, Ordering::SeqCst);
+    let _worker = app.run_worker();
+    eventually("the push", Duration::from_secs(10), || {
+        app.delivered_to(&device).len() == 1
+    })
+    .await;
+    eventually("the acknowledgement", Duration::from_secs(15), || {
+        app.pending() == 0
+    })
+    .await;
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(
+            app.db.keys.outcomes(
+                0,
+                &app.sink.delivered()[0]
+                    .event_id
+                    .clone()
+                    .expect("an event id"),
+            ),
+        )
+        .arg(&device)
+        .query(&mut app.redis.conn())
+        .expect("HGET");
+    assert_eq!(
+        state.as_deref(),
+        Some("delivered"),
+        "the state waited the failover out"
+    );
+    assert_eq!(app.delivered_to(&device).len(), 1, "pushed once");
+}

@@ -30,11 +30,21 @@ local function defer(command, key, first, value)
   job.values[#job.values + 1] = value
   job.calls[#job.calls + 1] = call
 end
+-- An error that concerns the server, not the call (a primary demoted by a
+-- failover, a replica without its primary, a Redis still loading): the whole
+-- batch fails with it, as a single call's script would, so that the caller
+-- sees Redis unreachable (and waits for it, or finds the new primary) rather
+-- than a refusal of its call. Nothing was written before it: such a server
+-- takes no write.
+local SERVER = {'READONLY', 'MASTERDOWN', 'LOADING', 'TRYAGAIN', 'CLUSTERDOWN'}
 local function failure(e)
-  if type(e) == 'table' and e.err then
-    return {'!error', e.err}
+  local message = type(e) == 'table' and e.err or tostring(e)
+  for _, code in ipairs(SERVER) do
+    if string.sub(message, 1, #code + 1) == code .. ' ' then
+      error({err = message})
+    end
   end
-  return {'!error', tostring(e)}
+  return {'!error', message}
 end
 local calls = {}
 local k, a = 0, 2

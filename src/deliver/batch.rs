@@ -85,7 +85,15 @@ impl Batcher {
             !std::mem::replace(&mut queue.sending, true)
         };
         if start {
-            tokio::spawn(self.clone().send_all(stream.to_string()));
+            // Made before the task, so that even a task dropped unpolled (the
+            // runtime shutting down) fails the stream's calls rather than
+            // leaving them waiting.
+            let done = Done {
+                batcher: self.clone(),
+                stream: stream.to_string(),
+                finished: false,
+            };
+            tokio::spawn(self.clone().send_all(done));
         }
         reply
             .await
@@ -93,12 +101,8 @@ impl Batcher {
     }
 
     /// Sends the stream's waiting calls, batch after batch, until none is left.
-    async fn send_all(self: Arc<Self>, stream: String) {
-        let mut done = Done {
-            batcher: &self,
-            stream: &stream,
-            finished: false,
-        };
+    async fn send_all(self: Arc<Self>, mut done: Done) {
+        let stream = done.stream.clone();
         while let Some(batch) = self.next_batch(&stream) {
             let replies = self.send(&batch).await;
             match replies {
@@ -182,17 +186,17 @@ fn own_reply(reply: Value) -> anyhow::Result<Value> {
 /// Fails a stream's waiting calls when its sending task ends without finishing
 /// (a panic, or the runtime shutting down), rather than leaving them waiting
 /// for a batch that never comes.
-struct Done<'b> {
-    batcher: &'b Arc<Batcher>,
-    stream: &'b str,
+struct Done {
+    batcher: Arc<Batcher>,
+    stream: String,
     finished: bool,
 }
 
-impl Drop for Done<'_> {
+impl Drop for Done {
     fn drop(&mut self) {
         if !self.finished {
             // Dropping the waiting calls' answers tells each of them.
-            self.batcher.queues.lock().remove(self.stream);
+            self.batcher.queues.lock().remove(&self.stream);
         }
     }
 }

@@ -161,7 +161,10 @@ local function one(KEYS, ARGV, now, defer, shared)
   -- attempt): claimed in one write, as the general way below would.
   if #subs == 1 and not ordered and ARGV[12] ~= 'inspect' then
     local claim = 'pushing ' .. ARGV[7] .. ' ' .. (now + tonumber(ARGV[8]))
-    if redis.call('HSETNX', KEYS[2], subs[1], claim) == 1 then
+    -- Refused (a Redis user from before herald used HSETNX, say): the general
+    -- way, which reads first, tells the rest.
+    local ok, set = pcall(redis.call, 'HSETNX', KEYS[2], subs[1], claim)
+    if ok and set == 1 then
       redis.call('EXPIRE', KEYS[2], ARGV[9])
       reply[2] = 'claimed'
       return reply

@@ -12,7 +12,7 @@
 //! that lost its entry sends nothing more: see [`EntryCtx::may_send`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,11 @@ use crate::shared::event::Event;
 use crate::shared::stream::Entry;
 
 static REFRESH: OnceLock<Script> = OnceLock::new();
+
+/// [`EntryCtx::beats`]: no heartbeat sent yet; one sent; acknowledged without one.
+const QUIET: u8 = 0;
+const BEATING: u8 = 1;
+const ENDING: u8 = 2;
 
 /// Devices claimed per call.
 pub(super) const CHUNK: usize = 64;
@@ -54,9 +59,11 @@ pub(super) struct EntryCtx<'a> {
     /// markers' expiry it set lasts their life past any write made within the
     /// worker's margin (see settle.lua, 'kept').
     pub first_claim: Mutex<Option<Instant>>,
-    /// A heartbeat of this attempt was sent: one may still be on its way when
-    /// the attempt ends, so the release must leave its lease marked ended.
-    pub beat_sent: AtomicBool,
+    /// Whether a heartbeat of this attempt was sent (one may still be on its
+    /// way when the attempt ends, so its release must leave the lease marked
+    /// ended), or the entry is being acknowledged without that (and no
+    /// heartbeat is sent any more): see [`EntryCtx::quiet_end`].
+    beats: AtomicU8,
     /// Another consumer took the entry over.
     lost: AtomicBool,
     /// How long without a landed heartbeat this processor may still send.
@@ -89,7 +96,7 @@ impl<'a> EntryCtx<'a> {
             claimed: Mutex::default(),
             last_beat: Mutex::new(Instant::now()),
             first_claim: Mutex::new(None),
-            beat_sent: AtomicBool::new(false),
+            beats: AtomicU8::new(QUIET),
             lost: AtomicBool::new(false),
             send_window: worker.policy.lease(),
             marks: Mutex::default(),
@@ -115,6 +122,33 @@ impl<'a> EntryCtx<'a> {
     /// and does not acknowledge it.
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the entry may be acknowledged without releasing its lease: no
+    /// heartbeat was sent, and from now on none will be (one could otherwise
+    /// find the lease taken over after the acknowledgement). Unordered
+    /// entries only: a key's lock is always released.
+    pub fn quiet_end(&self) -> bool {
+        self.order.is_none()
+            && match self
+                .beats
+                .compare_exchange(QUIET, ENDING, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => true,
+                // Asked again (the acknowledgement retried while Redis was away).
+                Err(now) => now == ENDING,
+            }
+    }
+
+    /// Whether a heartbeat may go out (none once the entry ends quietly).
+    fn may_beat(&self) -> bool {
+        match self
+            .beats
+            .compare_exchange(QUIET, BEATING, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now == BEATING,
+        }
     }
 
     fn beat_landed(&self) {
@@ -297,8 +331,10 @@ impl Worker {
     /// devices' claims while it is still ours (see `refresh.lua`).
     pub(super) async fn heartbeat(&self, ctx: &EntryCtx<'_>) {
         let (lock, holder) = ctx.lock();
+        if !ctx.may_beat() {
+            return;
+        }
         let devices: Vec<String> = ctx.claimed.lock().iter().cloned().collect();
-        ctx.beat_sent.store(true, Ordering::Relaxed);
         let call = async {
             let mut conn = self.db.side_conn();
             let mut invocation = script(&REFRESH, include_str!("refresh.lua")).prepare_invoke();

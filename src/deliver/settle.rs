@@ -163,9 +163,7 @@ impl Worker {
                 End::Release => "release",
                 // Nothing can come looking for a lease no heartbeat refreshed, and
                 // no key lock was taken: it expires by itself.
-                End::Finish if ctx.order.is_none() && !ctx.beat_sent.load(Ordering::Relaxed) => {
-                    "ack"
-                }
+                End::Finish if ctx.quiet_end() => "ack",
                 End::Finish => "finish",
             })
             .arg(&self.group)
