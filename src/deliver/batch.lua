@@ -20,11 +20,20 @@ local later, order = {}, {}
 local call = 0
 -- A command run once at the end with every call's value (an XACK of many ids).
 local function defer(command, key, first, value)
-  local name = command .. '\0' .. key .. '\0' .. (first or '')
-  local job = later[name]
+  local by_key = later[command]
+  if not by_key then
+    by_key = {}
+    later[command] = by_key
+  end
+  local by_first = by_key[key]
+  if not by_first then
+    by_first = {}
+    by_key[key] = by_first
+  end
+  local job = by_first[first or '']
   if not job then
     job = {command = command, key = key, first = first, values = {}, calls = {}}
-    later[name] = job
+    by_first[first or ''] = job
     order[#order + 1] = job
   end
   job.values[#job.values + 1] = value

@@ -39,49 +39,65 @@
 -- after a failed attempt; 'done <state>'; 'busy'; 'superseded <due ms> <event id>';
 -- with 'inspect', the state as stored ('' for none).
 
--- Whether stream id x comes before y (ids as text: '<ms>-<seq>', each a
--- decimal that may exceed what a Lua number holds exactly).
-local function before(x, y)
-  local xm, xs = string.match(x, '^(%d+)-(%d+)$')
-  local ym, ys = string.match(y, '^(%d+)-(%d+)$')
-  if #xm ~= #ym then
-    return #xm < #ym
+-- A stream id's two numbers as text ('<ms>-<seq>': each may exceed what a
+-- Lua number holds exactly), or nothing for anything else.
+local function parse_id(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  if ms then
+    return {id = id, ms = ms, seq = seq}
   end
-  if xm ~= ym then
-    return xm < ym
-  end
-  if #xs ~= #ys then
-    return #xs < #ys
-  end
-  return xs < ys
 end
 
-local function owner_key(stream, group, consumer)
-  return stream .. '\0' .. group .. '\0' .. consumer
+-- Whether parsed id x comes before y: by length, then as text, each number.
+local function before(x, y)
+  if #x.ms ~= #y.ms then
+    return #x.ms < #y.ms
+  end
+  if x.ms ~= y.ms then
+    return x.ms < y.ms
+  end
+  if #x.seq ~= #y.seq then
+    return #x.seq < #y.seq
+  end
+  return x.seq < y.seq
+end
+
+-- t[k], made when missing and `make`.
+local function step(t, k, make)
+  local inner = t and t[k]
+  if not inner and make then
+    inner = {}
+    t[k] = inner
+  end
+  return inner
+end
+
+-- t[a][b][c], made on the way when `make`.
+local function at(t, a, b, c, make)
+  return step(step(step(t, a, make), b, make), c, make)
 end
 
 -- For the batch's first calls: which entries are pending to their consumer,
 -- read with one XPENDING per stream, group and consumer over the span of
--- their ids (shared.mine[<owner key>\0<id>]: true or false), instead of one
--- per entry. A span whose answer may be cut short (as many rows as asked
--- for) is left out: its calls ask for themselves.
+-- their ids (shared.mine[stream][group][consumer][id]: true or false),
+-- instead of one per entry. A span whose answer may be cut short (as many
+-- rows as asked for) is left out: its calls ask for themselves.
 local function prepare(calls, shared)
-  local spans, names = {}, {}
+  local by_owner, spans = {}, {}
   for _, call in ipairs(calls) do
     local K, A = call.keys, call.args
-    if A[6] == '1' and A[4] ~= '1' and string.match(A[3], '^%d+%-%d+$') then
-      local name = owner_key(K[1], A[1], A[2])
-      if not spans[name] then
-        spans[name] = {stream = K[1], group = A[1], consumer = A[2], ids = {}}
-        names[#names + 1] = name
+    local id = A[6] == '1' and A[4] ~= '1' and parse_id(A[3])
+    if id then
+      local span = at(by_owner, K[1], A[1], A[2], true)
+      if not span.ids then
+        span.stream, span.group, span.consumer, span.ids = K[1], A[1], A[2], {}
+        spans[#spans + 1] = span
       end
-      local ids = spans[name].ids
-      ids[#ids + 1] = A[3]
+      span.ids[#span.ids + 1] = id
     end
   end
   shared.mine = {}
-  for _, name in ipairs(names) do
-    local span = spans[name]
+  for _, span in ipairs(spans) do
     if #span.ids > 1 then
       local low, high = span.ids[1], span.ids[1]
       for _, id in ipairs(span.ids) do
@@ -93,19 +109,23 @@ local function prepare(calls, shared)
         end
       end
       local most = 2 * #span.ids + 128
-      local rows = redis.call('XPENDING', span.stream, span.group, low, high, most, span.consumer)
+      local rows = redis.call('XPENDING', span.stream, span.group, low.id, high.id, most, span.consumer)
       if #rows < most then
         local pending = {}
         for _, row in ipairs(rows) do
           pending[row[1]] = true
         end
+        local mine = at(shared.mine, span.stream, span.group, span.consumer, true)
         for _, id in ipairs(span.ids) do
-          shared.mine[name .. '\0' .. id] = pending[id] == true
+          mine[id.id] = pending[id.id] == true
         end
       end
     end
   end
 end
+
+-- Settled states: a device in one of them is done.
+local SETTLED = {delivered = true, gone = true, dead = true, superseded = true, expired = true}
 
 -- `now()` is the batch's time in ms; `defer` is unused here; `shared` is what
 -- `prepare` read.
@@ -114,7 +134,8 @@ local function one(KEYS, ARGV, now, defer, shared)
   local ordered = ARGV[10] ~= ''
   if ARGV[6] == '1' then
     if ARGV[4] ~= '1' then
-      local mine = shared.mine and shared.mine[owner_key(KEYS[1], ARGV[1], ARGV[2]) .. '\0' .. ARGV[3]]
+      local known = shared.mine and at(shared.mine, KEYS[1], ARGV[1], ARGV[2], false)
+      local mine = known and known[ARGV[3]]
       if mine == nil then
         local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
         mine = #pending > 0 and pending[1][2] == ARGV[2]
@@ -145,7 +166,6 @@ local function one(KEYS, ARGV, now, defer, shared)
     -- A later chunk: only while the entry's lease is still this consumer's.
     return {'taken'}
   end
-  local settled = {delivered = true, gone = true, dead = true, superseded = true, expired = true}
   local mine_ms, mine_id
   if ordered then
     mine_ms, mine_id = string.match(ARGV[10], '^(%d+) (.*)$')
@@ -187,7 +207,7 @@ local function one(KEYS, ARGV, now, defer, shared)
     local word = state and string.match(state, '^(%S+)') or ''
     if ARGV[12] == 'inspect' then
       reply[#reply + 1] = state or ''
-    elseif settled[word] then
+    elseif SETTLED[word] then
       reply[#reply + 1] = 'done ' .. word
     else
       local busy = false

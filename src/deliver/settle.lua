@@ -31,6 +31,27 @@
 --         settled state); 'unclaim': nothing was sent, the previous state goes
 --         back ('' for none), also only while the claim is this holder's.
 -- Returns the number of states written.
+
+-- One read (of the states that are conditional) and one write per call, in
+-- slices: Lua unpacks at most about 8,000 values at once.
+local SLICE = 1000 -- even: HSET field-value pairs never split
+-- Returns the replies' values (HMGET), or the sum of their counts (HSET: the
+-- fields it created).
+local function in_slices(command, key, values)
+  local out, count = {}, 0
+  for first = 1, #values, SLICE do
+    local got = redis.call(command, key, unpack(values, first, math.min(first + SLICE - 1, #values)))
+    if type(got) == 'table' then
+      for _, v in ipairs(got) do
+        out[#out + 1] = v
+      end
+    else
+      count = count + got
+    end
+  end
+  return out, count
+end
+
 -- Nothing is read once for all calls here.
 local function prepare(calls, shared)
 end
@@ -38,73 +59,64 @@ end
 -- `now` and `shared` are unused here; `defer(command, key, first argument,
 -- value)` has the batch run one command with every call's value at its end.
 local function one(KEYS, ARGV, now, defer, shared)
-  -- One read (of the states that are conditional) and one write per call, in
-  -- slices: Lua unpacks at most about 8,000 values at once.
-  local SLICE = 1000 -- even: HSET field-value pairs never split
-  -- Returns the replies' values (HMGET), or the sum of their counts (HSET: the
-  -- fields it created).
-  local function in_slices(command, key, values)
-    local out, count = {}, 0
-    for first = 1, #values, SLICE do
-      local got = redis.call(command, key, unpack(values, first, math.min(first + SLICE - 1, #values)))
-      if type(got) == 'table' then
-        for _, v in ipairs(got) do
-          out[#out + 1] = v
+  -- `created` of the `fields` written were new (HSET's count).
+  local written, created, fields = 0, 0, 0
+  if #ARGV == 12 and ARGV[10] == 'mark' and ARGV[12] ~= '' then
+    -- One settled state (the usual end of a single-device event): written as
+    -- is, as the general way below would.
+    written, fields = 1, 1
+    created = redis.call('HSET', KEYS[1], ARGV[11], ARGV[12])
+  else
+    local mine
+    local conditional = {}
+    for i = 10, #ARGV, 3 do
+      if ARGV[i] ~= 'mark' then
+        conditional[#conditional + 1] = ARGV[i + 1]
+      end
+    end
+    local current = {}
+    if #conditional > 0 then
+      local values = in_slices('HMGET', KEYS[1], conditional)
+      for i, sub in ipairs(conditional) do
+        current[sub] = values[i]
+      end
+    end
+    -- As if one after the other: a later triple of a device sees what an earlier
+    -- one wrote; each device's last value is what gets written.
+    local last, order = {}, {}
+    for i = 10, #ARGV, 3 do
+      local mode, sub, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+      local ours = true
+      if mode ~= 'mark' then
+        mine = mine or ('pushing ' .. ARGV[2] .. ' ')
+        local now = current[sub]
+        ours = now and string.sub(now, 1, #mine) == mine
+      end
+      if ours then
+        if last[sub] == nil then
+          order[#order + 1] = sub
         end
+        last[sub] = state
+        current[sub] = state ~= '' and state or false
+        written = written + 1
+      end
+    end
+    local sets, dels = {}, {}
+    for _, sub in ipairs(order) do
+      if last[sub] == '' then
+        dels[#dels + 1] = sub
       else
-        count = count + got
+        sets[#sets + 1] = sub
+        sets[#sets + 1] = last[sub]
       end
     end
-    return out, count
+    local _, made = in_slices('HSET', KEYS[1], sets)
+    in_slices('HDEL', KEYS[1], dels)
+    created, fields = made, #sets / 2
   end
-  local written = 0
-  local mine = 'pushing ' .. ARGV[2] .. ' '
-  local conditional = {}
-  for i = 10, #ARGV, 3 do
-    if ARGV[i] ~= 'mark' then
-      conditional[#conditional + 1] = ARGV[i + 1]
-    end
-  end
-  local current = {}
-  if #conditional > 0 then
-    local values = in_slices('HMGET', KEYS[1], conditional)
-    for i, sub in ipairs(conditional) do
-      current[sub] = values[i]
-    end
-  end
-  -- As if one after the other: a later triple of a device sees what an earlier
-  -- one wrote; each device's last value is what gets written.
-  local last, order = {}, {}
-  for i = 10, #ARGV, 3 do
-    local mode, sub, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    local ours = true
-    if mode ~= 'mark' then
-      local now = current[sub]
-      ours = now and string.sub(now, 1, #mine) == mine
-    end
-    if ours then
-      if last[sub] == nil then
-        order[#order + 1] = sub
-      end
-      last[sub] = state
-      current[sub] = state ~= '' and state or false
-      written = written + 1
-    end
-  end
-  local sets, dels = {}, {}
-  for _, sub in ipairs(order) do
-    if last[sub] == '' then
-      dels[#dels + 1] = sub
-    else
-      sets[#sets + 1] = sub
-      sets[#sets + 1] = last[sub]
-    end
-  end
-  local _, created = in_slices('HSET', KEYS[1], sets)
-  in_slices('HDEL', KEYS[1], dels)
   -- Every field new: the hash may be new too (its claims expired, or it was
   -- deleted), without the expiry the first claim gave it.
-  if written > 0 and (ARGV[9] ~= 'kept' or (created > 0 and created * 2 == #sets)) then
+  if written > 0 and (ARGV[9] ~= 'kept' or (created > 0 and created == fields)) then
     redis.call('EXPIRE', KEYS[1], ARGV[1])
   end
   if ARGV[3] == 'finish' or ARGV[3] == 'ack' then
