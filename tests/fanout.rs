@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use helpers::{eventually, kill9, spawn_role, wait_started, TestApp};
+use herald::deliver::batch::{self, Call};
 use herald::shared::subscriptions::{id_for_endpoint, Store, Subscription};
 use serde_json::json;
 
@@ -132,40 +133,22 @@ async fn a_fan_out_to_10000_devices_survives_a_killed_worker_without_a_second_pu
     assert_eq!(seen.len(), DEVICES + 1);
 }
 
-/// The settle script as the worker runs it: one call (`settle.lua`), run by
-/// the batch (`batch.lua`).
-fn settle_script() -> redis::Script {
-    redis::Script::new(concat!(
-        include_str!("../src/deliver/settle.lua"),
-        include_str!("../src/deliver/batch.lua")
-    ))
-}
-
-/// A batch of one call of `settle.lua` that writes `triples` only (no
-/// acknowledgement, no release), markers living 60 s: the call's reply.
-fn settle_call(
-    conn: &mut redis::Connection,
-    outcomes: &str,
-    holder: &str,
-    triples: &[(String, String, String)],
-) -> i64 {
-    let script = settle_script();
-    let mut call = script.prepare_invoke();
-    for key in [
-        outcomes,
-        "{t:p0}:events",
-        "{t:p0}:retry-at",
-        "{t:p0}:lease:1-0",
-        "{t:p0}:lease:1-0",
-    ] {
-        call.key(key);
-    }
-    call.arg(1).arg(5).arg(9 + 3 * triples.len());
-    call.arg(60)
-        .arg(holder)
-        .arg("")
+/// A call of the settle script (`settle.lua`, in its batch) for entry
+/// `entry` of stream `{t:p0}:events`: `end` ('', 'finish', …), markers living
+/// 60 s, and `triples` (mode, subscription, state).
+fn settle(outcomes: &str, entry: &str, end: &str, triples: &[(&str, &str, &str)]) -> Call {
+    let lease = format!("{{t:p0}}:lease:{entry}");
+    let mut call = Call::default();
+    call.key(outcomes)
+        .key("{t:p0}:events")
+        .key("{t:p0}:retry-at")
+        .key(&lease)
+        .key(&lease)
+        .arg(60)
+        .arg(format!("w#00000001/{entry}"))
+        .arg(end)
         .arg("g")
-        .arg("1-0")
+        .arg(entry)
         .arg("w")
         .arg("")
         .arg(1000)
@@ -173,9 +156,50 @@ fn settle_call(
     for (mode, sub, state) in triples {
         call.arg(mode).arg(sub).arg(state);
     }
-    let replies: Vec<i64> = call.invoke(conn).expect("one call");
-    assert_eq!(replies.len(), 1, "one reply per call");
-    replies[0]
+    call
+}
+
+/// Runs `calls` of `source` as one batch, as the worker does: one reply per call.
+fn run_batch(conn: &mut redis::Connection, source: &str, calls: &[Call]) -> Vec<redis::Value> {
+    let script = redis::Script::new(source);
+    let replies: Vec<redis::Value> = batch::invocation(&script, calls.iter())
+        .invoke(conn)
+        .expect("one batch");
+    assert_eq!(replies.len(), calls.len(), "one reply per call");
+    replies
+}
+
+/// `n` entries added to `{t:p0}:events` and read by consumer `w` of group
+/// `g`, so that they are pending to it: their ids.
+fn pending_entries(conn: &mut redis::Connection, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            redis::cmd("XADD")
+                .arg("{t:p0}:events")
+                .arg("*")
+                .arg("n")
+                .arg(i)
+                .query(conn)
+                .expect("XADD")
+        })
+        .collect();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("{t:p0}:events")
+        .arg("g")
+        .arg("0")
+        .query(conn)
+        .expect("XGROUP CREATE");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("w")
+        .arg("STREAMS")
+        .arg("{t:p0}:events")
+        .arg(">")
+        .query(conn)
+        .expect("XREADGROUP");
+    ids
 }
 
 /// `settle.lua` writes the states of any number of devices in one call (Lua
@@ -197,17 +221,26 @@ fn the_states_of_ten_thousand_devices_are_written_in_one_call() {
             .arg(format!("pushing {holder} 99999999999999"));
     }
     let _: () = claimed.query(&mut conn).expect("claims");
-    let triples: Vec<(String, String, String)> = (0..10_000)
+    let triples: Vec<(&str, String, &str)> = (0..10_000)
         .map(|i| {
             let (mode, state) = match i % 3 {
                 0 => ("mark", "delivered"),
                 1 => ("fail", "failed 503 unavailable"),
                 _ => ("unclaim", ""),
             };
-            (mode.to_string(), claim(i), state.to_string())
+            (mode, claim(i), state)
         })
         .collect();
-    let written = settle_call(&mut conn, outcomes, holder, &triples);
+    let triples: Vec<(&str, &str, &str)> = triples
+        .iter()
+        .map(|(m, sub, st)| (*m, sub.as_str(), *st))
+        .collect();
+    let replies = run_batch(
+        &mut conn,
+        batch::SETTLE_SCRIPT,
+        &[settle(outcomes, "1-0", "", &triples)],
+    );
+    let written: i64 = redis::from_redis_value_ref(&replies[0]).expect("a count");
     assert_eq!(written, 10_000);
     let states: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(outcomes)
@@ -243,16 +276,22 @@ fn the_states_of_one_call_apply_in_order() {
         .arg(&claim)
         .query(&mut conn)
         .expect("claims");
-    let triples: Vec<(String, String, String)> = [
-        ("mark", "a", "delivered"),
-        ("fail", "a", "failed 503 late"),
-        ("fail", "b", "failed 503 first"),
-        ("unclaim", "b", ""),
-    ]
-    .iter()
-    .map(|(m, s, t)| (m.to_string(), s.to_string(), t.to_string()))
-    .collect();
-    let written = settle_call(&mut conn, outcomes, holder, &triples);
+    let replies = run_batch(
+        &mut conn,
+        batch::SETTLE_SCRIPT,
+        &[settle(
+            outcomes,
+            "1-0",
+            "",
+            &[
+                ("mark", "a", "delivered"),
+                ("fail", "a", "failed 503 late"),
+                ("fail", "b", "failed 503 first"),
+                ("unclaim", "b", ""),
+            ],
+        )],
+    );
+    let written: i64 = redis::from_redis_value_ref(&replies[0]).expect("a count");
     assert_eq!(
         written, 2,
         "a's mark and b's failure; the rest found no claim of theirs"
@@ -277,70 +316,22 @@ fn the_states_of_one_call_apply_in_order() {
 fn a_call_that_fails_in_a_batch_fails_alone() {
     let redis = helpers::TestRedis::start();
     let mut conn = redis.conn();
-    let stream = "{t:p0}:events";
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let id: String = redis::cmd("XADD")
-            .arg(stream)
-            .arg("*")
-            .arg("n")
-            .arg(n)
-            .query(&mut conn)
-            .expect("XADD");
-        ids.push(id);
-    }
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg("g")
-        .arg("0")
-        .query(&mut conn)
-        .expect("XGROUP CREATE");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("w")
-        .arg("STREAMS")
-        .arg(stream)
-        .arg(">")
-        .query(&mut conn)
-        .expect("XREADGROUP");
+    let ids = pending_entries(&mut conn, 3);
     // The middle entry's outcomes key holds a string: HSET on it fails.
     let _: () = redis::cmd("SET")
         .arg("{t:p0}:outcomes:e1")
         .arg("not a hash")
         .query(&mut conn)
         .expect("SET");
-    let script = settle_script();
-    let mut batch = script.prepare_invoke();
-    batch.arg(3);
-    for (n, id) in ids.iter().enumerate() {
-        let holder = format!("w#00000001/{id}");
-        for key in [
-            format!("{{t:p0}}:outcomes:e{n}"),
-            stream.to_string(),
-            "{t:p0}:retry-at".to_string(),
-            format!("{{t:p0}}:lease:{id}"),
-            format!("{{t:p0}}:lease:{id}"),
-        ] {
-            batch.key(key);
-        }
-        batch.arg(5).arg(12);
-        batch
-            .arg(60)
-            .arg(&holder)
-            .arg("finish")
-            .arg("g")
-            .arg(id)
-            .arg("w")
-            .arg("")
-            .arg(1000)
-            .arg("refresh")
-            .arg("mark")
-            .arg("d")
-            .arg("delivered");
-    }
-    let replies: Vec<redis::Value> = batch.invoke(&mut conn).expect("one batch");
+    let calls: Vec<Call> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| {
+            let outcomes = format!("{{t:p0}}:outcomes:e{n}");
+            settle(&outcomes, id, "finish", &[("mark", "d", "delivered")])
+        })
+        .collect();
+    let replies = run_batch(&mut conn, batch::SETTLE_SCRIPT, &calls);
     assert_eq!(replies.len(), 3);
     assert_eq!(replies[0], redis::Value::Int(1));
     assert_eq!(replies[2], redis::Value::Int(1));
@@ -359,7 +350,7 @@ fn a_call_that_fails_in_a_batch_fails_alone() {
         assert_eq!(state.as_deref(), Some("delivered"));
     }
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(stream)
+        .arg("{t:p0}:events")
         .arg("g")
         .arg("-")
         .arg("+")
@@ -372,87 +363,4 @@ fn a_call_that_fails_in_a_batch_fails_alone() {
         [ids[1].as_str()],
         "only the failed call's entry is left pending"
     );
-}
-
-/// A Redis user from before claims used `HSETNX` (an ACL not updated on an
-/// upgrade): an event's one device is still claimed, the general way.
-#[test]
-fn a_user_without_hsetnx_still_claims_a_single_device() {
-    let redis = helpers::TestRedis::start();
-    let mut admin = redis.conn();
-    let stream = "{t:p0}:events";
-    let id: String = redis::cmd("XADD")
-        .arg(stream)
-        .arg("*")
-        .arg("n")
-        .arg(1)
-        .query(&mut admin)
-        .expect("XADD");
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg("g")
-        .arg("0")
-        .query(&mut admin)
-        .expect("XGROUP CREATE");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("w")
-        .arg("STREAMS")
-        .arg(stream)
-        .arg(">")
-        .query(&mut admin)
-        .expect("XREADGROUP");
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("old-worker")
-        .arg("on")
-        .arg(">pw")
-        .arg("~*")
-        .arg("+@all")
-        .arg("-hsetnx")
-        .query(&mut admin)
-        .expect("ACL SETUSER");
-    let url = redis
-        .url()
-        .replacen("redis://", "redis://old-worker:pw@", 1);
-    let mut old = redis::Client::open(url)
-        .expect("url")
-        .get_connection()
-        .expect("connect as the old user");
-    let script = redis::Script::new(concat!(
-        include_str!("../src/deliver/claim.lua"),
-        include_str!("../src/deliver/batch.lua")
-    ));
-    let outcomes = "{t:p0}:outcomes:e1";
-    let holder = format!("w#00000001/{id}");
-    let mut batch = script.prepare_invoke();
-    let lease = format!("{{t:p0}}:lease:{id}");
-    for key in [stream, outcomes, lease.as_str(), outcomes, outcomes] {
-        batch.key(key);
-    }
-    batch.arg(1).arg(5).arg(13);
-    batch
-        .arg("g")
-        .arg("w")
-        .arg(&id)
-        .arg("0")
-        .arg(30_000)
-        .arg("1")
-        .arg(&holder)
-        .arg(90_000)
-        .arg(60)
-        .arg("")
-        .arg(60)
-        .arg("claim")
-        .arg("d");
-    let replies: Vec<Vec<String>> = batch.invoke(&mut old).expect("one batch");
-    assert_eq!(replies, vec![vec!["ok".to_string(), "claimed".to_string()]]);
-    let state: String = redis::cmd("HGET")
-        .arg(outcomes)
-        .arg("d")
-        .query(&mut admin)
-        .expect("HGET");
-    assert!(state.starts_with(&format!("pushing {holder} ")), "{state}");
 }

@@ -421,3 +421,58 @@ async fn entries_in_flight_share_their_claim_and_settle_round_trips() {
         .expect("worker task")
         .expect("worker stops cleanly");
 }
+
+/// One entry whose claim fails (its event's outcomes key holds a string, so
+/// every write to it is refused) among thirty in flight: the worker's batches
+/// carry it beside the others, and only it is left pending; every other
+/// event reaches its device once and is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_claim_fails_holds_up_no_other_in_its_batch() {
+    const EVENTS: usize = 30;
+    let app = TestApp::start().await;
+    let mut users = Vec::new();
+    for n in 0..10 {
+        let user = format!("u-alone-{n}");
+        app.register_device(&user).await;
+        users.push(user);
+    }
+    let events: Vec<_> = (0..EVENTS)
+        .map(|i| json!({"topic": "parking.lot-7.exit", "user": users[i % users.len()], "notification": {"title": format!("event {i}")}}))
+        .collect();
+    let (status, body) = app.post("/v1/events", &json!(events)).await;
+    assert_eq!(status, 202, "{body}");
+    let broken = body["events"][7]["id"].as_str().expect("an id").to_string();
+    let _: () = redis::cmd("SET")
+        .arg(app.db.keys.outcomes(0, &broken))
+        .arg("not a hash")
+        .query(&mut app.redis.conn())
+        .expect("SET");
+    let worker = app.run_worker();
+    eventually(
+        "every other event delivered and acknowledged",
+        Duration::from_secs(30),
+        || app.sink.delivered().len() >= EVENTS - 1 && app.pending() == 1,
+    )
+    .await;
+    // Let a stray push of the broken event, or a duplicate, show itself.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for arrival in app.sink.delivered() {
+        *seen
+            .entry(arrival.event_id.expect("a decrypted payload with an id"))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        EVENTS - 1,
+        "every other event reached its device"
+    );
+    assert!(!seen.contains_key(&broken), "the broken one was not pushed");
+    assert!(seen.values().all(|n| *n == 1), "no event pushed twice");
+    assert_eq!(app.pending(), 1, "only the broken entry is left pending");
+    app.shutdown.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stops cleanly");
+}

@@ -625,6 +625,54 @@ async fn every_role_works_under_its_acl_user_and_is_refused_anything_else() {
     }
 }
 
+/// A worker whose Redis user was made before claims used `HSETNX` (an ACL not
+/// updated on an upgrade) still delivers an event to its one device: the
+/// claim's one-write way is refused (the ACL log shows it), and the claim
+/// takes the general way instead, through the real worker loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_user_lacks_hsetnx_still_delivers() {
+    let app = helpers::TestApp::start_with(|s| {
+        let admin = s.redis.url.expose().to_string();
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("old-worker")
+            .arg("on")
+            .arg(">pw")
+            .arg("~*")
+            .arg("+@all")
+            .arg("-hsetnx")
+            .query(
+                &mut redis::Client::open(admin.as_str())
+                    .expect("url")
+                    .get_connection()
+                    .expect("connect as the default user"),
+            )
+            .expect("ACL SETUSER");
+        s.redis.url = Secret::new(admin.replacen("redis://", "redis://old-worker:pw@", 1));
+    })
+    .await;
+    let device = app.register_device("u-1").await;
+    app.publish_to("u-1", "claimed the general way").await;
+    let _worker = app.run_worker();
+    helpers::eventually(
+        "the push and its acknowledgement",
+        Duration::from_secs(10),
+        || app.delivered_to(&device).len() == 1 && app.pending() == 0,
+    )
+    .await;
+    assert!(
+        acl_log(&app.redis)
+            .iter()
+            .any(|r| r.username == "old-worker" && r.object == "hsetnx"),
+        "the claim tried HSETNX first: {:?}",
+        acl_log(&app.redis)
+            .iter()
+            .map(|r| format!("{} {}", r.username, r.object))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(app.delivered_to(&device).len(), 1, "pushed once");
+}
+
 #[test]
 fn readme_quotes_the_acl_file_as_it_is() {
     let readme = include_str!("../README.md");

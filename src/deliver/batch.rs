@@ -18,6 +18,13 @@ use tokio::sync::oneshot;
 
 use crate::shared::db::Db;
 
+/// The claim script as the worker runs it: one call (`claim.lua`), run by the
+/// batch (`batch.lua`).
+pub const CLAIM_SCRIPT: &str = concat!(include_str!("claim.lua"), include_str!("batch.lua"));
+/// The settle script as the worker runs it: one call (`settle.lua`), run by
+/// the batch (`batch.lua`).
+pub const SETTLE_SCRIPT: &str = concat!(include_str!("settle.lua"), include_str!("batch.lua"));
+
 /// Most calls in one batch.
 const MOST_CALLS: usize = 128;
 /// Most arguments in one batch, past which a batch closes early (a fan-out's
@@ -26,7 +33,7 @@ const MOST_ARGS: usize = 50_000;
 
 /// One call: its keys and arguments, as the single call's script numbers them.
 #[derive(Debug, Default)]
-pub(super) struct Call {
+pub struct Call {
     pub keys: Vec<String>,
     pub args: Vec<String>,
 }
@@ -80,7 +87,10 @@ impl Batcher {
         let (answer, reply) = oneshot::channel();
         let start = {
             let mut queues = self.queues.lock();
-            let queue = queues.entry(stream.to_string()).or_default();
+            if !queues.contains_key(stream) {
+                queues.insert(stream.to_string(), Queue::default());
+            }
+            let queue = queues.get_mut(stream).expect("inserted above");
             queue.waiting.push(Waiting { call, answer });
             !std::mem::replace(&mut queue.sending, true)
         };
@@ -143,19 +153,7 @@ impl Batcher {
     }
 
     async fn send(&self, batch: &[Waiting]) -> redis::RedisResult<Vec<anyhow::Result<Value>>> {
-        let mut invocation = self.script.prepare_invoke();
-        invocation.arg(batch.len());
-        for waiting in batch {
-            for key in &waiting.call.keys {
-                invocation.key(key);
-            }
-            invocation
-                .arg(waiting.call.keys.len())
-                .arg(waiting.call.args.len());
-            for arg in &waiting.call.args {
-                invocation.arg(arg);
-            }
-        }
+        let invocation = invocation(&self.script, batch.iter().map(|w| &w.call));
         let mut conn = self.db.conn();
         let replies: Vec<Value> = invocation.invoke_async(&mut conn).await?;
         if replies.len() != batch.len() {
@@ -167,6 +165,27 @@ impl Batcher {
         }
         Ok(replies.into_iter().map(own_reply).collect())
     }
+}
+
+/// A batch of `calls` of `script` (one of the scripts above), as `batch.lua`
+/// takes it: the number of calls, then each call's number of keys, number of
+/// arguments and arguments; every call's keys in order.
+pub fn invocation<'s, 'c>(
+    script: &'s Script,
+    calls: impl ExactSizeIterator<Item = &'c Call>,
+) -> redis::ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(calls.len());
+    for call in calls {
+        for key in &call.keys {
+            invocation.key(key);
+        }
+        invocation.arg(call.keys.len()).arg(call.args.len());
+        for arg in &call.args {
+            invocation.arg(arg);
+        }
+    }
+    invocation
 }
 
 /// A call's reply, or the error it alone met (`{'!error', message}`).

@@ -20,7 +20,7 @@
 //!    time, and the acknowledgement (with the last states and the release of
 //!    the lease, in one round trip).
 
-mod batch;
+pub mod batch;
 mod claim;
 mod entry;
 mod fanout;
@@ -197,14 +197,8 @@ impl Worker {
             grace: settings.worker.shutdown_grace,
             entry_permits: Arc::new(Semaphore::new(concurrency.max(settings.worker.batch_size))),
             in_flight: Arc::default(),
-            claims: batch::Batcher::new(
-                db.clone(),
-                concat!(include_str!("claim.lua"), include_str!("batch.lua")),
-            ),
-            settles: batch::Batcher::new(
-                db.clone(),
-                concat!(include_str!("settle.lua"), include_str!("batch.lua")),
-            ),
+            claims: batch::Batcher::new(db.clone(), batch::CLAIM_SCRIPT),
+            settles: batch::Batcher::new(db.clone(), batch::SETTLE_SCRIPT),
             db,
         }
     }
