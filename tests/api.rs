@@ -60,6 +60,84 @@ async fn a_repeated_id_is_accepted_once_and_other_content_under_it_is_a_conflict
     assert_eq!(app.stream_len(), 1);
 }
 
+/// A request's events go to Redis in calls of many events each: an event
+/// refused in the middle of a call (another content under its id) refuses no
+/// other, a repeated id within the request is a duplicate of its first, an
+/// event due later waits in the schedule, and the entries keep the request's
+/// order across calls.
+#[tokio::test]
+async fn a_conflict_in_the_middle_of_a_big_batch_refuses_that_event_alone() {
+    let app = TestApp::start().await;
+    let mut taken = event("u-other");
+    taken["id"] = json!("evt-b120");
+    let (status, body) = app.post("/v1/events", &taken).await;
+    assert_eq!(status, 202, "{body}");
+
+    let mut batch: Vec<Value> = (0..250)
+        .map(|n| {
+            let mut e = event(&format!("u-{n}"));
+            e["id"] = json!(format!("evt-b{n}"));
+            e
+        })
+        .collect();
+    batch[7]["deliver_at"] = json!((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+    batch.push(batch[5].clone());
+    let (status, body) = app.post("/v1/events", &json!(batch)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"]["message"]
+            .as_str()
+            .map(|m| m.contains("evt-b120")),
+        Some(true),
+        "{body}"
+    );
+    let events = body["events"].as_array().expect("events");
+    assert_eq!(events.len(), 251, "{body}");
+    for (n, e) in events.iter().enumerate().take(250) {
+        assert_eq!(
+            e["id"],
+            format!("evt-b{n}"),
+            "the answers in the request's order"
+        );
+        match n {
+            120 => assert_eq!(e["error"], "conflict", "{e}"),
+            7 => assert_eq!(e["scheduled"], true, "{e}"),
+            _ => assert!(
+                e["stream_id"].is_string() && e.get("error").is_none(),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(events[250]["duplicate"], true, "{}", events[250]);
+    assert_eq!(events[250]["stream_id"], events[5]["stream_id"]);
+
+    // The first entry, then the batch's 248 new ones in order (not the
+    // conflict, not the scheduled one, not the duplicate).
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(app.stream())
+        .arg("-")
+        .arg("+")
+        .query(&mut app.redis.conn())
+        .expect("XRANGE");
+    let ids: Vec<&str> = entries.iter().map(|(_, f)| f["id"].as_str()).collect();
+    let expected: Vec<String> = std::iter::once("evt-b120".to_string())
+        .chain(
+            (0..250)
+                .filter(|n| *n != 120 && *n != 7)
+                .map(|n| format!("evt-b{n}")),
+        )
+        .collect();
+    assert_eq!(ids, expected);
+    assert_eq!(entries[0].1["user"], "u-other", "the first content stands");
+    let scheduled: Vec<String> = redis::cmd("ZRANGE")
+        .arg(app.db.keys.scheduled(0))
+        .arg(0)
+        .arg(-1)
+        .query(&mut app.redis.conn())
+        .expect("ZRANGE");
+    assert_eq!(scheduled, vec!["evt-b7".to_string()]);
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_status_and_a_json_error_naming_the_field() {
     let app = TestApp::start().await;

@@ -26,6 +26,12 @@
 --
 -- The first half of a publish whose id and ordering key fall in different
 -- partitions (see README): returns {'reserved'|'seen'|'conflict', where}.
+--
+--   FCALL herald_publish_batch <3 + n> <stream> <schedule> <scheduled events> <dedup record>... \
+--         <dedup window ms> then per event: <digest> <deliver_at ms> <id> <number of fields> field value ...
+--
+-- herald's own calls: n events of one partition as the four-key form takes
+-- them, in one call, answered one by one (see publish_batch below).
 
 local DEDUP_WINDOW_MS = __DEDUP_WINDOW_MS__
 local MAX_CLOCK_SKEW_MS = __MAX_CLOCK_SKEW_MS__
@@ -661,6 +667,38 @@ local function refusing(work)
   end
 end
 
+-- Writes one checked event: refuses (CONFLICT) or answers a duplicate of an
+-- id seen within the window, puts an event due later in the schedule, and
+-- adds any other to the stream. `id` may be nil (a producer's event without
+-- one: not deduplicated). Returns {stream id, outcome}.
+local function store(stream, dedup, schedule, scheduled_events, window, id, digest, deliver_at, now, fields)
+  if id then
+    local seen = redis.call('GET', dedup)
+    if seen then
+      local was, where = string.match(seen, '^(%S+) (%S+)$')
+      if was == digest then
+        if where == 'scheduled' then return { '', 'duplicate' } end
+        return { where, 'duplicate' }
+      end
+      error('CONFLICT event id ' .. id .. ' was published before with other content (entry ' .. tostring(where) .. ')', 0)
+    end
+  end
+  if deliver_at > now then
+    if not id then
+      invalid('id', 'is required with a deliver_at ahead of now: the schedule keeps events by id')
+    end
+    redis.call('ZADD', schedule, deliver_at, id)
+    redis.call('HSET', scheduled_events, id, cjson.encode(fields))
+    redis.call('SET', dedup, digest .. ' scheduled', 'PX', window)
+    return { '', 'scheduled' }
+  end
+  local entry_id = redis.call('XADD', stream, '*', unpack(fields))
+  if id then
+    redis.call('SET', dedup, digest .. ' ' .. entry_id, 'PX', window)
+  end
+  return { entry_id, 'added' }
+end
+
 local function publish(keys, argv)
   local stream = keys[1]
   local dedup, schedule, scheduled_events = keys[2], keys[3], keys[4]
@@ -693,34 +731,47 @@ local function publish(keys, argv)
     f, digest, deliver_at, now = check(argv, 1, true)
     fields = entry(argv, 1, f)
   end
-  if f.id then
-    if #keys == 1 then
-      dedup = string.match(stream, '^(.*):events$') .. ':dedup:' .. f.id
+  if f.id and #keys == 1 then
+    dedup = string.match(stream, '^(.*):events$') .. ':dedup:' .. f.id
+  end
+  return store(stream, dedup, schedule, scheduled_events, window, f.id, digest, deliver_at, now, fields)
+end
+
+-- herald's own publish of many events of one partition in one call (the API,
+-- `herald publish` and the spool drain use it): each event as the four-key
+-- form takes it, each answered on its own, so that one refused event refuses
+-- no other. Returns one reply per event: {stream id, outcome}, or the error
+-- (INVALID, CONFLICT) the four-key form would have answered.
+local function publish_batch(keys, argv)
+  local stream, schedule, scheduled_events = keys[1], keys[2], keys[3]
+  local window = tonumber(argv[1])
+  if not window or window < 1 then
+    invalid('arguments', 'the batch starts with the dedup window (ms)')
+  end
+  local replies = {}
+  local a = 2
+  for k = 4, #keys do
+    local digest, deliver_at, id, count = argv[a], tonumber(argv[a + 1]), argv[a + 2], tonumber(argv[a + 3])
+    if not deliver_at or not count or count < 0 or count % 1 ~= 0 or a + 3 + 2 * count > #argv then
+      invalid('arguments', 'each event of a batch is its digest, deliver_at (ms, 0 for none), id, number of fields, then its fields')
     end
-    local seen = redis.call('GET', dedup)
-    if seen then
-      local was, where = string.match(seen, '^(%S+) (%S+)$')
-      if was == digest then
-        if where == 'scheduled' then return { '', 'duplicate' } end
-        return { where, 'duplicate' }
+    local fields = { unpack(argv, a + 4, a + 3 + 2 * count) }
+    a = a + 4 + 2 * count
+    local now = deliver_at > 0 and now_ms() or 0
+    local ok, result = pcall(store, stream, keys[k], schedule, scheduled_events, window, id, digest, deliver_at, now, fields)
+    if not ok then
+      local refusal = type(result) == 'string' and (string.match(result, '(INVALID .*)$') or string.match(result, '(CONFLICT .*)$'))
+      if not refusal then
+        error(result)
       end
-      error('CONFLICT event id ' .. f.id .. ' was published before with other content (entry ' .. tostring(where) .. ')', 0)
+      result = redis.error_reply(refusal)
     end
+    replies[#replies + 1] = result
   end
-  if deliver_at > now then
-    if not f.id then
-      invalid('id', 'is required with a deliver_at ahead of now: the schedule keeps events by id')
-    end
-    redis.call('ZADD', schedule, deliver_at, f.id)
-    redis.call('HSET', scheduled_events, f.id, cjson.encode(fields))
-    redis.call('SET', dedup, digest .. ' scheduled', 'PX', window)
-    return { '', 'scheduled' }
+  if a ~= #argv + 1 then
+    invalid('arguments', 'the batch has ' .. (#keys - 3) .. ' dedup records but arguments for another number of events')
   end
-  local id = redis.call('XADD', stream, '*', unpack(fields))
-  if f.id then
-    redis.call('SET', dedup, digest .. ' ' .. id, 'PX', window)
-  end
-  return { id, 'added' }
+  return replies
 end
 
 local function reserve(keys, argv)
@@ -746,3 +797,4 @@ end
 
 redis.register_function('herald_publish', refusing(publish))
 redis.register_function('herald_reserve', refusing(reserve))
+redis.register_function('herald_publish_batch', refusing(publish_batch))

@@ -1,6 +1,7 @@
-//! Putting validated events into their streams: one `FCALL herald_publish` per
-//! event (dedup record + `XADD`, atomic; see `library.lua`, which producers may
-//! call too), a whole batch in one pipeline. An event's stream is its key's
+//! Putting validated events into their streams: one `FCALL
+//! herald_publish_batch` per partition's events (per event a dedup record and
+//! an `XADD`, atomic; see `library.lua`, whose `herald_publish` producers may
+//! call too), a whole request in one pipeline. An event's stream is its key's
 //! partition; its id's dedup record is also kept in the id's own partition
 //! (`herald_reserve`), so the same id published with another key is found and
 //! refused (`409`) rather than added twice.
@@ -133,6 +134,11 @@ pub struct NotReplicated {
     pub outcomes: Vec<PublishOutcome>,
 }
 
+/// Most events in one `herald_publish_batch` call: a call runs alone on Redis
+/// (about 10 µs per event), so a bigger request goes as several, between which
+/// other clients' commands run.
+const BATCH_CALL: usize = 100;
+
 /// Adds events to the streams, through the `herald` Redis Function library. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -212,44 +218,53 @@ impl Publisher {
         let mut todo: Vec<usize> = (0..batch.len())
             .filter(|&i| outcomes[i].is_none())
             .collect();
+        // A partition's events together, in one `herald_publish_batch` call per
+        // run of at most BATCH_CALL (each followed by its `WAIT`, which goes
+        // where they went: on a cluster, their master). Stable: the events of
+        // one key keep their order.
+        todo.sort_by_key(|&i| keys.partition_for(&batch[i].partition_key));
         let (replicas, wait_ms) = self.wait;
-        if replicas > 0 {
-            // A partition's events together, each run followed by its `WAIT`,
-            // which goes where they went (on a cluster, their master). Stable:
-            // the events of one key keep their order.
-            todo.sort_by_key(|&i| keys.partition_for(&batch[i].partition_key));
-        }
         let mut pipe = redis::pipe();
-        // What each reply of the pipeline answers: an event (its index), or a `WAIT`.
-        let mut answers: Vec<Option<usize>> = Vec::with_capacity(todo.len() + 1);
-        for (n, &i) in todo.iter().enumerate() {
-            let ready = &batch[i];
-            let partition = keys.partition_for(&ready.partition_key);
-            answers.push(Some(i));
-            pipe.cmd("FCALL")
-                .arg("herald_publish")
-                .arg(4)
-                .arg(keys.stream(partition))
-                .arg(keys.dedup(partition, &ready.id))
-                .arg(keys.scheduled(partition))
-                .arg(keys.scheduled_events(partition))
-                .arg(self.window_ms)
-                .arg(ready.digest())
-                .arg(ready.deliver_at_ms())
-                .arg(&ready.id);
-            // The whole entry: its version, the fields as given, the defaults.
-            if !ready.fields.iter().any(|(name, _)| name == "v") {
-                pipe.arg("v").arg(crate::shared::event::ENTRY_VERSION);
+        // What each reply of the pipeline answers: a call's events (their
+        // indexes), or a `WAIT` (none).
+        let mut answers: Vec<Vec<usize>> = Vec::new();
+        for run in todo.chunk_by(|&a, &b| {
+            keys.partition_for(&batch[a].partition_key)
+                == keys.partition_for(&batch[b].partition_key)
+        }) {
+            let partition = keys.partition_for(&batch[run[0]].partition_key);
+            for call in run.chunks(BATCH_CALL) {
+                answers.push(call.to_vec());
+                pipe.cmd("FCALL")
+                    .arg("herald_publish_batch")
+                    .arg(3 + call.len())
+                    .arg(keys.stream(partition))
+                    .arg(keys.scheduled(partition))
+                    .arg(keys.scheduled_events(partition));
+                for &i in call {
+                    pipe.arg(keys.dedup(partition, &batch[i].id));
+                }
+                pipe.arg(self.window_ms);
+                for &i in call {
+                    let ready = &batch[i];
+                    // The whole entry: its version, the fields as given, the defaults.
+                    let versioned = ready.fields.iter().any(|(name, _)| name == "v");
+                    let count = ready.fields.len() + ready.defaults.len() + usize::from(!versioned);
+                    pipe.arg(ready.digest())
+                        .arg(ready.deliver_at_ms())
+                        .arg(&ready.id)
+                        .arg(count);
+                    if !versioned {
+                        pipe.arg("v").arg(crate::shared::event::ENTRY_VERSION);
+                    }
+                    for (field, value) in ready.fields.iter().chain(&ready.defaults) {
+                        pipe.arg(field).arg(value);
+                    }
+                }
             }
-            for (field, value) in ready.fields.iter().chain(&ready.defaults) {
-                pipe.arg(field).arg(value);
-            }
-            let last_of_partition = todo
-                .get(n + 1)
-                .is_none_or(|&next| keys.partition_for(&batch[next].partition_key) != partition);
-            if replicas > 0 && last_of_partition {
+            if replicas > 0 {
                 pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
-                answers.push(None);
+                answers.push(Vec::new());
             }
         }
         let mut unconfirmed = None;
@@ -257,7 +272,7 @@ impl Publisher {
             .into_iter()
             .zip(library::call(&self.db, &self.library, &mut conn, &pipe).await?)
         {
-            let Some(i) = answer else {
+            if answer.is_empty() {
                 let confirmed: u64 = match reply {
                     Ok(value) => redis::from_redis_value(value).unwrap_or(0),
                     Err(e) => return Err(e.into()),
@@ -266,20 +281,34 @@ impl Publisher {
                     unconfirmed = Some(confirmed);
                 }
                 continue;
+            }
+            // A call that failed as a whole (Redis refused it): the publish fails.
+            let replies = match reply {
+                Ok(redis::Value::Array(replies)) if replies.len() == answer.len() => replies,
+                Ok(other) => anyhow::bail!("herald_publish_batch answered {other:?}"),
+                Err(e) => anyhow::bail!("herald_publish_batch failed: {e}"),
             };
-            let id = batch[i].id.clone();
-            outcomes[i] = Some(match reply.and_then(pair) {
-                Ok((stream_id, outcome)) => match outcome.as_str() {
-                    "added" | "duplicate" | "scheduled" => PublishOutcome::Accepted(Published {
-                        id,
-                        scheduled: stream_id.is_empty(),
-                        stream_id,
-                        duplicate: outcome == "duplicate",
-                    }),
-                    other => anyhow::bail!("herald_publish answered {other:?}"),
-                },
-                Err(e) => library::refused(id, &e)?,
-            });
+            for (i, reply) in answer.into_iter().zip(replies) {
+                let id = batch[i].id.clone();
+                let reply = match reply {
+                    redis::Value::ServerError(e) => Err(redis::RedisError::from(e)),
+                    value => pair(value),
+                };
+                outcomes[i] = Some(match reply {
+                    Ok((stream_id, outcome)) => match outcome.as_str() {
+                        "added" | "duplicate" | "scheduled" => {
+                            PublishOutcome::Accepted(Published {
+                                id,
+                                scheduled: stream_id.is_empty(),
+                                stream_id,
+                                duplicate: outcome == "duplicate",
+                            })
+                        }
+                        other => anyhow::bail!("herald_publish_batch answered {other:?}"),
+                    },
+                    Err(e) => library::refused(id, &e)?,
+                });
+            }
         }
 
         // A conflict found at the id's home names the partition the id went to: find its entry there.
