@@ -171,6 +171,39 @@ pub struct BTreeHeaders {
     pub content_encoding: Option<String>,
 }
 
+/// Arrivals recorded per chunk: recording one never copies those before it. (One
+/// growing `Vec` did, at each doubling, while every request waited on its
+/// lock: stalls of 10 to 30 ms at 8,000, 16,000 and 32,000 arrivals, which
+/// the benchmark's latency figures counted as herald's.)
+#[derive(Default)]
+struct Arrivals {
+    chunks: Vec<Vec<Arrival>>,
+    len: usize,
+    /// Those answered 201.
+    delivered: usize,
+}
+
+impl Arrivals {
+    const CHUNK: usize = 1024;
+
+    fn push(&mut self, arrival: Arrival) {
+        self.len += 1;
+        self.delivered += usize::from(arrival.status == 201);
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(arrival),
+            _ => {
+                let mut chunk = Vec::with_capacity(Self::CHUNK);
+                chunk.push(arrival);
+                self.chunks.push(chunk);
+            }
+        }
+    }
+
+    fn to_vec(&self) -> Vec<Arrival> {
+        self.chunks.iter().flatten().cloned().collect()
+    }
+}
+
 struct SinkState {
     base_url: String,
     /// The certificate authority a client must trust, when serving HTTPS.
@@ -181,7 +214,7 @@ struct SinkState {
     /// Devices by the id in their endpoint's path.
     subs: Mutex<HashMap<String, Device>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
-    arrivals: Mutex<Vec<Arrival>>,
+    arrivals: Mutex<Arrivals>,
     /// Connections to reset instead of answering.
     resets: Resets,
     out: Option<Mutex<Box<dyn Write + Send>>>,
@@ -284,11 +317,11 @@ impl SinkHandle {
 
     /// How many pushes arrived, without copying them (cheap to poll).
     pub fn arrival_count(&self) -> usize {
-        self.state.arrivals.lock().len()
+        self.state.arrivals.lock().len
     }
 
     pub fn arrivals(&self) -> Vec<Arrival> {
-        self.state.arrivals.lock().clone()
+        self.state.arrivals.lock().to_vec()
     }
 
     /// Arrivals answered 201, i.e. notifications a device shows.
@@ -343,7 +376,7 @@ impl Sink {
                     delay_ms: std::sync::atomic::AtomicU64::new(0),
                     subs: Mutex::new(HashMap::new()),
                     faults: Mutex::new(HashMap::new()),
-                    arrivals: Mutex::new(Vec::new()),
+                    arrivals: Mutex::new(Arrivals::default()),
                     resets,
                     out: out.map(Mutex::new),
                 }),
@@ -571,9 +604,11 @@ async fn admin_faults(
 }
 
 async fn admin_count(State(sink): State<SinkHandle>) -> Response {
-    let arrivals = sink.state.arrivals.lock();
-    let delivered = arrivals.iter().filter(|a| a.status == 201).count();
-    Json(json!({"arrivals": arrivals.len(), "delivered": delivered})).into_response()
+    let (arrivals, delivered) = {
+        let arrivals = sink.state.arrivals.lock();
+        (arrivals.len, arrivals.delivered)
+    };
+    Json(json!({"arrivals": arrivals, "delivered": delivered})).into_response()
 }
 
 async fn admin_arrivals(State(sink): State<SinkHandle>) -> Response {
