@@ -138,6 +138,41 @@ async fn a_conflict_in_the_middle_of_a_big_batch_refuses_that_event_alone() {
     assert_eq!(scheduled, vec!["evt-b7".to_string()]);
 }
 
+/// `herald_publish_batch` checks a call's whole layout before it writes:
+/// arguments for more events than it has dedup records, or fewer, write none.
+#[tokio::test]
+async fn a_malformed_publish_batch_call_writes_nothing() {
+    let app = TestApp::start().await;
+    let keys = &app.db.keys;
+    let event = |n: &str| ["d", "0", n, "3", "v", "1", "id", n, "topic", "a.b"].map(String::from);
+    let call = |dedups: &[&str], args: Vec<String>| {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("herald_publish_batch")
+            .arg(3 + dedups.len())
+            .arg(app.stream())
+            .arg(keys.scheduled(0))
+            .arg(keys.scheduled_events(0));
+        for id in dedups {
+            cmd.arg(keys.dedup(0, id));
+        }
+        cmd.arg(60_000).arg(args);
+        cmd.query::<redis::Value>(&mut app.redis.conn())
+    };
+    let trailing: Vec<String> = event("m1")
+        .into_iter()
+        .chain(["extra".to_string()])
+        .collect();
+    let short = event("m1").to_vec();
+    for (dedups, args) in [(vec!["m1"], trailing), (vec!["m1", "m2"], short)] {
+        let error = call(&dedups, args).expect_err("a malformed call is refused");
+        assert_eq!(error.code(), Some("INVALID"), "{error}");
+        assert_eq!(app.stream_len(), 0, "nothing written by {error}");
+    }
+    let whole: Vec<String> = event("m1").into_iter().chain(event("m2")).collect();
+    call(&["m1", "m2"], whole).expect("a well-formed call");
+    assert_eq!(app.stream_len(), 2);
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_status_and_a_json_error_naming_the_field() {
     let app = TestApp::start().await;

@@ -622,11 +622,11 @@ fn answer_outcomes(outcomes: Vec<PublishOutcome>, spooled: Vec<Value>) -> Respon
                 conflicts.push(id.clone());
                 json!({"id": id, "stream_id": stream_id, "error": "conflict"})
             }
-            // The API checked the event itself (the function's four-key form
+            // The API checked the event itself (`herald_publish_batch`
             // does not check again); should one still be refused, the caller hears why.
             PublishOutcome::Invalid { id, error } => {
                 crate::shared::metrics::event_rejected("invalid_field");
-                tracing::error!(event_id = %id, error = %error, "herald_publish refused an event the API had validated");
+                tracing::error!(event_id = %id, error = %error, "herald_publish_batch refused an event the API had validated");
                 invalid.push(format!("{id} ({error})"));
                 json!({"id": id, "error": "invalid_field", "message": error})
             }
@@ -637,7 +637,7 @@ fn answer_outcomes(outcomes: Vec<PublishOutcome>, spooled: Vec<Value>) -> Respon
         let body = json!({
             "error": {
                 "code": "invalid_field",
-                "message": format!("refused by herald_publish: {}; the other events were accepted", invalid.join(", ")),
+                "message": format!("refused by herald_publish_batch: {}; the other events were accepted", invalid.join(", ")),
             },
             "events": results,
         });

@@ -305,9 +305,13 @@ impl Spool {
                     // Not expected (the API validated it with the same rules): kept
                     // aside in quarantine.log with the reason, never dropped, not retried forever.
                     PublishOutcome::Invalid { id, error } => {
-                        tracing::error!(event_id = %id, error = %error, fields = ?ready.fields, "herald_publish refused a spooled event; it is kept in quarantine.log");
+                        tracing::error!(event_id = %id, error = %error, fields = ?ready.fields, "herald_publish_batch refused a spooled event; it is kept in quarantine.log");
                         let bytes = serde_json::to_vec(ready).expect("a spooled event serializes");
-                        unreadable.push((0, format!("refused by herald_publish: {error}"), bytes));
+                        unreadable.push((
+                            0,
+                            format!("refused by herald_publish_batch: {error}"),
+                            bytes,
+                        ));
                     }
                     PublishOutcome::Accepted(_) => {}
                 }

@@ -10,11 +10,12 @@
 --         <dedup window ms> <digest> <deliver_at ms> <id> field value ... (the whole entry)
 --
 -- With one key, the others are named from the stream's hash tag (same slot),
--- and the limits written in below apply. The four-key form is how herald
--- calls it: its caller checked the fields by these same rules (and the times
--- against its own clock and settings) and computed the digest the same way,
--- so the function only deduplicates and writes the entry as given (with `v`,
--- and the defaults the caller filled in), with the caller's dedup window.
+-- and the limits written in below apply. The four-key form is for a caller
+-- that checked the fields by these same rules (and the times against its own
+-- clock and settings) and computed the digest the same way, as herald does
+-- (through herald_publish_batch, below, many events per call): the function
+-- only deduplicates and writes the entry as given (with `v`, and the defaults
+-- the caller filled in), with the caller's dedup window.
 -- Fields are those of a stream entry: `topic` and `title` are required, `id`
 -- makes the publish idempotent within the dedup window (same content: the
 -- original entry's id again; other content: a CONFLICT error), `deliver_at`
@@ -30,8 +31,9 @@
 --   FCALL herald_publish_batch <3 + n> <stream> <schedule> <scheduled events> <dedup record>... \
 --         <dedup window ms> then per event: <digest> <deliver_at ms> <id> <number of fields> field value ...
 --
--- herald's own calls: n events of one partition as the four-key form takes
--- them, in one call, answered one by one (see publish_batch below).
+-- herald's own calls: n events of one partition (herald sends at most 100
+-- per call) as the four-key form takes them, in one call, answered one by one
+-- (see publish_batch below); a malformed call writes nothing.
 
 local DEDUP_WINDOW_MS = __DEDUP_WINDOW_MS__
 local MAX_CLOCK_SKEW_MS = __MAX_CLOCK_SKEW_MS__
@@ -748,17 +750,26 @@ local function publish_batch(keys, argv)
   if not window or window < 1 then
     invalid('arguments', 'the batch starts with the dedup window (ms)')
   end
-  local replies = {}
+  -- The whole layout is checked before the first write: a malformed call
+  -- writes nothing.
+  local events = {}
   local a = 2
   for k = 4, #keys do
-    local digest, deliver_at, id, count = argv[a], tonumber(argv[a + 1]), argv[a + 2], tonumber(argv[a + 3])
+    local deliver_at, count = tonumber(argv[a + 1]), tonumber(argv[a + 3])
     if not deliver_at or not count or count < 0 or count % 1 ~= 0 or a + 3 + 2 * count > #argv then
       invalid('arguments', 'each event of a batch is its digest, deliver_at (ms, 0 for none), id, number of fields, then its fields')
     end
-    local fields = { unpack(argv, a + 4, a + 3 + 2 * count) }
+    events[#events + 1] = { dedup = keys[k], at = a, deliver_at = deliver_at, count = count }
     a = a + 4 + 2 * count
-    local now = deliver_at > 0 and now_ms() or 0
-    local ok, result = pcall(store, stream, keys[k], schedule, scheduled_events, window, id, digest, deliver_at, now, fields)
+  end
+  if a ~= #argv + 1 then
+    invalid('arguments', 'the batch has ' .. (#keys - 3) .. ' dedup records but arguments for another number of events')
+  end
+  local replies = {}
+  for _, e in ipairs(events) do
+    local fields = { unpack(argv, e.at + 4, e.at + 3 + 2 * e.count) }
+    local now = e.deliver_at > 0 and now_ms() or 0
+    local ok, result = pcall(store, stream, e.dedup, schedule, scheduled_events, window, argv[e.at + 2], argv[e.at], e.deliver_at, now, fields)
     if not ok then
       local refusal = type(result) == 'string' and (string.match(result, '(INVALID .*)$') or string.match(result, '(CONFLICT .*)$'))
       if not refusal then
@@ -767,9 +778,6 @@ local function publish_batch(keys, argv)
       result = redis.error_reply(refusal)
     end
     replies[#replies + 1] = result
-  end
-  if a ~= #argv + 1 then
-    invalid('arguments', 'the batch has ' .. (#keys - 3) .. ' dedup records but arguments for another number of events')
   end
   return replies
 end

@@ -105,9 +105,10 @@ fn loaded_code(listed: &redis::Value) -> Option<String> {
     })
 }
 
-/// Runs a pipeline of `FCALL`s (each answering `{text, text}`, read by the
-/// caller) and the `WAIT`s among them; each reply is its value or the error it
-/// raised. When Redis has no such function
+/// Runs a pipeline of `FCALL`s (read by the caller: `{text, text}`, or one
+/// such pair or error per event of a `herald_publish_batch`) and the `WAIT`s
+/// among them; each reply is its value or the error it raised. When Redis has
+/// no such function
 /// (it restarted without persistence, or was flushed), the library is loaded
 /// with the settings of this process and the pipeline sent once more.
 pub(super) async fn call(
@@ -151,6 +152,6 @@ pub(super) fn refused(id: String, e: &redis::RedisError) -> anyhow::Result<Publi
             id,
             error: detail.to_string(),
         }),
-        _ => Err(anyhow::anyhow!("herald_publish failed: {e}")),
+        _ => Err(anyhow::anyhow!("herald's function library failed: {e}")),
     }
 }

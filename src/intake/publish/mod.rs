@@ -37,8 +37,8 @@ pub enum PublishOutcome {
         id: String,
         stream_id: String,
     },
-    /// `herald_publish` refused the call. Not expected from herald's own
-    /// calls (the four-key form, whose fields herald checked itself).
+    /// The function refused the event. Not expected from herald's own calls
+    /// (`herald_publish_batch`, which takes the fields herald checked itself).
     Invalid {
         id: String,
         error: String,
