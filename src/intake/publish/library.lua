@@ -672,8 +672,9 @@ end
 -- Writes one checked event: refuses (CONFLICT) or answers a duplicate of an
 -- id seen within the window, puts an event due later in the schedule, and
 -- adds any other to the stream. `id` may be nil (a producer's event without
--- one: not deduplicated). Returns {stream id, outcome}.
-local function store(stream, dedup, schedule, scheduled_events, window, id, digest, deliver_at, now, fields)
+-- one: not deduplicated). The entry's fields are src[first..last] (the
+-- call's own arguments, for a batch: no copy). Returns {stream id, outcome}.
+local function store(stream, dedup, schedule, scheduled_events, window, id, digest, deliver_at, now, src, first, last)
   if id then
     local seen = redis.call('GET', dedup)
     if seen then
@@ -690,11 +691,11 @@ local function store(stream, dedup, schedule, scheduled_events, window, id, dige
       invalid('id', 'is required with a deliver_at ahead of now: the schedule keeps events by id')
     end
     redis.call('ZADD', schedule, deliver_at, id)
-    redis.call('HSET', scheduled_events, id, cjson.encode(fields))
+    redis.call('HSET', scheduled_events, id, cjson.encode({ unpack(src, first, last) }))
     redis.call('SET', dedup, digest .. ' scheduled', 'PX', window)
     return { '', 'scheduled' }
   end
-  local entry_id = redis.call('XADD', stream, '*', unpack(fields))
+  local entry_id = redis.call('XADD', stream, '*', unpack(src, first, last))
   if id then
     redis.call('SET', dedup, digest .. ' ' .. entry_id, 'PX', window)
   end
@@ -736,7 +737,7 @@ local function publish(keys, argv)
   if f.id and #keys == 1 then
     dedup = string.match(stream, '^(.*):events$') .. ':dedup:' .. f.id
   end
-  return store(stream, dedup, schedule, scheduled_events, window, f.id, digest, deliver_at, now, fields)
+  return store(stream, dedup, schedule, scheduled_events, window, f.id, digest, deliver_at, now, fields, 1, #fields)
 end
 
 -- herald's own publish of many events of one partition in one call (the API,
@@ -751,25 +752,25 @@ local function publish_batch(keys, argv)
     invalid('arguments', 'the batch starts with the dedup window (ms)')
   end
   -- The whole layout is checked before the first write: a malformed call
-  -- writes nothing.
-  local events = {}
+  -- writes nothing. Each event's place in ARGV and its deliver_at, by index.
+  local at, due = {}, {}
   local a = 2
   for k = 4, #keys do
     local deliver_at, count = tonumber(argv[a + 1]), tonumber(argv[a + 3])
     if not deliver_at or not count or count < 0 or count % 1 ~= 0 or a + 3 + 2 * count > #argv then
       invalid('arguments', 'each event of a batch is its digest, deliver_at (ms, 0 for none), id, number of fields, then its fields')
     end
-    events[#events + 1] = { dedup = keys[k], at = a, deliver_at = deliver_at, count = count }
+    at[#at + 1], due[#due + 1] = a, deliver_at
     a = a + 4 + 2 * count
   end
   if a ~= #argv + 1 then
     invalid('arguments', 'the batch has ' .. (#keys - 3) .. ' dedup records but arguments for another number of events')
   end
   local replies = {}
-  for _, e in ipairs(events) do
-    local fields = { unpack(argv, e.at + 4, e.at + 3 + 2 * e.count) }
-    local now = e.deliver_at > 0 and now_ms() or 0
-    local ok, result = pcall(store, stream, e.dedup, schedule, scheduled_events, window, argv[e.at + 2], argv[e.at], e.deliver_at, now, fields)
+  for i, a in ipairs(at) do
+    local last = (at[i + 1] or #argv + 1) - 1
+    local now = due[i] > 0 and now_ms() or 0
+    local ok, result = pcall(store, stream, keys[3 + i], schedule, scheduled_events, argv[1], argv[a + 2], argv[a], due[i], now, argv, a + 4, last)
     if not ok then
       local refusal = type(result) == 'string' and (string.match(result, '(INVALID .*)$') or string.match(result, '(CONFLICT .*)$'))
       if not refusal then
@@ -777,7 +778,7 @@ local function publish_batch(keys, argv)
       end
       result = redis.error_reply(refusal)
     end
-    replies[#replies + 1] = result
+    replies[i] = result
   end
   return replies
 end
