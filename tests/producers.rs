@@ -439,9 +439,11 @@ async fn the_api_is_not_bound_by_limits_another_role_loaded() {
 async fn the_api_and_a_producers_fcall_agree_on_what_is_the_same_event() {
     let app = TestApp::start().await;
     let device = app.register_device("u-1").await;
+    // A body over 100 bytes: lengths of one, two and three digits in the digest.
+    let long_body = format!("Lot 7, {}", "level 2 ".repeat(14));
     let event = serde_json::json!({"id": "e-same", "topic": "a.b", "user": "u-1", "key": "k-1",
         "headers": {"lot": "7", "a_c": "1", "ab": "2", "B": "3"}, "ttl": 60,
-        "notification": {"title": "Entry", "body": "Lot 7"}});
+        "notification": {"title": "Entry", "body": long_body}});
     let (status, body) = app.post("/v1/events", &event).await;
     assert_eq!(status, 202, "{body}");
     let first = body["events"][0]["stream_id"]
@@ -455,7 +457,7 @@ async fn the_api_and_a_producers_fcall_agree_on_what_is_the_same_event() {
         ("h.ab", "2"),
         ("h.B", "3"),
         ("h.a_c", "1"),
-        ("body", "Lot 7"),
+        ("body", long_body.as_str()),
         ("title", "Entry"),
         ("ttl", "60"),
         ("key", "k-1"),

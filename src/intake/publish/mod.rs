@@ -74,13 +74,22 @@ impl Ready {
             .filter(|(name, _)| !matches!(name.as_str(), "id" | "v" | "traceparent"))
             .collect();
         content.sort();
-        let text = content
-            .iter()
-            .map(|(name, value)| format!("{}:{name}={}:{value}", name.len(), value.len()))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let hash = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
-        crate::shared::event::hex_lower(hash.as_ref())
+        // Fed to the hash piece by piece: no text built per field.
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        let mut digits = [0u8; 20];
+        for (i, (name, value)) in content.iter().enumerate() {
+            if i > 0 {
+                hash.update(b"\n");
+            }
+            hash.update(decimal(name.len(), &mut digits));
+            hash.update(b":");
+            hash.update(name.as_bytes());
+            hash.update(b"=");
+            hash.update(decimal(value.len(), &mut digits));
+            hash.update(b":");
+            hash.update(value.as_bytes());
+        }
+        crate::shared::event::hex_lower(hash.finish().as_ref())
     }
 
     /// `deliver_at` in unix ms, 0 when there is none.
@@ -112,6 +121,19 @@ impl Ready {
             partition_key: event.key.clone().unwrap_or_else(|| event.id.clone()),
             fields,
             defaults,
+        }
+    }
+}
+
+/// `n` in decimal, written into `digits`.
+fn decimal(mut n: usize, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
         }
     }
 }
