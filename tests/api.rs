@@ -10,6 +10,12 @@ fn event(user: &str) -> Value {
     json!({"topic": "parking.lot-7.entry", "user": user, "notification": {"title": "Entry"}})
 }
 
+fn event_with_id(user: &str, id: &str) -> Value {
+    let mut e = event(user);
+    e["id"] = json!(id);
+    e
+}
+
 #[tokio::test]
 async fn a_single_event_is_accepted_with_its_id_and_stream_id() {
     let app = TestApp::start().await;
@@ -23,15 +29,10 @@ async fn a_single_event_is_accepted_with_its_id_and_stream_id() {
     assert_eq!(body["events"][0]["id"], "evt-1");
     let stream_id = body["events"][0]["stream_id"].as_str().expect("stream id");
     // The entry is readable with redis-cli: flat fields.
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(app.stream())
-        .arg("-")
-        .arg("+")
-        .query(&mut app.redis.conn())
-        .expect("XRANGE");
+    let entries = app.entries();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].0, stream_id);
-    let fields: std::collections::HashMap<_, _> = entries[0].1.iter().cloned().collect();
+    let fields = &entries[0].1;
     assert_eq!(fields["topic"], "a.b");
     assert_eq!(fields["user"], "u");
     assert_eq!(fields["title"], "t");
@@ -40,8 +41,7 @@ async fn a_single_event_is_accepted_with_its_id_and_stream_id() {
 #[tokio::test]
 async fn a_repeated_id_is_accepted_once_and_other_content_under_it_is_a_conflict() {
     let app = TestApp::start().await;
-    let mut e = event("u-1");
-    e["id"] = json!("evt-dup");
+    let mut e = event_with_id("u-1", "evt-dup");
     let (s1, b1) = app.post("/v1/events", &e).await;
     let (s2, b2) = app.post("/v1/events", &e).await;
     assert_eq!((s1, s2), (202, 202));
@@ -68,17 +68,13 @@ async fn a_repeated_id_is_accepted_once_and_other_content_under_it_is_a_conflict
 #[tokio::test]
 async fn a_conflict_in_the_middle_of_a_big_batch_refuses_that_event_alone() {
     let app = TestApp::start().await;
-    let mut taken = event("u-other");
-    taken["id"] = json!("evt-b120");
-    let (status, body) = app.post("/v1/events", &taken).await;
+    let (status, body) = app
+        .post("/v1/events", &event_with_id("u-other", "evt-b120"))
+        .await;
     assert_eq!(status, 202, "{body}");
 
     let mut batch: Vec<Value> = (0..250)
-        .map(|n| {
-            let mut e = event(&format!("u-{n}"));
-            e["id"] = json!(format!("evt-b{n}"));
-            e
-        })
+        .map(|n| event_with_id(&format!("u-{n}"), &format!("evt-b{n}")))
         .collect();
     batch[7]["deliver_at"] = json!((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
     batch.push(batch[5].clone());
@@ -113,12 +109,7 @@ async fn a_conflict_in_the_middle_of_a_big_batch_refuses_that_event_alone() {
 
     // The first entry, then the batch's 248 new ones in order (not the
     // conflict, not the scheduled one, not the duplicate).
-    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(app.stream())
-        .arg("-")
-        .arg("+")
-        .query(&mut app.redis.conn())
-        .expect("XRANGE");
+    let entries = app.entries();
     let ids: Vec<&str> = entries.iter().map(|(_, f)| f["id"].as_str()).collect();
     let expected: Vec<String> = std::iter::once("evt-b120".to_string())
         .chain(
@@ -410,9 +401,9 @@ async fn without_redis_and_without_a_spool_the_api_is_not_ready_and_refuses_with
 async fn without_redis_events_are_spooled_and_drained_into_the_stream_when_it_is_back() {
     let mut app = TestApp::start_durable().await;
     app.redis.kill();
-    let mut e = event("u-1");
-    e["id"] = json!("evt-spooled-1");
-    let (status, body) = app.post("/v1/events", &e).await;
+    let (status, body) = app
+        .post("/v1/events", &event_with_id("u-1", "evt-spooled-1"))
+        .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["events"][0]["spooled"], true);
     assert_eq!(body["events"][0]["id"], "evt-spooled-1");
@@ -427,12 +418,7 @@ async fn without_redis_events_are_spooled_and_drained_into_the_stream_when_it_is
         || app.stream_len() == 3,
     )
     .await;
-    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(app.stream())
-        .arg("-")
-        .arg("+")
-        .query(&mut app.redis.conn())
-        .expect("XRANGE");
+    let entries = app.entries();
     assert_eq!(entries[0].1["id"], "evt-spooled-1", "in order, id kept");
     assert_eq!(entries[1].1["user"], "u-2");
     assert_eq!(entries[2].1["user"], "u-3");
@@ -485,10 +471,8 @@ async fn unconfirmed_by_replicas_accepted_events_are_spooled_and_conflicts_still
         .expect("FCALL herald_publish");
     assert_eq!(app.stream_len(), 1);
 
-    let mut conflicting = event("u-9");
-    conflicting["id"] = json!("evt-w1");
-    let mut second = event("u-2");
-    second["id"] = json!("evt-w2");
+    let conflicting = event_with_id("u-9", "evt-w1");
+    let second = event_with_id("u-2", "evt-w2");
     let (status, body) = app.post("/v1/events", &json!([conflicting, second])).await;
     assert_eq!(status, 409, "{body}");
     let events = body["events"].as_array().expect("events");

@@ -169,12 +169,7 @@ async fn retention_trims_old_entries_but_never_pending_or_unread_ones() {
         trimmed.events, 3,
         "only the three acked entries before the pending one"
     );
-    let ids: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(app.stream())
-        .arg("-")
-        .arg("+")
-        .query(&mut app.redis.conn())
-        .expect("XRANGE");
+    let ids = app.entries();
     assert_eq!(ids.len(), 3);
     assert_eq!(ids[0].0, pending_id);
     assert_eq!(app.pending(), 1);

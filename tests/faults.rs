@@ -451,6 +451,33 @@ async fn a_shared_connection_that_stops_answering_is_replaced() {
     app.publish_to("u-1", "still flowing").await;
 }
 
+/// An app whose push hook, once `armed` is set, runs `action` with a
+/// connection to the app's own Redis at the next push (once).
+async fn app_with_one_shot_hook(
+    action: impl Fn(redis::Connection) + Send + Sync + 'static,
+) -> (TestApp, Arc<std::sync::atomic::AtomicBool>) {
+    let url: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (hook_url, hook_armed) = (url.clone(), armed.clone());
+    let app = TestApp::start_hooked(
+        |_| {},
+        Arc::new(move |_device| {
+            if !hook_armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let url = hook_url.get().expect("the url is set before the push");
+            let conn = redis::Client::open(url.as_str())
+                .expect("url")
+                .get_connection()
+                .expect("connect");
+            action(conn);
+        }),
+    )
+    .await;
+    url.set(app.redis.url()).expect("set once");
+    (app, armed)
+}
+
 /// Redis refusing writes (out of memory under `noeviction`) between a push and
 /// the end of its entry: the script that writes the device's state with the
 /// acknowledgement is refused, and is not waited out as if Redis were away;
@@ -458,27 +485,15 @@ async fn a_shared_connection_that_stops_answering_is_replaced() {
 /// not pushed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_pushed_while_redis_refuses_writes_is_still_acknowledged() {
-    let url: Arc<std::sync::OnceLock<String>> = Arc::default();
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (hook_url, hook_armed) = (url.clone(), armed.clone());
-    let app = TestApp::start_hooked(
-        |_| {},
-        Arc::new(move |_sub| {
-            if hook_armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                let client =
-                    redis::Client::open(hook_url.get().expect("set").as_str()).expect("url");
-                let mut conn = client.get_connection().expect("connects");
-                let _: () = redis::cmd("CONFIG")
-                    .arg("SET")
-                    .arg("maxmemory")
-                    .arg(1)
-                    .query(&mut conn)
-                    .expect("maxmemory");
-            }
-        }),
-    )
+    let (app, armed) = app_with_one_shot_hook(|mut conn| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(1)
+            .query(&mut conn)
+            .expect("maxmemory");
+    })
     .await;
-    url.set(app.redis.url()).expect("once");
     let device = app.register_device("u-1").await;
     app.publish_to("u-1", "while memory runs out").await;
     armed.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -512,44 +527,26 @@ async fn an_entry_pushed_while_redis_refuses_writes_is_still_acknowledged() {
 /// delivered and pushes nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_read_only_for_two_seconds_after_a_push_pushes_nothing_twice() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::OnceLock;
-
-    let url: Arc<OnceLock<String>> = Arc::default();
-    let armed = Arc::new(AtomicBool::new(false));
-    let (hook_url, hook_armed) = (url.clone(), armed.clone());
-    let app = TestApp::start_hooked(
-        |_| {},
-        Arc::new(move |_device| {
-            if !hook_armed.swap(false, Ordering::SeqCst) {
-                return;
-            }
-            let url = hook_url.get().expect("the url is set before the push");
-            let mut conn = redis::Client::open(url.as_str())
-                .expect("url")
-                .get_connection()
-                .expect("connect");
-            // A replica of nothing (port 1): writes refused with READONLY, data kept.
+    let (app, armed) = app_with_one_shot_hook(|mut conn| {
+        // A replica of nothing (port 1): writes refused with READONLY, data kept.
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(1)
+            .query(&mut conn)
+            .expect("REPLICAOF");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
             let _: () = redis::cmd("REPLICAOF")
-                .arg("127.0.0.1")
-                .arg(1)
+                .arg("NO")
+                .arg("ONE")
                 .query(&mut conn)
-                .expect("REPLICAOF");
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(2));
-                let _: () = redis::cmd("REPLICAOF")
-                    .arg("NO")
-                    .arg("ONE")
-                    .query(&mut conn)
-                    .expect("REPLICAOF NO ONE");
-            });
-        }),
-    )
+                .expect("REPLICAOF NO ONE");
+        });
+    })
     .await;
-    url.set(app.redis.url()).expect("set once");
     let device = app.register_device("u-1").await;
     app.publish_to("u-1", "during a failover").await;
-    armed.store(true, Ordering::SeqCst);
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let _worker = app.run_worker();
     eventually("the push", Duration::from_secs(10), || {
         app.delivered_to(&device).len() == 1

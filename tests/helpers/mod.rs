@@ -282,6 +282,16 @@ impl TestApp {
             .query(&mut self.redis.conn())
             .expect("XLEN")
     }
+
+    /// Every entry of the stream, oldest first: its id and fields.
+    pub fn entries(&self) -> Vec<(String, std::collections::HashMap<String, String>)> {
+        redis::cmd("XRANGE")
+            .arg(self.stream())
+            .arg("-")
+            .arg("+")
+            .query(&mut self.redis.conn())
+            .expect("XRANGE")
+    }
 }
 
 impl Herald {
