@@ -154,7 +154,17 @@ async fn a_malformed_publish_batch_call_writes_nothing() {
         .chain(["extra".to_string()])
         .collect();
     let short = event("m1").to_vec();
-    for (dedups, args) in [(vec!["m1"], trailing), (vec!["m1", "m2"], short)] {
+    // A count of fields that is not a whole number, or far more than given.
+    let mut fractional = event("m1").to_vec();
+    fractional[3] = "1.5".into();
+    let mut endless = event("m1").to_vec();
+    endless[3] = "99999999999".into();
+    for (dedups, args) in [
+        (vec!["m1"], trailing),
+        (vec!["m1", "m2"], short),
+        (vec!["m1"], fractional),
+        (vec!["m1"], endless),
+    ] {
         let error = call(&dedups, args).expect_err("a malformed call is refused");
         assert_eq!(error.code(), Some("INVALID"), "{error}");
         assert_eq!(app.stream_len(), 0, "nothing written by {error}");
